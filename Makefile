@@ -1,0 +1,30 @@
+# Two commands do all set-up:  `make demo`  and  `make test`.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export CVF_DATA ?= $(CURDIR)/data
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: setup system-deps test demo clean-demo
+
+# System tools the pipeline shells out to: Ghostscript (EPS figures), poppler (the official
+# approach, used only by the benchmark and `rebuild --official-renderer`).
+system-deps:
+	@command -v gs >/dev/null && command -v pdftoppm >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ghostscript poppler-utils >/dev/null)
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: system-deps $(BIN)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+demo: setup
+	bash scripts/demo.sh
