@@ -1,0 +1,228 @@
+"""Polite HTTP downloads from arXiv (or the replay), and telling file kinds apart by their bytes.
+
+arXiv asks for one connection at a time and a pause between requests. Every worker that talks
+to a host (threads, processes, Prefect workers on this machine) shares ONE budget through a
+lock file per host under `<data root>/.politeness/`: the file holds the earliest time the next
+request may start, and the lock is held for the whole request, so two workers never overlap
+and never start closer than `delay` seconds apart. A 429/503 with `Retry-After` pushes that
+time forward for everyone.
+
+    fetcher = PoliteFetcher(delay=3, lock_dir=root / ".politeness")
+    row = download_file(fetcher, "https://export.arxiv.org/e-print/2101.00001", dest, root)
+"""
+from __future__ import annotations
+
+import email.utils
+import fcntl
+import gzip
+import io
+import os
+import random
+import tarfile
+import time
+import zlib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from pipeline import store
+
+# Statuses a retry cannot change. Anything else (timeouts, 5xx after the retries, a body cut
+# short) is transient: the item stays `pending` and a later run tries again.
+FINAL_STATUSES = ("ok", "missing", "withdrawn", "error", "skipped")
+DOWNLOAD_FIELDS = ("status", "path", "sha256", "bytes", "kind", "error")
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+SOURCE_KINDS = ("tar.gz", "tar", "gz-tex", "gz", "pdf", "zip")
+
+
+def user_agent(contact: str | None = None) -> str:
+    contact = contact or os.environ.get("CVF_CONTACT", "")
+    return f"cvf-crawler/0.1 (Computer Vision Figures corpus rebuild; contact: {contact or 'unset, set CVF_CONTACT'})"
+
+
+# --- what is this file? -----------------------------------------------------------------------
+
+def _is_tar(head: bytes) -> bool:
+    # POSIX/GNU tar: "ustar" magic at offset 257 of the first header block.
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def sniff_kind(data: bytes) -> str:
+    """The kind of an e-print or PDF, from its bytes alone (never the URL or the header)."""
+    if not data:
+        return "empty"
+    if data[:2] == b"\x1f\x8b":
+        try:  # peek at the decompressed head: a tarball, or a single gzip'd .tex?
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:65536], 1024)
+        except zlib.error:
+            return "gz"
+        if _is_tar(head):
+            return "tar.gz"
+        text = head.lstrip()[:200]
+        if text.startswith((b"\\", b"%")) or b"\\document" in head or b"\\begin" in head:
+            return "gz-tex"
+        return "gz"
+    if data[:5] == b"%PDF-":
+        return "pdf"
+    if data[:4] == b"PK\x03\x04":
+        return "zip"
+    if _is_tar(data[:512]):
+        return "tar"
+    head = data[:1024].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml")) or b"<html" in head or b"<body" in head:
+        return "html"
+    return "unknown"
+
+
+def verify(data: bytes, kind: str) -> str:
+    """Return '' when `data` is a complete file of `kind`, else what is wrong with it."""
+    try:
+        if kind in ("tar.gz", "tar"):
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz" if kind == "tar.gz" else "r:") as tar:
+                for _ in tar:  # walking every member reads the whole stream (and its CRC)
+                    pass
+        elif kind in ("gz-tex", "gz"):
+            gzip.decompress(data)
+        elif kind == "pdf":
+            if b"%%EOF" not in data[-2048:]:
+                return "pdf without %%EOF trailer (truncated?)"
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        return f"corrupt {kind}: {e}"
+    return ""
+
+
+# --- polite fetching ----------------------------------------------------------------------------
+
+class TransientError(Exception):
+    """The request failed in a way a later retry might fix (timeouts, 5xx, 429, cut bodies)."""
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)  # the HTTP-date form
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+class PoliteFetcher:
+    """GET with one shared politeness budget per host, timeouts, Retry-After and backoff."""
+
+    def __init__(self, delay: float = 3.0, lock_dir: str | os.PathLike | None = None, *,
+                 timeout: float = 60.0, max_retries: int = 4, backoff: float | None = None,
+                 max_retry_after: float = 900.0, contact: str | None = None):
+        self.delay = delay
+        self.timeout = timeout
+        self.max_retries = max_retries
+        # Backoff starts from the delay; with delay 0 (tests, benchmarks) a small floor remains.
+        self.backoff = backoff if backoff is not None else max(delay, 1.0)
+        self.max_retry_after = max_retry_after
+        self.lock_dir = Path(lock_dir) if lock_dir else Path(os.environ.get("CVF_DATA", "data")) / ".politeness"
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = user_agent(contact)
+        self.requests_made = 0
+
+    def _lock_path(self, url: str) -> Path:
+        host = urlsplit(url).netloc.replace(":", "_") or "local"
+        return self.lock_dir / f"{host}.lock"
+
+    def _polite_get(self, url: str) -> requests.Response:
+        """One request, holding the host's lock, started no earlier than the shared next-slot time."""
+        with open(self._lock_path(url), "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even on SIGKILL
+            try:
+                f.seek(0)
+                text = f.read().strip()
+                not_before = float(text) if text else 0.0
+                if (wait := not_before - time.time()) > 0:
+                    time.sleep(wait)
+                started = time.time()
+                self._set_not_before(f, started + self.delay)
+                self.requests_made += 1
+                resp = self.session.get(url, timeout=self.timeout)
+                resp.content  # read the body inside the lock: one connection at a time
+                if resp.status_code in (429, 503):
+                    ra = _retry_after_seconds(resp.headers.get("Retry-After"))
+                    if ra is not None:  # everyone waits what the server said
+                        self._set_not_before(f, max(started + self.delay, time.time() + ra))
+                return resp
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _set_not_before(f, t: float) -> None:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{t:.6f}")
+        f.flush()
+
+    def get(self, url: str) -> requests.Response:
+        """GET `url`; retry transient failures, then raise TransientError. Returns any other response."""
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = self._polite_get(url)
+            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if resp.status_code not in RETRY_STATUSES:
+                    return resp
+                last = f"HTTP {resp.status_code}"
+                ra = _retry_after_seconds(resp.headers.get("Retry-After"))
+                if ra is not None:
+                    if ra > self.max_retry_after:
+                        raise TransientError(f"{last}, Retry-After {ra:.0f}s is too long")
+                    continue  # the shared next-slot time already holds the wait
+            if attempt < self.max_retries:  # exponential backoff with jitter
+                time.sleep(self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
+        raise TransientError(f"{last} after {self.max_retries + 1} tries")
+
+
+# --- downloads ------------------------------------------------------------------------------
+
+def _row(root: Path, dest: Path, status: str, data: bytes | None = None, kind: str = "", error: str = "") -> dict:
+    return {
+        "status": status,
+        "path": str(dest.relative_to(root)) if status == "ok" else "",
+        "sha256": store.sha256_bytes(data) if data is not None else "",
+        "bytes": len(data) if data is not None else 0,
+        "kind": kind,
+        "error": error,
+    }
+
+
+def download_file(fetcher: PoliteFetcher, url: str, dest: Path, root: Path) -> dict:
+    """Fetch `url` to `dest` (atomically) and describe it with the contract's download fields.
+
+    No request is made when `dest` already holds a complete, valid file. Statuses: `ok`;
+    `missing` (404/410) and `error` (not a source archive or PDF, other 4xx) are final;
+    `pending` means a transient failure a later run should retry.
+    """
+    dest, root = Path(dest), Path(root)
+    if dest.exists():
+        data = dest.read_bytes()
+        kind = sniff_kind(data)
+        if kind in SOURCE_KINDS and not verify(data, kind):
+            return _row(root, dest, "ok", data, kind)
+    try:
+        resp = fetcher.get(url)
+    except TransientError as e:
+        return _row(root, dest, "pending", error=str(e))
+    if resp.status_code in (404, 410):
+        return _row(root, dest, "missing", error=f"HTTP {resp.status_code}")
+    if resp.status_code != 200:
+        return _row(root, dest, "error", error=f"HTTP {resp.status_code}")
+    data = resp.content
+    kind = sniff_kind(data)
+    if kind in ("html", "unknown"):
+        return _row(root, dest, "error", data, kind, f"not a source archive or PDF: got {kind}")
+    if kind == "empty":
+        return _row(root, dest, "pending", data, kind, "empty body")
+    if problem := verify(data, kind):  # a body cut short: worth another try later
+        return _row(root, dest, "pending", data, kind, problem)
+    store.atomic_write_bytes(dest, data)
+    return _row(root, dest, "ok", data, kind)

@@ -1,0 +1,1 @@
+"""A local imitation of arXiv for tests, CI and the demo: corpus generator + HTTP server."""
