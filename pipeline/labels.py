@@ -1,0 +1,108 @@
+"""Training labels for the classifier, gathered from three sources, each recorded as `source`.
+
+* `label-studio`: people, through the labeling stage (`labels/labels.parquet`);
+* `replay-truth`: the replay generator's knowledge (`truth.parquet`, `is_grid_with_photo`);
+* `cvf-index`: distant supervision from the official index (`df_train.csv`/`df_val.csv`): for
+  every listed paper whose e-print we extracted, its listed files are positives and its other
+  candidates negatives.
+
+When sources disagree on a figure the more trustworthy wins, in that order. Labels whose
+figure is not (or no longer) in the figure records are dropped and counted, never used.
+"""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SOURCES = ("label-studio", "replay-truth", "cvf-index")  # most trusted first
+
+LABEL_SCHEMA = pa.schema([
+    ("paper_id", pa.string()),
+    ("img_name", pa.string()),
+    ("label", pa.int8()),
+    ("source", pa.string()),
+])
+
+
+def from_label_studio(path: str | Path) -> list[dict]:
+    """Decided labels (1/0) of the labeling stage; 'unsure' (null) is not a label."""
+    rows = pq.read_table(path, columns=["paper_id", "img_name", "label"]).to_pylist()
+    return [{**r, "label": int(r["label"]), "source": "label-studio"} for r in rows if r["label"] is not None]
+
+
+def from_replay_truth(path: str | Path) -> list[dict]:
+    rows = pq.read_table(path, columns=["paper_id", "img_name", "is_grid_with_photo"]).to_pylist()
+    return [{"paper_id": r["paper_id"], "img_name": r["img_name"], "label": int(bool(r["is_grid_with_photo"])),
+             "source": "replay-truth"} for r in rows]
+
+
+def read_cvf_index(paths: list[str | Path]) -> dict[str, set[str]]:
+    """paper_id -> the img_names the official index lists for it (`,paper_id,img_name` CSVs)."""
+    listed: dict[str, set[str]] = {}
+    for p in paths:
+        with open(p, newline="") as f:
+            for row in csv.DictReader(f):
+                listed.setdefault(row["paper_id"], set()).add(row["img_name"])
+    return listed
+
+
+def from_cvf_index(listed: dict[str, set[str]], figures: list[dict]) -> list[dict]:
+    """Distant labels for the candidates of listed papers that we extracted from their e-print.
+
+    Only e-print candidates count: the official corpus was made from LaTeX sources, so a PDF
+    fallback's `page-N` names can never match. Candidates the official name filter would drop
+    were never scored by the original classifier, so they are not evidence of a negative.
+    """
+    out = []
+    for f in figures:
+        names = listed.get(f["paper_id"])
+        if names is None or f.get("source_kind", "eprint") != "eprint" or f.get("name_filter"):
+            continue
+        out.append({"paper_id": f["paper_id"], "img_name": f["img_name"],
+                    "label": int(f["img_name"] in names), "source": "cvf-index"})
+    return out
+
+
+def gather(figures: list[dict], label_studio: str | Path | None = None, truth: str | Path | None = None,
+           cvf_index: list[str | Path] = ()) -> tuple[list[dict], dict]:
+    """One label per existing figure, the most trusted source winning; and a report.
+
+    `figures` are figure records (at least `paper_id`, `img_name`). The report counts labels
+    per source, per class, how many were overridden by a more trusted source, and how many
+    pointed at figures that do not exist (with a few examples).
+    """
+    candidates: list[dict] = []
+    if label_studio and Path(label_studio).exists():
+        candidates += from_label_studio(label_studio)
+    if truth and Path(truth).exists():
+        candidates += from_replay_truth(truth)
+    if cvf_index:
+        candidates += from_cvf_index(read_cvf_index(list(cvf_index)), figures)
+
+    existing = {(f["paper_id"], f["img_name"]) for f in figures}
+    rank = {s: i for i, s in enumerate(SOURCES)}
+    chosen: dict[tuple[str, str], dict] = {}
+    missing, overridden = [], 0
+    for lab in sorted(candidates, key=lambda r: rank[r["source"]]):
+        key = (lab["paper_id"], lab["img_name"])
+        if key not in existing:
+            missing.append(key)
+        elif key in chosen:
+            overridden += 1
+        else:
+            chosen[key] = lab
+    labels = list(chosen.values())
+    report = {
+        "labels": len(labels),
+        "positives": sum(r["label"] for r in labels),
+        "negatives": sum(1 - r["label"] for r in labels),
+        "by_source": dict(Counter(r["source"] for r in labels)),
+        "overridden_by_more_trusted_source": overridden,
+        "labels_for_missing_figures": len(missing),
+        "missing_examples": ["/".join(k) for k in missing[:10]],
+    }
+    return labels, report

@@ -1,0 +1,152 @@
+"""The classifier end to end on a small synthetic corpus of real images, and label gathering."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torchvision
+
+from pipeline import classify, labels, store
+from test_features import make_corpus
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A corpus of 16 papers trained on with replay truth, layout features only."""
+    root = tmp_path_factory.mktemp("clf") / "data"
+    truth = make_corpus(root, n_papers=16, figures_per_paper=5, seed=1)
+    out = classify.train(root, weights="", folds=4, version="clf-test")
+    return root, truth, out
+
+
+def test_train_writes_model_card_and_pr_curve_with_honest_grouped_metrics(trained):
+    root, truth, out = trained
+    for name in ["model.joblib", "card.json", "card.md", "pr_curve.png"]:
+        assert (out / name).stat().st_size > 0, name
+    card = json.loads((out / "card.json").read_text())
+    assert card["backbone"] is None
+    assert card["labels"]["by_source"] == {"replay-truth": len(truth)}
+    assert card["cv"]["folds"] == 4 and card["cv"]["papers"] == 16
+    m = card["cv"]["at_threshold"]
+    # Photo grids vs plots/diagrams/single photos are separable by layout features alone.
+    assert m["roc_auc"] > 0.85 and m["balanced_accuracy"] > 0.75, m
+    assert 0 < m["threshold"] < 1
+    assert "balanced accuracy" in (out / "card.md").read_text()
+    assert (root / "classifier" / "LATEST").read_text().strip() == "clf-test"
+
+
+def test_score_writes_calibrated_scores_per_shard_and_resumes(trained):
+    root, truth, _ = trained
+    summary = classify.score(root)
+    assert summary == {"shards": 2, "skipped_shards": 0, "scored": len(truth), "errors": 0}
+    scores = pa.concat_tables([pq.read_table(root / "scores" / f"{s}.parquet") for s in ("2019-03", "2020-07")]).to_pylist()
+    assert {(r["paper_id"], r["img_name"]) for r in scores} == {(t["paper_id"], t["img_name"]) for t in truth}
+    assert all(0 <= r["score"] <= 1 and r["model_version"] == "clf-test" for r in scores)
+    positive = {(t["paper_id"], t["img_name"]) for t in truth if t["is_grid_with_photo"]}
+    pos = [r["score"] for r in scores if (r["paper_id"], r["img_name"]) in positive]
+    neg = [r["score"] for r in scores if (r["paper_id"], r["img_name"]) not in positive]
+    assert np.mean(pos) > np.mean(neg) + 0.3
+    assert store.read_stats(root / "scores", "2019-03")["figures"] == len(scores) // 2
+
+    again = classify.score(root)
+    assert again["skipped_shards"] == 2 and again["shards"] == 0
+
+
+def test_unreadable_image_gets_an_error_row_not_a_crash(tmp_path):
+    root = tmp_path / "data"
+    make_corpus(root, n_papers=4, figures_per_paper=3, shards=("2021-01",))
+    classify.train(root, folds=2, version="v1")
+    rows = store.read_rows(root / "figures" / "2021-01.parquet")
+    (root / rows[0]["image_path"]).write_bytes(b"not a png")
+    (root / rows[1]["image_path"]).unlink()
+    classify.score(root)
+    scores = {r["img_name"] + r["paper_id"]: r for r in store.read_rows(root / "scores" / "2021-01.parquet")}
+    bad = [scores[rows[i]["img_name"] + rows[i]["paper_id"]] for i in (0, 1)]
+    assert all(b["status"] == "error" and b["score"] is None and b["error"] for b in bad)
+    assert sum(r["status"] == "ok" for r in scores.values()) == len(rows) - 2
+
+
+def test_backbone_path_with_a_local_weights_file(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    make_corpus(root, n_papers=4, figures_per_paper=3, shards=("2021-01",))
+    weights = tmp_path / "resnet18-random.pth"  # standard naming: the architecture comes from the name
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    out = classify.train(root, weights=weights, folds=2, version="bb", batch_size=8)
+    card = json.loads((out / "card.json").read_text())
+    assert card["backbone"]["arch"] == "resnet18"
+    assert card["features"] == len(card["layout_features"]) + 512  # resnet18's pooled embedding
+
+    with pytest.raises(FileNotFoundError, match="needs backbone weights resnet18-random.pth"):
+        classify.score(root)
+    monkeypatch.setenv(classify.WEIGHTS_ENV, str(weights))
+    assert classify.score(root)["scored"] == 12
+
+    other = tmp_path / "resnet18-other.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), other)
+    with pytest.raises(ValueError, match="sha256 differs"):
+        classify.score(root, version="bb", weights=other, shards=["2021-01"])
+
+
+def test_missing_weights_file_names_the_file_and_where_it_goes(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        classify.resolve_weights(tmp_path / "resnet50-11ad3fa6.pth")
+    assert "resnet50-11ad3fa6.pth" in str(e.value) and "download.pytorch.org" in str(e.value)
+
+
+def test_train_without_labels_or_figures_is_a_clear_error(tmp_path):
+    root = tmp_path / "data"
+    with pytest.raises(ValueError, match="no figure records"):
+        classify.train(root)
+    make_corpus(root, n_papers=2, figures_per_paper=2, shards=("2021-01",))
+    (root / "truth.parquet").unlink()
+    with pytest.raises(ValueError, match="no labels"):
+        classify.train(root)
+
+
+def test_labels_most_trusted_source_wins_and_missing_figures_are_reported(tmp_path):
+    figures = [{"paper_id": "2101.00001", "img_name": n, "source_kind": "eprint", "name_filter": False}
+               for n in ["a.png", "b.png", "c.png"]]
+    ls = tmp_path / "labels.parquet"
+    pq.write_table(pa.Table.from_pylist([
+        {"paper_id": "2101.00001", "img_name": "a.png", "label": 0},
+        {"paper_id": "2101.00001", "img_name": "b.png", "label": None},  # unsure: no label
+        {"paper_id": "2101.00009", "img_name": "gone.png", "label": 1},  # figure no longer exists
+    ], schema=pa.schema([("paper_id", pa.string()), ("img_name", pa.string()), ("label", pa.int8())])), ls)
+    truth = tmp_path / "truth.parquet"
+    pq.write_table(pa.Table.from_pylist([{"paper_id": "2101.00001", "img_name": n, "is_grid_with_photo": True}
+                                         for n in ["a.png", "b.png"]]), truth)
+    index = tmp_path / "df_train.csv"
+    index.write_text(",paper_id,img_name\n0,2101.00001,c.png\n")
+    got, report = labels.gather(figures, ls, truth, [index])
+    by_name = {r["img_name"]: (r["label"], r["source"]) for r in got}
+    assert by_name == {"a.png": (0, "label-studio"), "b.png": (1, "replay-truth"), "c.png": (1, "cvf-index")}
+    assert report["labels_for_missing_figures"] == 1 and report["missing_examples"] == ["2101.00009/gone.png"]
+    assert report["overridden_by_more_trusted_source"] == 3  # a by truth + a, b by the index
+
+
+def test_distant_supervision_from_the_official_index_on_real_papers(testdata):
+    """CANDIDATES.tsv lists real papers' candidate files and whether CVF kept them (in_cvf)."""
+    with open(testdata / "eprints" / "CANDIDATES.tsv", newline="") as f:
+        candidates = list(csv.DictReader(f, delimiter="\t"))
+    figures = [{"paper_id": c["arxiv_id"], "img_name": c["cvf_style_name"], "source_kind": "eprint"} for c in candidates]
+    listed = labels.read_cvf_index(sorted((testdata / "cvf_index").glob("df_*.csv")))
+    got = labels.from_cvf_index(listed, figures)
+    assert len(got) == len(candidates)
+    assert [r["label"] for r in got] == [int(c["in_cvf"]) for c in candidates]
+    assert sum(r["label"] for r in got) >= 10 and sum(1 - r["label"] for r in got) >= 10
+
+
+def test_cli_help_and_bad_root_exit_cleanly(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pipeline.classify", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--weights" in out.stdout and "--cvf-index" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "pipeline.classify", "score", "--root", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "no trained classifier" in out.stderr
