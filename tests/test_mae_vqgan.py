@@ -1,0 +1,145 @@
+"""MAE-VQGAN reproduces the reference `MaskedAutoencoderViT` outputs of testdata/vectors/set_a,
+loads released-style checkpoints safely, and has the released full-size keys."""
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+
+import pytest
+import torch
+
+from model.mae_vqgan import ARCHS, MaeVqgan, build, load_checkpoint, sincos_pos_embed
+from model.vqgan import VQModel
+
+ATOL = dict(atol=2e-5, rtol=1e-4)
+SIZE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
+             "decoder_depth", "decoder_num_heads", "mlp_ratio")
+
+
+@pytest.fixture(scope="module")
+def ref(testdata):
+    d = testdata / "vectors" / "set_a"
+    cfg = json.loads((d / "config.json").read_text())
+    vq_state = torch.load(d / "vqgan_state_dict.pt", weights_only=True)
+    mae_state = torch.load(d / "mae_state_dict.pt", weights_only=True)
+    return {
+        "dir": d, "cfg": cfg,
+        "vqgan_config": {"model": {"params": {k: cfg["vqgan"][k] for k in ("ddconfig", "n_embed", "embed_dim")}}},
+        "sizes": {k: cfg["mae"][k] for k in SIZE_KEYS},
+        "full_state": {**mae_state, **{"vae." + k: v for k, v in vq_state.items()}},
+        "mae_state": mae_state, "vq_state": vq_state,
+        "vq_io": torch.load(d / "vqgan_io.pt", weights_only=True),
+        "io": torch.load(d / "mae_io.pt", weights_only=True),
+    }
+
+
+def save_released_style(path, model_state):
+    """What MAE's `misc.save_model` writes: args is an argparse.Namespace."""
+    args = argparse.Namespace(model="mae_vit_large_patch16", batch_size=64, blr=1e-4, mask_ratio=0.75)
+    torch.save({"model": model_state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 7,
+                "scaler": {"scale": 65536.0}, "args": args}, path)
+
+
+@pytest.fixture(scope="module")
+def model(ref, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint-7.pth"
+    save_released_style(path, ref["full_state"])
+    return load_checkpoint(path, ref["vqgan_config"], arch=ref["sizes"], img_size=ref["sizes"]["img_size"])
+
+
+def check_reference_forward(model, ref):
+    io, imgs = ref["io"], ref["vq_io"]["x_imagenet_norm"]
+    with torch.no_grad():
+        loss, logits, mask = model(imgs, mask=io["eval_mask"])
+        torch.testing.assert_close(logits, io["eval_logits"], **ATOL)
+        torch.testing.assert_close(loss, io["eval_loss"], **ATOL)
+        assert torch.equal(mask, io["eval_mask"])
+        assert torch.equal(logits.argmax(-1), io["pred_tokens_eval"])
+
+        loss, logits, mask = model(imgs, mask_ratio=0.75, noise=io["rand_noise"])
+        torch.testing.assert_close(logits, io["rand_logits"], **ATOL)
+        torch.testing.assert_close(loss, io["rand_loss"], **ATOL)
+        assert torch.equal(mask, io["rand_mask"])
+
+
+def test_released_checkpoint_reproduces_reference(model, ref):
+    assert not model.training
+    assert model.decoder_pred.out_features == ref["cfg"]["vqgan"]["n_embed"]  # not a hard-coded 1024
+    check_reference_forward(model, ref)
+
+
+def test_fixed_mask_inference_and_decoding(model, ref):
+    io, imgs = ref["io"], ref["vq_io"]["x_imagenet_norm"]
+    with torch.no_grad():
+        logits = model.predict_logits(imgs, io["eval_mask"].bool())
+    torch.testing.assert_close(logits, io["eval_logits"], **ATOL)
+    decoded = model.vae.decode_tokens(logits.argmax(-1))
+    torch.testing.assert_close(decoded, io["pred_decoded_01"], atol=1e-4, rtol=1e-4)
+    ids_shuffle, len_keep = model.masking_order(2, 0.75, mask=io["eval_mask"])
+    assert torch.equal(ids_shuffle, io["eval_ids_shuffle"]) and len_keep == int(io["eval_len_keep"])
+
+
+def test_targets_are_the_vqgan_tokens(model, ref):
+    assert torch.equal(model.targets(ref["vq_io"]["x_imagenet_norm"]), ref["vq_io"]["tokens"])
+
+
+def test_encoder_sees_only_visible_patches(model, ref):
+    imgs = ref["vq_io"]["x_imagenet_norm"]
+    ids_shuffle, len_keep = model.masking_order(2, 0.75, noise=ref["io"]["rand_noise"])
+    latent = model.forward_encoder(imgs, ids_shuffle, len_keep)
+    assert latent.shape == (2, 1 + ref["cfg"]["random_mask"]["len_keep"], ref["sizes"]["embed_dim"])
+
+
+def test_checkpoint_without_vae_takes_vqgan_ckpt(ref, tmp_path):
+    save_released_style(tmp_path / "checkpoint-0.pth", ref["mae_state"])
+    torch.save({"state_dict": ref["vq_state"]}, tmp_path / "last.ckpt")
+    with pytest.raises(ValueError, match="vqgan_ckpt"):
+        load_checkpoint(tmp_path / "checkpoint-0.pth", ref["vqgan_config"], arch=ref["sizes"])
+    model = load_checkpoint(tmp_path / "checkpoint-0.pth", ref["vqgan_config"], arch=ref["sizes"],
+                            vqgan_ckpt=tmp_path / "last.ckpt")
+    check_reference_forward(model, ref)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_loading_allows_only_namespace(ref, tmp_path):
+    torch.save({"model": ref["full_state"], "args": Evil()}, tmp_path / "checkpoint-1.pth")
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(tmp_path / "checkpoint-1.pth", ref["vqgan_config"], arch=ref["sizes"])
+
+
+def test_mask_rows_must_hide_the_same_count(model, ref):
+    mask = ref["io"]["eval_mask"].clone()
+    mask[1, 0] = 1
+    with pytest.raises(ValueError, match="same number"):
+        model(ref["vq_io"]["x_imagenet_norm"], mask=mask)
+
+
+def test_pos_embed_is_the_reference_table(ref):
+    torch.testing.assert_close(sincos_pos_embed(ref["sizes"]["embed_dim"], 4)[None], ref["mae_state"]["pos_embed"])
+    torch.testing.assert_close(sincos_pos_embed(ref["sizes"]["decoder_embed_dim"], 4)[None],
+                               ref["mae_state"]["decoder_pos_embed"])
+
+
+def test_pixel_target_baseline_trains_without_vqgan():
+    model = MaeVqgan(None, img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                     decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, target="pixels")
+    loss, pred, mask = model(torch.randn(2, 3, 32, 32))
+    assert pred.shape == (2, 16, 8 * 8 * 3) and mask.sum() == 2 * 12
+    loss.backward()
+    assert model.patch_embed.proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("arch", ["mae_vit_base_patch16", "mae_vit_large_patch16"])
+def test_full_size_keys_and_shapes(testdata, arch):
+    ref = json.loads((testdata / "vectors" / "reference_full_size_keys.json").read_text())
+    vq = ref["vqgan_imagenet_f16_1024"]
+    with torch.device("meta"):
+        model = build(arch, VQModel(**vq["config"]), img_size=224)
+    expected = {**ref["mae_vqgan"][arch], **{"vae." + k: v for k, v in vq["keys"].items()}}
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
+    assert set(ARCHS) >= {"mae_vit_small_patch16", "mae_vit_base_patch16", "mae_vit_large_patch16"}
