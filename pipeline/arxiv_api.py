@@ -1,0 +1,118 @@
+"""Paper metadata from the arXiv API through the `arxiv` package, made robust for a long crawl.
+
+`arxiv` 4.x has no request timeout (a stalled server hangs it forever), does not retry read
+timeouts, and takes an empty first page (a known arXiv glitch) or a broken feed for "no
+results", so a whole month can silently go missing. `ArxivAPI` keeps the package's paging and
+Atom parsing but sends every request through our `PoliteFetcher` (timeouts, retries,
+Retry-After, the politeness budget shared with the downloads) and refuses any page that is
+empty while `opensearch:totalResults` says results remain, or that is not well-formed Atom.
+
+OAI-PMH (`fetch_license`) adds what the Atom API lacks: the paper's licence.
+"""
+from __future__ import annotations
+
+import calendar
+import random
+import time
+import arxiv
+from arxiv import _feed  # the package's own Atom parser (private, stable across 4.x)
+from lxml import etree
+
+from pipeline.fetch import PoliteFetcher
+from pipeline.shards import parse_month
+
+
+class MetadataError(Exception):
+    """The API kept failing or kept serving bad pages for a query; retry the shard later."""
+
+
+class ArxivAPI(arxiv.Client):
+    """An `arxiv.Client` that talks to `api_url` (arXiv or the replay) through a PoliteFetcher."""
+
+    def __init__(self, fetcher: PoliteFetcher, api_url: str, page_size: int = 2000, num_retries: int = 4):
+        # The fetcher enforces the delay; the package's own (per-instance, per-process) sleep is off.
+        super().__init__(page_size=min(page_size, 2000), delay_seconds=0, num_retries=num_retries)
+        self.query_url_format = api_url + "?{}"
+        self.fetcher = fetcher
+        self.last_total: int | None = None  # totalResults of the last first page
+
+    def _parse_feed(self, url: str, first_page: bool = True, _try_index: int = 0) -> _feed.ParsedFeed:
+        problem = ""
+        for attempt in range(self.num_retries + 1):
+            if attempt:
+                time.sleep(self.fetcher.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            resp = self.fetcher.get(url)  # raises TransientError after its own retries
+            if resp.status_code != 200:
+                raise MetadataError(f"API answered HTTP {resp.status_code} for {url}")
+            try:  # strict parse first: the package's parser recovers silently from broken XML
+                etree.fromstring(resp.content, etree.XMLParser(resolve_entities=False, no_network=True))
+            except etree.XMLSyntaxError as e:
+                problem = f"malformed Atom: {e}"
+                continue
+            feed = _feed.parse(resp.content)
+            if not feed.results and (not first_page or feed.header.total_results > feed.header.start_index):
+                problem = (f"empty page at start={feed.header.start_index} while totalResults="
+                           f"{feed.header.total_results}")
+                continue
+            if first_page:
+                self.last_total = feed.header.total_results
+            return feed
+        raise MetadataError(f"{problem} ({url}), {self.num_retries + 1} tries")
+
+
+def month_query(category: str, month: str) -> str:
+    """`cat:cs.CV AND submittedDate:[202101010000 TO 202101312359]` for one month shard."""
+    year, mon = parse_month(month)
+    last_day = calendar.monthrange(year, mon)[1]
+    return f"cat:{category} AND submittedDate:[{year:04d}{mon:02d}010000 TO {year:04d}{mon:02d}{last_day:02d}2359]"
+
+
+def search_month(api: ArxivAPI, category: str, month: str) -> list[arxiv.Result]:
+    """Every paper listed in `category` (primary or cross-listed) submitted in `month`."""
+    search = arxiv.Search(query=month_query(category, month), max_results=None,
+                          sort_by=arxiv.SortCriterion.SubmittedDate, sort_order=arxiv.SortOrder.Ascending)
+    api.last_total = None
+    results = list(api.results(search))
+    if api.last_total is not None and len(results) < api.last_total:
+        raise MetadataError(f"{month}: got {len(results)} of {api.last_total} results")
+    return results
+
+
+def split_id(short_id: str) -> tuple[str, int]:
+    """'2101.00001v2' -> ('2101.00001', 2)."""
+    base, _, version = short_id.rpartition("v")
+    return (base, int(version)) if base and version.isdigit() else (short_id, 1)
+
+
+def paper_record(result: arxiv.Result) -> dict:
+    """The metadata columns of the contract's paper record."""
+    arxiv_id, version = split_id(result.get_short_id())
+    return {
+        "arxiv_id": arxiv_id,
+        "version": version,
+        "title": result.title,
+        "authors": [a.name for a in result.authors],
+        "summary": result.summary,
+        "published": result.published,
+        "updated": result.updated,
+        "primary_category": result.primary_category,
+        "categories": list(result.categories),
+        "license": "",
+        "doi": result.doi or "",
+        "journal_ref": result.journal_ref or "",
+        "comment": result.comment or "",
+    }
+
+
+_OAI_NS = {"oai": "http://www.openarchives.org/OAI/2.0/", "arXiv": "http://arxiv.org/OAI/arXiv/"}
+
+
+def fetch_license(fetcher: PoliteFetcher, oai_url: str, arxiv_id: str) -> str:
+    """The licence URL arXiv's OAI-PMH interface gives for `arxiv_id` ('' when none is stated)."""
+    resp = fetcher.get(f"{oai_url}?verb=GetRecord&identifier=oai:arXiv.org:{arxiv_id}&metadataPrefix=arXiv")
+    if resp.status_code != 200:
+        raise MetadataError(f"OAI-PMH answered HTTP {resp.status_code} for {arxiv_id}")
+    root = etree.fromstring(resp.content, etree.XMLParser(resolve_entities=False, no_network=True))
+    lic = root.find(".//arXiv:license", _OAI_NS)
+    return (lic.text or "").strip() if lic is not None else ""
+

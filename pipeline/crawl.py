@@ -1,0 +1,213 @@
+"""The arXiv crawl: per month shard, list the papers, then download each one's e-print and PDF.
+
+    python -m pipeline.crawl --from 2010-01 --to 2022-12            # cs.CV, primary only
+    python -m pipeline.crawl --from 2021-01 --to 2021-02 --max-papers 50 --include-cross-lists
+
+Writes, under the dataset root ($CVF_DATA): `papers/<shard>.parquet` (one record per paper,
+checkpointed atomically every few seconds), `raw/<shard>/<id>.eprint` and `raw/<shard>/<id>.pdf`,
+and last `papers/<shard>_stats.json`, which marks the shard done. A shard is done when every
+download has a final status (ok, missing, withdrawn, error); transient failures stay `pending`
+and a rerun retries them, at most `max_attempts` times across runs, after which they become
+`error`. Files already stored and verified are never fetched again, so a crawl killed at any
+moment (even with SIGKILL) and run again ends in the same state as one that never stopped.
+Exit status: 0 when every shard is done (papers that failed for good are listed), 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline import config, store
+from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, paper_record, search_month
+from pipeline.fetch import DOWNLOAD_FIELDS, FINAL_STATUSES, PoliteFetcher, TransientError, download_file
+from pipeline.shards import month_range
+
+log = logging.getLogger("cvf.crawl")
+
+DOWNLOADS = ("eprint", "pdf")
+_TS = pa.timestamp("us", tz="UTC")
+PAPER_SCHEMA = pa.schema(
+    [("arxiv_id", pa.string()), ("version", pa.int32()), ("title", pa.string()),
+     ("authors", pa.list_(pa.string())), ("summary", pa.string()), ("published", _TS), ("updated", _TS),
+     ("primary_category", pa.string()), ("categories", pa.list_(pa.string())), ("license", pa.string()),
+     ("doi", pa.string()), ("journal_ref", pa.string()), ("comment", pa.string())]
+    + [(f"{d}_{f}", pa.int64() if f == "bytes" else pa.string()) for d in DOWNLOADS for f in DOWNLOAD_FIELDS]
+    + [(f"{d}_attempts", pa.int32()) for d in DOWNLOADS]
+)
+
+
+def make_fetcher(root: Path, delay: float | None = None, **kw) -> PoliteFetcher:
+    """A fetcher whose politeness budget is shared by every worker using the same data root."""
+    return PoliteFetcher(config.arxiv_delay() if delay is None else delay, root / ".politeness", **kw)
+
+
+def _empty_downloads(record: dict, wanted: tuple[str, ...]) -> dict:
+    for d in DOWNLOADS:
+        record.update({f"{d}_{f}": "" for f in DOWNLOAD_FIELDS}, **{f"{d}_bytes": 0, f"{d}_attempts": 0})
+        record[f"{d}_status"] = "pending" if d in wanted else "skipped"
+    return record
+
+
+def _merge(fresh: dict, old: dict | None, wanted: tuple[str, ...], root: Path) -> dict:
+    """Fresh metadata, keeping what earlier runs already downloaded for the same version."""
+    if old is None or old["version"] != fresh["version"]:
+        if old is not None:  # a new version: the stored files are stale
+            for d in DOWNLOADS:
+                if old[f"{d}_path"]:
+                    (root / old[f"{d}_path"]).unlink(missing_ok=True)
+        return _empty_downloads(fresh, wanted)
+    record = dict(old, **{k: v for k, v in fresh.items() if k != "license" or v})
+    for d in wanted:  # a download skipped before but wanted now
+        if record[f"{d}_status"] == "skipped":
+            record[f"{d}_status"] = "pending"
+    return record
+
+
+def _download(record: dict, what: str, url: str, dest: Path, root: Path, fetcher: PoliteFetcher,
+              max_attempts: int) -> None:
+    row = download_file(fetcher, url, dest, root)
+    record.update({f"{what}_{k}": v for k, v in row.items()})
+    record[f"{what}_attempts"] += 1
+    if row["status"] == "missing" and "withdrawn" in record["comment"].lower():
+        record[f"{what}_status"] = "withdrawn"
+    elif row["status"] == "pending" and record[f"{what}_attempts"] >= max_attempts:
+        record[f"{what}_status"] = "error"
+        record[f"{what}_error"] = f"gave up after {max_attempts} attempts: {row['error']}"
+
+
+def shard_stats(month: str, records: list[dict], params: dict, seconds: float, requests: int) -> dict:
+    errors = Counter(f"{d}:{r[f'{d}_status']}" for r in records for d in DOWNLOADS
+                     if r[f"{d}_status"] not in ("ok", "skipped"))
+    failed = [{"arxiv_id": r["arxiv_id"], "download": d, "status": r[f"{d}_status"], "error": r[f"{d}_error"]}
+              for r in records for d in DOWNLOADS if r[f"{d}_status"] in ("missing", "withdrawn", "error")]
+    pending = sum(r[f"{d}_status"] == "pending" for r in records for d in DOWNLOADS)
+    return {
+        "shard": month,
+        "papers": len(records),
+        "downloaded": sum(all(r[f"{d}_status"] in ("ok", "skipped") for d in DOWNLOADS) for r in records),
+        "failed": failed,
+        "pending": pending,
+        "bytes": sum(r[f"{d}_bytes"] for r in records for d in DOWNLOADS if r[f"{d}_status"] == "ok"),
+        "seconds": round(seconds, 3),
+        "requests": requests,
+        "errors": dict(sorted(errors.items())),
+        "params": params,
+        "done": pending == 0,
+    }
+
+
+def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str | None = None,
+                eprint_url: str | None = None, pdf_url: str | None = None, oai_url: str | None = None,
+                category: str = "cs.CV", include_cross_lists: bool = False, max_papers: int | None = None,
+                downloads: tuple[str, ...] = DOWNLOADS, max_attempts: int = 3, checkpoint_s: float = 5.0,
+                progress: bool = False) -> dict:
+    """Crawl one month shard (resuming whatever an earlier run left); return its stats.
+
+    The stats have `done` true when the shard is finished (and its stats file written).
+    """
+    t0, requests0 = time.time(), fetcher.requests_made
+    params = {"category": category, "include_cross_lists": include_cross_lists, "max_papers": max_papers,
+              "downloads": sorted(downloads)}
+    papers_dir = root / "papers"
+    if (done := store.read_stats(papers_dir, month)) and done.get("params") == params:
+        return done
+    shard_file = papers_dir / f"{month}.parquet"
+    old = {r["arxiv_id"]: r for r in store.read_rows(shard_file)} if shard_file.exists() else {}
+
+    try:
+        results = search_month(ArxivAPI(fetcher, api_url or config.arxiv_api_url()), category, month)
+    except (MetadataError, TransientError) as e:
+        log.warning("%s: metadata failed, shard left open: %s", month, e)
+        stats = shard_stats(month, list(old.values()), params, time.time() - t0, fetcher.requests_made - requests0)
+        return dict(stats, done=False, error=f"metadata: {e}")
+    fresh = [paper_record(r) for r in results if include_cross_lists or r.primary_category == category]
+    fresh = sorted({p["arxiv_id"]: p for p in fresh}.values(), key=lambda p: p["arxiv_id"])[:max_papers]
+    records = [_merge(p, old.get(p["arxiv_id"]), downloads, root) for p in fresh]
+
+    eprint_url, pdf_url = eprint_url or config.arxiv_eprint_url(), pdf_url or config.arxiv_pdf_url()
+    last_checkpoint = time.time()
+    bar = tqdm(records, desc=month, unit="paper", disable=not progress, leave=True)
+    for record in bar:
+        arxiv_id = record["arxiv_id"]
+        if oai_url and not record["license"]:
+            try:
+                record["license"] = fetch_license(fetcher, oai_url, arxiv_id)
+            except (MetadataError, TransientError, ValueError) as e:  # optional enrichment: never blocks
+                log.warning("%s: no licence from OAI-PMH: %s", arxiv_id, e)
+        if record["eprint_status"] == "pending":
+            _download(record, "eprint", eprint_url.format(id=arxiv_id), root / "raw" / month / f"{arxiv_id}.eprint",
+                      root, fetcher, max_attempts)
+        if record["pdf_status"] == "pending":
+            _download(record, "pdf", pdf_url.format(id=arxiv_id), root / "raw" / month / f"{arxiv_id}.pdf",
+                      root, fetcher, max_attempts)
+        if time.time() - last_checkpoint > checkpoint_s:
+            store.write_rows(shard_file, records, PAPER_SCHEMA)
+            last_checkpoint = time.time()
+    bar.close()
+
+    store.write_rows(shard_file, records, PAPER_SCHEMA)
+    stats = shard_stats(month, records, params, time.time() - t0, fetcher.requests_made - requests0)
+    if stats["done"]:
+        store.write_stats(papers_dir, month, stats)
+    log.info("%s: %d papers, %d downloaded, %d failed, %d pending", month, stats["papers"],
+             stats["downloaded"], len(stats["failed"]), stats["pending"])
+    return stats
+
+
+def crawl(start: str, end: str, root: str | Path | None = None, *, delay: float | None = None,
+          timeout: float = 60.0, **kw) -> list[dict]:
+    """Crawl every month shard from `start` to `end` (YYYY-MM, inclusive); return their stats."""
+    root = config.data_root(root)
+    fetcher = make_fetcher(root, delay, timeout=timeout)
+    return [crawl_shard(month, root, fetcher, **kw) for month in month_range(start, end)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.crawl", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--from", dest="start", required=True, help="first month shard, YYYY-MM")
+    ap.add_argument("--to", dest="end", required=True, help="last month shard, YYYY-MM (inclusive)")
+    ap.add_argument("--data", help="dataset root (default $CVF_DATA or ./data)")
+    ap.add_argument("--category", default="cs.CV", help="arXiv category (default cs.CV)")
+    ap.add_argument("--include-cross-lists", action="store_true",
+                    help="also take papers whose primary category is another one")
+    ap.add_argument("--max-papers", type=int, help="at most this many papers per month shard")
+    ap.add_argument("--downloads", nargs="*", default=list(DOWNLOADS), choices=DOWNLOADS,
+                    help="what to download (default: eprint pdf; none = metadata only)")
+    ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
+                                                f"or {config.DEFAULT_DELAY})")
+    ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    ap.add_argument("--max-attempts", type=int, default=3, help="tries per download across runs before giving up")
+    ap.add_argument("--api-url", help="Atom API query URL (default $CVF_ARXIV_API_URL or arXiv's)")
+    ap.add_argument("--eprint-url", help="e-print URL template with {id} (default $CVF_ARXIV_EPRINT_URL)")
+    ap.add_argument("--pdf-url", help="PDF URL template with {id} (default $CVF_ARXIV_PDF_URL)")
+    ap.add_argument("--oai-url", help="OAI-PMH URL: fill `license` from it (one extra request per paper)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    root = config.data_root(args.data)
+    stats = crawl(args.start, args.end, root, delay=args.delay, timeout=args.timeout, api_url=args.api_url,
+                  eprint_url=args.eprint_url, pdf_url=args.pdf_url, oai_url=args.oai_url, category=args.category,
+                  include_cross_lists=args.include_cross_lists, max_papers=args.max_papers,
+                  downloads=tuple(args.downloads), max_attempts=args.max_attempts, progress=True)
+    open_shards = [s["shard"] for s in stats if not s["done"]]
+    for s in stats:
+        for f in s["failed"]:
+            print(f"failed for good: {f['arxiv_id']} {f['download']} {f['status']}: {f['error']}")
+    print(f"{len(stats) - len(open_shards)}/{len(stats)} shards done, "
+          f"{sum(s['papers'] for s in stats)} papers, results in {root / 'papers'}")
+    if open_shards:
+        print(f"shards left open (rerun to retry): {' '.join(open_shards)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

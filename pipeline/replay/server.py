@@ -1,0 +1,316 @@
+"""An HTTP imitation of arXiv on 127.0.0.1: the Atom API, e-prints, PDFs, a little OAI-PMH, faults.
+
+Endpoints (the same paths as export.arxiv.org, so only the host changes):
+
+    GET /api/query?search_query=cat:cs.CV AND submittedDate:[202101010000 TO 202101312359]&start=0&max_results=100
+    GET /e-print/<id>      the e-print bytes as arXiv serves them (gzip'd tar, gzip'd .tex, or a PDF)
+    GET /pdf/<id>          the paper PDF
+    GET /oai?verb=GetRecord&identifier=oai:arXiv.org:<id>&metadataPrefix=arXiv   (licence)
+    GET /oai?verb=ListRecords&metadataPrefix=arXiv&set=cs&from=YYYY-MM-DD&until=YYYY-MM-DD
+    GET /_replay/log       JSON list of [time, path] of every request served (tests read it)
+    POST /_replay/faults   JSON list of fault rules, replacing the current ones
+
+A fault rule is `{"match": <regex searched in the request path+query>, "fault": <kind>,
+"times": <how many requests it hits; absent = all>, "retry_after": s, "seconds": s}` with kind
+one of: 503, 429, 500 (with `Retry-After` when given), 404, slow (sleep `seconds`, then answer),
+truncate (announce the full length, send half, close), html (an HTML error page with status
+200), empty (an API page with `totalResults` but no entries), malformed (broken Atom XML).
+Withdrawn papers answer 404 on both download endpoints, as on arXiv.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+from xml.sax.saxutils import escape
+
+from pipeline.replay.corpus import load_papers
+
+MAX_PAGE = 2000  # the real API's cap on max_results
+_TERM = re.compile(r"(\w+):(\[[^\]]*\]|\"[^\"]*\"|\S+)")
+_ID = re.compile(r"^(\d{4}\.\d{4,5})(v\d+)?$")
+
+
+# --- the corpus as the API sees it --------------------------------------------------------
+
+def _stamp(iso: str) -> str:
+    return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def real_eprint_papers(folder: Path) -> list[dict]:
+    """Metadata for real e-prints named `<arxiv id>.tar.gz` (or `<id>`) in `folder`."""
+    papers = []
+    for f in sorted(folder.iterdir()):
+        arxiv_id = f.name.removesuffix(".tar.gz")
+        if not _ID.match(arxiv_id):
+            continue
+        published = f"20{arxiv_id[:2]}-{arxiv_id[2:4]}-15T12:00:00+00:00"
+        papers.append({
+            "arxiv_id": arxiv_id, "version": 1, "title": f"Real e-print {arxiv_id}", "authors": ["Unknown"],
+            "summary": f"Served from {folder}.", "published": published, "updated": published,
+            "primary_category": "cs.CV", "categories": ["cs.CV"], "comment": "", "journal_ref": "", "doi": "",
+            "license": "", "withdrawn": False, "eprint_file": str(f),
+            "pdf_file": str(folder / f"{arxiv_id}.pdf"),
+        })
+    return papers
+
+
+def _matches(paper: dict, query: str) -> bool:
+    """The subset of arXiv's query language the crawl uses: terms joined by AND / ANDNOT / OR."""
+    tokens = re.split(r"\s+(AND|OR|ANDNOT)\s+", query.strip().strip("()"))
+    result, op = None, "AND"
+    for tok in tokens:
+        if tok in ("AND", "OR", "ANDNOT"):
+            op = tok
+            continue
+        m = _TERM.fullmatch(tok.strip().strip("()"))
+        if not m:
+            raise ValueError(f"unsupported query term: {tok!r}")
+        field, value = m.group(1), m.group(2).strip('"')
+        if field == "cat":
+            hit = value in paper["categories"]
+        elif field == "submittedDate":
+            lo, hi = re.fullmatch(r"\[(\d{8,14})\s+TO\s+(\d{8,14})\]", value).groups()
+            stamp = datetime.fromisoformat(paper["published"]).astimezone(timezone.utc).strftime("%Y%m%d%H%M%S")
+            hit = lo.ljust(14, "0") <= stamp <= hi.ljust(14, "9")
+        elif field in ("ti", "all"):
+            hit = value.lower() in paper["title"].lower()
+        elif field == "id":
+            hit = paper["arxiv_id"] == value
+        else:
+            raise ValueError(f"unsupported query field: {field!r}")
+        result = hit if result is None else (result and hit if op == "AND" else result or hit if op == "OR"
+                                             else result and not hit)
+    return bool(result)
+
+
+def _entry(p: dict) -> str:
+    vid = f"{p['arxiv_id']}v{p['version']}"
+    parts = [f"<entry><id>http://arxiv.org/abs/{vid}</id>",
+             f"<updated>{_stamp(p['updated'])}</updated><published>{_stamp(p['published'])}</published>",
+             f"<title>{escape(p['title'])}</title><summary>{escape(p['summary'])}</summary>"]
+    parts += [f"<author><name>{escape(a)}</name></author>" for a in p["authors"]]
+    if p["doi"]:
+        parts.append(f"<arxiv:doi>{escape(p['doi'])}</arxiv:doi>"
+                     f'<link title="doi" href="http://dx.doi.org/{escape(p["doi"])}" rel="related"/>')
+    if p["comment"]:
+        parts.append(f"<arxiv:comment>{escape(p['comment'])}</arxiv:comment>")
+    if p["journal_ref"]:
+        parts.append(f"<arxiv:journal_ref>{escape(p['journal_ref'])}</arxiv:journal_ref>")
+    parts.append(f'<link href="http://arxiv.org/abs/{vid}" rel="alternate" type="text/html"/>'
+                 f'<link title="pdf" href="http://arxiv.org/pdf/{vid}" rel="related" type="application/pdf"/>'
+                 f'<arxiv:primary_category xmlns:arxiv="http://arxiv.org/schemas/atom" term="{p["primary_category"]}" '
+                 'scheme="http://arxiv.org/schemas/atom"/>')
+    parts += [f'<category term="{c}" scheme="http://arxiv.org/schemas/atom"/>' for c in p["categories"]]
+    return "".join(parts) + "</entry>\n"
+
+
+def atom_feed(papers: list[dict], query: str, total: int, start: int, per_page: int) -> bytes:
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/" '
+            'xmlns:arxiv="http://arxiv.org/schemas/atom">\n'
+            f'<link href="http://arxiv.org/api/query?search_query={escape(query)}" rel="self" type="application/atom+xml"/>'
+            f"<title type=\"html\">ArXiv Query: search_query={escape(query)}</title>"
+            f"<id>http://arxiv.org/api/replay</id><updated>{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}</updated>\n"
+            f"<opensearch:totalResults>{total}</opensearch:totalResults>"
+            f"<opensearch:startIndex>{start}</opensearch:startIndex>"
+            f"<opensearch:itemsPerPage>{per_page}</opensearch:itemsPerPage>\n"
+            + "".join(_entry(p) for p in papers) + "</feed>\n").encode()
+
+
+def _oai_record(p: dict) -> str:
+    return (f"<record><header><identifier>oai:arXiv.org:{p['arxiv_id']}</identifier>"
+            f"<datestamp>{_stamp(p['updated'])[:10]}</datestamp><setSpec>cs</setSpec></header>"
+            f'<metadata><arXiv xmlns="http://arxiv.org/OAI/arXiv/"><id>{p["arxiv_id"]}</id>'
+            f"<created>{_stamp(p['published'])[:10]}</created><title>{escape(p['title'])}</title>"
+            f"<categories>{' '.join(p['categories'])}</categories>"
+            + (f"<license>{escape(p['license'])}</license>" if p.get("license") else "")
+            + "</arXiv></metadata></record>")
+
+
+def oai_response(verb: str, body: str) -> bytes:
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/">'
+            f"<responseDate>{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}</responseDate>"
+            f'<request verb="{verb}">http://export.arxiv.org/oai2</request>{body}</OAI-PMH>\n').encode()
+
+
+HTML_ERROR = (b"<!DOCTYPE html><html><head><title>arXiv - Error</title></head><body>"
+              b"<h1>Sorry, something went wrong</h1><p>Please try again later.</p></body></html>")
+
+
+# --- the server -----------------------------------------------------------------------------
+
+class Replay:
+    """The replay's state: papers, fault rules, and a log of requests served."""
+
+    def __init__(self, corpus_dir: str | Path | None = None, extra_eprints: str | Path | None = None,
+                 faults: list[dict] | None = None):
+        self.corpus_dir = Path(corpus_dir) if corpus_dir else None
+        papers = load_papers(self.corpus_dir) if self.corpus_dir else []
+        if extra_eprints:
+            papers += real_eprint_papers(Path(extra_eprints))
+        self.papers = {p["arxiv_id"]: p for p in papers}
+        self.ordered = sorted(papers, key=lambda p: p["published"])
+        self.lock = threading.Lock()
+        self.faults: list[dict] = []
+        self.set_faults(faults or [])
+        self.log: list[tuple[float, str]] = []
+
+    def set_faults(self, faults: list[dict]) -> None:
+        with self.lock:
+            self.faults = [dict(f, _left=f.get("times")) for f in faults]
+
+    def take_fault(self, target: str) -> dict | None:
+        """The first rule matching `target` that has hits left (and spend one)."""
+        with self.lock:
+            for f in self.faults:
+                if re.search(f["match"], target) and (f["_left"] is None or f["_left"] > 0):
+                    if f["_left"] is not None:
+                        f["_left"] -= 1
+                    return f
+        return None
+
+    def file_for(self, endpoint: str, arxiv_id: str) -> Path | None:
+        p = self.papers.get(arxiv_id)
+        if p is None or p.get("withdrawn"):
+            return None
+        if endpoint == "e-print":
+            path = Path(p["eprint_file"]) if "eprint_file" in p else self.corpus_dir / "eprint" / arxiv_id
+        else:
+            path = Path(p["pdf_file"]) if "pdf_file" in p else self.corpus_dir / "pdf" / f"{arxiv_id}.pdf"
+        return path if path.exists() else None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "ReplayServer"
+    protocol_version = "HTTP/1.0"  # one request per connection, like a simple CDN edge
+
+    def log_message(self, fmt, *args):  # quiet; the replay keeps its own log
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict | None = None, truncate: bool = False):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if truncate else body)
+        if truncate:
+            self.close_connection = True
+
+    def do_POST(self):
+        replay = self.server.replay
+        if self.path.startswith("/_replay/faults"):
+            replay.set_faults(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"[]"))
+            return self._send(200, b"ok\n", "text/plain")
+        self._send(404, b"not found\n", "text/plain")
+
+    def do_GET(self):
+        replay = self.server.replay
+        url = urlsplit(self.path)
+        if url.path == "/_replay/log":
+            with replay.lock:
+                return self._send(200, json.dumps(replay.log).encode(), "application/json")
+        with replay.lock:
+            replay.log.append((time.time(), self.path))
+        fault = replay.take_fault(self.path)
+        kind = str(fault["fault"]) if fault else ""
+        if kind == "slow":
+            time.sleep(float(fault.get("seconds", 5)))
+        elif kind in ("503", "429", "500"):
+            headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
+            return self._send(int(kind), HTML_ERROR, "text/html", headers)
+        elif kind == "404":
+            return self._send(404, b"not found\n", "text/plain")
+        elif kind == "html":
+            return self._send(200, HTML_ERROR, "text/html")
+        try:
+            status, body, ctype = self._route(url.path, parse_qs(url.query), kind)
+        except (ValueError, KeyError) as e:
+            status, body, ctype = 400, f"bad request: {e}\n".encode(), "text/plain"
+        self._send(status, body, ctype, truncate=kind == "truncate")
+
+    def _route(self, path: str, q: dict, fault: str) -> tuple[int, bytes, str]:
+        replay = self.server.replay
+        if path == "/api/query":
+            return 200, self._api(q, fault), "application/atom+xml; charset=utf-8"
+        m = re.fullmatch(r"/(e-print|pdf)/(\d{4}\.\d{4,5})(v\d+)?", path)
+        if m:
+            f = replay.file_for(m.group(1), m.group(2))
+            if f is None:
+                return 404, b"not found\n", "text/plain"
+            ctype = "application/pdf" if m.group(1) == "pdf" else "application/x-eprint-tar"
+            return 200, f.read_bytes(), ctype
+        if path in ("/oai", "/oai2"):
+            return 200, self._oai(q), "text/xml"
+        return 404, b"not found\n", "text/plain"
+
+    def _api(self, q: dict, fault: str) -> bytes:
+        replay = self.server.replay
+        query = q.get("search_query", [""])[0]
+        ids = [i for i in q.get("id_list", [""])[0].split(",") if i]
+        start = int(q.get("start", ["0"])[0])
+        per_page = min(int(q.get("max_results", ["10"])[0]), MAX_PAGE)
+        hits = [p for p in replay.ordered if (not query or _matches(p, query))
+                and (not ids or p["arxiv_id"] in ids)]
+        if q.get("sortOrder", ["descending"])[0] == "descending":
+            hits = hits[::-1]
+        if fault == "malformed":
+            return b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><entry><id>http://arxiv'
+        page = [] if fault == "empty" else hits[start:start + per_page]
+        return atom_feed(page, query, len(hits), start, per_page)
+
+    def _oai(self, q: dict) -> bytes:
+        replay = self.server.replay
+        verb = q.get("verb", [""])[0]
+        if verb == "GetRecord":
+            arxiv_id = q["identifier"][0].removeprefix("oai:arXiv.org:")
+            p = replay.papers.get(arxiv_id)
+            if p is None:
+                return oai_response(verb, '<error code="idDoesNotExist">unknown identifier</error>')
+            return oai_response(verb, f"<GetRecord>{_oai_record(p)}</GetRecord>")
+        if verb == "ListRecords":
+            lo, hi = q.get("from", ["0000"])[0], q.get("until", ["9999"])[0]
+            recs = [p for p in replay.ordered if lo <= _stamp(p["updated"])[:10] <= hi]
+            if not recs:
+                return oai_response(verb, '<error code="noRecordsMatch">no records</error>')
+            return oai_response(verb, "<ListRecords>" + "".join(map(_oai_record, recs)) + "</ListRecords>")
+        return oai_response(verb, '<error code="badVerb">unsupported verb</error>')
+
+
+class ReplayServer(ThreadingHTTPServer):
+    """The replay on 127.0.0.1 (port 0 = a free one). `with ReplayServer(replay) as s: s.url`."""
+
+    daemon_threads = True
+
+    def __init__(self, replay: Replay, host: str = "127.0.0.1", port: int = 0):
+        super().__init__((host, port), _Handler)
+        self.replay = replay
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.server_address[0]}:{self.server_address[1]}"
+
+    def endpoints(self) -> dict[str, str]:
+        """The environment that points the crawl at this replay."""
+        return {"CVF_ARXIV_API_URL": f"{self.url}/api/query", "CVF_ARXIV_EPRINT_URL": f"{self.url}/e-print/{{id}}",
+                "CVF_ARXIV_PDF_URL": f"{self.url}/pdf/{{id}}", "CVF_ARXIV_OAI_URL": f"{self.url}/oai"}
+
+    def start(self) -> "ReplayServer":
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> "ReplayServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
