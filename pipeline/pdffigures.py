@@ -44,6 +44,7 @@ FIRST_GAP = 36.0   # caption to the nearest graphic of its figure
 ROW_GAP = 22.0     # between rows of a figure (sub-captions sit in these gaps)
 TOUCH = 6.0        # graphics closer than this belong together (grids with thin gutters)
 LABEL_REACH = 14.0  # text this close to the graphics is part of the figure (tick labels)
+USUAL_SIDE_BONUS = 12.0  # figures' graphics are usually above the caption, tables' below
 MARGIN = 0.045     # page fraction at the top/bottom/sides holding running heads and stamps
 
 
@@ -133,29 +134,61 @@ def _caption(block: TextBlock) -> Caption | None:
     return Caption(block, kind, m.group("num"), strong)
 
 
-def _graphics(page: pymupdf.Page) -> tuple[list[pymupdf.Rect], list[pymupdf.Rect]]:
-    """Bounding boxes of painted images and of vector paths/shadings, clipped to the page.
+def _graphics(page: pymupdf.Page) -> tuple[list[pymupdf.Rect], list[pymupdf.Rect], list[pymupdf.Rect]]:
+    """Bounding boxes of painted images, of visible vector paths, and of white canvases.
 
-    Page-sized paths are backgrounds and thin items in the page margins are running-head
-    rules; both are dropped.
+    White fills without a stroke paint nothing on white paper; they are kept apart as
+    canvases (a figure's own background gives its extent, see `_on_canvas`) and never grow
+    a region. Dropped: page-sized paths (backgrounds) and items wholly in the top or bottom
+    margin (running-head rules).
     """
     page_rect = page.rect
     area = page_rect.get_area()
     top, bottom = page_rect.y0 + MARGIN * page_rect.height, page_rect.y1 - MARGIN * page_rect.height
-    images, paths = [], []
-    for kind, bbox in page.get_bboxlog():
-        r = pymupdf.Rect(bbox) & page_rect
+
+    def on_page(r):
+        r = pymupdf.Rect(r) & page_rect
         if r.x0 > r.x1 or r.y0 > r.y1 or (r.width == 0 and r.height == 0):
-            continue  # off the page, or a point
-        if r.y1 < top or r.y0 > bottom:
+            return None  # off the page, or a point
+        return None if r.y1 < top or r.y0 > bottom else r
+
+    images, paths, canvases = [], [], []
+    for kind, bbox in page.get_bboxlog():
+        r = on_page(bbox)
+        if r is None:
             continue
-        if kind in ("fill-image", "fill-imgmask"):
-            if r.width > 2 and r.height > 2:
-                images.append(r)
-        elif kind in ("fill-path", "stroke-path", "fill-shade"):
-            if r.get_area() < 0.8 * area:
-                paths.append(r)
-    return images, _merge_touching(paths, 1.0)
+        if kind in ("fill-image", "fill-imgmask") and r.width > 2 and r.height > 2:
+            images.append(r)
+        elif kind == "fill-shade":
+            paths.append(r)
+    for d in page.get_drawings():
+        r = on_page(d["rect"])
+        if r is None or r.get_area() > 0.8 * area:
+            continue
+        stroked = d.get("color") is not None and d.get("stroke_opacity", 1) > 0
+        filled = d.get("fill") is not None and d.get("fill_opacity", 1) > 0
+        if stroked or (filled and min(d["fill"]) < 0.98):
+            paths.append(r)
+        elif filled:
+            canvases.append(r)
+    if images:
+        images = _clip_images(page, images)
+    return images, _merge_touching(paths, 1.0), canvases
+
+
+def _clip_images(page: pymupdf.Page, images: list[pymupdf.Rect]) -> list[pymupdf.Rect]:
+    """Cut images down to the clip paths that crop them.
+
+    LaTeX's `trim`/`clip` and screenshots pasted into slides paint a whole image and show only
+    part of it; MuPDF reports the whole image's box. A clip rect lying inside an image's box is
+    taken as its visible part.
+    """
+    clips = [d["scissor"] for d in page.get_drawings(extended=True) if d["type"] == "clip"]
+    visible = []
+    for img in images:
+        inner = [c for c in clips if _inside_fraction(c, img) > 0.9 and c.get_area() < 0.95 * img.get_area()]
+        visible.append(img & _union(inner) if inner else img)
+    return visible
 
 
 def _merge_touching(rects: list[pymupdf.Rect], tol: float) -> list[pymupdf.Rect]:
@@ -209,14 +242,17 @@ def _is_body(block: TextBlock, body_size: float, graphics: list[pymupdf.Rect]) -
         return False
     if block.n_lines < 2 and len(block.text) < 60:
         return False
-    if block.rect.width < 80:
-        return False
+    if block.rect.width < 80 or len(block.text) / block.n_lines < 25:
+        return False  # narrow, or short lines: table cells, legends
     return not any(_inside_fraction(block.rect, g) > 0.5 for g in graphics)
 
 
 def _grow(caption: Caption, up: bool, graphics: list[pymupdf.Rect], labels: list[pymupdf.Rect],
-          stops: list[pymupdf.Rect], page_rect: pymupdf.Rect) -> list[pymupdf.Rect]:
-    """Graphics forming the figure on one side of `caption` (above when `up`), or []."""
+          stops: list[pymupdf.Rect], page_rect: pymupdf.Rect) -> tuple[list[pymupdf.Rect], float]:
+    """Graphics forming the figure on one side of `caption` (above when `up`), or [].
+
+    Also returns the gap between the caption and the nearest of them.
+    """
     cap = caption.block.rect
     column = (cap.x0 - 4, cap.x1 + 4)
 
@@ -251,7 +287,9 @@ def _grow(caption: Caption, up: bool, graphics: list[pymupdf.Rect], labels: list
         taken.pop()  # text beyond the last graphic is a heading or an equation, not the figure
     parts = [r for r, is_graphic in taken if is_graphic]
     if not parts:
-        return []
+        return [], float("inf")
+    nearest = min(parts, key=lambda r: (cap.y0 - r.y1) if up else (r.y0 - cap.y1))
+    first_gap = max((cap.y0 - nearest.y1) if up else (nearest.y0 - cap.y1), 0.0)
 
     # 2. grow across the page through touching graphics (full-width figures, wide grids)
     region = _union(parts)
@@ -268,7 +306,7 @@ def _grow(caption: Caption, up: bool, graphics: list[pymupdf.Rect], labels: list
             parts.append(g)
             region = grown
             changed = True
-    return parts
+    return parts, first_gap
 
 
 def _union(rects: list[pymupdf.Rect]) -> pymupdf.Rect:
@@ -298,6 +336,21 @@ def _with_labels(region: pymupdf.Rect, labels: list[pymupdf.Rect], cap: pymupdf.
     return region
 
 
+def _on_canvas(region: pymupdf.Rect, canvases: list[pymupdf.Rect], cap: pymupdf.Rect, up: bool,
+               stops: list[pymupdf.Rect]) -> pymupdf.Rect:
+    """Widen the region to the white canvas it is drawn on (an included PDF figure's page),
+    when that canvas holds the region, stays on its side of the caption and holds no body text."""
+    for c in canvases:
+        if _inside_fraction(region, c) < 0.95 or c.get_area() > 2.0 * region.get_area():
+            continue
+        if (up and c.y1 > cap.y0 + 2) or (not up and c.y0 < cap.y1 - 2):
+            continue
+        if any(s is not cap and _inside_fraction(s, c) > 0.3 for s in stops):
+            continue
+        region = region | c
+    return region
+
+
 # ---------------------------------------------------------------------------------------
 # Public API
 
@@ -320,7 +373,7 @@ def find_figure_regions(page_or_doc, body_size: float | None = None) -> list[Reg
 
 def _page_regions(page: pymupdf.Page, blocks: list[TextBlock], body_size: float) -> list[Region]:
     page_rect = page.rect
-    images, paths = _graphics(page)
+    images, paths, canvases = _graphics(page)
     graphics = images + paths
     side = MARGIN * page_rect.width
     captions, labels, stops = [], [], []
@@ -339,23 +392,31 @@ def _page_regions(page: pymupdf.Page, blocks: list[TextBlock], body_size: float)
     strong = {(c.kind, c.number) for c in captions if c.strong}
     captions = [c for c in captions if c.strong or (c.kind, c.number) not in strong]
 
-    regions, claimed = [], []
-    # figures hang below their graphics and tables above theirs; try the usual side first
-    for pass_ in (0, 1):
-        for cap in captions:
-            if any(r.caption_bbox == tuple(cap.block.rect) for r in regions):
-                continue
-            up = (cap.kind == "Figure") != bool(pass_)
-            free = [g for g in graphics if not any(g is c for c in claimed)]
-            parts = _grow(cap, up, free, labels, stops, page_rect)
-            if not parts:
-                continue
-            claimed.extend(parts)
-            bbox = _with_labels(_union(parts), labels, cap.block.rect, up) & page_rect
-            n_images = sum(1 for p in parts if any(p is i for i in images))
-            regions.append(Region(page.number, tuple(round(v, 2) for v in bbox),
-                                  tuple(cap.block.rect), cap.block.text, cap.kind, cap.number,
-                                  n_images, len(parts) - n_images, parts))
+    # Greedy assignment, closest caption-to-graphics gap first: figures usually hang below
+    # their graphics and tables above theirs, so that side gets a bonus, but a caption uses
+    # the other side when its graphics are there (and are not another caption's).
+    regions, claimed, pending = [], set(), list(captions)
+    while pending:
+        free = [g for g in graphics if id(g) not in claimed]
+        best = None
+        for cap in pending:
+            for up in (True, False):
+                parts, gap = _grow(cap, up, free, labels, stops, page_rect)
+                score = gap - (USUAL_SIDE_BONUS if up == (cap.kind == "Figure") else 0.0)
+                if parts and (best is None or score < best[0]):
+                    best = (score, cap, up, parts)
+        if best is None:
+            break
+        _, cap, up, parts = best
+        pending.remove(cap)
+        claimed.update(id(p) for p in parts)
+        bbox = _with_labels(_union(parts), labels, cap.block.rect, up)
+        bbox = _on_canvas(bbox, canvases, cap.block.rect, up, stops) & page_rect
+        n_images = sum(1 for p in parts if any(p is i for i in images))
+        regions.append(Region(page.number, tuple(round(v, 2) for v in bbox),
+                              tuple(cap.block.rect), cap.block.text, cap.kind, cap.number,
+                              n_images, len(parts) - n_images, parts))
+    regions.sort(key=lambda r: (r.bbox[1], r.bbox[0]))
     return regions
 
 
