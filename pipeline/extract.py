@@ -1,0 +1,423 @@
+"""Figure extraction: paper records in, figure records and PNGs out, one month shard at a time.
+
+For each paper of `papers/<shard>.parquet` the e-print is read in memory (`pipeline.archive`),
+every figure-like member (the official extensions plus EPS/PS) becomes one record named by the
+CVF rule (`pipeline.naming`) and is rendered to `images/<shard>/<paper_id>/<file>.png` in a
+sandboxed child process (`pipeline.render.Renderer`). Papers whose e-print is missing or is
+only a PDF go through the PDF fallback (`pipeline.pdffigures`). Each record says whether the
+LaTeX includes the file, whether the official name filter would drop it, and which earlier
+figure it duplicates exactly (same PNG bytes) or nearly (perceptual hash within a few bits).
+
+A paper that cannot be read at all (corrupt archive, bomb, no source) gets one record with an
+empty `img_name` and the reason, so every paper of a shard is accounted for.
+
+Resumable: records are checkpointed to `figures/<shard>.parquet` as papers finish; a rerun
+skips papers already there, and skips the shard once `figures/<shard>_stats.json` exists.
+
+    python -m pipeline.extract --shards 2020-02 2022-02
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from collections import Counter
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline import config, store
+from pipeline.archive import ArchiveError, Limits, read_eprint
+from pipeline.naming import cvf_name, figure_format, official_name_filter, output_name
+from pipeline.render import Renderer, RenderOptions
+
+FIGURE_SCHEMA = pa.schema([
+    ("paper_id", pa.string()),
+    ("img_name", pa.string()),
+    ("source_path", pa.string()),
+    ("source_kind", pa.string()),
+    ("format", pa.string()),
+    ("image_path", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("sha256", pa.string()),
+    ("phash", pa.string()),
+    ("bytes", pa.int64()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("included", pa.bool_()),
+    ("name_filter", pa.bool_()),
+    ("dup_of", pa.string()),
+    ("near_dup_of", pa.string()),
+    ("page_count", pa.int32()),
+    ("mediabox", pa.list_(pa.float64())),
+    ("cropbox", pa.list_(pa.float64())),
+    # PDF fallback only: page (1-based) and region of the figure on it, its caption.
+    ("page", pa.int32()),
+    ("bbox", pa.list_(pa.float64())),
+    ("caption", pa.string()),
+])
+
+NEAR_DUP_BITS = 4  # perceptual hashes at most this many bits apart are near duplicates
+
+
+def figure_row(paper_id: str, **fields) -> dict:
+    """A figure record with every column of the contract present."""
+    row = {name: None for name in FIGURE_SCHEMA.names}
+    row.update(paper_id=paper_id, img_name="", source_path="", source_kind="eprint",
+               format="", image_path="", status="ok", error="", included=False,
+               name_filter=False, dup_of="", near_dup_of="")
+    row.update(fields)
+    return row
+
+
+# --- which files the LaTeX includes -------------------------------------------------------------
+
+_COMMENT = re.compile(r"(?<!\\)%.*")
+_INCLUDE = re.compile(
+    r"\\(?:includegraphics|includesvg|epsfbox|epsffile|overpic)\*?\s*(?:\[[^\]]*\]\s*)*\{([^}]*)\}")
+_EPSFIG = re.compile(r"\\(?:epsfig|psfig)\s*\{[^}]*?(?:file|figure)\s*=\s*([^,}]+)")
+_GRAPHICSPATH = re.compile(r"\\graphicspath\s*\{((?:\s*\{[^}]*\}\s*)+)\}")
+
+
+def latex_references(tex_files: dict[str, str]) -> set[str]:
+    """Paths (relative to the archive root, extension as written or none) that the LaTeX
+    sources pass to `\\includegraphics` and friends, tried against every `\\graphicspath`
+    folder and the including file's own folder."""
+    refs, folders = [], {""}
+    for path, text in tex_files.items():
+        text = _COMMENT.sub("", text)
+        here = str(PurePosixPath(path).parent)
+        folders.add("" if here == "." else here + "/")
+        for m in _GRAPHICSPATH.finditer(text):
+            folders.update(p.strip() for p in re.findall(r"\{([^}]*)\}", m.group(1)))
+        refs += [m.group(1) for m in _INCLUDE.finditer(text)]
+        refs += [m.group(1) for m in _EPSFIG.finditer(text)]
+    out = set()
+    for ref in refs:
+        ref = ref.strip().strip('"').strip()
+        if not ref or "#" in ref:  # a macro argument, not a file
+            continue
+        for folder in folders:
+            folder = folder if not folder or folder.endswith("/") else folder + "/"
+            out.add(_normalise(folder + ref))
+    return out
+
+
+def _normalise(path: str) -> str:
+    parts: list[str] = []
+    for part in path.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." and parts:
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
+
+
+def is_included(member_path: str, references: set[str]) -> bool:
+    """Whether `member_path` is what one of the references names (LaTeX may leave out the
+    extension, and an `x-eps-converted-to.pdf` stands for `x.eps`)."""
+    path = PurePosixPath(member_path)
+    stem = str(path.with_suffix("")) if path.suffix else member_path
+    stem = re.sub(r"-(eps|ps)-converted-to$", "", stem)
+    keys = {member_path, stem}
+    for ref in references:
+        if ref in keys or str(PurePosixPath(ref).with_suffix("")) == stem:
+            return True
+    return False
+
+
+# --- one paper ----------------------------------------------------------------------------------
+
+# LaTeX sources that may include graphics (Inkscape's `\\import`ed .pdf_tex, TikZ/PGF files too).
+TEX_SUFFIXES = (".tex", ".pdf_tex", ".eps_tex", ".tikz", ".pgf")
+
+
+def _is_tex(path: str) -> bool:
+    return path.lower().endswith(TEX_SUFFIXES)
+
+
+def _wanted(path: str) -> bool:
+    return figure_format(path) is not None or _is_tex(path)
+
+
+def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
+                   renderer: Renderer, *, apply_name_filter: bool = True,
+                   only: set[str] | None = None, limits: Limits = Limits()) -> list[dict]:
+    """Figure records of one e-print; PNGs go to `image_dir`. `only`: render just these names.
+
+    Raises ArchiveError only before any member is read (empty, zip, unknown blob); a PDF
+    e-print raises `IsPaperPDF` for the caller to route to the PDF fallback."""
+    kind, members = read_eprint(eprint, _wanted, limits)
+    if kind == "pdf":
+        raise IsPaperPDF(eprint)
+    rows: dict[str, dict] = {}  # by img_name
+    tex: dict[str, str] = {}
+    try:
+        for member in members:
+            if _is_tex(member.path) and member.data is not None:
+                tex[member.path] = member.data.decode("utf-8", "replace")
+                continue
+            fmt = figure_format(member.path)
+            if fmt is None:
+                continue
+            name = cvf_name(member.path)
+            if only is not None and name not in only:
+                continue
+            earlier = rows.get(name)
+            if earlier is not None:
+                if fmt == "pdf" and earlier["format"] in ("eps", "ps"):
+                    pass  # the archive holds LaTeX's own conversion: use it instead of ours
+                elif fmt in ("eps", "ps") and earlier["format"] == "pdf":
+                    continue  # converted PDF already used
+                else:
+                    rows[f"{name}\0{member.path}"] = figure_row(
+                        paper_id, img_name=name, source_path=member.path, format=fmt,
+                        status="skipped", error=f"same CVF name as {earlier['source_path']!r}")
+                    continue
+            row = figure_row(paper_id, img_name=name, source_path=member.path, format=fmt,
+                             bytes=member.size, name_filter=official_name_filter(name))
+            if member.error:
+                row.update(status="error", error=member.error)
+            elif row["name_filter"] and apply_name_filter:
+                row.update(status="filtered", error="official name filter (arch/pipeline)")
+            else:
+                out = image_dir / output_name(paper_id, name)
+                result = renderer.render(member.data, fmt, out)
+                row.update(result)
+                row["bytes"] = result.get("bytes", member.size)
+                if row["status"] == "ok":
+                    row["image_path"] = out.relative_to(root).as_posix()
+            rows[name] = row
+    except ArchiveError as e:
+        rows["\0archive"] = figure_row(paper_id, status="error", error=str(e))
+    references = latex_references(tex)
+    for row in rows.values():
+        if row["source_path"]:
+            row["included"] = is_included(row["source_path"], references)
+    return list(rows.values())
+
+
+class IsPaperPDF(Exception):
+    """The e-print is the paper's PDF, not a source tree."""
+
+
+def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path) -> list[dict]:
+    """Figure records from the paper's PDF, through the PDF fallback (`pipeline.pdffigures`)."""
+    try:
+        from pipeline.pdffigures import extract_pdf_figures
+    except ImportError:
+        return [figure_row(paper_id, source_kind="pdf", status="skipped",
+                           error="no source e-print and the PDF fallback is not installed")]
+    rows = []
+    try:
+        found = extract_pdf_figures(pdf, image_dir)
+    except Exception as e:  # the fallback must not take the shard down
+        return [figure_row(paper_id, source_kind="pdf", status="error",
+                           error=f"PDF fallback failed: {type(e).__name__}: {e}")]
+    for fig in found:
+        row = figure_row(paper_id, source_kind="pdf", format="png",
+                         img_name=fig.get("img_name", ""), source_path=fig.get("source_path", ""),
+                         status=fig.get("status", "ok"), error=fig.get("error", "") or "",
+                         width=fig.get("width"), height=fig.get("height"), page=fig.get("page"),
+                         bbox=list(fig["bbox"]) if fig.get("bbox") is not None else None,
+                         caption=fig.get("caption"))
+        png = fig.get("png_path")
+        if row["status"] == "ok" and png and Path(png).exists():
+            row.update(_png_facts(Path(png)), image_path=Path(png).resolve().relative_to(root)
+                       .as_posix())
+        rows.append(row)
+    return rows
+
+
+def _png_facts(path: Path) -> dict:
+    import imagehash
+    from PIL import Image
+
+    with Image.open(path) as img:
+        phash = str(imagehash.phash(img))
+    return {"sha256": store.sha256_file(path), "bytes": path.stat().st_size, "phash": phash}
+
+
+def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
+                  apply_name_filter: bool = True) -> list[dict]:
+    """Figure records of one paper record: from its e-print, else from its PDF."""
+    paper_id = paper["arxiv_id"]
+    image_dir = root / "images" / shard / paper_id.replace("/", "_")
+    eprint = root / paper["eprint_path"] if paper.get("eprint_path") else None
+    pdf = root / paper["pdf_path"] if paper.get("pdf_path") else None
+    if eprint is not None and paper.get("eprint_status", "ok") == "ok" and eprint.exists():
+        try:
+            return extract_eprint(paper_id, eprint, image_dir, root, renderer,
+                                  apply_name_filter=apply_name_filter)
+        except IsPaperPDF:
+            return extract_pdf(paper_id, eprint, image_dir, root)
+        except ArchiveError as e:
+            if pdf is not None and pdf.exists():
+                return [figure_row(paper_id, status="error", error=f"e-print: {e}")] + \
+                    extract_pdf(paper_id, pdf, image_dir, root)
+            return [figure_row(paper_id, status="error", error=f"e-print: {e}")]
+    if pdf is not None and paper.get("pdf_status", "ok") == "ok" and pdf.exists():
+        return extract_pdf(paper_id, pdf, image_dir, root)
+    return [figure_row(paper_id, status="skipped", error=(
+        f"no e-print or PDF on disk (eprint_status={paper.get('eprint_status')!r}, "
+        f"pdf_status={paper.get('pdf_status')!r})"))]
+
+
+# --- duplicates ---------------------------------------------------------------------------------
+
+def mark_duplicates(rows: list[dict], near_bits: int = NEAR_DUP_BITS) -> None:
+    """Set `dup_of` (same PNG bytes) and `near_dup_of` (perceptual hashes within `near_bits`)
+    on every rendered row, pointing at the first such figure in (paper_id, img_name) order.
+    Works within a paper and across papers alike; nothing is dropped."""
+    rendered = sorted((r for r in rows if r["status"] == "ok" and r["sha256"]),
+                      key=lambda r: (r["paper_id"], r["img_name"], r["source_path"]))
+    first_by_sha: dict[str, str] = {}
+    # Near duplicates by pigeonhole: two 64-bit hashes within `near_bits` bits agree exactly
+    # on at least one of `near_bits + 1` bit blocks, so only rows sharing a block are compared.
+    blocks = _bit_blocks(near_bits + 1)
+    by_block: list[dict[int, list[tuple[int, str]]]] = [{} for _ in blocks]
+    for row in rendered:
+        key = f"{row['paper_id']}/{row['img_name']}"
+        row["dup_of"] = first_by_sha.setdefault(row["sha256"], key)
+        row["dup_of"] = "" if row["dup_of"] == key else row["dup_of"]
+        row["near_dup_of"] = ""
+        if row["dup_of"] or not row["phash"]:
+            continue
+        h = int(row["phash"], 16)
+        match = None
+        for table, (shift, mask) in zip(by_block, blocks):
+            for other, other_key in table.get((h >> shift) & mask, ()):
+                if bin(h ^ other).count("1") <= near_bits and (match is None or other_key < match):
+                    match = other_key
+        row["near_dup_of"] = match or ""
+        for table, (shift, mask) in zip(by_block, blocks):
+            table.setdefault((h >> shift) & mask, []).append((h, key))
+
+
+def _bit_blocks(n: int) -> list[tuple[int, int]]:
+    sizes = [64 // n + (1 if i < 64 % n else 0) for i in range(n)]
+    out, shift = [], 0
+    for size in sizes:
+        out.append((shift, (1 << size) - 1))
+        shift += size
+    return out
+
+
+def dedup_corpus(root: str | Path | None = None, near_bits: int = NEAR_DUP_BITS) -> dict:
+    """Flag duplicates across every done figure shard of the root (rewrites changed shards)."""
+    root = config.data_root(root)
+    shards = sorted(p.name[: -len("_stats.json")] for p in (root / "figures").glob("*_stats.json"))
+    tables = {s: store.read_rows(root / "figures" / f"{s}.parquet") for s in shards}
+    before = {s: [(r["dup_of"], r["near_dup_of"]) for r in rows] for s, rows in tables.items()}
+    mark_duplicates([r for rows in tables.values() for r in rows], near_bits)
+    changed = 0
+    for s, rows in tables.items():
+        if [(r["dup_of"], r["near_dup_of"]) for r in rows] != before[s]:
+            store.write_rows(root / "figures" / f"{s}.parquet", rows, FIGURE_SCHEMA)
+            changed += 1
+    all_rows = [r for rows in tables.values() for r in rows]
+    report = {"shards": len(shards), "figures": len(all_rows), "shards_rewritten": changed,
+              "exact_duplicates": sum(bool(r["dup_of"]) for r in all_rows),
+              "near_duplicates": sum(bool(r["near_dup_of"]) for r in all_rows)}
+    store.atomic_write_json(root / "figures" / "duplicates.json", report)
+    return report
+
+
+# --- one shard ----------------------------------------------------------------------------------
+
+def extract_shard(shard: str, root: str | Path | None = None, *,
+                  options: RenderOptions = RenderOptions(), apply_name_filter: bool = True,
+                  checkpoint_every: int = 20, progress: bool = True) -> dict:
+    """Extract every paper of `papers/<shard>.parquet`; returns (and stores) the shard's stats."""
+    root = config.data_root(root)
+    figures_dir = root / "figures"
+    if store.shard_done(figures_dir, shard):
+        return store.read_stats(figures_dir, shard)
+    papers = store.read_rows(root / "papers" / f"{shard}.parquet")
+    out_path = figures_dir / f"{shard}.parquet"
+    rows = store.read_rows(out_path) if out_path.exists() else []  # checkpoint of a past run
+    done = {r["paper_id"] for r in rows}
+    start, resumed = time.monotonic(), len(done)
+    todo = [p for p in papers if p["arxiv_id"] not in done]
+    with Renderer(options) as renderer:
+        for i, paper in enumerate(tqdm(todo, desc=f"extract {shard}", unit="paper",
+                                       disable=not progress), 1):
+            rows += extract_paper(paper, shard, root, renderer, apply_name_filter)
+            if i % checkpoint_every == 0:
+                store.write_rows(out_path, rows, FIGURE_SCHEMA)
+        restarts = renderer.restarts
+    rows.sort(key=lambda r: (r["paper_id"], r["img_name"], r["source_path"]))
+    mark_duplicates(rows)
+    store.write_rows(out_path, rows, FIGURE_SCHEMA)
+    seconds = time.monotonic() - start
+    figures = [r for r in rows if r["img_name"]]
+    stats = {
+        "shard": shard, "papers": len(papers), "papers_resumed": resumed,
+        "papers_failed": len({r["paper_id"] for r in rows if not r["img_name"]
+                              and r["status"] == "error"}),
+        "figures": len(figures), "by_status": dict(Counter(r["status"] for r in figures)),
+        "by_format": dict(Counter(r["format"] for r in figures)),
+        "exact_duplicates": sum(bool(r["dup_of"]) for r in rows),
+        "near_duplicates": sum(bool(r["near_dup_of"]) for r in rows),
+        "errors_by_kind": dict(Counter(r["error"].split(":")[0][:60] for r in rows
+                                       if r["status"] == "error")),
+        "renderer_restarts": restarts, "seconds": round(seconds, 2),
+        "options": {"box": options.box, "alpha": options.alpha, "official": options.official,
+                    "name_filter": apply_name_filter},
+    }
+    store.write_stats(figures_dir, shard, stats)
+    return stats
+
+
+def shards_with_papers(root: str | Path | None = None) -> list[str]:
+    root = config.data_root(root)
+    return sorted(p.stem for p in (root / "papers").glob("*.parquet") if "_" not in p.stem)
+
+
+def extract_shards(shards: Iterable[str], root=None, **kwargs) -> list[dict]:
+    """Extract shards one after another in this process, then flag corpus-wide duplicates."""
+    stats = [extract_shard(s, root, **kwargs) for s in shards]
+    dedup_corpus(root)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.extract",
+        description="Extract figures from crawled e-prints (papers/<shard>.parquet) into figure "
+                    "records (figures/<shard>.parquet) and RGB PNGs (images/<shard>/...), then "
+                    "flag exact and near duplicates across the corpus. Done shards are skipped; "
+                    "interrupted ones resume. For many shards in parallel use the Prefect flow "
+                    "`python -m flows.extract`.")
+    parser.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    parser.add_argument("--shards", nargs="*", metavar="YYYY-MM",
+                        help="month shards to extract (default: every shard with papers)")
+    parser.add_argument("--box", choices=["crop", "media"], default="crop",
+                        help="PDF page box to render: crop (what the paper shows, default) or "
+                             "media (poppler's default, as the official CVF)")
+    parser.add_argument("--official", action="store_true",
+                        help="the official CVF pixels: MediaBox, 200 DPI then thumbnail, alpha "
+                             "dropped (slower)")
+    parser.add_argument("--no-name-filter", action="store_true",
+                        help="also render names with 'arch'/'pipeline', which CVF dropped")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    args = parser.parse_args(argv)
+    options = RenderOptions(box=args.box, timeout_s=args.timeout)
+    if args.official:
+        options = RenderOptions(box="media", alpha="drop", official=True, timeout_s=args.timeout)
+    shards = args.shards or shards_with_papers(args.root)
+    if not shards:
+        parser.error(f"no papers/<shard>.parquet under {config.data_root(args.root)}")
+    for stats in extract_shards(shards, args.root, options=options,
+                                apply_name_filter=not args.no_name_filter):
+        print(f"{stats['shard']}: {stats['papers']} papers, {stats['figures']} figures "
+              f"{stats['by_status']}, {stats['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

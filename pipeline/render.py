@@ -1,0 +1,386 @@
+"""Render a figure file (PDF, EPS/PS, any raster) to the training format: RGB PNG, longer side
+at most 1024 px.
+
+PDFs go through PyMuPDF (single page only; the CropBox by default, which is what
+`\\includegraphics` shows in the paper, or the MediaBox, poppler's default and so the official
+pixels; both boxes are recorded). EPS/PS go through Ghostscript to a PDF first, as pdfLaTeX's
+epstopdf does. Rasters go through Pillow with every mode handled and a decompression-bomb guard.
+
+Two ways to get the pixels, same output size:
+  * fast (default): render the page straight at the final size;
+  * official: what the CVF downloader did, poppler at 200 DPI then Pillow's `thumbnail(1024)`,
+    and RGBA -> RGB by dropping alpha. `pipeline.rebuild` uses this.
+
+A figure renderer can hang or crash on hostile input, so `Renderer` runs the work in a child
+process (`python -m pipeline.render --serve`) with a per-file time limit and a memory cap,
+and starts a fresh child when one dies: one bad file costs one record, never the worker.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import pickle
+import resource
+import select
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+
+MAX_SIDE = 1024
+OFFICIAL_DPI = 200
+# Decompression-bomb guard: refuse rasters (and official-DPI pages) over this many pixels.
+# Pillow's own default warns at 89 Mpx; a 30,000 x 30,000 image is 900 Mpx.
+MAX_PIXELS = 150_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class RenderError(Exception):
+    """A figure that cannot be rendered. `status` is `error` or `skipped` (e.g. multi-page)."""
+
+    def __init__(self, message: str, status: str = "error", info: dict | None = None):
+        super().__init__(message)
+        self.status, self.info = status, info or {}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    box: str = "crop"        # PDF page box: "crop" (as the paper shows it) or "media" (poppler)
+    alpha: str = "white"     # RGBA -> RGB: "white" composites on white, "drop" discards alpha
+    official: bool = False   # PDFs: 200 DPI then thumbnail (official pixels) vs straight to size
+    max_side: int = MAX_SIDE
+    dpi: int = OFFICIAL_DPI
+    timeout_s: float = 60.0  # per file, enforced by Renderer
+
+
+OFFICIAL = RenderOptions(box="media", alpha="drop", official=True)
+
+
+# --- sizes -------------------------------------------------------------------------------------
+
+def poppler_size(width_pt: float, height_pt: float, dpi: int = OFFICIAL_DPI) -> tuple[int, int]:
+    """The bitmap size pdftoppm gives a page at `dpi` (it rounds up)."""
+    return math.ceil(width_pt * (dpi / 72.0)), math.ceil(height_pt * (dpi / 72.0))
+
+
+def thumbnail_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """The size Pillow's `Image.thumbnail((max_side, max_side))` gives (same rounding)."""
+    if width <= max_side and height <= max_side:
+        return width, height
+    aspect = width / height
+    x = y = max_side
+    if x / y >= aspect:
+        x = max(min(math.floor(y * aspect), math.ceil(y * aspect),
+                    key=lambda n: abs(aspect - n / y)), 1)
+    else:
+        y = max(min(math.floor(x / aspect), math.ceil(x / aspect),
+                    key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
+    return x, y
+
+
+# --- rasters -----------------------------------------------------------------------------------
+
+def to_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
+    """Any Pillow mode to 8-bit RGB. 16-bit and float images are scaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if img.mode == "F" and arr.max() <= 1.0:
+            top = 1.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info)
+    if has_alpha and alpha == "white":
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")  # Pillow's RGBA -> RGB drops alpha, as the official tool did
+
+
+def render_raster(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise RenderError(f"image is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the "
+                              f"{MAX_PIXELS / 1e6:.0f} Mpx decompression-bomb limit")
+        img.seek(0)  # animated GIF/PNG/TIFF: the first frame
+        if not options.official and img.format == "JPEG":
+            img.draft("RGB", (options.max_side, options.max_side))  # decode at reduced scale
+        img.load()
+    except RenderError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise RenderError(f"decompression bomb: {e}") from e
+    except Exception as e:  # Pillow raises many kinds for broken files
+        raise RenderError(f"unreadable image: {type(e).__name__}: {e}") from e
+    img = to_rgb(img, options.alpha)
+    img.thumbnail((options.max_side, options.max_side))
+    return img, {"source_width": w, "source_height": h}
+
+
+# --- PDF and PostScript ------------------------------------------------------------------------
+
+def _box(rect) -> list[float]:
+    return [round(float(v), 3) for v in (rect.x0, rect.y0, rect.x1, rect.y1)]
+
+
+def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
+    import pymupdf
+
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except Exception as e:
+        raise RenderError(f"malformed PDF: {e}") from e
+    with doc:
+        if doc.needs_pass:
+            raise RenderError("encrypted PDF: a password is required")
+        info = {"page_count": doc.page_count}
+        if doc.page_count == 0:
+            raise RenderError("PDF has no pages")
+        page = doc[0]
+        info["mediabox"], info["cropbox"] = _box(page.mediabox), _box(page.cropbox)
+        if doc.page_count > 1:
+            raise RenderError(f"multi-page PDF ({doc.page_count} pages)", "skipped", info)
+        if options.box == "media" and page.cropbox != page.mediabox:
+            page.set_cropbox(page.mediabox)
+        rect = page.rect  # the chosen box, rotated as displayed
+        if rect.width < 1 or rect.height < 1:
+            raise RenderError(f"empty page box {_box(rect)}")
+        full_w, full_h = poppler_size(rect.width, rect.height, options.dpi)
+        target = thumbnail_size(full_w, full_h, options.max_side)
+        try:
+            if options.official:
+                scale = options.dpi / 72.0
+                if full_w * full_h > MAX_PIXELS:  # a poster-sized page: render smaller
+                    scale *= math.sqrt(MAX_PIXELS / (full_w * full_h))
+                pix = page.get_pixmap(matrix=pymupdf.Matrix(scale, scale), alpha=False,
+                                      annots=False)
+            else:
+                pix = page.get_pixmap(matrix=pymupdf.Matrix(target[0] / rect.width,
+                                                            target[1] / rect.height),
+                                      alpha=False, annots=False)
+        except Exception as e:
+            raise RenderError(f"PDF page failed to render: {e}") from e
+        img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+    if options.official:
+        if img.size != (full_w, full_h):
+            img = img.resize((full_w, full_h), Image.Resampling.BICUBIC)
+        img.thumbnail((options.max_side, options.max_side))
+    elif img.size != target:  # MuPDF's pixel rounding can differ from poppler's by one
+        img = img.resize(target, Image.Resampling.BICUBIC)
+    return img, info
+
+
+def eps_to_pdf(data: bytes, timeout_s: float = 60.0) -> bytes:
+    """Convert EPS/PS to a one-page PDF cropped to its bounding box, as epstopdf does."""
+    with tempfile.TemporaryDirectory(prefix="cvf-eps-") as tmp:
+        src, dst = Path(tmp) / "in.eps", Path(tmp) / "out.pdf"
+        src.write_bytes(data)
+        cmd = ["gs", "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-sDEVICE=pdfwrite", "-dEPSCrop",
+               "-dAutoRotatePages=/None", f"-sOutputFile={dst}", str(src)]
+        try:
+            run = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+        except FileNotFoundError as e:
+            raise RenderError("Ghostscript (gs) not found: install it (make system-deps)") from e
+        except subprocess.TimeoutExpired as e:
+            raise RenderError(f"Ghostscript timed out after {timeout_s:.0f} s") from e
+        if run.returncode != 0 or not dst.exists() or dst.stat().st_size == 0:
+            tail = (run.stderr or run.stdout).decode("utf-8", "replace").strip()[-300:]
+            raise RenderError(f"Ghostscript failed (exit {run.returncode}): {tail}")
+        return dst.read_bytes()
+
+
+def render_figure(data: bytes, fmt: str, options: RenderOptions = RenderOptions()
+                  ) -> tuple[Image.Image, dict]:
+    """Render one figure file's bytes (`fmt` as `naming.figure_format` gives it)."""
+    if not data:
+        raise RenderError("empty file (0 bytes)")
+    if fmt in ("eps", "ps"):
+        return render_pdf(eps_to_pdf(data, options.timeout_s), options)
+    if fmt == "pdf":
+        return render_pdf(data, options)
+    return render_raster(data, options)
+
+
+def save_png(img: Image.Image, path: str | os.PathLike) -> dict:
+    """Write `img` as PNG atomically; its width, height, sha256, bytes and perceptual hash."""
+    import imagehash
+
+    from pipeline.store import atomic_write_bytes, sha256_bytes
+
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    png = buf.getvalue()
+    atomic_write_bytes(path, png)
+    return {"width": img.width, "height": img.height, "sha256": sha256_bytes(png),
+            "bytes": len(png), "phash": str(imagehash.phash(img))}
+
+
+def render_to_png(data: bytes, fmt: str, out_path: str | os.PathLike,
+                  options: RenderOptions = RenderOptions()) -> dict:
+    """Render and save one figure. Never raises for bad input: the result carries
+    `status` (`ok`, `skipped`, `error`), `error`, and on success the PNG's facts."""
+    result = {"status": "ok", "error": "", "page_count": None, "mediabox": None, "cropbox": None}
+    try:
+        img, info = render_figure(data, fmt, options)
+        result.update({k: info[k] for k in ("page_count", "mediabox", "cropbox") if k in info})
+        result.update(save_png(img, out_path))
+    except RenderError as e:
+        result.update(e.info, status=e.status, error=str(e))
+    except MemoryError:
+        result.update(status="error", error="out of memory while rendering")
+    return result
+
+
+# --- the child process -------------------------------------------------------------------------
+
+_FRAME = struct.Struct(">Q")
+
+
+def _send(stream, obj) -> None:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_FRAME.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def _receive(fd: int, deadline: float | None = None):
+    (size,) = _FRAME.unpack(_read_exact(fd, _FRAME.size, deadline))
+    return pickle.loads(_read_exact(fd, size, deadline))
+
+
+def serve(memory_mb: int) -> None:
+    """Child loop: read (data, fmt, out_path, options) frames, answer with result dicts."""
+    if memory_mb:
+        limit = memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
+    import imagehash  # noqa: F401  (import once, up front)
+    import pymupdf
+
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    _send(out, "ready")
+    while True:
+        try:
+            data, fmt, out_path, options = _receive(sys.stdin.fileno())
+        except EOFError:
+            return
+        _send(out, render_to_png(data, fmt, out_path, RenderOptions(**options)))
+
+
+class Renderer:
+    """Renders figures in a child process with a per-file time limit.
+
+    >>> with Renderer() as r:
+    ...     r.render(png_bytes, "png", "out.png")["status"]
+    """
+
+    def __init__(self, options: RenderOptions = RenderOptions(), memory_mb: int = 4096):
+        self.options, self.memory_mb = options, memory_mb
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.render", "--serve", "--memory-mb", str(self.memory_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+            cwd=Path(__file__).resolve().parent.parent)
+        if _receive(self.proc.stdout.fileno(), time.monotonic() + 120) != "ready":
+            raise RuntimeError("renderer child did not start")
+
+    def _stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+            self.proc = None
+
+    def render(self, data: bytes, fmt: str, out_path: str | os.PathLike) -> dict:
+        if self.proc is None:
+            self._start()
+        timeout = self.options.timeout_s
+        try:
+            _send(self.proc.stdin, (data, fmt, str(out_path), asdict(self.options)))
+            return _receive(self.proc.stdout.fileno(), time.monotonic() + timeout)
+        except TimeoutError:
+            error = f"renderer timed out after {timeout:.0f} s (killed)"
+        except (EOFError, BrokenPipeError):
+            code = self.proc.poll() if self.proc.poll() is not None else self.proc.wait(5)
+            error = f"renderer crashed (exit code {code})"
+        self._stop()
+        self.restarts += 1
+        return {"status": "error", "error": error, "page_count": None, "mediabox": None,
+                "cropbox": None}
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()  # the child sees EOF and exits
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+
+    def __enter__(self) -> "Renderer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.render",
+        description="Render one figure file (PDF, EPS/PS, PNG, JPEG, GIF, BMP, TIFF) to an RGB "
+                    "PNG with the longer side at most 1024 px, as the extraction stage does.")
+    parser.add_argument("file", nargs="?", help="figure file to render")
+    parser.add_argument("-o", "--out", help="output PNG (default: <file>.png)")
+    parser.add_argument("--official", action="store_true",
+                        help="the CVF downloader's pixels: MediaBox, 200 DPI then thumbnail, "
+                             "alpha dropped")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-mb", type=int, default=4096, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.memory_mb)
+    if not args.file:
+        parser.error("give a figure file")
+    from pipeline.naming import figure_format
+
+    fmt = figure_format(args.file) or "png"
+    out = args.out or f"{args.file}.png"
+    result = render_to_png(Path(args.file).read_bytes(), fmt, out,
+                           OFFICIAL if args.official else RenderOptions())
+    print({k: v for k, v in result.items() if v not in (None, "")})
+    sys.exit(0 if result["status"] == "ok" else 1)
+
+
+if __name__ == "__main__":
+    main()
