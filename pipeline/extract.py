@@ -54,7 +54,7 @@ FIGURE_SCHEMA = pa.schema([
     ("page_count", pa.int32()),
     ("mediabox", pa.list_(pa.float64())),
     ("cropbox", pa.list_(pa.float64())),
-    # PDF fallback only: page (1-based) and region of the figure on it, its caption.
+    # PDF fallback only: page (0-based) and region (PDF points) of the figure, its caption.
     ("page", pa.int32()),
     ("bbox", pa.list_(pa.float64())),
     ("caption", pa.string()),

@@ -120,7 +120,8 @@ def render_raster(data: bytes, options: RenderOptions) -> tuple[Image.Image, dic
     except RenderError:
         raise
     except Image.DecompressionBombError as e:
-        raise RenderError(f"decompression bomb: {e}") from e
+        raise RenderError(f"image over the {MAX_PIXELS / 1e6:.0f} Mpx decompression-bomb limit "
+                          f"({e})") from e
     except Exception as e:  # Pillow raises many kinds for broken files
         raise RenderError(f"unreadable image: {type(e).__name__}: {e}") from e
     img = to_rgb(img, options.alpha)
