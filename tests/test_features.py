@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from pipeline import store  # noqa: E402
+from pipeline.naming import output_name  # noqa: E402
 from pipeline.features import FEATURE_NAMES, layout_features, layout_features_of_file  # noqa: E402
 
 KINDS = ["photo_grid", "photo", "plot", "plot_grid", "diagram"]  # only photo_grid is positive
@@ -127,7 +128,7 @@ def make_corpus(root: Path, n_papers: int = 12, figures_per_paper: int = 5, seed
         kinds = ["photo_grid", KINDS[1 + i % 4]] + list(rng.choice(KINDS, figures_per_paper - 2))
         for j, kind in enumerate(kinds):
             img_name = f"figs_fig{j}.png" if j % 2 else f"figures_sub dir_fig{j}-eps-converted-to.pdf"
-            rel = f"images/{shard}/{paper_id}/{img_name}.png"
+            rel = f"images/{shard}/{paper_id}/{output_name(paper_id, img_name)}"
             im = draw_figure(kind, rng)
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             im.save(root / rel)

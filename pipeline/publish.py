@@ -1,0 +1,357 @@
+"""Publish the selection as dataset manifests: `manifests/<name>/` (or any fsspec URL).
+
+    python -m pipeline.publish --name cvf-2026.11
+    python -m pipeline.publish --name cvf-2026.11 --out s3://bucket/manifests --overwrite
+    python -m pipeline.publish --name cvf-2026.11 --hf-repo user/cvf     # also push the Parquet files
+
+Writes, from `selection/` (see pipeline.filter) and the classifier's card:
+
+* `train.parquet`, `val.parquet`, `train.jsonl`, `val.jsonl`: one row per figure;
+* `df_train.csv`, `df_val.csv`: the official format (`,paper_id,img_name`, a pandas index);
+* `croissant.json`: MLCommons Croissant 1.0 metadata with every file's sha256;
+* `README.md` (dataset card) and `index.html` (the same, rendered), `year_histogram.png`,
+  `contact_train.png`, `contact_val.png` (random samples of each split).
+
+Manifests point to arXiv; they do not redistribute images. A name that exists is never
+replaced unless `--overwrite` is given; locally the new folder replaces the old in one rename.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+import markdown
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import store
+from pipeline.config import data_root
+from pipeline.contact_sheet import contact_sheet
+
+SPLITS = ("train", "val")
+MANIFEST_COLUMNS = ["paper_id", "img_name", "split", "sha256", "width", "height", "score", "version", "license",
+                    "source_url", "crawl_date", "year", "image_path"]
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+CROISSANT_CONTEXT = {
+    "@language": "en", "@vocab": "https://schema.org/", "sc": "https://schema.org/",
+    "cr": "http://mlcommons.org/croissant/", "rai": "http://mlcommons.org/croissant/RAI/",
+    "dct": "http://purl.org/dc/terms/", "citeAs": "cr:citeAs", "column": "cr:column",
+    "conformsTo": "dct:conformsTo", "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"}, "examples": {"@id": "cr:examples", "@type": "@json"},
+    "extract": "cr:extract", "field": "cr:field", "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet", "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset",
+    "jsonPath": "cr:jsonPath", "key": "cr:key", "md5": "cr:md5", "parentField": "cr:parentField", "path": "cr:path",
+    "recordSet": "cr:recordSet", "references": "cr:references", "regex": "cr:regex", "repeated": "cr:repeated",
+    "replace": "cr:replace", "samplingRate": "cr:samplingRate", "equivalentProperty": "cr:equivalentProperty",
+    "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField",
+    "transform": "cr:transform",
+}
+_FIELD_TYPES = {"paper_id": "sc:Text", "img_name": "sc:Text", "split": "sc:Text", "sha256": "sc:Text",
+                "width": "sc:Integer", "height": "sc:Integer", "score": "sc:Float", "version": "sc:Integer",
+                "license": "sc:URL", "source_url": "sc:URL", "crawl_date": "sc:Date", "year": "sc:Integer",
+                "image_path": "sc:Text"}
+_FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name (path in the e-print, / -> _)",
+               "split": "train or val: a hash of paper_id and seed", "sha256": "sha256 of the rendered PNG",
+               "width": "PNG width in pixels", "height": "PNG height in pixels",
+               "score": "classifier's calibrated probability of a grid with a natural image",
+               "version": "arXiv version the figure was extracted from", "license": "the paper's licence URL",
+               "source_url": "where the figure's source was downloaded", "crawl_date": "date of the crawl",
+               "year": "year the paper was first published", "image_path": "PNG path under the image folder"}
+
+
+def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
+    """split -> the manifest table with stable column types (nullable ints for missing versions)."""
+    kept = kept.sort_values(["paper_id", "img_name"], kind="stable")
+    schema = pa.schema([(c, pa.int64() if _FIELD_TYPES[c] == "sc:Integer" else
+                         pa.float64() if c == "score" else pa.string()) for c in MANIFEST_COLUMNS])
+    out = {}
+    for split in SPLITS:
+        part = kept[kept["split"] == split][MANIFEST_COLUMNS].copy()
+        part["version"] = part["version"].astype("Int64")
+        part["image_path"] = part["image_path"].str.removeprefix("images/")  # relative to the image folder
+        out[split] = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
+    return out
+
+
+def croissant(name: str, report: dict, card: dict | None, files: dict[str, bytes], created: str) -> dict:
+    """Croissant 1.0 metadata: the Parquet files as FileObjects, the JSONL as a FileSet, one RecordSet."""
+    def file_object(fname: str, fmt: str) -> dict:
+        return {"@type": "cr:FileObject", "@id": fname, "name": fname, "contentUrl": fname,
+                "encodingFormat": fmt, "sha256": store.sha256_bytes(files[fname]), "contentSize": f"{len(files[fname])} B"}
+
+    distribution = [file_object(f"{s}.parquet", "application/x-parquet") for s in SPLITS]
+    distribution += [file_object(f"df_{s}.csv", "text/csv") for s in SPLITS]
+    distribution.append({"@type": "cr:FileSet", "@id": "jsonl-files", "name": "jsonl-files",
+                         "description": "the same rows as JSON lines", "encodingFormat": "application/jsonlines",
+                         "includes": "*.jsonl"})
+    fields = [{"@type": "cr:Field", "@id": f"figures/{c}", "name": c, "description": _FIELD_DOCS[c],
+               "dataType": _FIELD_TYPES[c], "source": {"fileObject": {"@id": "train.parquet"}, "extract": {"column": c}}}
+              for c in MANIFEST_COLUMNS]
+    metrics = (card or {}).get("cv", {}).get("at_threshold", {})
+    return {
+        "@context": CROISSANT_CONTEXT,
+        "@type": "sc:Dataset",
+        "conformsTo": "http://mlcommons.org/croissant/1.0",
+        "name": name,
+        "description": (f"Computer Vision Figures: {report['kept']} figures from arXiv cs.CV papers that are grids "
+                        f"with at least one natural image (classifier score >= {report['threshold']:.3f}"
+                        + (f", ROC-AUC {metrics['roc_auc']:.3f}" if metrics else "") + "), split 90/10 by paper. "
+                        "Manifests point to arXiv; images are not redistributed."),
+        "url": "https://arxiv.org/list/cs.CV",
+        "license": "https://arxiv.org/help/license",
+        "creator": {"@type": "sc:Organization", "name": "cvf"},
+        "datePublished": created[:10],
+        "version": "1.0.0",
+        "citeAs": "Bar, Gandelsman, Darrell, Globerson, Efros. Visual Prompting via Image Inpainting. NeurIPS 2022.",
+        "distribution": distribution,
+        "recordSet": [{"@type": "cr:RecordSet", "@id": "figures", "name": "figures",
+                       "description": "one figure per record (train split; val.parquet has the same columns)",
+                       "key": {"@id": "figures/img_name"}, "field": fields}],
+    }
+
+
+def year_histogram(report: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    years = sorted(report["per_year"])
+    train = [report["per_year"][y]["train"] for y in years]
+    val = [report["per_year"][y]["val"] for y in years]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar([str(y) for y in years], train, label="train")
+    ax.bar([str(y) for y in years], val, bottom=train, label="val")
+    ax.set(xlabel="year published", ylabel="figures", title="figures per year")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def dataset_card(name: str, report: dict, card: dict | None, tables: dict[str, pa.Table], sheets: list[str]) -> str:
+    split_rows = "\n".join(f"| {s} | {tables[s].num_rows} | {len(set(tables[s]['paper_id'].to_pylist()))} |" for s in SPLITS)
+    year_rows = "\n".join(f"| {y} | {r['train']} | {r['val']} | {r['total']} |" for y, r in sorted(report["per_year"].items()))
+    if card:
+        m = card["cv"]["at_threshold"]
+        model = (f"Classifier `{card['version']}` ({'backbone ' + card['backbone']['arch'] if card['backbone'] else 'layout features only'}, "
+                 f"head `{card['head']}`), cross-validated by paper over {card['cv']['papers']} papers and "
+                 f"{card['labels']['labels']} labels ({', '.join(f'{k}: {v}' for k, v in card['labels']['by_source'].items())}): "
+                 f"ROC-AUC {m['roc_auc']:.3f}, PR-AUC {m['pr_auc']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+                 f"precision {m['precision']:.3f} and recall {m['recall']:.3f} at its threshold {m['threshold']:.3f}.")
+    else:
+        model = "The classifier's card was not found; its metrics are not reported."
+    licences = {}
+    for s in SPLITS:
+        for lic in tables[s]["license"].to_pylist():
+            licences[lic or "not collected"] = licences.get(lic or "not collected", 0) + 1
+    licence_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(licences.items(), key=lambda kv: -kv[1]))
+    sheet_md = "\n\n".join(f"**{s}**\n\n![{s} samples]({f})" for s, f in sheets) or "_(images not available when published)_"
+    return f"""# {name}: Computer Vision Figures
+
+Figures from arXiv cs.CV papers that are grid-like and contain at least one natural image, the
+corpus of *Visual Prompting via Image Inpainting* (Bar et al., NeurIPS 2022), rebuilt by `cvf`.
+
+## Counts
+
+| split | figures | papers |
+| --- | --- | --- |
+{split_rows}
+
+No paper is in both splits: a paper's split is a hash of its id and seed {report['seed']}, so
+adding papers never moves one.
+
+| year | train | val | total |
+| --- | --- | --- | --- |
+{year_rows}
+
+![figures per year](year_histogram.png)
+
+## How it was selected
+
+Kept figures scored at or above **{report['threshold']:.4f}** ({report['kept']} of {report['candidates']} scored
+candidates); {report['dropped_exact_duplicates']} exact duplicates were dropped and {report['near_duplicates_kept']}
+near duplicates are kept and listed in the selection report.
+
+{model}
+
+## Files
+
+`train.parquet`, `val.parquet` (and `.jsonl`): `{'`, `'.join(MANIFEST_COLUMNS)}`.
+`df_train.csv`, `df_val.csv`: the official index format (`,paper_id,img_name`), read by existing tools unchanged.
+`croissant.json`: Croissant 1.0 metadata with checksums. Check a copy with
+`python -m pipeline.verify <this folder> --images DIR`; rebuild the images with `python -m pipeline.rebuild`.
+
+## Licence
+
+These manifests point to arXiv; they do not redistribute images. Every figure stays under the
+licence of its paper (column `license`, when the crawl collected it; otherwise see the paper's
+arXiv page): use of the images is up to you and those licences.
+
+| licence | figures |
+| --- | --- |
+{licence_rows}
+
+## Samples
+
+{sheet_md}
+"""
+
+
+def render_html(name: str, card_md: str) -> str:
+    body = markdown.markdown(card_md, extensions=["tables"])
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{name}</title>\n"
+            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}img{max-width:100%}</style>"
+            f"</head><body>\n{body}\n</body></html>\n")
+
+
+def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, bytes]:
+    """Every manifest file's bytes, by file name, from the selection under `root`."""
+    sel = root / "selection"
+    if not (sel / "report.json").exists():
+        raise FileNotFoundError(f"no selection under {sel} (run `python -m pipeline.filter` first)")
+    report = json.loads((sel / "report.json").read_text())
+    report["per_year"] = {int(k): v for k, v in report["per_year"].items()}
+    kept = pq.read_table(sel / "selection.parquet").to_pandas()
+    if kept.empty:
+        raise ValueError("the selection is empty: nothing to publish (lower the threshold?)")
+    versions = report.get("model_version") or []
+    card_path = root / "classifier" / versions[0] / "card.json" if versions else None
+    card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None
+
+    files: dict[str, bytes] = {}
+    tables = manifest_tables(kept)
+    for split, table in tables.items():
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        files[f"{split}.parquet"] = buf.getvalue()
+        files[f"{split}.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist()).encode()
+        official = table.select(["paper_id", "img_name"]).to_pandas()
+        files[f"df_{split}.csv"] = official.to_csv(index=True).encode()  # header ",paper_id,img_name"
+    files["year_histogram.png"] = year_histogram(report)
+
+    rng = np.random.default_rng(seed)
+    sheets = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for split, table in tables.items():
+            rows = table.select(["paper_id", "image_path"]).to_pylist()
+            rows = [r for r in rows if r["image_path"] and (root / "images" / r["image_path"]).exists()]
+            if not rows:
+                continue
+            pick = [rows[i] for i in sorted(rng.choice(len(rows), min(samples, len(rows)), replace=False))]
+            out = Path(tmp) / f"contact_{split}.png"
+            contact_sheet([root / "images" / r["image_path"] for r in pick], out, captions=[r["paper_id"] for r in pick])
+            files[out.name] = out.read_bytes()
+            sheets.append((split, out.name))
+
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    card_md = dataset_card(name, report, card, tables, sheets)
+    files["README.md"] = card_md.encode()
+    files["index.html"] = render_html(name, card_md).encode()
+    files["croissant.json"] = (json.dumps(croissant(name, report, card, files, created), indent=2) + "\n").encode()
+    return files
+
+
+def write(files: dict[str, bytes], target: str, overwrite: bool = False) -> str:
+    """Write the files into the folder `target` (a path or fsspec URL); never replace one silently."""
+    fs, path = fsspec.core.url_to_fs(target)
+    if fs.exists(path) and not overwrite:
+        raise FileExistsError(f"{target} is already published; pass --overwrite to replace it")
+    if isinstance(fs, LocalFileSystem):
+        # Local: build a sibling folder, then swap it in with renames; readers never see half.
+        dest = Path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        new = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
+        for fname, data in files.items():
+            (new / fname).write_bytes(data)
+        os.chmod(new, 0o755)
+        old = dest.parent / f".{dest.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(new, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        fs.makedirs(path, exist_ok=True)
+        for fname, data in files.items():
+            with fs.open(f"{path}/{fname}", "wb") as f:
+                f.write(data)
+    return target
+
+
+def push_to_hub(manifest_dir: str, repo_id: str) -> str:
+    """Upload the Parquet files to a Hugging Face dataset repository; a message, never a crash."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        return "Hugging Face push skipped: huggingface_hub is not installed (pip install huggingface_hub)"
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+        for split in SPLITS:
+            api.upload_file(path_or_fileobj=f"{manifest_dir}/{split}.parquet", repo_type="dataset",
+                            path_in_repo=f"data/{split}.parquet", repo_id=repo_id)
+        api.upload_file(path_or_fileobj=f"{manifest_dir}/README.md", path_in_repo="README.md",
+                        repo_id=repo_id, repo_type="dataset")
+    except Exception as e:  # no network, no token, no permission
+        return f"Hugging Face push skipped: {type(e).__name__}: {e}"
+    return f"pushed to https://huggingface.co/datasets/{repo_id}"
+
+
+def publish(root=None, name: str = "", out: str = "manifests", overwrite: bool = False, hf_repo: str | None = None,
+            samples: int = 24, seed: int = 0) -> tuple[str, dict[str, bytes]]:
+    if not _NAME.match(name or ""):
+        raise ValueError(f"bad manifest name {name!r}: use letters, digits, '.', '-', e.g. cvf-2026.11")
+    root = data_root(root)
+    target = f"{out.rstrip('/')}/{name}"
+    fs, path = fsspec.core.url_to_fs(target)
+    if fs.exists(path) and not overwrite:  # fail before the work, not after
+        raise FileExistsError(f"{target} is already published; pass --overwrite to replace it")
+    files = build(root, name, samples, seed)
+    write(files, target, overwrite)
+    if hf_repo:
+        print(push_to_hub(target, hf_repo))
+    return target, files
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.publish", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--name", required=True, help="manifest name, e.g. cvf-2026.11")
+    p.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    p.add_argument("--out", default="manifests", help="parent folder or fsspec URL (default ./manifests)")
+    p.add_argument("--overwrite", action="store_true", help="replace a manifest of the same name")
+    p.add_argument("--hf-repo", help="also push the Parquet files to this Hugging Face dataset repo (needs network)")
+    p.add_argument("--samples", type=int, default=24, help="figures per contact sheet")
+    p.add_argument("--seed", type=int, default=0, help="seed of the contact-sheet samples")
+    args = p.parse_args(argv)
+    try:
+        target, files = publish(args.root, args.name, args.out, args.overwrite, args.hf_repo, args.samples, args.seed)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    counts = {s: files[f"{s}.jsonl"].count(b"\n") for s in SPLITS}
+    print(f"published {target}: {counts['train']} train + {counts['val']} val figures, {len(files)} files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Check a published manifest, and optionally a folder of images against it.
+
+    python -m pipeline.verify manifests/cvf-2026.11
+    python -m pipeline.verify manifests/cvf-2026.11 --images data/images
+
+1. Every file `croissant.json` lists must exist with the listed sha256 (missing or altered
+   manifest files are reported by name).
+2. With `--images DIR`: every figure of `train.parquet`/`val.parquet` must be in DIR with the
+   listed sha256 and width x height. A figure is looked for at `DIR/<image_path>` (the layout
+   extraction writes), then `DIR/<paper_id>/<file>` and `DIR/<file>` (the official
+   downloader's flat folder), `<file>` being the official output name.
+
+Exit status 0 when everything matches, 1 when anything is missing or differs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline import store
+from pipeline.naming import output_name
+
+
+def check_manifest_files(manifest: str) -> tuple[list[dict], dict]:
+    """(problems, croissant) for the manifest folder `manifest` (a path or fsspec URL)."""
+    fs, root = fsspec.core.url_to_fs(manifest)
+    meta_path = f"{root}/croissant.json"
+    if not fs.exists(meta_path):
+        return [{"file": "croissant.json", "problem": "missing"}], {}
+    try:
+        meta = json.loads(fs.cat_file(meta_path))
+    except ValueError as e:
+        return [{"file": "croissant.json", "problem": f"not JSON: {e}"}], {}
+    problems = []
+    for obj in meta.get("distribution", []):
+        if "sha256" not in obj:  # FileSets have no checksum of their own
+            continue
+        path = f"{root}/{obj['contentUrl']}"
+        if not fs.exists(path):
+            problems.append({"file": obj["contentUrl"], "problem": "missing"})
+        elif store.sha256_bytes(fs.cat_file(path)) != obj["sha256"]:
+            problems.append({"file": obj["contentUrl"], "problem": "altered (sha256 differs from croissant.json)"})
+    return problems, meta
+
+
+def read_manifest_rows(manifest: str) -> list[dict]:
+    fs, root = fsspec.core.url_to_fs(manifest)
+    rows = []
+    for split in ("train", "val"):
+        with fs.open(f"{root}/{split}.parquet", "rb") as f:
+            rows += pq.read_table(f, columns=["paper_id", "img_name", "sha256", "width", "height", "image_path"]).to_pylist()
+    return rows
+
+
+def locate(images: Path, row: dict) -> Path | None:
+    name = output_name(row["paper_id"], row["img_name"])
+    for candidate in (images / (row["image_path"] or "\0"), images / row["paper_id"] / name, images / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_image(images: Path, row: dict) -> dict | None:
+    """None when the figure's PNG is there with the listed hash and size, else the problem."""
+    key = f"{row['paper_id']}/{row['img_name']}"
+    path = locate(images, row)
+    if path is None:
+        return {"figure": key, "problem": "missing"}
+    try:
+        with Image.open(path) as im:
+            size = im.size
+    except OSError as e:
+        return {"figure": key, "path": str(path), "problem": f"unreadable: {e}"}
+    if size != (row["width"], row["height"]):
+        return {"figure": key, "path": str(path), "problem": f"size {size[0]}x{size[1]}, listed {row['width']}x{row['height']}"}
+    if store.sha256_file(path) != row["sha256"]:
+        return {"figure": key, "path": str(path), "problem": "sha256 differs"}
+    return None
+
+
+def verify(manifest: str, images: str | Path | None = None, threads: int = 4) -> dict:
+    problems, meta = check_manifest_files(manifest)
+    report = {"manifest": manifest, "name": meta.get("name"), "manifest_problems": problems}
+    if images is not None and not any(p["file"].endswith(".parquet") for p in problems):
+        images = Path(images)
+        if not images.is_dir():
+            raise FileNotFoundError(f"image folder not found: {images}")
+        rows = read_manifest_rows(manifest)
+        with ThreadPoolExecutor(threads) as pool:  # hashing releases the GIL
+            results = list(tqdm(pool.map(lambda r: check_image(images, r), rows), total=len(rows),
+                                desc="verify images", unit="img", disable=None))
+        bad = [r for r in results if r]
+        report.update(images=str(images), figures=len(rows), ok=len(rows) - len(bad), image_problems=bad)
+    report["ok_overall"] = not problems and not report.get("image_problems")
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.verify", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("manifest", help="manifest folder (path or fsspec URL), e.g. manifests/cvf-2026.11")
+    p.add_argument("--images", help="folder of images to check against the manifest")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    args = p.parse_args(argv)
+    try:
+        report = verify(args.manifest, args.images)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for prob in report["manifest_problems"]:
+            print(f"manifest file {prob['file']}: {prob['problem']}")
+        for prob in report.get("image_problems", [])[:50]:
+            print(f"image {prob['figure']}: {prob['problem']}")
+        if "figures" in report:
+            print(f"{report['ok']} of {report['figures']} images match")
+        print("OK" if report["ok_overall"] else "MISMATCHES FOUND")
+    return 0 if report["ok_overall"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
