@@ -193,9 +193,13 @@ class Lpips:
                 f"LPIPS needs the AlexNet backbone weights, and {weights} does not exist. "
                 f"Download {ALEXNET_URL} on a machine with network access and place it at "
                 f"{weights} (or pass its path with --lpips-weights).")
+        import warnings
+
         import lpips
 
-        self.net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
+        with warnings.catch_warnings():   # lpips still passes torchvision's old `pretrained=`
+            warnings.simplefilter("ignore", UserWarning)
+            self.net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
         features = torch.load(weights, map_location="cpu", weights_only=True)
         features = {k.removeprefix("features."): v for k, v in features.items()
                     if k.startswith("features.")}

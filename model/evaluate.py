@@ -1,0 +1,383 @@
+"""Evaluate a MAE-VQGAN checkpoint on the paper's visual-prompting tasks.
+
+    python -m model.evaluate --task segmentation --checkpoint checkpoint-1000.pth \\
+        --vqgan-config vqgan/model.yaml --data /data/pascal --fold 0 --seeds 0 1 2
+
+Tasks (the released protocol by default; see model/tasks.py and model/metrics.py):
+  segmentation  Pascal-5i fold (--fold), 1,000 episodes, white-pixel IoU of the rounded answer
+                averaged over episodes (the paper's "mIoU"), plus class-wise mIoU and FB-IoU.
+  detection     VOC 2012 single-object images (--area-filter code|paper), largest white
+                component -> box, IoU.
+  colorization  ImageNet val folder (--data holds val/<class>/*), 1,000 images drawn with seed 5,
+                MSE in normalised space, and LPIPS with --lpips.
+  synthetic     --synthetic color|shape|size|shape_color|size_color|size_shape (or all),
+                100 queries, colour-aware IoU, colour-blind IoU, accuracy.
+
+Better prompts than the paper: --support nearest (the same-class support whose encoder
+features are closest to the query's, as UnsupPR), --ensemble K (K supports per query, token
+probabilities averaged) and --layouts default flip (both layouts, also averaged).
+
+Writes <out>/results.json, <out>/results.md and <out>/<task>.png (prompt | prediction | truth).
+Batched, bf16 autocast on GPU, data loading and canvas building in DataLoader workers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model import metrics, tasks, voc
+from model.prompting import (cell_size, inpaint, inpaint_ensemble, normalize, quadrant_mask,
+                             rows_answer_box, rows_mask)
+
+TASKS = ("segmentation", "detection", "colorization", "synthetic")
+DEFAULT_SEED = {"segmentation": 0, "detection": 0, "colorization": 5, "synthetic": 0}
+DEFAULT_EPISODES = {"segmentation": 1000, "detection": None, "colorization": 1000, "synthetic": 100}
+HEADLINE = {"segmentation": "iou", "detection": "iou", "colorization": "mse", "synthetic": "iou"}
+
+
+# ----------------------------------------------------------------------------- model
+
+def _guess_arch(state: dict) -> str:
+    """Describe the encoder a state_dict holds, naming the matching released arch if any."""
+    from model.mae_vqgan import ARCHS
+
+    if "cls_token" not in state:
+        return "not an MAE-VQGAN state_dict (no cls_token)"
+    dim = state["cls_token"].shape[-1]
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    patch = state["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in state else "?"
+    names = [n for n, a in ARCHS.items()
+             if (a["embed_dim"], a["depth"], a["patch_size"]) == (dim, depth, patch)]
+    return f"encoder width {dim}, depth {depth}, patch {patch}" + (f" ({names[0]})" if names else "")
+
+
+def load_model(checkpoint, vqgan_config, arch="mae_vit_large_patch16", size: int = 224,
+               vqgan_ckpt=None, device="cpu"):
+    """Load a checkpoint, with a clear error when it was trained with another architecture."""
+    from model.checkpoint import load_safely
+    from model.mae_vqgan import load_checkpoint
+
+    try:
+        model = load_checkpoint(checkpoint, vqgan_config, arch=arch, vqgan_ckpt=vqgan_ckpt,
+                                img_size=size)
+    except RuntimeError as e:  # load_state_dict(strict=True): missing/unexpected keys, shapes
+        ckpt = load_safely(checkpoint)
+        state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+        raise ValueError(f"{checkpoint} does not fit --arch {arch}: the checkpoint holds "
+                         f"{_guess_arch(state)}. Pass the --arch it was trained with.\n"
+                         f"({str(e).splitlines()[0]})") from None
+    return model.to(device).eval()
+
+
+def read_arch(value: str):
+    """--arch: a released name, or a JSON file / string of MaeVqgan sizes."""
+    if value.startswith("{"):
+        return json.loads(value)
+    if value.endswith(".json"):
+        return json.loads(Path(value).read_text())
+    return value
+
+
+@torch.no_grad()
+def image_features(model, images: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Unmasked encoder features, mean over patch tokens, L2-normalised: [B, D]."""
+    L = model.num_patches
+    ids = torch.arange(L, device=images.device).expand(images.shape[0], L)
+    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        latent = model.forward_encoder(images.float(), ids, L)
+    return torch.nn.functional.normalize(latent[:, 1:].float().mean(1), dim=-1)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+def build_task(args, model, seed: int, device, dtype):
+    """-> (dataset, how to score it: dict)."""
+    size, shots = args.size, args.ensemble
+    layouts = tuple(args.layouts)
+    n = args.episodes
+    if args.task == "segmentation":
+        pairs = voc.pascal5i_val_list(args.data, args.fold)
+        if not pairs:
+            raise ValueError(f"fold {args.fold} has no images in {args.data}")
+        n = n or DEFAULT_EPISODES["segmentation"]
+        if args.support == "nearest":
+            feats = segmentation_features(model, args.data, sorted({p[0] for p in pairs}), size,
+                                          args.batch_size, device, dtype)
+            episodes = tasks.nearest_supports(pairs, feats, n, shots)
+        else:
+            episodes = tasks.random_supports(pairs, n, seed, shots)
+        return tasks.SegmentationTask(args.data, episodes, size, layouts), {"kind": "binary"}
+    if args.task == "detection":
+        root = voc.voc_root(args.data)
+        voc.require(root, "JPEGImages", "Annotations")
+        queries = voc.single_object_set(root, voc.read_ids(root, "Main/val"), args.area_filter)
+        supports = voc.single_object_set(root, voc.read_ids(root, "Main/train"), args.area_filter)
+        if not queries:
+            raise ValueError(f"no single-object val image passes the {args.area_filter!r} filter")
+        episodes = tasks.detection_episodes(queries, supports, n, seed, shots)
+        return tasks.DetectionTask(args.data, episodes, size, layouts), {"kind": "box"}
+    if args.task == "colorization":
+        files = tasks.image_folder(Path(args.data) / "val")
+        episodes = tasks.colorization_episodes(len(files), n or DEFAULT_EPISODES["colorization"],
+                                               seed, shots)
+        return tasks.ColorizationTask(files, episodes, size, layouts), {"kind": "colour"}
+    episodes = tasks.synthetic_episodes(args.synthetic, n or DEFAULT_EPISODES["synthetic"], seed)
+    return tasks.SyntheticTask(episodes, size), {"kind": "synthetic",
+                                                 "colours": tasks.synthetic_colours(args.synthetic)}
+
+
+def segmentation_features(model, data, image_ids, size, batch_size, device, dtype) -> dict:
+    """Encoder features of each fold image, resized to the canvas (for --support nearest)."""
+    root = voc.voc_root(data)
+    feats = {}
+    for start in tqdm(range(0, len(image_ids), batch_size), desc="support features", leave=False):
+        ids = image_ids[start:start + batch_size]
+        imgs = torch.stack([tasks.to_tensor(voc.read_image(root, i).resize((size, size), Image.BICUBIC))
+                            for i in ids])
+        out = image_features(model, normalize(imgs.to(device)), dtype).cpu()
+        feats.update(zip(ids, out))
+    return feats
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def score(kind: dict, canvases: torch.Tensor, pasted: torch.Tensor, lpips=None) -> dict:
+    """Per-episode scores of one batch: canvases normalised [B,3,S,S], pasted uint8 [B,S,S,3]."""
+    from model.prompting import to_uint8
+
+    truth = to_uint8(canvases)
+    size = truth.shape[1]
+    if kind["kind"] == "synthetic":
+        top, left, bottom, right = rows_answer_box(size, rows=3)
+        crop = (slice(top, bottom), slice(left, right))
+        ours = metrics.round_image(pasted, kind["colours"])[:, crop[0], crop[1]]
+        target = metrics.round_image(truth, kind["colours"])[:, crop[0], crop[1]]
+        return {k: v.cpu() for k, v in metrics.synthetic_scores(ours.cpu(), target.cpu()).items()}
+    c = size - cell_size(size)           # 113 at 224: the answer cell
+    if kind["kind"] == "colour":
+        out = {"mse": metrics.normalised_mse(pasted[:, c:, c:], truth[:, c:, c:])}
+        if lpips is not None:
+            out["lpips"] = lpips(pasted[:, c:, c:], truth[:, c:, c:])
+        return out
+    ours = metrics.round_image(pasted)[:, c:, c:]
+    target = metrics.round_image(truth)[:, c:, c:]
+    if kind["kind"] == "box":
+        ours = metrics.to_box(ours.cpu())
+    ours, target = ours.cpu(), target.cpu()
+    out = metrics.segmentation_scores(ours, target)
+    out["areas"] = metrics.fg_bg_areas(ours, target)
+    return out
+
+
+def evaluate_dataset(model, dataset, kind: dict, batch_size: int = 64, workers: int = 0,
+                     device="cpu", dtype=None, mask=None, lpips=None, keep_examples: int = 0,
+                     progress: bool = True) -> dict:
+    """Run every episode; -> {"scores": {name: [N]}, "class_id": [N], "examples": [...]}."""
+    device = torch.device(device)
+    float64 = kind["kind"] in ("binary", "colour")   # the release normalises these in float64
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    scores: dict[str, list] = {}
+    class_ids, examples = [], []
+    for batch in tqdm(loader, desc="episodes", unit="batch", disable=not progress):
+        canvas01 = batch["canvas"].to(device, non_blocking=True)          # [B,K,3,S,S]
+        canvases = normalize(canvas01, torch.float64 if float64 else torch.float32)
+        if canvases.shape[1] == 1:
+            pasted = inpaint(model, canvases[:, 0], mask, dtype)
+        else:
+            pasted = inpaint_ensemble(model, canvases, mask, dtype)
+        for k, v in score(kind, canvases[:, 0], pasted, lpips).items():
+            scores.setdefault(k, []).append(v)
+        class_ids.append(batch["class_id"])
+        if len(examples) < keep_examples:
+            examples += [(canvases[i, 0].cpu(), pasted[i].cpu())
+                         for i in range(min(keep_examples - len(examples), len(pasted)))]
+    return {"scores": {k: torch.cat(v) for k, v in scores.items()},
+            "class_id": torch.cat(class_ids), "examples": examples}
+
+
+def summarise(result: dict, kind: dict) -> dict:
+    """Episode means (NaN episodes skipped and counted), class-wise mIoU and FB-IoU."""
+    out = {}
+    for name, values in result["scores"].items():
+        if name == "areas":
+            continue
+        values = values.double()
+        out[name] = float(np.nanmean(values.numpy())) if len(values) else float("nan")
+        if torch.isnan(values).any():
+            out[f"{name}_nan_episodes"] = int(torch.isnan(values).sum())
+    if "areas" in result["scores"]:
+        areas = result["scores"]["areas"]
+        out["class_miou"], per_class = metrics.classwise_miou(areas, result["class_id"])
+        out["per_class_iou"] = {voc.VOC_CLASSES[c - 1] if 1 <= c <= 20 else str(c): v
+                                for c, v in per_class.items()}
+        out["fb_iou"] = metrics.fb_iou(areas)
+    return out
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def picture(examples, mask, patch: int, path: Path) -> None:
+    """One row per example: prompt (answer hidden, grey) | prediction | ground truth."""
+    from model.prompting import patch_mask_to_pixels, to_uint8
+
+    rows = []
+    for canvas, pasted in examples:
+        truth = to_uint8(canvas[None])[0]
+        size = truth.shape[0]
+        hidden = patch_mask_to_pixels(mask, size, patch)
+        prompt = torch.where(hidden[..., None], torch.tensor(128, dtype=torch.uint8), truth)
+        rows.append(torch.cat([prompt, torch.full((size, 4, 3), 255, dtype=torch.uint8), pasted,
+                               torch.full((size, 4, 3), 255, dtype=torch.uint8), truth], 1))
+    grid = torch.cat([torch.cat([r, torch.full((4, r.shape[1], 3), 255, dtype=torch.uint8)])
+                      for r in rows])
+    header = 16
+    img = Image.new("RGB", (grid.shape[1], grid.shape[0] + header), "white")
+    img.paste(Image.fromarray(grid.numpy()), (0, header))
+    draw, w = ImageDraw.Draw(img), rows[0].shape[1] // 3
+    for i, label in enumerate(("prompt", "prediction", "ground truth")):
+        draw.text((i * w + 4, 2), label, fill="black")
+    _atomic(path, lambda f: img.save(f, format="PNG"))
+
+
+def markdown(results: dict) -> str:
+    head = HEADLINE[results["task"]]
+    keys = [k for k in results["per_seed"][0]["metrics"]
+            if isinstance(results["per_seed"][0]["metrics"][k], float)]
+    lines = [f"# {results['title']}", "",
+             f"checkpoint `{results['checkpoint']}`, {results['episodes']} episodes per seed, "
+             f"support {results['support']}, ensemble {results['ensemble']}, "
+             f"layouts {'+'.join(results['layouts'])}; headline metric `{head}` "
+             f"(the released one); {results['episodes_per_s']:.1f} episodes/s on {results['device']}.",
+             "", "| seed | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for run in results["per_seed"]:
+        lines.append(f"| {run['seed']} | " + " | ".join(f"{run['metrics'][k]:.4f}" for k in keys) + " |")
+    s = results["summary"]
+    lines.append("| mean ± std | " + " | ".join(f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temp file in the same folder, then rename (no torn result files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- main
+
+def run(args) -> dict:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"fp32": None, "bf16": torch.bfloat16,
+             "auto": torch.bfloat16 if device.type == "cuda" else None}[args.dtype]
+    workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1)
+                                                             if device.type == "cuda" else 0)
+    model = load_model(args.checkpoint, args.vqgan_config, read_arch(args.arch), args.size,
+                       args.vqgan_ckpt, device)
+    patch = model.patch_embed.patch_size
+    mask = (rows_mask(args.size, patch) if args.task == "synthetic"
+            else quadrant_mask(args.size, patch))
+    lpips = metrics.Lpips(args.lpips_weights, device) if args.lpips else None
+    seeds = args.seeds if args.seeds else [DEFAULT_SEED[args.task]]
+    title = args.task + (f" fold {args.fold}" if args.task == "segmentation" else "") + \
+        (f" {args.synthetic}" if args.task == "synthetic" else "")
+    out = Path(args.out or f"results/{title.replace(' ', '-')}")
+    per_seed, examples, n_done, started = [], [], 0, time.perf_counter()
+    for seed in seeds:
+        dataset, kind = build_task(args, model, seed, device, dtype)
+        result = evaluate_dataset(model, dataset, kind, args.batch_size, workers, device, dtype,
+                                  mask, lpips, keep_examples=0 if examples else args.picture_rows)
+        examples = examples or result["examples"]
+        n_done += len(dataset)
+        per_seed.append({"seed": seed, "metrics": summarise(result, kind)})
+        head = HEADLINE[args.task]
+        print(f"seed {seed}: {head} {per_seed[-1]['metrics'][head]:.4f}", file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    scalar = [k for k, v in per_seed[0]["metrics"].items() if isinstance(v, float)]
+    summary = {k: {"mean": float(np.mean([r["metrics"][k] for r in per_seed])),
+                   "std": float(np.std([r["metrics"][k] for r in per_seed]))} for k in scalar}
+    results = {"task": args.task, "title": title, "fold": args.fold, "synthetic": args.synthetic,
+               "checkpoint": str(args.checkpoint), "arch": args.arch, "size": args.size,
+               "episodes": len(dataset), "seeds": seeds, "support": args.support,
+               "ensemble": args.ensemble, "layouts": list(args.layouts),
+               "area_filter": args.area_filter, "device": str(device),
+               "dtype": "bf16" if dtype else "fp32", "batch_size": args.batch_size,
+               "seconds": elapsed, "episodes_per_s": n_done / elapsed,
+               "per_seed": per_seed, "summary": summary}
+    _atomic(out / "results.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
+    _atomic(out / "results.md", lambda f: f.write(markdown(results).encode()))
+    if examples:
+        picture(examples, mask.cpu(), patch, out / f"{title.replace(' ', '-')}.png")
+    print(markdown(results))
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--checkpoint", required=True, help="MAE-VQGAN checkpoint ({'model': state_dict})")
+    p.add_argument("--vqgan-config", required=True, help="taming VQGAN model.yaml")
+    p.add_argument("--vqgan-ckpt", help="taming last.ckpt, if the checkpoint has no vae.* weights")
+    p.add_argument("--arch", default="mae_vit_large_patch16",
+                   help="released arch name, or a JSON file/string of MaeVqgan sizes")
+    p.add_argument("--data", help="VOC root (segmentation, detection) or ImageNet root with val/ "
+                                  "(colorization); unused for synthetic")
+    p.add_argument("--fold", type=int, default=0, help="Pascal-5i fold 0..3 (segmentation)")
+    p.add_argument("--synthetic", default="color", choices=sorted(tasks.SYNTHETIC_TASKS),
+                   help="which synthetic task")
+    p.add_argument("--episodes", type=int, help="episodes per seed (default: the release's)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="episode-sampling seeds; mean ± std over them (default 0; colorization 5)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, help="DataLoader workers (default 8 on GPU, 0 on CPU)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="autocast dtype (auto: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--size", type=int, default=224, help="canvas size (the model's image size)")
+    p.add_argument("--support", default="random", choices=("random", "nearest"),
+                   help="random same-class support (released) or nearest by encoder features")
+    p.add_argument("--ensemble", type=int, default=1, help="supports per query, probabilities averaged")
+    p.add_argument("--layouts", nargs="+", default=["default"], choices=tasks.LAYOUTS,
+                   help="canvas layouts to average over (flip: query top-right)")
+    p.add_argument("--area-filter", default="code", choices=("code", "paper", "none"),
+                   help="detection: objects <20%% of the image (code) or <=50%% (paper text)")
+    p.add_argument("--lpips", action="store_true", help="colorization: also LPIPS (AlexNet)")
+    p.add_argument("--lpips-weights", help=f"local torchvision {metrics.ALEXNET_FILE} "
+                                           f"(default {metrics.default_lpips_weights()})")
+    p.add_argument("--picture-rows", type=int, default=4, help="examples in the PNG")
+    p.add_argument("--out", help="output folder (default results/<task>)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.task != "synthetic" and not args.data:
+        parser().error(f"--data is required for --task {args.task}")
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

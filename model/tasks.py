@@ -1,0 +1,321 @@
+"""Episodes of the paper's four evaluations, as datasets of ready-made canvases.
+
+Each task is two steps:
+1. sample the episodes (which query, which supports) up front in the main process with the
+   release's seed and draw order, so results do not depend on batch size or worker count;
+2. a `torch.utils.data.Dataset` that loads images and builds the canvases of one episode,
+   run in DataLoader workers. An item is {"canvas": [K,3,S,S] in [0,1] (K prompts for one
+   query: supports x layouts), "class_id": int, "index": int}.
+
+The canvas's bottom-right cell (or last output figure) holds the ground truth, which the
+evaluation crops from the de-normalised canvas exactly as the release does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from model import voc
+from model.metrics import BLACK, BLUE, GREEN, WHITE
+from model.prompting import cell_size, make_canvas, make_rows_canvas, rows_figure_size
+
+LAYOUTS = ("default", "flip")
+
+
+@dataclass(frozen=True)
+class Episode:
+    query: object            # image id / index / synthetic figure parameters
+    supports: tuple          # one or more of the same kind
+    class_id: int = 0
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL -> float CHW in [0,1] (torchvision's ToTensor)."""
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
+
+
+def _canvases(supports, query_img, query_target, size, layouts) -> torch.Tensor:
+    return torch.stack([make_canvas(s_img, s_target, query_img, query_target, size=size,
+                                    flip=layout == "flip")
+                        for s_img, s_target in supports for layout in layouts])
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+def _by_class(pairs) -> dict[int, list[str]]:
+    by_class: dict[int, list[str]] = {}
+    for image_id, cls in pairs:
+        by_class.setdefault(cls, []).append(image_id)
+    return by_class
+
+
+def usable_queries(pairs, shots: int = 1) -> list[tuple[str, int]]:
+    """Pairs whose class has `shots` other images (the release would loop forever on the rest;
+    on full VOC every pair is usable)."""
+    by_class = _by_class(pairs)
+    usable = [(q, c) for q, c in pairs if len(set(by_class[c]) - {q}) >= shots]
+    if not usable:
+        raise ValueError(f"no query has {shots} other image(s) of its class to serve as support")
+    return usable
+
+
+def random_supports(pairs, n_episodes: int = 1000, seed: int = 0, shots: int = 1) -> list[Episode]:
+    """The released Pascal-5i sampler: query i is pairs[i % len], supports random same-class.
+
+    Same draws as `DatasetPASCAL.sample_episode` after `np.random.seed(seed)`.
+    """
+    rng = np.random.RandomState(seed)
+    by_class, queries = _by_class(pairs), usable_queries(pairs, shots)
+    episodes = []
+    for i in range(n_episodes):
+        query, cls = queries[i % len(queries)]
+        supports: list[str] = []
+        while len(supports) < shots:   # keep sampling while support == query, as the release
+            s = str(rng.choice(by_class[cls], 1, replace=False)[0])
+            if s != query and s not in supports:
+                supports.append(s)
+        episodes.append(Episode(query, tuple(supports), cls))
+    return episodes
+
+
+def nearest_supports(pairs, features: dict, n_episodes: int = 1000, shots: int = 1) -> list[Episode]:
+    """Supports chosen by feature similarity (UnsupPR): the `shots` images of the same class
+    whose (L2-normalised) features have the highest cosine similarity to the query's."""
+    by_class, queries = _by_class(pairs), usable_queries(pairs, shots)
+    episodes = []
+    for i in range(n_episodes):
+        query, cls = queries[i % len(queries)]
+        candidates = [s for s in dict.fromkeys(by_class[cls]) if s != query]
+        sims = torch.stack([features[s] for s in candidates]) @ features[query]
+        order = torch.argsort(sims, descending=True, stable=True)[:shots]
+        episodes.append(Episode(query, tuple(candidates[j] for j in order.tolist()), cls))
+    return episodes
+
+
+def binary_mask(class_mask: np.ndarray, cls: int) -> Image.Image:
+    """Class `cls` white on black (the 255 boundary is not ignored, as in the release)."""
+    return Image.fromarray(np.where(class_mask == cls, 255, 0).astype(np.uint8))
+
+
+class SegmentationTask(Dataset):
+    """Pascal-5i foreground segmentation canvases (images and masks bicubic to the cell)."""
+
+    def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",)):
+        self.root = voc.voc_root(data)
+        voc.require(self.root, "JPEGImages", "SegmentationClassAug")
+        self.episodes, self.size, self.layouts = episodes, size, layouts
+
+    def __len__(self):
+        return len(self.episodes)
+
+    def load(self, image_id: str, cls: int) -> tuple[torch.Tensor, torch.Tensor]:
+        side = cell_size(self.size)
+        img = voc.read_image(self.root, image_id).resize((side, side), Image.BICUBIC)
+        mask = binary_mask(voc.read_mask(self.root, image_id), cls).resize((side, side), Image.BICUBIC)
+        return to_tensor(img), to_tensor(mask)
+
+    def __getitem__(self, i):
+        ep = self.episodes[i]
+        query_img, query_mask = self.load(ep.query, ep.class_id)
+        supports = [self.load(s, ep.class_id) for s in ep.supports]
+        return {"canvas": _canvases(supports, query_img, query_mask, self.size, self.layouts),
+                "class_id": ep.class_id, "index": i}
+
+
+# ----------------------------------------------------------------------------- detection
+
+def detection_episodes(queries: list[voc.VocObject], supports: list[voc.VocObject],
+                       n_episodes: int | None = None, seed: int = 0, shots: int = 1) -> list[Episode]:
+    """Every single-object val image (cycled up to `n_episodes`) with random supports of the
+    same class from the train single-object set."""
+    rng = np.random.RandomState(seed)
+    by_class: dict[int, list[voc.VocObject]] = {}
+    for obj in supports:
+        by_class.setdefault(obj.cls, []).append(obj)
+    n_episodes = len(queries) if n_episodes is None else n_episodes
+    episodes = []
+    for i in range(n_episodes):
+        query = queries[i % len(queries)]
+        candidates = [s for s in by_class.get(query.cls, []) if s.image_id != query.image_id]
+        if len(candidates) < shots:
+            raise ValueError(f"no support of class {voc.VOC_CLASSES[query.cls - 1]} for "
+                             f"{query.image_id} among {len(supports)} train images")
+        picked = rng.choice(len(candidates), shots, replace=False)
+        episodes.append(Episode(query, tuple(candidates[j] for j in picked), query.cls))
+    return episodes
+
+
+class DetectionTask(Dataset):
+    """Single-object detection canvases: the target is the box, white on black (bilinear)."""
+
+    def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",)):
+        self.root = voc.voc_root(data)
+        voc.require(self.root, "JPEGImages", "Annotations")
+        self.episodes, self.size, self.layouts = episodes, size, layouts
+
+    def __len__(self):
+        return len(self.episodes)
+
+    def load(self, obj: voc.VocObject) -> tuple[torch.Tensor, torch.Tensor]:
+        side = cell_size(self.size)
+        img = voc.read_image(self.root, obj.image_id).resize((side, side), Image.BILINEAR)
+        box = voc.box_target(obj).resize((side, side), Image.BILINEAR)
+        return to_tensor(img), to_tensor(box)
+
+    def __getitem__(self, i):
+        ep = self.episodes[i]
+        query_img, query_box = self.load(ep.query)
+        supports = [self.load(s) for s in ep.supports]
+        return {"canvas": _canvases(supports, query_img, query_box, self.size, self.layouts),
+                "class_id": ep.class_id, "index": i}
+
+
+# ----------------------------------------------------------------------------- colorization
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def image_folder(root) -> list[Path]:
+    """Files of an ImageFolder tree (class folders, then files, both sorted, as torchvision)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root} (expected <data>/val/<class>/*.JPEG)")
+    files = [f for d in sorted(p for p in root.iterdir() if p.is_dir())
+             for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise FileNotFoundError(f"no images under {root}/<class>/")
+    return files
+
+
+def colorization_episodes(n_images: int, n_episodes: int = 1000, seed: int = 5,
+                          shots: int = 1) -> list[Episode]:
+    """The released draw: `n_episodes` distinct queries among the first n-1 images (seed 5),
+    then each support a random index below n_episodes - 1 (the release indexes the whole
+    folder with it, so supports come from its first classes)."""
+    if n_images - 1 < n_episodes:
+        raise ValueError(f"colorization needs more than {n_episodes} images, found {n_images}")
+    rng = np.random.RandomState(seed)
+    queries = rng.choice(np.arange(0, n_images - 1), size=n_episodes, replace=False)
+    return [Episode(int(q), tuple(int(rng.choice(np.arange(0, n_episodes - 1))) for _ in range(shots)))
+            for q in queries]
+
+
+def center_crop(img: Image.Image, side: int) -> Image.Image:
+    """torchvision CenterCrop (images are larger than the cell)."""
+    w, h = img.size
+    top, left = int(round((h - side) / 2.0)), int(round((w - side) / 2.0))
+    return img.crop((left, top, left + side, top + side))
+
+
+class ColorizationTask(Dataset):
+    """Grey centre crop -> colour centre crop, ImageNet val."""
+
+    def __init__(self, files: list[Path], episodes: list[Episode], size: int = 224,
+                 layouts=("default",)):
+        self.files, self.episodes, self.size, self.layouts = files, episodes, size, layouts
+
+    def __len__(self):
+        return len(self.episodes)
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with Image.open(self.files[index]) as img:
+            crop = center_crop(img.convert("RGB"), cell_size(self.size))
+        return to_tensor(crop.convert("L").convert("RGB")), to_tensor(crop)
+
+    def __getitem__(self, i):
+        ep = self.episodes[i]
+        query_grey, query_colour = self.load(ep.query)
+        supports = [self.load(s) for s in ep.supports]
+        return {"canvas": _canvases(supports, query_grey, query_colour, self.size, self.layouts),
+                "class_id": 0, "index": i}
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+@dataclass(frozen=True)
+class Figure:
+    """One synthetic figure: a filled shape on white, drawn on a 224x224 image."""
+    center: tuple[int, int]
+    radius: int
+    color: tuple[int, int, int]
+    shape: str = "circle"
+
+    def draw(self, side: int = 224) -> np.ndarray:
+        import cv2  # the release draws with OpenCV; its rasterisation is the ground truth
+
+        image = np.full((side, side, 3), 255, dtype=np.uint8)
+        x, y = self.center
+        r = self.radius
+        if self.shape == "circle":
+            return cv2.circle(image, (x, y), r, self.color, -1)
+        return cv2.rectangle(image, (x - r, y - r), (x + r, y + r), self.color, -1)
+
+
+# task -> (input radius, output radius or None = same, output colour, output shape, colours)
+SYNTHETIC_TASKS = {
+    "color": (None, None, BLUE, "circle", [BLUE, GREEN, WHITE]),
+    "shape": (None, None, GREEN, "rectangle", [GREEN, WHITE]),
+    "size": (30, 20, GREEN, "circle", [BLUE, GREEN, WHITE]),
+    "shape_color": (None, None, BLUE, "rectangle", [GREEN, BLUE, WHITE]),
+    "size_color": (30, 20, BLUE, "circle", [GREEN, BLUE, WHITE]),
+    "size_shape": (30, 20, GREEN, "rectangle", [GREEN, WHITE]),
+}
+
+
+def synthetic_colours(task: str) -> list[tuple[int, int, int]]:
+    """Colours the prediction is rounded to: the task's colours plus black (the background)."""
+    return SYNTHETIC_TASKS[task][4] + [BLACK]
+
+
+def _synthetic_pair(task: str, rng: np.random.RandomState) -> tuple[Figure, Figure]:
+    """Draw order of the release's `get_img`: centre x, centre y, then radius if not fixed."""
+    radius_in, radius_out, colour, shape, _ = SYNTHETIC_TASKS[task]
+    x, y = int(rng.randint(10, 224 - 10)), int(rng.randint(10, 224 - 10))
+    r = int(rng.randint(10, 50)) if radius_in is None else radius_in
+    return Figure((x, y), r, GREEN), Figure((x, y), radius_out or r, colour, shape)
+
+
+def synthetic_episodes(task: str, n_episodes: int = 100, seed: int = 0, shots: int = 2) -> list[Episode]:
+    """The released sampler: a query pair, then for each support a (discarded) index draw and
+    a fresh pair, all from one stream seeded with `seed`."""
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; choose from {sorted(SYNTHETIC_TASKS)}")
+    rng = np.random.RandomState(seed)
+    episodes = []
+    for _ in range(n_episodes):
+        query = _synthetic_pair(task, rng)
+        supports = []
+        for _ in range(shots):
+            rng.choice(np.arange(n_episodes))
+            supports.append(_synthetic_pair(task, rng))
+        episodes.append(Episode(query, tuple(supports)))
+    return episodes
+
+
+class SyntheticTask(Dataset):
+    """3x2 canvases on black: two example rows, then the query row (answer hidden)."""
+
+    def __init__(self, episodes: list[Episode], size: int = 224):
+        self.episodes, self.size = episodes, size
+
+    def __len__(self):
+        return len(self.episodes)
+
+    def figure(self, fig: Figure, rows: int) -> torch.Tensor:
+        side = rows_figure_size(self.size, rows)
+        img = Image.fromarray(fig.draw()).resize((side, side), Image.BILINEAR)
+        return to_tensor(img)
+
+    def __getitem__(self, i):
+        ep = self.episodes[i]
+        rows = len(ep.supports) + 1
+        pairs = [(self.figure(a, rows), self.figure(b, rows)) for a, b in (*ep.supports, ep.query)]
+        return {"canvas": make_rows_canvas(pairs, size=self.size, background=0.0)[None],
+                "class_id": 0, "index": i}
