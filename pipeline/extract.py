@@ -195,6 +195,9 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
             rows[name] = row
     except ArchiveError as e:
         rows["\0archive"] = figure_row(paper_id, status="error", error=str(e))
+    if not rows:
+        rows["\0none"] = figure_row(paper_id, status="skipped",
+                                    error=f"no figure files in the e-print ({kind})")
     references = latex_references(tex)
     for row in rows.values():
         if row["source_path"]:
@@ -219,6 +222,9 @@ def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path) -> list[d
     except Exception as e:  # the fallback must not take the shard down
         return [figure_row(paper_id, source_kind="pdf", status="error",
                            error=f"PDF fallback failed: {type(e).__name__}: {e}")]
+    if not found:
+        return [figure_row(paper_id, source_kind="pdf", status="skipped",
+                           error="PDF fallback: no captioned figures found")]
     for fig in found:
         row = figure_row(paper_id, source_kind="pdf", format="png",
                          img_name=fig.get("img_name", ""), source_path=fig.get("source_path", ""),
@@ -244,7 +250,7 @@ def _png_facts(path: Path) -> dict:
 
 
 def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
-                  apply_name_filter: bool = True) -> list[dict]:
+                  apply_name_filter: bool = True, limits: Limits = Limits()) -> list[dict]:
     """Figure records of one paper record: from its e-print, else from its PDF."""
     paper_id = paper["arxiv_id"]
     image_dir = root / "images" / shard / paper_id.replace("/", "_")
@@ -253,7 +259,7 @@ def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
     if eprint is not None and paper.get("eprint_status", "ok") == "ok" and eprint.exists():
         try:
             return extract_eprint(paper_id, eprint, image_dir, root, renderer,
-                                  apply_name_filter=apply_name_filter)
+                                  apply_name_filter=apply_name_filter, limits=limits)
         except IsPaperPDF:
             return extract_pdf(paper_id, eprint, image_dir, root)
         except ArchiveError as e:
@@ -332,7 +338,8 @@ def dedup_corpus(root: str | Path | None = None, near_bits: int = NEAR_DUP_BITS)
 
 def extract_shard(shard: str, root: str | Path | None = None, *,
                   options: RenderOptions = RenderOptions(), apply_name_filter: bool = True,
-                  checkpoint_every: int = 20, progress: bool = True) -> dict:
+                  limits: Limits = Limits(), checkpoint_every: int = 20,
+                  progress: bool = True) -> dict:
     """Extract every paper of `papers/<shard>.parquet`; returns (and stores) the shard's stats."""
     root = config.data_root(root)
     figures_dir = root / "figures"
@@ -347,7 +354,7 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
     with Renderer(options) as renderer:
         for i, paper in enumerate(tqdm(todo, desc=f"extract {shard}", unit="paper",
                                        disable=not progress), 1):
-            rows += extract_paper(paper, shard, root, renderer, apply_name_filter)
+            rows += extract_paper(paper, shard, root, renderer, apply_name_filter, limits)
             if i % checkpoint_every == 0:
                 store.write_rows(out_path, rows, FIGURE_SCHEMA)
         restarts = renderer.restarts
