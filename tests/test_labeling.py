@@ -1,0 +1,319 @@
+"""Labeling against a real Label Studio server (started once per run on a free loopback port).
+
+Annotations are created through the API as stand-ins for people; the labels table that
+`labeling.pull` writes is then checked row by row.
+"""
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from labeling import interface, pull, push, sample, serve, simulate
+from labeling.client import LabelStudioError, connect, export_tasks, find_project
+from pipeline.store import read_rows, sha256_bytes, write_rows
+
+# The columns of the figure records (docs/ARCHITECTURE.md) this stage reads.
+FIGURE_SCHEMA = pa.schema([
+    ("paper_id", pa.string()), ("img_name", pa.string()), ("source_path", pa.string()),
+    ("source_kind", pa.string()), ("format", pa.string()), ("image_path", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("sha256", pa.string()),
+    ("phash", pa.string()), ("bytes", pa.int64()), ("status", pa.string()),
+    ("error", pa.string()), ("included", pa.bool_()), ("name_filter", pa.bool_()),
+    ("dup_of", pa.string()), ("near_dup_of", pa.string()),
+])
+SCORE_SCHEMA = pa.schema([("paper_id", pa.string()), ("img_name", pa.string()),
+                          ("sha256", pa.string()), ("score", pa.float64()),
+                          ("model_version", pa.string())])
+
+
+def make_figures(root: Path, spec: dict[str, list[tuple[str, str, str]]]) -> list[dict]:
+    """Write figure records and real PNGs: spec = {shard: [(paper_id, img_name, source_kind)]}."""
+    records = []
+    for shard, figures in spec.items():
+        rows = []
+        for i, (paper, name, kind) in enumerate(figures):
+            image = Image.new("RGB", (48 + i, 32), (40 * i % 256, 90, 160))
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            data = buf.getvalue()
+            image_path = f"images/{shard}/{paper}/{Path(name).stem}.png"
+            (root / image_path).parent.mkdir(parents=True, exist_ok=True)
+            (root / image_path).write_bytes(data)
+            rows.append({"paper_id": paper, "img_name": name, "source_path": name.replace("_", "/"),
+                         "source_kind": kind, "format": "png", "image_path": image_path,
+                         "width": image.width, "height": image.height, "sha256": sha256_bytes(data),
+                         "phash": "0" * 16, "bytes": len(data), "status": "ok", "error": "",
+                         "included": True, "name_filter": False, "dup_of": "", "near_dup_of": ""})
+        write_rows(root / "figures" / f"{shard}.parquet", rows, FIGURE_SCHEMA)
+        records += rows
+    return records
+
+
+def small_corpus(root: Path) -> list[dict]:
+    return make_figures(root, {
+        "2012-03": [("1203.0001", "fig_a.png", "eprint"), ("1203.0001", "fig_b.png", "eprint"),
+                    ("1203.0002", "page-3", "pdf")],
+        "2019-07": [("1907.00011", "figs_grid.png", "eprint"), ("1907.00011", "figs_plot.png", "eprint"),
+                    ("1907.00012", "teaser.jpg", "eprint"), ("1907.00013", "page-1", "pdf")],
+    })
+
+
+# --- the server -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio on a free 127.0.0.1 port; each test gets its own dataset root under
+    the server's document root and its own project."""
+    try:
+        serve.label_studio_bin()
+    except FileNotFoundError as e:
+        pytest.skip(f"Label Studio venv missing ({e})")
+    base = tmp_path_factory.mktemp("labelstudio")
+    docroot = base / "roots"
+    docroot.mkdir()
+    server = serve.start(base / "server", docroot, port=0)
+    token = (base / "server" / "token").read_text().strip()
+    yield {"url": server.url, "token": token, "docroot": docroot}
+    server.stop()
+
+
+@pytest.fixture
+def ls(label_studio, request, monkeypatch):
+    """(client, dataset root, project title) for one test."""
+    root = label_studio["docroot"] / request.node.name
+    root.mkdir()
+    monkeypatch.setenv("CVF_LABEL_STUDIO_DOCUMENT_ROOT", str(label_studio["docroot"]))
+    client = connect(label_studio["url"], label_studio["token"])
+    return client, root, f"cvf {request.node.name}"[:50]  # Label Studio allows 50 characters
+
+
+def annotate(client, task_id: int, choice: str, lead_time: float = 4.0):
+    return client.annotations.create(id=task_id, result=interface.choice_result(choice),
+                                     lead_time=lead_time)
+
+
+def tasks_by_key(client, project_id):
+    return {(t["data"]["paper_id"], t["data"]["img_name"]): t for t in export_tasks(client, project_id)}
+
+
+# --- sampling (no server) ---------------------------------------------------------------------
+
+def fig(year, kind, paper, name, sha="x"):
+    return {"paper_id": paper, "img_name": name, "source_kind": kind, "year": year,
+            "shard": f"{year}-01", "sha256": sha}
+
+
+def test_stratified_sample_is_equal_per_stratum_and_spreads_over_papers():
+    figures = ([fig(2012, "pdf", "p1", f"n{i}") for i in range(2)]                  # small stratum
+               + [fig(2015, "eprint", f"q{i % 5}", f"n{i}") for i in range(40)]
+               + [fig(2022, "eprint", f"r{i % 20}", f"n{i}") for i in range(400)])
+    chosen = sample.stratified(figures, 20, round_=0, seed=1)
+    by_stratum = {}
+    for f in chosen:
+        by_stratum[f["rule"]] = by_stratum.get(f["rule"], 0) + 1
+    # The 2-figure stratum is exhausted; the other two share the rest equally.
+    assert by_stratum == {"stratified year=2012 source=pdf": 2,
+                          "stratified year=2015 source=eprint": 9,
+                          "stratified year=2022 source=eprint": 9}
+    assert len({f["paper_id"] for f in chosen if f["year"] == 2015}) == 5  # all 5 papers used
+    assert len({f["paper_id"] for f in chosen if f["year"] == 2022}) == 9  # 9 papers, one each
+    assert all(f["round"] == 0 for f in chosen)
+    assert chosen == sample.stratified(figures, 20, round_=0, seed=1)     # deterministic
+    assert chosen != sample.stratified(figures, 20, round_=0, seed=2)
+
+
+def test_uncertainty_takes_scores_nearest_threshold_and_ignores_stale_ones():
+    figures = [fig(2020, "eprint", "p", f"n{i}", sha=f"s{i}") for i in range(5)]
+    scores = {("p", f"n{i}"): {"score": s, "sha256": f"s{i}", "model_version": "v1"}
+              for i, s in enumerate([0.05, 0.45, 0.9, 0.58, 0.5])}
+    scores["p", "n4"]["sha256"] = "another image"  # scored before the figure changed
+    chosen = sample.choose(figures, scores, 2, round_=3, already={("p", "n1")})
+    assert [f["img_name"] for f in chosen] == ["n3", "n2"]
+    assert chosen[0]["rule"] == "uncertainty |p-0.5|=0.080 model=v1"
+    assert {f["round"] for f in chosen} == {3}
+    with pytest.raises(ValueError, match="needs classifier scores"):
+        sample.choose(figures, {}, 2, 0, set(), rule="uncertainty")
+
+
+# --- against the server -----------------------------------------------------------------------
+
+def test_push_annotate_pull_gives_the_labels_row_by_row(ls, label_studio):
+    client, root, title = ls
+    figures = small_corpus(root)
+    done = push.push(client, root, count=4, title=title)
+    assert (done["round"], done["tasks_created"], done["predictions_created"]) == (0, 4, 0)
+    project = find_project(client, title)
+    assert project.sampling == "Uncertainty sampling"
+    tasks = tasks_by_key(client, project.id)
+    # one per (year, source kind) stratum
+    assert sorted(t["data"]["rule"] for t in tasks.values()) == [
+        "stratified year=2012 source=eprint", "stratified year=2012 source=pdf",
+        "stratified year=2019 source=eprint", "stratified year=2019 source=pdf"]
+
+    # The labeling page loads each image through local-files storage.
+    for t in tasks.values():
+        got = httpx.get(label_studio["url"] + t["data"]["image"],
+                        headers={"Authorization": f"Token {label_studio['token']}"})
+        assert got.status_code == 200
+        assert sha256_bytes(got.content) == t["data"]["sha256"]
+
+    keys = sorted(tasks)
+    answers = dict(zip(keys, ["Grid with a photo", "Not a photo grid", "Unsure"]))
+    for key, choice in answers.items():
+        annotate(client, tasks[key]["id"], choice, lead_time=2.5)
+    client.annotations.create(id=tasks[keys[3]]["id"], result=[], was_cancelled=True)  # skipped
+
+    pulled = pull.pull(client, root, title)
+    assert (pulled["labels"], pulled["positive"], pulled["negative"], pulled["unsure"]) == (3, 1, 1, 1)
+    rows = read_rows(root / "labels" / "labels.parquet")
+    by_figure = {(f["paper_id"], f["img_name"]): f for f in figures}
+    assert [(r["paper_id"], r["img_name"]) for r in rows] == keys[:3]
+    for r in rows:
+        key = (r["paper_id"], r["img_name"])
+        expected_label, expected_choice = interface.CHOICES[answers[key]]
+        assert (r["label"], r["choice"]) == (expected_label, expected_choice)
+        assert r["sha256"] == by_figure[key]["sha256"]
+        assert r["annotator"] == serve.USER_EMAIL
+        assert r["task_id"] == tasks[key]["id"] and r["project_id"] == project.id
+        assert r["lead_time"] == 2.5
+        assert (r["round"], r["rule"]) == (0, tasks[key]["data"]["rule"])
+        assert r["source"] == "label-studio"
+        assert r["prediction_score"] is None and r["agreed_with_prediction"] is None
+        assert r["created_at"] is not None
+
+    # The next round never repeats a figure.
+    again = push.push(client, root, count=10, title=title)
+    assert (again["round"], again["tasks_created"]) == (1, len(figures) - 4)
+    assert len(tasks_by_key(client, project.id)) == len(figures)
+
+
+def test_relabel_takes_the_latest_annotation_and_keeps_history(ls):
+    client, root, title = ls
+    small_corpus(root)
+    project_id = push.push(client, root, count=2, title=title)["project_id"]
+    first, second = sorted(tasks_by_key(client, project_id).values(), key=lambda t: t["id"])
+    edited = annotate(client, first["id"], "Not a photo grid")
+    annotate(client, second["id"], "Grid with a photo")
+    pull.pull(client, root, title)
+
+    client.annotations.update(edited.id, result=interface.choice_result("Grid with a photo"))
+    annotate(client, second["id"], "Unsure")  # a second opinion on the other task
+    pull.pull(client, root, title)
+    labels = {r["task_id"]: r for r in read_rows(root / "labels" / "labels.parquet")}
+    assert {t: (r["choice"], r["label"]) for t, r in labels.items()} == {
+        first["id"]: ("positive", 1), second["id"]: ("unsure", None)}
+    history = read_rows(root / "labels" / "history.parquet")
+    assert sorted((r["task_id"], r["choice"]) for r in history) == sorted([
+        (first["id"], "negative"), (first["id"], "positive"),
+        (second["id"], "positive"), (second["id"], "unsure")])
+
+    # Pulling again with nothing new changes nothing.
+    before = [(root / "labels" / n).read_bytes() for n in ("labels.parquet", "history.parquet")]
+    pull.pull(client, root, title)
+    assert [read_rows(root / "labels" / n) for n in ("labels.parquet", "history.parquet")] == [
+        read_rows(io.BytesIO(b)) for b in before]
+
+
+def test_uncertainty_round_uploads_predictions_and_records_agreement(ls):
+    client, root, title = ls
+    figures = small_corpus(root)
+    push.push(client, root, count=2, title=title)  # round 0, before any classifier
+    scores = [{"paper_id": f["paper_id"], "img_name": f["img_name"], "sha256": f["sha256"],
+               "score": s, "model_version": "clf-1"}
+              for f, s in zip(figures, [0.9, 0.1, 0.52, 0.3, 0.45, 0.99, 0.7])]
+    write_rows(root / "scores" / "2012-03.parquet", scores, SCORE_SCHEMA)
+    done = push.push(client, root, count=2, title=title)
+    project = client.projects.get(done["project_id"])
+    assert done["round"] == 1 and done["rules"] == ["uncertainty"]
+    assert project.model_version == "clf-1"
+    tasks = tasks_by_key(client, project.id)
+    new = sorted((t for t in tasks.values() if t["data"]["round"] == 1), key=lambda t: t["id"])
+    # Nearest 0.5 among the not-yet-pushed figures: 0.52 then 0.45.
+    assert [t["data"]["prediction_score"] for t in new] == [0.52, 0.45]
+    # Every task, old and new, now shows the classifier's guess, scored by its certainty.
+    assert done["predictions_created"] == len(tasks)
+    predictions = {p.task: p for p in client.predictions.list(project=project.id)}
+    for t in tasks.values():
+        p = scores[figures.index(next(f for f in figures if f["img_name"] == t["data"]["img_name"]
+                                      and f["paper_id"] == t["data"]["paper_id"]))]["score"]
+        shown = predictions[t["id"]]
+        assert shown.model_version == "clf-1"
+        assert shown.score == pytest.approx(max(p, 1 - p))
+        assert interface.choice_of(shown.result) == interface.CHOICE_OF_LABEL[int(p >= 0.5)]
+    # A rerun of the round's bookkeeping uploads no duplicate predictions.
+    assert push.refresh_predictions(client, project.id, export_tasks(client, project.id),
+                                    sample.labelable_figures(root), sample.latest_scores(root), 0.5) == 0
+
+    annotate(client, new[0]["id"], "Grid with a photo")   # 0.52 predicted positive: agrees
+    annotate(client, new[1]["id"], "Grid with a photo")   # 0.45 predicted negative: disagrees
+    pull.pull(client, root, title)
+    rows = {r["task_id"]: r for r in read_rows(root / "labels" / "labels.parquet")}
+    assert (rows[new[0]["id"]]["prediction_score"], rows[new[0]["id"]]["agreed_with_prediction"]) == (0.52, True)
+    assert (rows[new[1]["id"]]["prediction_score"], rows[new[1]["id"]]["agreed_with_prediction"]) == (0.45, False)
+    assert rows[new[0]["id"]]["rule"].startswith("uncertainty |p-0.5|=0.020 model=clf-1")
+
+
+def test_simulated_answers_come_from_truth_and_are_marked(ls):
+    client, root, title = ls
+    figures = small_corpus(root)
+    project_id = push.push(client, root, count=len(figures), title=title)["project_id"]
+    truth = {(f["paper_id"], f["img_name"]): "grid" in f["img_name"] for f in figures}
+    answered = simulate.answer_from_truth(client, project_id, truth, share=0.6, seed=0)
+    assert 0 < answered < len(figures)
+    assert simulate.answer_from_truth(client, project_id, truth, share=0.6, seed=0) == 0  # done
+    pull.pull(client, root, title)
+    rows = read_rows(root / "labels" / "labels.parquet")
+    assert len(rows) == answered
+    for r in rows:
+        assert r["label"] == int(truth[r["paper_id"], r["img_name"]])
+        assert r["source"] == "replay-truth"
+
+
+def test_server_down_or_wrong_token_is_a_clear_error_and_writes_nothing(ls, label_studio, capsys,
+                                                                        monkeypatch):
+    client, root, title = ls
+    small_corpus(root)
+    with pytest.raises(LabelStudioError, match="refused the API token"):
+        connect(label_studio["url"], "0" * 40)
+    closed = f"http://127.0.0.1:{serve.free_port()}"
+    with pytest.raises(LabelStudioError, match="cannot reach Label Studio"):
+        connect(closed, label_studio["token"])
+
+    monkeypatch.setenv("CVF_LABEL_STUDIO_TOKEN", label_studio["token"])
+    assert pull.main(["--root", str(root), "--url", closed]) == 2
+    assert push.main(["--root", str(root), "--url", closed]) == 2
+    monkeypatch.setenv("CVF_LABEL_STUDIO_TOKEN", "f" * 40)
+    assert pull.main(["--root", str(root), "--url", label_studio["url"]]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach Label Studio" in err and "refused the API token" in err
+    assert label_studio["token"] not in err
+    assert not (root / "labels").exists()
+
+
+def test_token_file_must_be_private_and_token_is_never_printed(ls, label_studio, capsys,
+                                                               monkeypatch, tmp_path):
+    client, root, title = ls
+    small_corpus(root)
+    token_path = tmp_path / "token"
+    token_path.write_text(label_studio["token"] + "\n")
+    token_path.chmod(0o644)
+    monkeypatch.delenv("CVF_LABEL_STUDIO_TOKEN", raising=False)
+    monkeypatch.setenv("CVF_LABEL_STUDIO_TOKEN_FILE", str(token_path))
+    assert push.main(["--root", str(root), "--url", label_studio["url"], "--project", title]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+    token_path.chmod(0o600)
+    assert push.main(["--root", str(root), "--url", label_studio["url"], "--project", title,
+                      "--count", "3"]) == 0
+    assert pull.main(["--root", str(root), "--url", label_studio["url"], "--project", title]) == 0
+    out = capsys.readouterr()
+    assert "3 tasks" in out.out
+    for written in [out.out, out.err, *(p.read_bytes().decode("latin-1") for p in root.rglob("*")
+                                        if p.is_file())]:
+        assert label_studio["token"] not in written
