@@ -7,7 +7,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup system-deps test demo clean-demo
+.PHONY: setup system-deps labelstudio test demo clean-demo
 
 # System tools the pipeline shells out to: Ghostscript (EPS figures), poppler (the official
 # approach, used only by the benchmark and `rebuild --official-renderer`).
@@ -23,8 +23,12 @@ $(BIN)/.installed: pyproject.toml
 
 setup: system-deps $(BIN)/.installed
 
-test: setup
+# The Label Studio server in its own venv (.venv-labelstudio): it cannot share ours with Prefect.
+labelstudio:
+	bash scripts/setup_labelstudio.sh
+
+test: setup labelstudio
 	$(BIN)/python -m pytest -q tests
 
-demo: setup
+demo: setup labelstudio
 	bash scripts/demo.sh
