@@ -1,0 +1,193 @@
+"""Published manifests: formats users' tools read, Croissant validation, overwrite guard, verify."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import classify, filter as flt, publish, verify
+from test_features import make_corpus
+
+NAME = "cvf-2026.11"
+
+
+@pytest.fixture(scope="module")
+def selected(tmp_path_factory):
+    """A corpus trained on replay truth, scored and filtered: ready to publish."""
+    root = tmp_path_factory.mktemp("pub") / "data"
+    make_corpus(root, n_papers=20, figures_per_paper=4, seed=2)
+    classify.train(root, folds=3, version="clf-pub")
+    classify.score(root)
+    _, report = flt.run(root, threshold=0.3)
+    assert report["kept"] > 10 and report["per_split"]["val"]["figures"] > 0
+    return root, report
+
+
+@pytest.fixture
+def published(selected, tmp_path):
+    root, report = selected
+    target, files = publish.publish(root, NAME, out=str(tmp_path / "manifests"))
+    return root, report, tmp_path / "manifests" / NAME, files
+
+
+def test_manifest_files_and_row_contents(published):
+    root, report, out, _ = published
+    expected = {"train.parquet", "val.parquet", "train.jsonl", "val.jsonl", "df_train.csv", "df_val.csv",
+                "croissant.json", "README.md", "index.html", "year_histogram.png", "contact_train.png", "contact_val.png"}
+    assert {p.name for p in out.iterdir()} == expected
+    train = pq.read_table(out / "train.parquet").to_pylist()
+    val = pq.read_table(out / "val.parquet").to_pylist()
+    assert len(train) + len(val) == report["kept"]
+    assert not {r["paper_id"] for r in train} & {r["paper_id"] for r in val}
+    assert {r["split"] for r in train} == {"train"}
+    row = train[0]
+    assert set(publish.MANIFEST_COLUMNS) <= set(row)
+    assert row["source_url"].startswith(f"https://arxiv.org/e-print/{row['paper_id']}v")
+    assert row["crawl_date"] and row["version"] in (1, 2) and row["score"] >= 0.3
+    assert (root / "images" / row["image_path"]).exists()
+    jsonl = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert jsonl == train
+    for sheet in ("contact_train.png", "contact_val.png", "year_histogram.png"):
+        assert Image.open(out / sheet).size[0] > 100
+
+
+def test_official_csv_format_reads_like_the_published_index(published, testdata):
+    _, _, out, _ = published
+    ours = (out / "df_val.csv").read_text().splitlines()
+    official_header = (testdata / "cvf_index" / "df_val.csv").read_text().splitlines()[0]
+    assert ours[0] == official_header == ",paper_id,img_name"
+    rows = list(csv.DictReader(io.StringIO("\n".join(ours))))
+    val = pq.read_table(out / "val.parquet").to_pylist()
+    assert [(r[""], r["paper_id"], r["img_name"]) for r in rows] == \
+           [(str(i), v["paper_id"], v["img_name"]) for i, v in enumerate(val)]
+
+
+def test_croissant_validates_and_loads_with_mlcroissant(published):
+    mlc = pytest.importorskip("mlcroissant")
+    _, _, out, _ = published
+    meta = json.loads((out / "croissant.json").read_text())
+    assert meta["conformsTo"] == "http://mlcommons.org/croissant/1.0"
+    assert {d["@type"] for d in meta["distribution"]} == {"cr:FileObject", "cr:FileSet"}
+    dataset = mlc.Dataset(jsonld=str(out / "croissant.json"))  # raises on validation errors
+    records = list(dataset.records("figures"))
+    train = pq.read_table(out / "train.parquet")
+    assert len(records) == train.num_rows
+    assert {r["figures/paper_id"].decode() for r in records} == set(train["paper_id"].to_pylist())
+
+
+def test_parquet_loads_with_datasets_when_installed(published):
+    datasets = pytest.importorskip("datasets", reason="`datasets` is not a dependency; install it to run this")
+    _, report, out, _ = published
+    ds = datasets.load_dataset("parquet", data_files={s: str(out / f"{s}.parquet") for s in ("train", "val")})
+    assert ds["train"].num_rows + ds["val"].num_rows == report["kept"]
+
+
+def test_card_and_html_report_counts_threshold_metrics_and_licences(published):
+    _, report, out, _ = published
+    card = (out / "README.md").read_text()
+    assert f"{report['threshold']:.4f}" in card and "balanced accuracy" in card and "clf-pub" in card
+    assert "do not redistribute" in card and "creativecommons.org/licenses/by/4.0" in card
+    assert f"| train | {report['per_split']['train']['figures']} |" in card
+    html = (out / "index.html").read_text()
+    assert "<table>" in html and 'src="contact_val.png"' in html
+
+
+def test_existing_name_is_not_overwritten_without_the_flag(published, tmp_path):
+    root, _, out, _ = published
+    before = (out / "croissant.json").read_bytes()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        publish.publish(root, NAME, out=str(out.parent))
+    assert (out / "croissant.json").read_bytes() == before
+    (out / "stray.txt").write_text("old")
+    publish.publish(root, NAME, out=str(out.parent), overwrite=True)
+    assert not (out / "stray.txt").exists() and (out / "train.parquet").exists()
+    assert not list(out.parent.glob(".*"))  # no temporary folders left behind
+
+
+def test_bad_name_and_empty_selection_publish_nothing(selected, tmp_path):
+    root, _ = selected
+    with pytest.raises(ValueError, match="bad manifest name"):
+        publish.publish(root, "../escape", out=str(tmp_path))
+    empty = tmp_path / "empty"
+    (empty / "selection").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="run `python -m pipeline.filter`"):
+        publish.publish(empty, NAME, out=str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+
+
+def test_fsspec_url_output(selected):
+    root, report = selected
+    target, _ = publish.publish(root, NAME, out="memory://cvf-test/manifests", overwrite=True)
+    fs = fsspec.filesystem("memory")
+    with fs.open("/cvf-test/manifests/cvf-2026.11/train.parquet", "rb") as f:
+        assert pq.read_table(f).num_rows == report["per_split"]["train"]["figures"]
+    assert verify.verify(target)["ok_overall"]
+
+
+def test_hugging_face_push_without_network_is_skipped_with_a_message(published):
+    _, _, out, _ = published
+    message = publish.push_to_hub(str(out), "nobody/cvf-test")
+    assert message.startswith("Hugging Face push skipped")
+
+
+def test_verify_accepts_a_fresh_manifest_and_its_images(published):
+    root, report, out, _ = published
+    result = verify.verify(str(out), root / "images")
+    assert result["ok_overall"] and result["figures"] == result["ok"] == report["kept"]
+
+
+def test_verify_reports_missing_and_altered_manifest_files(published):
+    _, _, out, _ = published
+    (out / "df_val.csv").write_text(",paper_id,img_name\n0,2001.00001,x.png\n")
+    (out / "val.jsonl").unlink()  # in the FileSet, not checksummed on its own
+    (out / "train.parquet").unlink()
+    problems = {p["file"]: p["problem"] for p in verify.verify(str(out))["manifest_problems"]}
+    assert problems == {"df_val.csv": "altered (sha256 differs from croissant.json)", "train.parquet": "missing"}
+
+
+def test_verify_reports_missing_altered_and_resized_images(published, tmp_path):
+    root, _, out, _ = published
+    images = tmp_path / "images"
+    shutil.copytree(root / "images", images)
+    rows = verify.read_manifest_rows(str(out))
+    (images / rows[0]["image_path"]).unlink()
+    Image.open(images / rows[1]["image_path"]).resize((7, 5)).save(images / rows[1]["image_path"])
+    p2 = images / rows[2]["image_path"]
+    im = Image.open(p2).convert("RGB")
+    im.putpixel((0, 0), (1, 2, 3))
+    im.save(p2)
+    result = verify.verify(str(out), images)
+    problems = {p["figure"]: p["problem"] for p in result["image_problems"]}
+    key = [f"{r['paper_id']}/{r['img_name']}" for r in rows[:3]]
+    assert problems == {key[0]: "missing", key[1]: f"size 7x5, listed {rows[1]['width']}x{rows[1]['height']}",
+                        key[2]: "sha256 differs"}
+    assert not result["ok_overall"] and result["ok"] == len(rows) - 3
+
+
+def test_verify_finds_images_by_paper_and_official_output_name(published, tmp_path):
+    root, _, out, _ = published
+    for p in (root / "images").rglob("*.png"):  # <paper_id>/<output name>, no month shard
+        (tmp_path / "by_paper" / p.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, tmp_path / "by_paper" / p.parent.name / p.name)
+    assert verify.verify(str(out), tmp_path / "by_paper")["ok_overall"]
+
+
+def test_cli_publish_and_verify(selected, tmp_path):
+    root, report = selected
+    cmd = [sys.executable, "-m", "pipeline.publish", "--name", NAME, "--root", str(root), "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"{report['per_split']['train']['figures']} train" in out.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    ok = subprocess.run([sys.executable, "-m", "pipeline.verify", str(tmp_path / NAME), "--images", str(root / "images")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout
