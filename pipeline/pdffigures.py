@@ -146,11 +146,17 @@ def _graphics(page: pymupdf.Page) -> tuple[list[pymupdf.Rect], list[pymupdf.Rect
     area = page_rect.get_area()
     top, bottom = page_rect.y0 + MARGIN * page_rect.height, page_rect.y1 - MARGIN * page_rect.height
 
+    # get_bboxlog and get_drawings include annotation appearances; they are not the paper
+    annots = [pymupdf.Rect(a.rect) for a in page.annots()]
+
     def on_page(r):
-        r = pymupdf.Rect(r) & page_rect
+        r = pymupdf.Rect(max(r[0], page_rect.x0), max(r[1], page_rect.y0),
+                         min(r[2], page_rect.x1), min(r[3], page_rect.y1))
         if r.x0 > r.x1 or r.y0 > r.y1 or (r.width == 0 and r.height == 0):
             return None  # off the page, or a point
-        return None if r.y1 < top or r.y0 > bottom else r
+        if r.y1 < top or r.y0 > bottom:
+            return None
+        return None if any(_inside_fraction(r, a) > 0.9 for a in annots) else r
 
     images, paths, canvases = [], [], []
     for kind, bbox in page.get_bboxlog():
@@ -161,29 +167,59 @@ def _graphics(page: pymupdf.Page) -> tuple[list[pymupdf.Rect], list[pymupdf.Rect
             images.append(r)
         elif kind == "fill-shade":
             paths.append(r)
-    for d in page.get_drawings():
-        r = on_page(d["rect"])
+    clips = []
+    for d, clip in _drawings_with_clips(page):
+        if d["type"] == "clip":
+            if not any(_inside_fraction(d["scissor"], a) > 0.9 for a in annots):
+                clips.append(d["scissor"])
+            continue
+        if d["type"] not in ("f", "s", "fs"):
+            continue
+        r = on_page(_intersect(d["rect"], clip) if clip is not None else d["rect"])
         if r is None or r.get_area() > 0.8 * area:
             continue
-        stroked = d.get("color") is not None and d.get("stroke_opacity", 1) > 0
-        filled = d.get("fill") is not None and d.get("fill_opacity", 1) > 0
+        stroked = d.get("color") is not None and (d.get("stroke_opacity") or 1) > 0
+        filled = d.get("fill") is not None and (d.get("fill_opacity") or 1) > 0
         if stroked or (filled and min(d["fill"]) < 0.98):
             paths.append(r)
         elif filled:
             canvases.append(r)
     if images:
-        images = _clip_images(page, images)
+        images = _clip_images(images, clips)
     return images, _merge_touching(paths, 1.0), canvases
 
 
-def _clip_images(page: pymupdf.Page, images: list[pymupdf.Rect]) -> list[pymupdf.Rect]:
+def _drawings_with_clips(page: pymupdf.Page):
+    """Each drawing with the clip rect in force when it is painted (None: no clip).
+
+    Plots clip their curves to the axes; MuPDF's path boxes are the unclipped ones, which can
+    run far outside the figure.
+    """
+    stack: list[tuple[int, pymupdf.Rect]] = []  # (level, effective clip)
+    for d in page.get_drawings(extended=True):
+        level = d.get("level", 0)
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        clip = stack[-1][1] if stack else None
+        if d["type"] == "clip":
+            scissor = pymupdf.Rect(d["scissor"])
+            stack.append((level, _intersect(scissor, clip) if clip is not None else scissor))
+        yield d, clip
+
+
+def _intersect(a, b) -> pymupdf.Rect:
+    """Intersection that keeps lines (a zero-height line inside b stays a line)."""
+    return pymupdf.Rect(max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+
+
+def _clip_images(images: list[pymupdf.Rect], clips: list[pymupdf.Rect]) -> list[pymupdf.Rect]:
     """Cut images down to the clip paths that crop them.
 
     LaTeX's `trim`/`clip` and screenshots pasted into slides paint a whole image and show only
-    part of it; MuPDF reports the whole image's box. A clip rect lying inside an image's box is
-    taken as its visible part.
+    part of it; MuPDF reports the whole image's box (images are not in the drawings list, so
+    their clip is not known exactly). A clip rect lying inside an image's box is taken as its
+    visible part.
     """
-    clips = [d["scissor"] for d in page.get_drawings(extended=True) if d["type"] == "clip"]
     visible = []
     for img in images:
         inner = [c for c in clips if _inside_fraction(c, img) > 0.9 and c.get_area() < 0.95 * img.get_area()]
@@ -200,7 +236,7 @@ def _merge_touching(rects: list[pymupdf.Rect], tol: float) -> list[pymupdf.Rect]
             grown = pymupdf.Rect(r.x0 - tol, r.y0 - tol, r.x1 + tol, r.y1 + tol)
             for i, m in enumerate(merged):
                 if _overlaps(grown, m):
-                    merged[i] = m | r
+                    merged[i] = _join(m, r)
                     break
             else:
                 merged.append(pymupdf.Rect(r))
@@ -220,7 +256,9 @@ def _gap(a: pymupdf.Rect, b: pymupdf.Rect) -> float:
 
 
 def _inside_fraction(a: pymupdf.Rect, b: pymupdf.Rect) -> float:
-    """How much of a's area lies in b."""
+    """How much of a's area lies in b (for a line or point: 1 if b holds it, else 0)."""
+    if a.width <= 0 or a.height <= 0:
+        return float(b.x0 <= a.x0 and a.x1 <= b.x1 and b.y0 <= a.y0 and a.y1 <= b.y1)
     inter = a & b
     return 0.0 if inter.is_empty else inter.get_area() / max(a.get_area(), 1e-6)
 
@@ -300,7 +338,7 @@ def _grow(caption: Caption, up: bool, graphics: list[pymupdf.Rect], labels: list
         for g in graphics:
             if any(g is p for p in parts) or not beside(g) or _gap(g, region) > TOUCH:
                 continue
-            grown = region | g
+            grown = _join(region, g)
             if any(_inside_fraction(s, grown) > 0.3 for s in body_stops):
                 continue
             parts.append(g)
@@ -309,10 +347,15 @@ def _grow(caption: Caption, up: bool, graphics: list[pymupdf.Rect], labels: list
     return parts, first_gap
 
 
+def _join(a: pymupdf.Rect, b: pymupdf.Rect) -> pymupdf.Rect:
+    """The box around both; unlike `a | b` it keeps lines (MuPDF skips empty rects)."""
+    return pymupdf.Rect(min(a.x0, b.x0), min(a.y0, b.y0), max(a.x1, b.x1), max(a.y1, b.y1))
+
+
 def _union(rects: list[pymupdf.Rect]) -> pymupdf.Rect:
     u = pymupdf.Rect(rects[0])
     for r in rects[1:]:
-        u |= r
+        u = _join(u, r)
     return u
 
 
@@ -331,7 +374,7 @@ def _with_labels(region: pymupdf.Rect, labels: list[pymupdf.Rect], cap: pymupdf.
             if t.x1 < region.x0 or t.x0 > region.x1:
                 if t.y1 < region.y0 or t.y0 > region.y1:
                     continue
-            region = region | t
+            region = _join(region, t)
             changed = True
     return region
 
@@ -347,7 +390,7 @@ def _on_canvas(region: pymupdf.Rect, canvases: list[pymupdf.Rect], cap: pymupdf.
             continue
         if any(s is not cap and _inside_fraction(s, c) > 0.3 for s in stops):
             continue
-        region = region | c
+        region = _join(region, c)
     return region
 
 
@@ -365,10 +408,29 @@ def find_figure_regions(page_or_doc, body_size: float | None = None) -> list[Reg
         doc = page_or_doc
         pages_blocks = [_text_blocks(p) for p in doc]
         size = body_size or _body_font_size([b for bl in pages_blocks for b in bl])
-        regions = [r for p, bl in zip(doc, pages_blocks) for r in _page_regions(p, bl, size)]
+        furniture = _running_heads(doc, pages_blocks)
+        regions = []
+        for page, blocks in zip(doc, pages_blocks):
+            blocks = [b for b in blocks if _furniture_key(page, b) not in furniture]
+            regions += _page_regions(page, blocks, size)
         return _dedupe(regions)
     blocks = _text_blocks(page_or_doc)
     return _page_regions(page_or_doc, blocks, body_size or _body_font_size(blocks))
+
+
+def _furniture_key(page: pymupdf.Page, block: TextBlock):
+    """Running heads and page numbers: text near the top or bottom edge, digits ignored."""
+    h = page.rect.height
+    if block.rect.y0 > 0.12 * h and block.rect.y1 < 0.88 * h:
+        return None
+    return round(block.rect.y0 / 4), re.sub(r"\d+", "#", block.text)
+
+
+def _running_heads(doc: pymupdf.Document, pages_blocks: list[list[TextBlock]]) -> set:
+    """Keys of edge text repeated on at least a third of the pages (and on 3 or more)."""
+    counts = Counter(k for page, blocks in zip(doc, pages_blocks)
+                     for k in {_furniture_key(page, b) for b in blocks} if k)
+    return {k for k, n in counts.items() if n >= max(3, len(doc) / 3)}
 
 
 def _page_regions(page: pymupdf.Page, blocks: list[TextBlock], body_size: float) -> list[Region]:
