@@ -1,0 +1,181 @@
+"""Rebuild the official Computer Vision Figures images from the published index.
+
+    python -m pipeline.rebuild --index ../shared/testdata/cvf_index/df_val.csv --split val --out cvf
+
+For every paper the index lists, the e-print is fetched through the crawler's downloader
+(same politeness budget; a file already on disk is reused, so reruns resume) into
+`$CVF_DATA/raw/<shard>/<id>.eprint`, and exactly the listed images are written to
+`<out>/<split>/<paper_id>/` under the official downloader's file names (a PNG keeps its name,
+a PDF becomes `<img_name>_<paper_id>_0.png`) with the official pixels: the MediaBox at 200 DPI,
+Pillow's `thumbnail(1024)`, alpha dropped. `--split` only names the output folder; the index
+says which papers (the official tool read the train index even for val; this one does not).
+
+Records (the figure schema of `pipeline.extract`, `image_path` relative to `--out`) and a report
+of index duplicates, image duplicates and every listed image that could not be had, with the
+reason, go to `$CVF_DATA/rebuild/<split>/`. The index may be the official CSV (`,paper_id,img_name`)
+or any CSV/Parquet with `paper_id` and `img_name` columns, such as our own published manifests.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline import config, store
+from pipeline.archive import ArchiveError
+from pipeline.extract import FIGURE_SCHEMA, IsPaperPDF, extract_eprint, mark_duplicates
+from pipeline.naming import output_name
+from pipeline.render import OFFICIAL, Renderer
+from pipeline.shards import shard_of_id
+
+
+def read_index(path: str | Path) -> list[tuple[str, str]]:
+    """(paper_id, img_name) rows of a CVF index or a manifest, duplicates kept, order kept."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        table = pq.read_table(path, columns=["paper_id", "img_name"])
+        return list(zip(table["paper_id"].to_pylist(), table["img_name"].to_pylist()))
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"paper_id", "img_name"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(sorted(missing))} column "
+                             f"(found {reader.fieldnames})")
+        # Ids stay strings: read as numbers, 1001.1000 would become 1001.1.
+        return [(row["paper_id"].strip(), row["img_name"]) for row in reader]
+
+
+def fetch_eprint(paper_id: str, root: Path, fetcher, eprints_dir: Path | None) -> dict:
+    """Put the paper's e-print at raw/<shard>/<id>.eprint: from `eprints_dir` if it holds it
+    (`<id>.tar.gz`, `<id>.eprint` or `<id>`), else through the crawler's downloader."""
+    from pipeline.fetch import download_file
+
+    dest = root / "raw" / shard_of_id(paper_id) / f"{paper_id}.eprint"
+    if eprints_dir is not None:
+        for name in (f"{paper_id}.tar.gz", f"{paper_id}.eprint", paper_id):
+            if (eprints_dir / name).is_file():
+                if not dest.exists():
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(eprints_dir / name, dest.with_suffix(".part"))
+                    dest.with_suffix(".part").replace(dest)
+                return {"status": "ok", "error": ""}
+    return download_file(fetcher, config.arxiv_eprint_url().format(id=paper_id), dest, root)
+
+
+def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | None = None, *,
+            eprints_dir: str | Path | None = None, delay: float | None = None,
+            progress: bool = True) -> dict:
+    """Write the index's images under `out/<split>/`; returns the report (also stored)."""
+    from pipeline.crawl import make_fetcher
+
+    root, out = config.data_root(root), Path(out).resolve()
+    records_dir = root / "rebuild" / split
+    records_path = records_dir / "figures.parquet"
+    listed = read_index(index)
+    wanted: dict[str, list[str]] = {}
+    for paper_id, img_name in dict.fromkeys(listed):  # unique, first-seen order
+        wanted.setdefault(paper_id, []).append(img_name)
+
+    # Resume: papers whose records are stored and whose listed images are all on disk are done.
+    rows = store.read_rows(records_path) if records_path.exists() else []
+    done = {p for p in {r["paper_id"] for r in rows} if p in wanted and all(
+        (out / split / p / output_name(p, n)).exists() for n in wanted[p])}
+    rows = [r for r in rows if r["paper_id"] in done]
+    missing: list[dict] = []
+    fetcher = make_fetcher(root, delay)
+    eprints_dir = Path(eprints_dir) if eprints_dir else None
+    with Renderer(OFFICIAL) as renderer:
+        for paper_id in tqdm([p for p in wanted if p not in done], desc=f"rebuild {split}",
+                             unit="paper", disable=not progress):
+            names = wanted[paper_id]
+            got = fetch_eprint(paper_id, root, fetcher, eprints_dir)
+            if got["status"] != "ok":
+                reason = f"e-print {got['status']}: {got['error']}".rstrip(": ")
+                missing += [{"paper_id": paper_id, "img_name": n, "reason": reason} for n in names]
+                continue
+            eprint = root / "raw" / shard_of_id(paper_id) / f"{paper_id}.eprint"
+            try:
+                paper_rows = extract_eprint(paper_id, eprint, out / split / paper_id, out,
+                                            renderer, apply_name_filter=False, only=set(names))
+            except IsPaperPDF:
+                missing += [{"paper_id": paper_id, "img_name": n,
+                             "reason": "e-print is the paper's PDF: no source figure files"}
+                            for n in names]
+                continue
+            except ArchiveError as e:
+                missing += [{"paper_id": paper_id, "img_name": n, "reason": f"e-print: {e}"}
+                            for n in names]
+                continue
+            rows += [r for r in paper_rows if r["img_name"]]
+    by_key = {(r["paper_id"], r["img_name"]): r for r in rows}
+    for paper_id, names in wanted.items():
+        for name in names:
+            row = by_key.get((paper_id, name))
+            if row is None and not any(m["paper_id"] == paper_id and m["img_name"] == name
+                                       for m in missing):
+                missing.append({"paper_id": paper_id, "img_name": name,
+                                "reason": "not in the e-print (the source tree differs)"})
+            elif row is not None and row["status"] != "ok":
+                missing.append({"paper_id": paper_id, "img_name": name,
+                                "reason": f"{row['status']}: {row['error']}"})
+    mark_duplicates(rows)
+    store.write_rows(records_path, rows, FIGURE_SCHEMA)
+    index_dups = [f"{p}/{n}" for (p, n), c in Counter(listed).items() if c > 1]
+    written = sum(r["status"] == "ok" for r in rows)
+    report = {
+        "index": str(index), "split": split, "out": str(out / split),
+        "index_rows": len(listed), "index_duplicate_rows": len(listed) - len(set(listed)),
+        "index_duplicates": index_dups, "papers": len(wanted), "images_listed": len(set(listed)),
+        "images_written": written, "images_missing": len(missing),
+        "missing_by_reason": dict(Counter(m["reason"].split(":")[0] for m in missing)),
+        "exact_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["dup_of"]]
+                                   for r in rows if r["dup_of"]],
+    }
+    store.atomic_write_json(records_dir / "report.json", report)
+    buf = ["paper_id,img_name,reason"]
+    for m in sorted(missing, key=lambda m: (m["paper_id"], m["img_name"])):
+        buf.append(",".join(_csv_field(m[k]) for k in ("paper_id", "img_name", "reason")))
+    store.atomic_write_text(records_dir / "missing.csv", "\n".join(buf) + "\n")
+    return report
+
+
+def _csv_field(value: str) -> str:
+    return f'"{value.replace(chr(34), chr(34) * 2)}"' if any(c in value for c in ',"\n') else value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.rebuild",
+        description="Rebuild the official Computer Vision Figures images from the published "
+                    "index (df_train.csv / df_val.csv) or one of our manifests: fetch each "
+                    "listed paper's e-print politely (reruns resume) and write exactly the "
+                    "listed images, with the official file names and pixels, to OUT/SPLIT/"
+                    "<paper_id>/. A report of duplicates and of every image that could not "
+                    "be had, with reasons, goes to $CVF_DATA/rebuild/SPLIT/.")
+    parser.add_argument("--index", required=True,
+                        help="CSV with paper_id,img_name columns (the official ,paper_id,img_name "
+                             "index works as is) or a Parquet manifest")
+    parser.add_argument("--split", required=True, help="output folder name, e.g. train or val")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--root", help="dataset root for e-prints and records "
+                                       "(default $CVF_DATA or ./data)")
+    parser.add_argument("--eprints", help="folder of e-prints already at hand (<id>.tar.gz, "
+                                          "<id>.eprint or <id>); others are downloaded")
+    parser.add_argument("--delay", type=float, default=None,
+                        help="seconds between requests to arXiv (default $CVF_ARXIV_DELAY or 3)")
+    args = parser.parse_args(argv)
+    report = rebuild(args.index, args.split, args.out, args.root, eprints_dir=args.eprints,
+                     delay=args.delay)
+    print(f"{report['images_written']}/{report['images_listed']} images written to "
+          f"{report['out']}; {report['images_missing']} missing {report['missing_by_reason']}; "
+          f"{report['index_duplicate_rows']} duplicate index rows; report in "
+          f"{config.data_root(args.root) / 'rebuild' / args.split}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""`pipeline.rebuild`: the official CVF images back from the index, over a real loopback server."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import tarfile
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import store
+from pipeline.rebuild import read_index, rebuild
+
+PAPERS = ("1801.04461", "1904.03249", "1710.10473")
+
+
+@pytest.fixture
+def eprint_server(testdata, tmp_path, monkeypatch):
+    """arXiv's /e-print/<id> for three CVF papers, served from 127.0.0.1 on a free port."""
+    served = tmp_path / "served" / "e-print"
+    served.mkdir(parents=True)
+    for paper_id in PAPERS:
+        (served / paper_id).symlink_to(testdata / "eprints" / f"{paper_id}.tar.gz")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served.parent))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("CVF_ARXIV_EPRINT_URL", f"http://127.0.0.1:{server.server_port}/e-print/{{id}}")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def write_index(path, testdata, extra_rows):
+    """The official index rows of PAPERS (from df_train.csv) plus `extra_rows`, official header."""
+    rows = [r for r in csv.DictReader(open(testdata / "cvf_index" / "df_train.csv"))
+            if r["paper_id"] in PAPERS]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["", "paper_id", "img_name"])
+        for i, r in enumerate(rows + extra_rows):
+            w.writerow([i, r["paper_id"], r["img_name"]])
+    return [(r["paper_id"], r["img_name"]) for r in rows]
+
+
+def test_rebuild_writes_the_official_names_and_pixels(eprint_server, testdata, tmp_path, data_root):
+    index = tmp_path / "df_part.csv"
+    official = write_index(index, testdata, [
+        {"paper_id": "1801.04461", "img_name": "add.png"},          # a duplicate index row
+        {"paper_id": "2202.99999", "img_name": "gone.pdf"}])        # 404 on the server
+    out = tmp_path / "cvf"
+    report = rebuild(index, "val", out, delay=0, progress=False)
+
+    written = {p.relative_to(out / "val").as_posix() for p in (out / "val").rglob("*.png")}
+    assert written == {
+        "1801.04461/add.png", "1801.04461/demos.pdf_1801.04461_0.png",
+        "1904.03249/figures_teaser_new.pdf_1904.03249_0.png",
+        "1904.03249/figures_vis.pdf_1904.03249_0.png",
+        "1710.10473/figures_qualitative_results_qualitative_results.pdf_1710.10473_0.png",
+        "1710.10473/figures_houzz_example_houzz_example.pdf_1710.10473_0.png",
+        "1710.10473/figures_teaser_teaser.pdf_1710.10473_0.png",
+        "1710.10473/figures_context_example_context_example.pdf_1710.10473_0.png",
+        "1710.10473/figures_pbrs_pbrs.pdf_1710.10473_0.png"}
+    assert report["images_listed"] == len(official) + 1 and report["index_duplicate_rows"] == 1
+    assert report["images_written"] == len(written)
+    missing = {(r["paper_id"], r["img_name"]): r["reason"] for r in
+               csv.DictReader(open(data_root / "rebuild" / "val" / "missing.csv"))}
+    assert "not in the e-print" in missing[("1710.10473", "figures_new_figures_result_plate.pdf")]
+    assert "missing" in missing[("2202.99999", "gone.pdf")] and "404" in missing[("2202.99999", "gone.pdf")]
+    assert json.loads((data_root / "rebuild" / "val" / "report.json").read_text()) == report
+
+    # Official pixels: a PNG is Pillow's convert("RGB") + thumbnail(1024), byte for byte.
+    with tarfile.open(testdata / "eprints" / "1801.04461.tar.gz") as tar:
+        ref = Image.open(tar.extractfile("add.png")).convert("RGB")
+    ref.thumbnail((1024, 1024))
+    with Image.open(out / "val" / "1801.04461" / "add.png") as got:
+        assert got.mode == "RGB" and np.array_equal(np.asarray(got), np.asarray(ref))
+    # A PDF is the MediaBox at 200 DPI then thumbnail: poppler's size, nearly poppler's pixels.
+    if shutil.which("pdftoppm"):
+        with tarfile.open(testdata / "eprints" / "1904.03249.tar.gz") as tar:
+            (tmp_path / "vis.pdf").write_bytes(tar.extractfile("figures/vis.pdf").read())
+        subprocess.run(["pdftoppm", "-r", "200", "-png", "-singlefile", str(tmp_path / "vis.pdf"),
+                        str(tmp_path / "pop")], check=True)
+        pop = Image.open(tmp_path / "pop.png").convert("RGB")
+        pop.thumbnail((1024, 1024))
+        with Image.open(out / "val" / "1904.03249" / "figures_vis.pdf_1904.03249_0.png") as got:
+            assert got.size == pop.size
+            assert np.abs(np.asarray(got, float) - np.asarray(pop, float)).mean() < 6
+
+    # Records in the dataset root; e-prints stored where the crawler keeps them.
+    rows = store.read_rows(data_root / "rebuild" / "val" / "figures.parquet")
+    assert {(r["paper_id"], r["img_name"]) for r in rows if r["status"] == "ok"} <= set(official)
+    assert (data_root / "raw" / "2018-01" / "1801.04461.eprint").exists()
+
+
+def test_rebuild_resumes_without_refetching(eprint_server, testdata, tmp_path, data_root):
+    index = tmp_path / "df_part.csv"
+    write_index(index, testdata, [])
+    out = tmp_path / "cvf"
+    first = rebuild(index, "train", out, delay=0, progress=False)
+    eprint_server.shutdown()  # a rerun must need nothing from the network
+    again = rebuild(index, "train", out, delay=0, progress=False)
+    assert again == first
+
+
+def test_read_index_forms(tmp_path, testdata):
+    official = read_index(testdata / "cvf_index" / "df_val.csv")
+    assert len(official) == 9155 and len(official) - len(set(official)) == 111
+    assert all(isinstance(p, str) and len(p.split(".")[1]) >= 4 for p, _ in official)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("paper_id,img_name,label\n2101.00001,\"a, b.png\",1\n")
+    assert read_index(manifest) == [("2101.00001", "a, b.png")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,name\n1,2\n")
+    with pytest.raises(ValueError, match="paper_id"):
+        read_index(bad)
