@@ -1,0 +1,247 @@
+"""Training data for MAE-VQGAN: image lists, deterministic augmentation, resumable sampling.
+
+Where images come from:
+* an image folder (searched recursively), or
+* a published manifest (`train.parquet`, `.jsonl`, or the official `df_train.csv`) plus the
+  folder the images were rebuilt into. A row with an `image_path` column points at its file
+  (relative to that folder); otherwise the official layout is used:
+  `<images>/<split>/<paper_id>/<img_name>` for PNGs, `..._<paper_id>_0.png` for PDF figures.
+
+Exact resume without saving worker state: the augmentation of an image is a pure function of
+(seed, image index, variant), the order of an epoch a pure function of (seed, epoch), and each
+data-parallel rank takes a strided slice of it. Resuming = skipping the batches already done.
+Variant = the epoch (a fresh crop each epoch), or, with a token cache, one of K crops whose VQGAN
+tokens were computed once (`build_token_cache`).
+
+Workers decode and crop; they return uint8 images (4x less to copy than float), and the trainer
+normalises on the device.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# -- which images ----------------------------------------------------------------------------
+
+def read_manifest(path) -> list[dict]:
+    """Rows of a Parquet, JSONL or CSV manifest."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    raise ValueError(f"{path}: manifest must be .parquet, .jsonl or .csv")
+
+
+def official_file_name(paper_id: str, img_name: str) -> str:
+    """The official downloader's file name: PNGs keep theirs, PDFs were rasterised."""
+    return img_name if img_name.lower().endswith(".png") else f"{img_name}_{paper_id}_0.png"
+
+
+def manifest_split(path: Path) -> str:
+    """`train.parquet` / `df_train.csv` -> train; `val.*` / `df_val.csv` -> val."""
+    stem = path.stem.removeprefix("df_")
+    return stem if stem in ("train", "val") else "train"
+
+
+def list_images(source, images=None, split: str | None = None) -> list[Path]:
+    """Image files of a folder, or of a manifest whose images lie under `images`."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {source}")
+        return files
+    if not source.is_file():
+        raise FileNotFoundError(f"no such manifest or image folder: {source}")
+    if images is None:
+        raise ValueError(f"{source} is a manifest: pass the folder its images were rebuilt into "
+                         "(--images DIR, e.g. the --out of `python -m pipeline.rebuild`)")
+    images = Path(images)
+    rows = read_manifest(source)
+    if split is not None and rows and "split" in rows[0]:
+        rows = [r for r in rows if r["split"] == split]
+    default_split = split or manifest_split(source)
+    files, seen = [], set()
+    for r in rows:
+        if r.get("image_path"):
+            f = images / r["image_path"]
+        else:
+            f = images / (r.get("split") or default_split) / r["paper_id"] / official_file_name(r["paper_id"], r["img_name"])
+        if f not in seen:  # the official index repeats some rows
+            seen.add(f)
+            files.append(f)
+    missing = [f for f in files if not f.is_file()]
+    if len(missing) == len(files):
+        raise FileNotFoundError(f"none of the {len(files)} images of {source} exist under {images} "
+                                f"(first expected: {files[0] if files else '-'})")
+    if missing:
+        warnings.warn(f"{len(missing)} of {len(files)} images of {source} are missing under {images}; "
+                      f"training on the {len(files) - len(missing)} present (first missing: {missing[0]})")
+        files = [f for f in files if f.is_file()]
+    return files
+
+
+def fingerprint(files: list[Path]) -> str:
+    """Identifies an image list (a token cache is only valid for the list it was built on)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+# -- augmentation ----------------------------------------------------------------------------
+
+def crop_box(rng: np.random.Generator, width: int, height: int, scale=(0.2, 1.0),
+             ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (left, top, right, bottom), drawn from `rng`."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    in_ratio = width / height  # fall back to a central crop, as torchvision does
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def augment(img: Image.Image, rng: np.random.Generator, size: int, scale=(0.2, 1.0)) -> torch.Tensor:
+    """RandomResizedCrop(size, scale, bicubic) + horizontal flip -> uint8 [3, size, size]."""
+    box = crop_box(rng, img.width, img.height, scale)
+    out = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+    if rng.random() < 0.5:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> ImageNet-normalised float32 (done on the device, after the copy)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+# -- dataset and sampler ---------------------------------------------------------------------
+
+class CropDataset(Dataset):
+    """Item (index, epoch) -> (uint8 crop [3,S,S], cached tokens [L] or an empty tensor).
+
+    With `token_cache` (a `TokenCache`), the crop is one of the cache's K fixed crops, picked
+    per (epoch, index), and its precomputed VQGAN tokens come with it.
+    """
+
+    def __init__(self, files: list[Path], size: int = 224, scale=(0.2, 1.0), seed: int = 0,
+                 token_cache: "TokenCache | None" = None):
+        self.files, self.size, self.scale, self.seed = list(files), size, tuple(scale), seed
+        self.token_cache = token_cache
+
+    def __len__(self):
+        return len(self.files)
+
+    def crop(self, index: int, variant: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, index, variant])
+        for attempt in range(len(self.files)):  # a bad file is replaced by the next good one
+            f = self.files[(index + attempt) % len(self.files)]
+            try:
+                with Image.open(f) as img:
+                    return augment(img.convert("RGB"), rng, self.size, self.scale)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                warnings.warn(f"skipping unreadable image {f}: {e}")
+        raise RuntimeError("no readable image in the dataset")
+
+    def __getitem__(self, item):
+        index, epoch = item
+        if self.token_cache is None:
+            return self.crop(index, epoch), torch.empty(0, dtype=torch.long)
+        k = int(np.random.default_rng([self.seed, epoch, index, 1]).integers(self.token_cache.crops_per_image))
+        return self.crop(index, k), self.token_cache.tokens(index, k)
+
+
+class ResumableSampler(Sampler):
+    """This rank's share of an epoch's permutation, from position `start` on.
+
+    Yields (index, epoch) items. Every rank gets the same count (the remainder is dropped), so
+    DDP ranks stay in step.
+    """
+
+    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True):
+        if num_items < world_size:
+            raise ValueError(f"{num_items} images cannot be split over {world_size} ranks")
+        self.num_items, self.rank, self.world_size = num_items, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.per_rank = num_items // world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0):
+        self.epoch, self.start = epoch, start
+
+    def __len__(self):
+        return self.per_rank - self.start
+
+    def __iter__(self):
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        else:
+            order = np.arange(self.num_items)
+        mine = order[self.rank::self.world_size][: self.per_rank]
+        for i in mine[self.start:]:
+            yield int(i), self.epoch
+
+
+# -- cached tokens ---------------------------------------------------------------------------
+
+class TokenCache:
+    """VQGAN tokens of K fixed crops per image: `tokens.npy` [N, K, L] uint16 + `meta.json`."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.meta = json.loads((self.folder / "meta.json").read_text())
+        self.crops_per_image = int(self.meta["crops_per_image"])
+        self._array = None  # opened lazily, so that each DataLoader worker maps it itself
+
+    @staticmethod
+    def exists(folder) -> bool:
+        return (Path(folder) / "meta.json").is_file()
+
+    def check(self, files, size, scale, seed, n_embed):
+        expected = {"fingerprint": fingerprint(files), "num_images": len(files), "size": size,
+                    "scale": list(scale), "seed": seed, "n_embed": n_embed}
+        wrong = {k: (self.meta.get(k), v) for k, v in expected.items() if self.meta.get(k) != v}
+        if wrong:
+            raise ValueError(f"token cache {self.folder} was built for other data or settings "
+                             f"(cached vs now: {wrong}); delete it or point --token-cache elsewhere")
+
+    def tokens(self, index: int, k: int) -> torch.Tensor:
+        if self._array is None:
+            self._array = np.load(self.folder / "tokens.npy", mmap_mode="r")
+        return torch.from_numpy(self._array[index, k].astype(np.int64))

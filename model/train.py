@@ -1,0 +1,400 @@
+"""Train MAE-VQGAN (or the plain pixel MAE) on CVF figures: `python -m model.train --help`.
+
+The released recipe by default (batch 64 per GPU, blr 1e-4, AdamW (0.9, 0.95), wd 0.05 except
+biases and 1-D params, 15 warm-up epochs then half-cosine per step, 1,000 epochs, 75% masking,
+RandomResizedCrop(224, (0.2, 1)) + flip, VQGAN tokens of the same crop as targets), with what
+makes it fast on current GPUs behind flags: bf16 autocast, `torch.compile`, channels-last
+VQGAN, fused AdamW, and a cache of VQGAN tokens for K fixed crops per image.
+
+Multi-GPU: `torchrun --nproc_per_node 8 -m model.train ...` (DDP, one process per GPU).
+Checkpoints (`<out>/checkpoint-last.pth`, and `checkpoint-<epoch>.pth` every --save-epochs) hold
+`{"model", "optimizer", "epoch", "scaler", "args"}` like the released ones, so the released
+evaluation code loads them, plus what exact resume needs: the step, the data position and RNG.
+A rerun with the same --out resumes where the last checkpoint left off.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.checkpoint import load_safely, save_atomically
+from model.data import (CropDataset, ResumableSampler, TokenCache, fingerprint, list_images,
+                        normalize)
+from model.mae_vqgan import ARCHS, arch_sizes, build
+from model.vqgan import load_vqgan
+
+DEFAULT_VQGAN_DIR = Path("checkpoints/vqgan")
+SIZE_FLAGS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m model.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train MAE-VQGAN on a published CVF manifest or an image folder. Defaults are "
+                    "the released recipe; a rerun with the same --out resumes.")
+    d = p.add_argument_group("data")
+    d.add_argument("data", help="image folder, or manifest (.parquet/.jsonl/official .csv)")
+    d.add_argument("--images", help="folder the manifest's images were rebuilt into (manifests only)")
+    d.add_argument("--split", help="keep only this split of the manifest (default: from its file name)")
+    d.add_argument("--input-size", type=int, default=224)
+    d.add_argument("--min-crop-scale", type=float, default=0.2, help="RandomResizedCrop scale lower bound")
+    d.add_argument("--num-workers", type=int, default=8, help="decoding processes per GPU")
+    d.add_argument("--token-cache", help="folder of cached VQGAN tokens for fixed crops; built on first use")
+    d.add_argument("--crops-per-image", type=int, default=10, help="crops per image in a new token cache")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default="mae_vit_large_patch16", choices=sorted(ARCHS))
+    for flag in SIZE_FLAGS:
+        m.add_argument("--" + flag.replace("_", "-"), type=int, help="override the arch's value")
+    m.add_argument("--target", default="tokens", choices=["tokens", "pixels"],
+                   help="tokens: VQGAN token classification (MAE-VQGAN); pixels: plain MAE regression")
+    m.add_argument("--norm-pix-loss", action="store_true", help="per-patch normalised pixels (pixels target)")
+    m.add_argument("--vqgan-config", default=str(DEFAULT_VQGAN_DIR / "model.yaml"), help="taming's model.yaml")
+    m.add_argument("--vqgan-ckpt", default=str(DEFAULT_VQGAN_DIR / "last.ckpt"), help="taming's last.ckpt")
+    m.add_argument("--mask-ratio", type=float, default=0.75)
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--batch-size", type=int, default=64, help="per GPU and per micro-step")
+    o.add_argument("--accum-iter", type=int, default=1, help="micro-steps per optimizer step")
+    o.add_argument("--epochs", type=int, default=1000)
+    o.add_argument("--warmup-epochs", type=float, default=15)
+    o.add_argument("--blr", type=float, default=1e-4, help="lr = blr * effective batch / 256")
+    o.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
+    o.add_argument("--min-lr", type=float, default=0.0)
+    o.add_argument("--weight-decay", type=float, default=0.05)
+    o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95))
+    o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total "
+                   "(the schedule still spans --epochs); a checkpoint is written")
+    o.add_argument("--seed", type=int, default=0)
+
+    s = p.add_argument_group("speed")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 uses a loss scaler")
+    s.add_argument("--tokenizer-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="VQGAN tokenizer dtype (bf16 is faster but flips some near-tied tokens)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the MAE and the tokenizer")
+    s.add_argument("--channels-last", action="store_true", help="channels-last VQGAN convolutions")
+    s.add_argument("--fused-adamw", action="store_true", help="fused AdamW kernel (CUDA)")
+
+    c = p.add_argument_group("output")
+    c.add_argument("--out", default="runs/mae_vqgan", help="checkpoints and TensorBoard logs")
+    c.add_argument("--save-every", type=int, default=1000, help="write checkpoint-last.pth every N steps")
+    c.add_argument("--save-epochs", type=int, default=20, help="keep checkpoint-<epoch>.pth every N epochs")
+    c.add_argument("--log-every", type=int, default=20, help="log loss and img/s every N steps")
+    c.add_argument("--no-resume", action="store_true", help="start afresh even if --out has a checkpoint")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+# -- pieces ----------------------------------------------------------------------------------
+
+def setup_distributed(device: str):
+    """-> (rank, world_size, device). Under torchrun, one process per GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return 0, 1, torch.device(device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), world_size, torch.device("cuda", local_rank)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world_size, torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_tokenizer(args):
+    """The frozen VQGAN, or a clear message about where its files go."""
+    config, ckpt = Path(args.vqgan_config), Path(args.vqgan_ckpt)
+    missing = [str(f) for f in (config, ckpt) if not f.is_file()]
+    if missing:
+        raise SystemExit(
+            f"VQGAN files missing: {', '.join(missing)}.\n"
+            "MAE-VQGAN's targets come from taming-transformers' VQGAN `vqgan_imagenet_f16_1024` "
+            "(ImageNet, f=16, 1024 codes; linked from the taming-transformers README). Put its "
+            f"configs/model.yaml at {DEFAULT_VQGAN_DIR}/model.yaml and its checkpoints/last.ckpt at "
+            f"{DEFAULT_VQGAN_DIR}/last.ckpt, or pass --vqgan-config and --vqgan-ckpt. "
+            "(--target pixels trains the plain MAE without it.)")
+    return load_vqgan(config, ckpt)
+
+
+def param_groups(model, weight_decay: float):
+    """MAE's rule: no weight decay on biases and 1-D parameters (norms, tokens)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def lr_at(epoch: float, args) -> float:
+    """Linear warm-up then half-cosine, evaluated at a fractional epoch (per step)."""
+    if epoch < args.warmup_epochs:
+        return args.lr * epoch / args.warmup_epochs
+    progress = (epoch - args.warmup_epochs) / max(args.epochs - args.warmup_epochs, 1e-8)
+    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def masking_noise(n: int, num_patches: int, seed: int, rank: int, micro_step: int, device) -> torch.Tensor:
+    """The random-masking draw of one micro-batch: a pure function of (seed, rank, step)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np.random.SeedSequence([seed, rank, micro_step]).generate_state(1)[0]))
+    return torch.rand(n, num_patches, generator=g, device=device)
+
+
+def make_tokenizer(vqgan, device, precision: str, channels_last: bool, compile_: bool):
+    """ImageNet-normalised images -> VQGAN tokens, in the requested dtype/layout."""
+    if channels_last:
+        vqgan.to(memory_format=torch.channels_last)
+    dtype = torch.bfloat16 if precision == "bf16" else None
+
+    def tokenize(imgs):
+        if channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return vqgan.tokenize(imgs)
+
+    return torch.compile(tokenize) if compile_ else tokenize
+
+
+def build_token_cache(files, vqgan, folder, crops_per_image: int, size: int, scale, seed: int,
+                      batch_size: int, num_workers: int, device, tokenize, progress: bool = True):
+    """VQGAN tokens of K fixed crops of every image -> `folder/tokens.npy` + `meta.json` (last)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = CropDataset(files, size, scale, seed)
+    items = [(i, k) for i in range(len(files)) for k in range(crops_per_image)]
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=items, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    n_tokens = (size // vqgan.downsample_factor) ** 2
+    tokens = np.zeros((len(items), n_tokens), dtype=np.uint16)
+    done = 0
+    for imgs, _ in tqdm(loader, desc="caching VQGAN tokens", unit="batch", disable=not progress):
+        t = tokenize(normalize(imgs.to(device, non_blocking=True)))
+        tokens[done:done + len(t)] = t.cpu().numpy()
+        done += len(t)
+    tmp = folder / ".tokens.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, tokens.reshape(len(files), crops_per_image, n_tokens))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / "tokens.npy")
+    meta = {"fingerprint": fingerprint(files), "num_images": len(files), "size": size,
+            "scale": list(scale), "seed": seed, "n_embed": vqgan.quantize.n_e,
+            "crops_per_image": crops_per_image, "num_tokens": n_tokens}
+    tmp = folder / ".meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, folder / "meta.json")
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plain_args(args) -> argparse.Namespace:
+    """Only builtin types, so the checkpoint loads with weights_only + Namespace."""
+    return argparse.Namespace(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()})
+
+
+# -- training --------------------------------------------------------------------------------
+
+def train(args) -> dict:
+    """Run (or resume) training; returns {"step", "epoch", "losses": [(step, loss), ...]}."""
+    rank, world_size, device = setup_distributed(args.device)
+    is_main = rank == 0
+    torch.manual_seed(args.seed + rank)
+    random.seed(args.seed + rank)
+    out = Path(args.out)
+    amp_dtype = autocast_dtype(args.precision, device)
+
+    # Data.
+    files = list_images(args.data, args.images, args.split)
+    scale = (args.min_crop_scale, 1.0)
+    vqgan = load_tokenizer(args) if args.target == "tokens" else None
+    tokenize = None
+    if vqgan is not None:
+        vqgan.to(device)
+        tokenize = make_tokenizer(vqgan, device, args.tokenizer_precision, args.channels_last, args.compile)
+    cache = None
+    if args.token_cache:
+        if args.target != "tokens":
+            raise SystemExit("--token-cache only applies to --target tokens")
+        if is_main and not TokenCache.exists(args.token_cache):
+            build_token_cache(files, vqgan, args.token_cache, args.crops_per_image, args.input_size,
+                              scale, args.seed, args.batch_size, args.num_workers, device, tokenize,
+                              progress=not args.no_progress)
+        if world_size > 1:
+            dist.barrier()
+        cache = TokenCache(args.token_cache)
+        cache.check(files, args.input_size, scale, args.seed, vqgan.quantize.n_e)
+    dataset = CropDataset(files, args.input_size, scale, args.seed, cache)
+    sampler = ResumableSampler(len(files), rank, world_size, args.seed)
+    micro_per_epoch = sampler.per_rank // args.batch_size
+    steps_per_epoch = micro_per_epoch // args.accum_iter
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(files)} images over {world_size} rank(s) do not fill one step of "
+                         f"{args.accum_iter} x {args.batch_size}; lower --batch-size or --accum-iter")
+
+    # Model and optimiser.
+    sizes = arch_sizes(args.arch)
+    sizes.update({k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k) is not None})
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    model = build(sizes, vqgan, img_size=args.input_size, target=args.target,
+                  norm_pix_loss=args.norm_pix_loss).to(device)
+    eff_batch = args.batch_size * args.accum_iter * world_size
+    if args.lr is None:
+        args.lr = args.blr * eff_batch / 256
+    fused = args.fused_adamw and device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr,
+                                  betas=tuple(args.betas), fused=fused or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    # Resume.
+    step, epoch, micro_done = 0, 0, 0  # optimizer steps; epoch; micro-batches done in that epoch
+    last = out / "checkpoint-last.pth"
+    if last.is_file() and not args.no_resume:
+        ckpt = load_safely(last, map_location="cpu")
+        if ckpt["data"]["world_size"] != world_size or ckpt["data"]["batch_size"] != args.batch_size:
+            raise SystemExit(f"{last} was written with {ckpt['data']['world_size']} rank(s) x batch "
+                             f"{ckpt['data']['batch_size']}; resume with the same, or use --no-resume")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, epoch, micro_done = ckpt["step"], ckpt["data"]["epoch"], ckpt["data"]["micro_done"]
+        set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        if is_main:
+            print(f"resumed from {last}: step {step}, epoch {epoch}, batch {micro_done}")
+
+    train_model = model
+    if world_size > 1:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        train_model = torch.compile(train_model)
+
+    writer = None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(out / "tb")
+        (out / "args.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps(vars(plain_args(args)), indent=2, default=str))
+
+    def save(path):
+        states = [rng_state()]
+        if world_size > 1:
+            states = [None] * world_size
+            dist.all_gather_object(states, rng_state())
+        if is_main:
+            save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict(), "epoch": epoch, "args": plain_args(args),
+                             "step": step, "rng": states,
+                             "data": {"epoch": epoch, "micro_done": micro_done,
+                                      "world_size": world_size, "batch_size": args.batch_size}}, path)
+
+    total_steps = args.epochs * steps_per_epoch
+    end_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
+    losses = []
+    bar = tqdm(total=end_step, initial=step, unit="step", disable=not is_main or args.no_progress,
+               desc="train")
+    model.train()
+    running, running_n = torch.zeros((), device=device), 0
+    t0, seen = time.perf_counter(), 0
+    while step < end_step:
+        sampler.set_epoch(epoch, micro_done * args.batch_size)
+        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=args.num_workers, pin_memory=device.type == "cuda",
+                            persistent_workers=False)
+        for imgs, cached in loader:
+            micro_in_step = micro_done % args.accum_iter
+            if micro_in_step == 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(epoch + micro_done / micro_per_epoch, args)
+            imgs = normalize(imgs.to(device, non_blocking=True))
+            targets = cached.to(device, non_blocking=True) if cached.numel() else None
+            if targets is None and tokenize is not None:
+                targets = tokenize(imgs)
+            noise = masking_noise(imgs.shape[0], model.num_patches, args.seed, rank,
+                                  epoch * micro_per_epoch + micro_done, device)
+            last_micro = micro_in_step == args.accum_iter - 1
+            sync = nullcontext() if last_micro or world_size == 1 else train_model.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss, _, _ = train_model(imgs, args.mask_ratio, noise=noise, targets=targets)
+                scaler.scale(loss / args.accum_iter).backward()
+            running += loss.detach()
+            running_n += 1
+            seen += imgs.shape[0] * world_size
+            micro_done += 1
+            if not last_micro:
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % args.log_every == 0 or step == end_step:
+                mean_loss = (running / running_n).item()  # the only host sync, once per log
+                if not math.isfinite(mean_loss):
+                    raise SystemExit(f"loss is {mean_loss} at step {step}; stopping")
+                img_s = seen / (time.perf_counter() - t0)
+                losses.append((step, mean_loss))
+                if writer is not None:
+                    writer.add_scalar("train/loss", mean_loss, step)
+                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+                    writer.add_scalar("train/img_per_s", img_s, step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                img_s=f"{img_s:.0f}")
+                running.zero_()
+                running_n, t0, seen = 0, time.perf_counter(), 0
+            if micro_done == micro_per_epoch - micro_per_epoch % args.accum_iter:
+                epoch, micro_done = epoch + 1, 0
+                if epoch % args.save_epochs == 0 or epoch == args.epochs:
+                    save(out / f"checkpoint-{epoch}.pth")
+            if step % args.save_every == 0 or step == end_step:
+                save(last)
+            if step >= end_step or micro_done == 0:
+                break
+    bar.close()
+    if writer is not None:
+        writer.close()
+    if world_size > 1:
+        dist.destroy_process_group()
+    return {"step": step, "epoch": epoch, "losses": losses}
+
+
+def main(argv=None):
+    train(get_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The trainer on CPU with tiny configs: it learns, resumes exactly, and writes checkpoints
+the released-style loader reads. The VQGAN is set_a's tiny reference tokenizer (64 px, f16)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from model.data import CropDataset, ResumableSampler, TokenCache, list_images
+from model.mae_vqgan import load_checkpoint
+from model.train import get_args, train
+
+TINY = ["--input-size", "64", "--embed-dim", "32", "--depth", "2", "--num-heads", "4",
+        "--decoder-embed-dim", "24", "--decoder-depth", "1", "--decoder-num-heads", "3",
+        "--num-workers", "0", "--no-progress", "--log-every", "1", "--warmup-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def vqgan_files(testdata, tmp_path_factory):
+    """taming-style model.yaml + last.ckpt holding set_a's reference VQGAN."""
+    d = testdata / "vectors" / "set_a"
+    cfg = json.loads((d / "config.json").read_text())["vqgan"]
+    out = tmp_path_factory.mktemp("vqgan")
+    params = {k: cfg[k] for k in ("ddconfig", "n_embed", "embed_dim")}
+    (out / "model.yaml").write_text(yaml.safe_dump({"model": {"params": params}}))
+    torch.save({"state_dict": torch.load(d / "vqgan_state_dict.pt", weights_only=True)}, out / "last.ckpt")
+    return ["--vqgan-config", str(out / "model.yaml"), "--vqgan-ckpt", str(out / "last.ckpt")]
+
+
+def write_images(folder, n, seed=0):
+    """Flat backgrounds with one coloured rectangle, of varied sizes."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        a = np.empty((60 + 3 * i, 80, 3), np.uint8)
+        a[:] = rng.integers(0, 256, 3)
+        y, x = rng.integers(0, 30, 2)
+        a[y:y + 30, x:x + 40] = rng.integers(0, 256, 3)
+        files.append(folder / f"{i:02d}.png")
+        Image.fromarray(a).save(files[-1])
+    return files
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    write_images(folder, 8)
+    return folder
+
+
+def test_loss_goes_down_on_a_small_fixed_set(images, vqgan_files, tmp_path):
+    args = get_args([str(images), *TINY, *vqgan_files, "--batch-size", "8", "--epochs", "14",
+                     "--lr", "2e-3", "--out", str(tmp_path / "run")])
+    losses = [loss for _, loss in train(args)["losses"]]
+    assert len(losses) == 14
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3, losses
+    assert (tmp_path / "run" / "tb").is_dir()
+
+
+def test_resume_is_exact(images, vqgan_files, tmp_path):
+    """4 steps straight == 1 step, stop, resume for 3 (crossing an epoch boundary, with
+    gradient accumulation, and decoding in a worker process on the resumed side)."""
+    common = [str(images), *TINY, *vqgan_files, "--batch-size", "2", "--accum-iter", "2",
+              "--epochs", "5", "--lr", "1e-3"]
+    straight = train(get_args([*common, "--max-steps", "4", "--out", str(tmp_path / "a")]))
+    train(get_args([*common, "--max-steps", "1", "--out", str(tmp_path / "b")]))
+    resumed = train(get_args([*common, "--max-steps", "4", "--out", str(tmp_path / "b"),
+                              "--num-workers", "1"]))
+    assert straight["step"] == resumed["step"] == 4 and straight["epoch"] == resumed["epoch"] == 2
+    a = torch.load(tmp_path / "a" / "checkpoint-last.pth", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint-last.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert straight["losses"][-3:] == resumed["losses"]
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    # A different run really differs (the test can fail).
+    other = train(get_args([*common, "--max-steps", "4", "--seed", "1", "--out", str(tmp_path / "c")]))
+    assert other["losses"] != straight["losses"]
+
+
+def test_checkpoint_loads_like_a_released_one(images, vqgan_files, tmp_path):
+    args = get_args([str(images), *TINY, *vqgan_files, "--batch-size", "4", "--epochs", "1",
+                     "--save-epochs", "1", "--out", str(tmp_path)])
+    train(args)
+    assert (tmp_path / "checkpoint-1.pth").is_file()
+    sizes = dict(patch_size=16, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=24,
+                 decoder_depth=1, decoder_num_heads=3)
+    model = load_checkpoint(tmp_path / "checkpoint-last.pth", args.vqgan_config, arch=sizes, img_size=64)
+    ckpt = torch.load(tmp_path / "checkpoint-last.pth", weights_only=False)
+    assert {"model", "optimizer", "epoch", "scaler", "args"} <= set(ckpt)
+    assert torch.equal(model.decoder_pred.weight, ckpt["model"]["decoder_pred.weight"])
+
+
+def test_cached_tokens_match_on_the_fly_tokens(images, vqgan_files, tmp_path):
+    cache = tmp_path / "cache"
+    args = get_args([str(images), *TINY, *vqgan_files, "--batch-size", "4", "--epochs", "2",
+                     "--token-cache", str(cache), "--crops-per-image", "2", "--out", str(tmp_path / "run")])
+    result = train(args)
+    assert result["step"] == 4
+    files = list_images(images)
+    tc = TokenCache(cache)
+    assert np.load(cache / "tokens.npy").shape == (8, 2, 16)
+    from model.vqgan import load_vqgan
+    from model.data import normalize
+
+    vq = load_vqgan(args.vqgan_config, args.vqgan_ckpt)
+    ds = CropDataset(files, 64, (0.2, 1.0), seed=0)
+    crops = torch.stack([ds.crop(i, k) for i in range(8) for k in range(2)])
+    expected = vq.tokenize(normalize(crops)).view(8, 2, 16)
+    cached = torch.stack([torch.stack([tc.tokens(i, k) for k in range(2)]) for i in range(8)])
+    assert torch.equal(cached, expected)
+    with pytest.raises(ValueError, match="other data"):
+        tc.check(files[:-1], 64, (0.2, 1.0), 0, 64)
+
+
+def test_pixel_target_needs_no_vqgan(images, tmp_path):
+    args = get_args([str(images), *TINY, "--target", "pixels", "--batch-size", "4", "--epochs", "1",
+                     "--vqgan-config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)])
+    assert train(args)["step"] == 2
+
+
+def test_missing_vqgan_says_where_files_go(images, tmp_path):
+    args = get_args([str(images), *TINY, "--vqgan-config", str(tmp_path / "model.yaml"),
+                     "--vqgan-ckpt", str(tmp_path / "last.ckpt"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="model.yaml.*last.ckpt"):
+        train(args)
+
+
+def test_manifest_with_official_layout(tmp_path):
+    """A published manifest + the folder `pipeline.rebuild` wrote (official file names)."""
+    root = tmp_path / "rebuilt"
+    (root / "train" / "2101.00001").mkdir(parents=True)
+    Image.new("RGB", (40, 30), "red").save(root / "train" / "2101.00001" / "fig_a.png")
+    Image.new("RGB", (40, 30), "blue").save(root / "train" / "2101.00001" / "plot.pdf_2101.00001_0.png")
+    rows = [{"paper_id": "2101.00001", "img_name": "fig_a.png", "split": "train"},
+            {"paper_id": "2101.00001", "img_name": "plot.pdf", "split": "train"},
+            {"paper_id": "2101.00001", "img_name": "fig_a.png", "split": "train"},  # official dup
+            {"paper_id": "2101.00002", "img_name": "gone.png", "split": "train"},
+            {"paper_id": "2101.00003", "img_name": "v.png", "split": "val"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    with pytest.warns(UserWarning, match="1 of 3 images"):
+        files = list_images(tmp_path / "train.parquet", root, split="train")
+    assert [f.name for f in files] == ["fig_a.png", "plot.pdf_2101.00001_0.png"]
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image_path": "train/2101.00001/fig_a.png"}) + "\n")
+    assert list_images(tmp_path / "m.jsonl", root) == [root / "train/2101.00001/fig_a.png"]
+    with pytest.raises(ValueError, match="--images"):
+        list_images(tmp_path / "train.parquet")
+
+
+def test_sampler_shards_ranks_disjointly_and_resumes():
+    shares = []
+    for rank in range(3):
+        s = ResumableSampler(10, rank, 3, seed=5)
+        s.set_epoch(2)
+        shares.append([i for i, _ in s])
+    assert all(len(x) == 3 for x in shares)
+    assert len(set(sum(shares, []))) == 9
+    s = ResumableSampler(10, 1, 3, seed=5)
+    s.set_epoch(2, start=1)
+    assert [i for i, _ in s] == shares[1][1:]
+
+
+def test_bad_image_is_replaced_not_fatal(tmp_path):
+    files = write_images(tmp_path, 2)
+    files[0].write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="unreadable"):
+        crop = CropDataset(files, 32)[(0, 0)][0]
+    assert crop.shape == (3, 32, 32) and crop.dtype == torch.uint8
