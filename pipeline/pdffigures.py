@@ -454,10 +454,24 @@ def _page_regions(page: pymupdf.Page, blocks: list[TextBlock], body_size: float)
     strong = {(c.kind, c.number) for c in captions if c.strong}
     captions = [c for c in captions if c.strong or (c.kind, c.number) not in strong]
 
-    # Greedy assignment, closest caption-to-graphics gap first: figures usually hang below
-    # their graphics and tables above theirs, so that side gets a bonus, but a caption uses
-    # the other side when its graphics are there (and are not another caption's).
-    regions, claimed, pending = [], set(), list(captions)
+    # Figures pick first: their captions sit below them far more reliably than tables' do.
+    regions, claimed = [], set()
+    for kind in ("Figure", "Table"):
+        regions += _assign(page, [c for c in captions if c.kind == kind], images, graphics, canvases,
+                           labels, stops, claimed)
+    regions.sort(key=lambda r: (r.bbox[1], r.bbox[0]))
+    return regions
+
+
+def _assign(page, captions, images, graphics, canvases, labels, stops, claimed) -> list[Region]:
+    """Give each caption its graphics, greedily, smallest caption-to-graphics gap first.
+
+    Figures usually hang below their graphics and tables above theirs, so that side gets a
+    bonus, but a caption takes the other side when its graphics are there and not yet
+    claimed by another caption (`claimed` holds ids of graphics already given away).
+    """
+    page_rect = page.rect
+    regions, pending = [], list(captions)
     while pending:
         free = [g for g in graphics if id(g) not in claimed]
         best = None
@@ -478,7 +492,6 @@ def _page_regions(page: pymupdf.Page, blocks: list[TextBlock], body_size: float)
         regions.append(Region(page.number, tuple(round(v, 2) for v in bbox),
                               tuple(cap.block.rect), cap.block.text, cap.kind, cap.number,
                               n_images, len(parts) - n_images, parts))
-    regions.sort(key=lambda r: (r.bbox[1], r.bbox[0]))
     return regions
 
 

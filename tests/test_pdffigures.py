@@ -195,12 +195,12 @@ def test_grid_paper_figure_is_one_region(testdata):
 
 
 def test_reader_highlights_in_real_copy_are_not_rendered(testdata, tmp_path):
-    # This copy of ViT carries 167 reader highlights, two of them on Figure 2 (page index 5).
+    # This copy of ViT carries 167 reader highlights, two of them on Table 2 (page index 5).
     pdf = testdata / "pdfs" / "vit_2010.11929.pdf"
-    records = extract_pdf_figures(pdf, tmp_path, dpi=72)
+    records = extract_pdf_figures(pdf, tmp_path, dpi=72, include_tables=True)
     assert all(r["status"] == "ok" for r in records)
-    rec = [r for r in records if r["figure_number"] == "2"][0]
-    assert rec["page"] == 5
+    rec = [r for r in records if r["figure_type"] == "Table" and r["figure_number"] == "2"][0]
+    assert rec["page"] == 5 and rec["img_name"] == "page6_table2.png"
     mine = np.asarray(Image.open(rec["png_path"]))
     with pymupdf.open(pdf) as doc:
         page, clip = doc[5], pymupdf.Rect(rec["bbox"])
