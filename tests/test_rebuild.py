@@ -37,10 +37,10 @@ def eprint_server(testdata, tmp_path, monkeypatch):
     server.server_close()
 
 
-def write_index(path, testdata, extra_rows):
-    """The official index rows of PAPERS (from df_train.csv) plus `extra_rows`, official header."""
+def write_index(path, testdata, extra_rows, papers=PAPERS):
+    """The official index rows of `papers` (from df_train.csv) plus `extra_rows`, official header."""
     rows = [r for r in csv.DictReader(open(testdata / "cvf_index" / "df_train.csv"))
-            if r["paper_id"] in PAPERS]
+            if r["paper_id"] in papers]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["", "paper_id", "img_name"])
@@ -101,12 +101,12 @@ def test_rebuild_writes_the_official_names_and_pixels(eprint_server, testdata, t
 
 def test_rebuild_resumes_without_refetching(eprint_server, testdata, tmp_path, data_root):
     index = tmp_path / "df_part.csv"
-    write_index(index, testdata, [])
+    write_index(index, testdata, [], papers=("1904.03249", "1801.04461"))
     out = tmp_path / "cvf"
     first = rebuild(index, "train", out, delay=0, progress=False)
     eprint_server.shutdown()  # a rerun must need nothing from the network
     again = rebuild(index, "train", out, delay=0, progress=False)
-    assert again == first
+    assert again == first and first["images_written"] == 4
 
 
 def test_read_index_forms(tmp_path, testdata):
