@@ -21,6 +21,7 @@ import urllib.parse
 from pathlib import Path
 
 from label_studio_sdk import LabelStudio
+from tqdm import tqdm
 
 from labeling import interface
 from labeling.client import LabelStudioError, api_errors, connect, export_tasks, find_project
@@ -117,7 +118,8 @@ def push(client: LabelStudio, root: str | os.PathLike | None = None, count: int 
 
     created = predicted = 0
     with api_errors(f"importing tasks into project {project.id}"):
-        for start in range(0, len(new_tasks), BATCH):
+        for start in tqdm(range(0, len(new_tasks), BATCH), desc="importing tasks", unit="batch",
+                          disable=len(new_tasks) <= BATCH):
             batch = new_tasks[start:start + BATCH]
             answer = client.projects.import_tasks(project.id, request=batch)
             created += answer.task_count or 0

@@ -131,6 +131,7 @@ def start(data_dir: str | os.PathLike, document_root: str | os.PathLike, port: i
     """
     data_dir, document_root = Path(data_dir).resolve(), Path(document_root).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)  # its database holds the users' tokens
     port = port or free_port()
     if not port_is_free(port):
         # Label Studio would silently move to the next port; refuse instead.

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from label_studio_sdk import LabelStudio
+from tqdm import tqdm
 
 from labeling import interface
 from labeling.client import api_errors, export_tasks
@@ -36,11 +37,12 @@ def _fraction(seed: int, *parts) -> float:
 def answer_from_truth(client: LabelStudio, project_id: int, truth: dict[Key, bool],
                       share: float = 0.5, seed: int = 0) -> int:
     """Answer about `share` of the project's unanswered tasks from the truth; return how many."""
+    todo = [t for t in export_tasks(client, project_id)
+            if not t.get("annotations") and (key := (t["data"]["paper_id"], t["data"]["img_name"])) in truth
+            and _fraction(seed, *key) < share]
     answered = 0
-    for t in export_tasks(client, project_id):
+    for t in tqdm(todo, desc="answering from the replay truth", unit="task"):
         key = (t["data"]["paper_id"], t["data"]["img_name"])
-        if t.get("annotations") or key not in truth or _fraction(seed, *key) >= share:
-            continue
         choice = interface.CHOICE_OF_LABEL[int(truth[key])]
         with api_errors(f"annotating task {t['id']}"):
             client.annotations.create(
