@@ -391,7 +391,7 @@ def load_model(root: Path, version: str | None = None) -> dict:
     return joblib.load(path)
 
 
-def score(root=None, version=None, weights=None, batch_size=64, workers=0, shards=None) -> dict:
+def score(root=None, version=None, weights=None, batch_size=64, workers=0, shards=None, device=None) -> dict:
     """Score every extracted figure, shard by shard; done shards of the same model are skipped."""
     root = data_root(root)
     model = load_model(root, version)
@@ -402,7 +402,7 @@ def score(root=None, version=None, weights=None, batch_size=64, workers=0, shard
         if weights is None:
             raise FileNotFoundError(f"classifier {card['version']} needs backbone weights "
                                     f"{card['backbone']['weights_file']}: put {WEIGHTS_HELP}")
-        backbone = Backbone(weights, card["backbone"]["arch"])
+        backbone = Backbone(weights, card["backbone"]["arch"], device)
         if backbone.weights_sha256 != card["backbone"]["weights_sha256"]:
             raise ValueError(f"{weights} is not the weights file {card['backbone']['weights_file']} the classifier "
                              f"was trained with (sha256 differs)")
@@ -465,6 +465,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("score", parents=[common], help="score every extracted figure -> scores/<shard>.parquet")
     s.add_argument("--version", help="classifier version (default: classifier/LATEST)")
     s.add_argument("--shard", nargs="*", help="only these month shards")
+    s.add_argument("--device", help="torch device for the backbone (default: cuda when present, else cpu)")
     args = p.parse_args(argv)
     try:
         if args.command == "train":
@@ -476,7 +477,7 @@ def main(argv=None) -> int:
                   f"ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  balanced acc {m['balanced_accuracy']:.3f}  "
                   f"precision {m['precision']:.3f}  recall {m['recall']:.3f} at threshold {m['threshold']:.3f}")
         else:
-            summary = score(args.root, args.version, args.weights, args.batch_size, args.workers, args.shard)
+            summary = score(args.root, args.version, args.weights, args.batch_size, args.workers, args.shard, args.device)
             print(f"scored {summary['scored']} figures in {summary['shards']} shards "
                   f"({summary['skipped_shards']} already done, {summary['errors']} unreadable)")
     except (FileNotFoundError, ValueError) as e:

@@ -191,3 +191,20 @@ def test_cli_publish_and_verify(selected, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "pipeline.verify", str(tmp_path / NAME), "--images", str(root / "images")],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "OK" in ok.stdout
+
+
+@pytest.mark.server
+def test_prefect_flows_run_the_chain(tmp_path):
+    """train-classifier -> score-figures -> filter-and-publish on a temporary Prefect server."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.classify import filter_and_publish, score_figures, train_classifier
+
+    root = tmp_path / "data"
+    make_corpus(root, n_papers=6, figures_per_paper=3, shards=("2021-01",))
+    with prefect_test_harness(server_startup_timeout=120):
+        assert train_classifier(str(root), version="flow").endswith("classifier/flow")
+        assert score_figures(str(root))["scored"] == 18
+        summary = filter_and_publish(NAME, str(root), threshold=0.0, out=str(tmp_path / "manifests"))
+    assert summary["train"] + summary["val"] == 18
+    assert verify.verify(summary["manifest"], root / "images")["ok_overall"]
