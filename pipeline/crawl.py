@@ -162,10 +162,10 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
 
 
 def crawl(start: str, end: str, root: str | Path | None = None, *, delay: float | None = None,
-          timeout: float = 60.0, **kw) -> list[dict]:
+          timeout: float = 60.0, retries: int = 4, **kw) -> list[dict]:
     """Crawl every month shard from `start` to `end` (YYYY-MM, inclusive); return their stats."""
     root = config.data_root(root)
-    fetcher = make_fetcher(root, delay, timeout=timeout)
+    fetcher = make_fetcher(root, delay, timeout=timeout, max_retries=retries)
     return [crawl_shard(month, root, fetcher, **kw) for month in month_range(start, end)]
 
 
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
                                                 f"or {config.DEFAULT_DELAY})")
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    ap.add_argument("--retries", type=int, default=4, help="retries of a failing request within a run (default 4)")
     ap.add_argument("--max-attempts", type=int, default=3, help="tries per download across runs before giving up")
     ap.add_argument("--api-url", help="Atom API query URL (default $CVF_ARXIV_API_URL or arXiv's)")
     ap.add_argument("--eprint-url", help="e-print URL template with {id} (default $CVF_ARXIV_EPRINT_URL)")
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     root = config.data_root(args.data)
-    stats = crawl(args.start, args.end, root, delay=args.delay, timeout=args.timeout, api_url=args.api_url,
+    stats = crawl(args.start, args.end, root, delay=args.delay, timeout=args.timeout, retries=args.retries,
+                  api_url=args.api_url,
                   eprint_url=args.eprint_url, pdf_url=args.pdf_url, oai_url=args.oai_url, category=args.category,
                   include_cross_lists=args.include_cross_lists, max_papers=args.max_papers,
                   downloads=tuple(args.downloads), max_attempts=args.max_attempts, progress=True)

@@ -3,8 +3,8 @@
 arXiv asks for one connection at a time and a pause between requests. Every worker that talks
 to a host (threads, processes, Prefect workers on this machine) shares ONE budget through a
 lock file per host under `<data root>/.politeness/`: the file holds the earliest time the next
-request may start, and the lock is held for the whole request, so two workers never overlap
-and never start closer than `delay` seconds apart. A 429/503 with `Retry-After` pushes that
+request may start, and the lock is held for the whole request, so two workers never overlap,
+and the next request starts at least `delay` seconds after the previous one ended. A 429/503 with `Retry-After` pushes that
 time forward for everyone.
 
     fetcher = PoliteFetcher(delay=3, lock_dir=root / ".politeness")
@@ -140,15 +140,16 @@ class PoliteFetcher:
                 not_before = float(text) if text else 0.0
                 if (wait := not_before - time.time()) > 0:
                     time.sleep(wait)
-                started = time.time()
-                self._set_not_before(f, started + self.delay)
                 self.requests_made += 1
-                resp = self.session.get(url, timeout=self.timeout)
-                resp.content  # read the body inside the lock: one connection at a time
+                try:
+                    resp = self.session.get(url, timeout=self.timeout)
+                    resp.content  # read the body inside the lock: one connection at a time
+                finally:  # the pause counts from the end of this request, so it holds even for slow ones
+                    self._set_not_before(f, time.time() + self.delay)
                 if resp.status_code in (429, 503):
                     ra = _retry_after_seconds(resp.headers.get("Retry-After"))
                     if ra is not None:  # everyone waits what the server said
-                        self._set_not_before(f, max(started + self.delay, time.time() + ra))
+                        self._set_not_before(f, time.time() + max(ra, self.delay))
                 return resp
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)

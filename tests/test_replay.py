@@ -23,7 +23,9 @@ MONTHS = ["2021-01", "2021-02"]
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
-    return generate_corpus(tmp_path_factory.mktemp("replay"), n_papers=20, months=MONTHS)
+    """One replay corpus for every test module of the session (generated once)."""
+    out = tmp_path_factory.getbasetemp() / "replay-corpus"
+    return out if (out / "papers.jsonl").exists() else generate_corpus(out, n_papers=14, months=MONTHS)
 
 
 @pytest.fixture

@@ -275,11 +275,11 @@ def _metadata(rng: random.Random, arxiv_id: str, month: str, index: int) -> dict
     start = datetime(year, mon, 1, tzinfo=timezone.utc)
     published = start + timedelta(days=rng.randint(0, 27), seconds=rng.randint(0, 86399))
     version = rng.choice([1, 1, 1, 2, 3])
-    primary, categories = rng.choices(
-        [("cs.CV", ["cs.CV"]), ("cs.CV", ["cs.CV", "cs.LG"]), ("cs.LG", ["cs.LG", "cs.CV"]),
-         ("eess.IV", ["eess.IV", "cs.CV"]), ("stat.ML", ["stat.ML", "cs.LG"])],
-        [10, 4, 2, 1, 1])[0]
-    withdrawn = index % 13 == 7
+    # every few papers: a cross-list into cs.CV, or a paper outside cs.CV the query must not return
+    primary, categories = (("cs.LG", ["cs.LG", "cs.CV"]) if index % 5 == 2 else ("stat.ML", ["stat.ML", "cs.LG"])
+                           if index % 11 == 4 else rng.choice([("cs.CV", ["cs.CV"]), ("cs.CV", ["cs.CV", "cs.LG"]),
+                                                               ("eess.IV", ["eess.IV", "cs.CV"])]))
+    withdrawn = index % 13 == 6
     words = rng.sample(_WORDS, 5)
     return {
         "arxiv_id": arxiv_id,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -293,6 +294,10 @@ class ReplayServer(ThreadingHTTPServer):
         super().__init__((host, port), _Handler)
         self.replay = replay
         self._thread: threading.Thread | None = None
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # clients that gave up
+            super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

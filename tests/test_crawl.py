@@ -1,0 +1,199 @@
+"""The crawl against the replay: records, resumability, failure caps, SIGKILL, shared politeness."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import store
+from pipeline.crawl import PAPER_SCHEMA, crawl_shard, main
+from pipeline.fetch import PoliteFetcher
+from pipeline.replay.corpus import generate_corpus, load_papers
+from pipeline.replay.server import Replay, ReplayServer
+
+REPO = Path(__file__).resolve().parent.parent
+MONTHS = ["2021-01", "2021-02"]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """One replay corpus for every test module of the session (generated once)."""
+    out = tmp_path_factory.getbasetemp() / "replay-corpus"
+    return out if (out / "papers.jsonl").exists() else generate_corpus(out, n_papers=14, months=MONTHS)
+
+
+@pytest.fixture
+def server(corpus):
+    with ReplayServer(Replay(corpus)) as s:
+        yield s
+
+
+def _urls(server) -> dict:
+    e = server.endpoints()
+    return {"api_url": e["CVF_ARXIV_API_URL"], "eprint_url": e["CVF_ARXIV_EPRINT_URL"], "pdf_url": e["CVF_ARXIV_PDF_URL"]}
+
+
+def _cli_args(server, root, *extra, end=MONTHS[-1], delay=0.0) -> list[str]:
+    e = server.endpoints()
+    return ["--from", MONTHS[0], "--to", end, "--data", str(root), "--delay", str(delay),
+            "--api-url", e["CVF_ARXIV_API_URL"], "--eprint-url", e["CVF_ARXIV_EPRINT_URL"],
+            "--pdf-url", e["CVF_ARXIV_PDF_URL"], *extra]
+
+
+def _fetcher(root, **kw) -> PoliteFetcher:
+    return PoliteFetcher(**{"delay": 0, "lock_dir": root / ".politeness", "timeout": 2, "max_retries": 1,
+                            "backoff": 0.01, **kw})
+
+
+def _state(root: Path) -> dict:
+    """Everything a crawl leaves behind, minus wall-clock figures."""
+    out = {}
+    for month in MONTHS:
+        out[month] = pq.read_table(root / "papers" / f"{month}.parquet").to_pylist()
+        stats = store.read_stats(root / "papers", month)
+        out[f"{month}_stats"] = stats and {k: v for k, v in stats.items() if k not in ("seconds", "requests")}
+    out["files"] = {p.relative_to(root).as_posix(): store.sha256_file(p) for p in sorted((root / "raw").rglob("*"))
+                    if p.is_file()}
+    return out
+
+
+def test_crawl_writes_the_contract_and_reruns_fetch_nothing(server, corpus, data_root, capsys):
+    assert main(_cli_args(server, data_root)) == 0
+    papers = load_papers(corpus)
+    for month in MONTHS:
+        table = pq.read_table(data_root / "papers" / f"{month}.parquet")
+        assert table.schema.equals(PAPER_SCHEMA)
+        rows = {r["arxiv_id"]: r for r in table.to_pylist()}
+        expected = {p["arxiv_id"]: p for p in papers if p["published"][:7] == month and p["primary_category"] == "cs.CV"}
+        assert rows.keys() == expected.keys()
+        for arxiv_id, r in rows.items():
+            p = expected[arxiv_id]
+            assert (r["version"], r["title"], r["authors"]) == (p["version"], p["title"], p["authors"])
+            assert r["license"] == ""  # no OAI-PMH enrichment asked for
+            if p["withdrawn"]:
+                assert r["eprint_status"] == r["pdf_status"] == "withdrawn"
+                continue
+            served = (corpus / "eprint" / arxiv_id).read_bytes()
+            assert r["eprint_status"] == "ok" and r["eprint_sha256"] == store.sha256_bytes(served)
+            assert (data_root / r["eprint_path"]).read_bytes() == served
+            assert r["eprint_path"] == f"raw/{month}/{arxiv_id}.eprint"
+            assert r["pdf_kind"] == "pdf" and r["eprint_attempts"] == r["pdf_attempts"] == 1
+        stats = store.read_stats(data_root / "papers", month)
+        assert stats["done"] and stats["papers"] == len(expected) and stats["pending"] == 0
+        assert stats["bytes"] == sum(r["eprint_bytes"] + r["pdf_bytes"] for r in rows.values())
+    assert "withdrawn" in capsys.readouterr().out  # permanent failures are listed
+
+    before = _state(data_root)
+    n = len(server.replay.log)
+    assert main(_cli_args(server, data_root)) == 0
+    assert len(server.replay.log) == n, "done shards are skipped without a request"
+    for month in MONTHS:  # an open shard re-lists its papers but refetches nothing stored
+        (data_root / "papers" / f"{month}_stats.json").unlink()
+    assert main(_cli_args(server, data_root)) == 0
+    assert all(path.startswith("/api/query") for _, path in server.replay.log[n:])
+    assert _state(data_root) == before
+
+
+def test_cross_lists_max_papers_metadata_only_and_licence(server, corpus, data_root):
+    fetcher = _fetcher(data_root)
+    oai = server.endpoints()["CVF_ARXIV_OAI_URL"]
+    stats = crawl_shard("2021-01", data_root, fetcher, include_cross_lists=True, downloads=(), oai_url=oai,
+                        **_urls(server))
+    rows = store.read_rows(data_root / "papers" / "2021-01.parquet")
+    jan = {p["arxiv_id"]: p for p in load_papers(corpus) if p["published"].startswith("2021-01")}
+    assert {r["arxiv_id"] for r in rows} == {a for a, p in jan.items() if "cs.CV" in p["categories"]}
+    assert any(r["primary_category"] != "cs.CV" for r in rows)
+    assert all(r["eprint_status"] == r["pdf_status"] == "skipped" for r in rows)
+    assert all(r["license"] == jan[r["arxiv_id"]]["license"] for r in rows)
+    assert stats["done"] and not any("/e-print/" in p for _, p in server.replay.log)
+
+    # other parameters reopen the shard: now with downloads, at most 2 papers
+    stats = crawl_shard("2021-01", data_root, fetcher, max_papers=2, **_urls(server))
+    rows = store.read_rows(data_root / "papers" / "2021-01.parquet")
+    assert stats["done"] and len(rows) == 2 and all(r["eprint_status"] in ("ok", "withdrawn") for r in rows)
+
+
+def test_transient_failures_keep_the_shard_open_up_to_a_cap(server, corpus, data_root):
+    victim = next(p["arxiv_id"] for p in load_papers(corpus)
+                  if p["published"].startswith("2021-01") and p["primary_category"] == "cs.CV" and not p["withdrawn"])
+    server.replay.set_faults([{"match": f"/e-print/{victim}", "fault": "503"}])
+    args = _cli_args(server, data_root, "--max-attempts", "2", "--retries", "0", end="2021-01")
+    assert main(args) == 1  # the shard could not be finished
+    assert not store.shard_done(data_root / "papers", "2021-01")
+    row = next(r for r in store.read_rows(data_root / "papers" / "2021-01.parquet") if r["arxiv_id"] == victim)
+    assert (row["eprint_status"], row["eprint_attempts"], row["pdf_status"]) == ("pending", 1, "ok")
+
+    assert main(args) == 0  # second and last attempt: a final error, the shard is done
+    row = next(r for r in store.read_rows(data_root / "papers" / "2021-01.parquet") if r["arxiv_id"] == victim)
+    assert row["eprint_status"] == "error" and row["eprint_attempts"] == 2 and "gave up after 2" in row["eprint_error"]
+    stats = store.read_stats(data_root / "papers", "2021-01")
+    assert any(f["arxiv_id"] == victim and f["status"] == "error" for f in stats["failed"])
+    assert stats["errors"]["eprint:error"] == 1
+
+
+def test_metadata_failure_leaves_the_shard_open(server, data_root):
+    server.replay.set_faults([{"match": "/api/query", "fault": "malformed"}])
+    stats = crawl_shard("2021-01", data_root, _fetcher(data_root), **_urls(server))
+    assert not stats["done"] and "malformed" in stats["error"]
+    assert not store.shard_done(data_root / "papers", "2021-01")
+
+
+def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_crawl(server, corpus, tmp_path):
+    reference = tmp_path / "reference"
+    assert main(_cli_args(server, reference)) == 0
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, CVF_DATA=str(killed))
+    # a slowed-down crawl (delay 0.05 s) killed three times at different moments, then finished
+    for kill_after in (1.6, 2.1, 2.6):
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.crawl", *_cli_args(server, killed, delay=0.05)],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert main(_cli_args(server, killed)) == 0
+    assert _state(killed) == _state(reference)
+    leftovers = [p for p in killed.rglob("*.tmp")]
+    assert not leftovers or all(p.name.startswith(".") for p in leftovers)
+
+
+def _hammer(lock_dir: str, url: str, n: int, delay: float) -> None:
+    fetcher = PoliteFetcher(delay=delay, lock_dir=lock_dir, timeout=5)
+    for _ in range(n):
+        fetcher.get(url)
+
+
+def test_several_workers_share_one_politeness_budget(server, tmp_path):
+    delay = 0.3
+    url = f"{server.url}/api/query?search_query=cat:cs.CV&max_results=1"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(str(tmp_path), url, 3, delay)) for _ in range(2)]
+    threads = [threading.Thread(target=_hammer, args=(str(tmp_path), url, 3, delay)) for _ in range(2)]
+    for w in procs + threads:
+        w.start()
+    for w in procs + threads:
+        w.join(60)
+    times = sorted(t for t, _ in server.replay.log)
+    assert len(times) == 12
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= delay, f"requests {min(gaps):.3f}s apart with a {delay}s delay"
+
+    # a Retry-After answer to one worker holds back the others too
+    server.replay.set_faults([{"match": "/api/query", "fault": "503", "retry_after": 1, "times": 1}])
+    server.replay.log.clear()
+    threads = [threading.Thread(target=_hammer, args=(str(tmp_path), url, 1, 0)) for _ in range(2)]
+    for w in threads:
+        w.start()
+    for w in threads:
+        w.join(30)
+    times = sorted(t for t, _ in server.replay.log)
+    assert len(times) == 3 and times[1] - times[0] >= 0.99
+
