@@ -1,0 +1,98 @@
+"""Prefect flow `extract-figures`: pipeline.extract over month shards, in parallel on Dask.
+
+Extraction is CPU-bound and independent per shard, so each shard is one task on Prefect's
+Dask task runner: a local cluster (one single-threaded worker process per core) by default,
+or an existing cluster when given its scheduler's address. Corpus-wide duplicates are flagged
+once every shard is done. Done shards are skipped and open ones resume (the stage does that).
+
+    python -m flows.extract --shards 2021-01 2021-02 --workers 2
+    python -m flows.extract --scheduler-address tcp://10.0.0.5:8786
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from prefect import flow, get_run_logger, task
+from prefect_dask import DaskTaskRunner
+
+from pipeline import extract
+from pipeline.config import data_root
+from pipeline.render import RenderOptions
+
+
+@task(name="extract-shard", retries=1)
+def extract_shard_task(shard: str, root: str, box: str, official: bool, name_filter: bool,
+                       timeout_s: float) -> dict:
+    options = (RenderOptions(box="media", alpha="drop", official=True, timeout_s=timeout_s)
+               if official else RenderOptions(box=box, timeout_s=timeout_s))
+    return extract.extract_shard(shard, root, options=options, apply_name_filter=name_filter,
+                                 progress=False)
+
+
+@task(name="flag-duplicates")
+def dedup_task(root: str) -> dict:
+    return extract.dedup_corpus(root)
+
+
+@flow(name="extract-figures")
+def extract_figures(shards: list[str] | None = None, root: str | None = None, box: str = "crop",
+                    official: bool = False, name_filter: bool = True,
+                    timeout_s: float = 60.0) -> dict:
+    root = str(data_root(root))
+    shards = shards or extract.shards_with_papers(root)
+    futures = [extract_shard_task.submit(s, root, box, official, name_filter, timeout_s)
+               for s in shards]
+    stats = [f.result() for f in futures]
+    duplicates = dedup_task(root)
+    summary = {"shards": len(stats), "papers": sum(s["papers"] for s in stats),
+               "figures": sum(s["figures"] for s in stats), "duplicates": duplicates}
+    get_run_logger().info(f"extract-figures: {summary}")
+    return summary
+
+
+def dask_runner(scheduler_address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
+    """The remote cluster at `scheduler_address`, else a local one: one process per worker,
+    one thread each (rendering holds the GIL), no dashboard port to collide with."""
+    if scheduler_address:
+        return DaskTaskRunner(address=scheduler_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or os.cpu_count() or 1,
+                                          "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+def run(shards: list[str] | None = None, root: str | None = None, *,
+        scheduler_address: str | None = None, workers: int | None = None, **kwargs) -> dict:
+    """Run the flow on a Dask cluster (local unless `scheduler_address` is given)."""
+    runner = dask_runner(scheduler_address, workers)
+    return extract_figures.with_options(task_runner=runner)(shards=shards, root=root, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.extract",
+        description="Prefect flow extract-figures: extract figures from every crawled month "
+                    "shard in parallel on Dask (a local cluster, or --scheduler-address), then "
+                    "flag duplicates across the corpus. Same records as python -m pipeline.extract.")
+    parser.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    parser.add_argument("--shards", nargs="*", metavar="YYYY-MM",
+                        help="month shards (default: every shard with papers)")
+    parser.add_argument("--scheduler-address", help="Dask scheduler of an existing cluster, "
+                                                    "e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--workers", type=int, help="local cluster size (default: CPU count)")
+    parser.add_argument("--box", choices=["crop", "media"], default="crop",
+                        help="PDF page box to render (default crop: what the paper shows)")
+    parser.add_argument("--official", action="store_true",
+                        help="the official CVF pixels (MediaBox, 200 DPI then thumbnail)")
+    parser.add_argument("--no-name-filter", action="store_true",
+                        help="also render names with 'arch'/'pipeline', which CVF dropped")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    args = parser.parse_args(argv)
+    summary = run(args.shards, args.root, scheduler_address=args.scheduler_address,
+                  workers=args.workers, box=args.box, official=args.official,
+                  name_filter=not args.no_name_filter, timeout_s=args.timeout)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
