@@ -133,8 +133,9 @@ def build_task(args, model, seed: int, device, dtype):
                                                seed, shots)
         return tasks.ColorizationTask(files, episodes, size, layouts), {"kind": "colour"}
     episodes = tasks.synthetic_episodes(args.synthetic, n or DEFAULT_EPISODES["synthetic"], seed)
-    return tasks.SyntheticTask(episodes, size), {"kind": "synthetic",
-                                                 "colours": tasks.synthetic_colours(args.synthetic)}
+    return tasks.SyntheticTask(episodes, size), {
+        "kind": "synthetic", "colours": tasks.synthetic_colours(args.synthetic),
+        "colour": tasks.synthetic_output_colour(args.synthetic)}
 
 
 def segmentation_features(model, data, image_ids, size, batch_size, device, dtype) -> dict:
@@ -163,7 +164,7 @@ def score(kind: dict, canvases: torch.Tensor, pasted: torch.Tensor, lpips=None) 
         crop = (slice(top, bottom), slice(left, right))
         ours = metrics.round_image(pasted, kind["colours"])[:, crop[0], crop[1]]
         target = metrics.round_image(truth, kind["colours"])[:, crop[0], crop[1]]
-        return {k: v.cpu() for k, v in metrics.synthetic_scores(ours.cpu(), target.cpu()).items()}
+        return metrics.synthetic_scores(ours.cpu(), target.cpu(), kind["colour"])
     c = size - cell_size(size)           # 113 at 224: the answer cell
     if kind["kind"] == "colour":
         out = {"mse": metrics.normalised_mse(pasted[:, c:, c:], truth[:, c:, c:])}

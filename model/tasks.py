@@ -269,6 +269,10 @@ SYNTHETIC_TASKS = {
 }
 
 
+def synthetic_output_colour(task: str) -> tuple[int, int, int]:
+    return SYNTHETIC_TASKS[task][2]
+
+
 def synthetic_colours(task: str) -> list[tuple[int, int, int]]:
     """Colours the prediction is rounded to: the task's colours plus black (the background)."""
     return SYNTHETIC_TASKS[task][4] + [BLACK]

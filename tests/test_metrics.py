@@ -79,8 +79,11 @@ def test_synthetic_scores_hand_made():
     assert s["iou"].item() == pytest.approx(8 / 16)
     assert s["color_blind_iou"].item() == pytest.approx(1.0)
     assert s["accuracy"].item() == pytest.approx(56 / 64)
-    with pytest.raises(ValueError, match="one colour"):
-        metrics.synthetic_scores(ours, ours)
+    # the colour can be given; the green pixels then count as wrong in the target as well
+    assert metrics.synthetic_scores(ours, target, colour=BLUE)["iou"].item() == pytest.approx(0.5)
+    assert metrics.synthetic_scores(target, ours)["iou"].item() == pytest.approx(8 / 16)
+    with pytest.raises(ValueError, match="only the background"):
+        metrics.synthetic_scores(ours, img(8, 8, WHITE))
 
 
 def test_largest_component_box():

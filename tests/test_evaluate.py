@@ -1,0 +1,191 @@
+"""`python -m model.evaluate` end to end on the CPU: set_a weights, real VOC images, synthetic tasks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from model import evaluate, tasks, voc
+
+SIZES = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+         "decoder_num_heads", "mlp_ratio")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(testdata, tmp_path_factory):
+    """A released-style checkpoint {"model": mae ∪ vae.*} of set_a, its VQGAN yaml and sizes."""
+    d = testdata / "vectors" / "set_a"
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = json.loads((d / "config.json").read_text())
+    state = torch.load(d / "mae_state_dict.pt", weights_only=True)
+    vae = torch.load(d / "vqgan_state_dict.pt", weights_only=True)
+    torch.save({"model": {**state, **{"vae." + k: v for k, v in vae.items()}}, "epoch": 0},
+               tmp / "checkpoint.pth")
+    vq = cfg["vqgan"]
+    (tmp / "model.yaml").write_text(yaml.safe_dump({"model": {"params": {
+        "ddconfig": vq["ddconfig"], "n_embed": vq["n_embed"], "embed_dim": vq["embed_dim"]}}}))
+    (tmp / "arch.json").write_text(json.dumps({k: cfg["mae"][k] for k in SIZES}))
+    return {"ckpt": tmp / "checkpoint.pth", "yaml": tmp / "model.yaml", "arch": tmp / "arch.json",
+            "size": cfg["mae"]["img_size"]}
+
+
+def args_for(checkpoint, out, *extra):
+    return ["--checkpoint", str(checkpoint["ckpt"]), "--vqgan-config", str(checkpoint["yaml"]),
+            "--arch", str(checkpoint["arch"]), "--size", str(checkpoint["size"]),
+            "--out", str(out), "--batch-size", "4", "--device", "cpu", *extra]
+
+
+@pytest.fixture(scope="module")
+def voc_root(testdata, tmp_path_factory):
+    """VOCdevkit/VOC2012 over the real fixture images: every masked image as segmentation val,
+    and detection lists with annotations written from the aeroplane masks' boxes."""
+    tmp = tmp_path_factory.mktemp("voc")
+    root = tmp / "VOCdevkit" / "VOC2012"
+    root.mkdir(parents=True)
+    for folder in ("JPEGImages", "SegmentationClassAug"):
+        (root / folder).symlink_to(testdata / "voc" / folder)
+    masked = sorted(p.stem for p in (testdata / "voc" / "SegmentationClassAug").glob("*.png"))
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(masked) + "\n")
+    (root / "Annotations").mkdir()
+    for image_id in ("2007_000033", "2008_004630"):
+        m = np.array(Image.open(testdata / "voc" / "SegmentationClassAug" / f"{image_id}.png"))
+        ys, xs = np.nonzero(m == 1)
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><size><width>{m.shape[1]}</width><height>{m.shape[0]}</height></size>"
+            f"<object><name>aeroplane</name><difficult>0</difficult><bndbox><xmin>{xs.min() + 1}"
+            f"</xmin><ymin>{ys.min() + 1}</ymin><xmax>{xs.max() + 1}</xmax><ymax>{ys.max() + 1}"
+            f"</ymax></bndbox></object></annotation>")
+    (root / "ImageSets" / "Main").mkdir()
+    (root / "ImageSets" / "Main" / "val.txt").write_text("2007_000033\n")
+    (root / "ImageSets" / "Main" / "train.txt").write_text("2008_004630\n")
+    return tmp
+
+
+def read(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def test_segmentation_end_to_end(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "seg"
+    code = evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data",
+                                  str(voc_root), "--fold", "0", "--episodes", "6",
+                                  "--seeds", "0", "1"))
+    assert code == 0
+    res = read(out)
+    assert res["episodes"] == 6 and [r["seed"] for r in res["per_seed"]] == [0, 1]
+    m = res["per_seed"][0]["metrics"]
+    for key in ("iou", "color_blind_iou", "accuracy", "class_miou", "fb_iou"):
+        assert 0 <= m[key] <= 1, key
+    assert set(m["per_class_iou"]) == {"aeroplane"}     # bicycle has one image: no support
+    assert res["summary"]["iou"]["std"] >= 0
+    assert "| mean ± std |" in (out / "results.md").read_text()
+    png = Image.open(out / "segmentation-fold-0.png")
+    assert png.width == 3 * 64 + 8 and png.height > 64
+
+
+def test_segmentation_better_prompts(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "nearest"
+    code = evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data",
+                                  str(voc_root), "--fold", "2", "--episodes", "4",
+                                  "--support", "nearest", "--layouts", "default", "flip",
+                                  "--workers", "1"))
+    assert code == 0
+    res = read(out)
+    assert res["support"] == "nearest" and res["layouts"] == ["default", "flip"]
+    assert 0 <= res["per_seed"][0]["metrics"]["iou"] <= 1
+
+
+def test_detection_end_to_end(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "det"
+    code = evaluate.main(args_for(checkpoint, out, "--task", "detection", "--data", str(voc_root),
+                                  "--area-filter", "none", "--episodes", "2"))
+    assert code == 0
+    m = read(out)["per_seed"][0]["metrics"]
+    assert 0 <= m["iou"] <= 1 and "fb_iou" in m
+
+
+def test_colorization_end_to_end(checkpoint, testdata, tmp_path):
+    val = tmp_path / "imagenet" / "val"
+    jpegs = sorted((testdata / "voc" / "JPEGImages").glob("*.jpg"))
+    for i, jpg in enumerate(jpegs):
+        (val / f"n0{i % 2}").mkdir(parents=True, exist_ok=True)
+        (val / f"n0{i % 2}" / jpg.name).symlink_to(jpg)
+    out = tmp_path / "color"
+    code = evaluate.main(args_for(checkpoint, out, "--task", "colorization", "--data",
+                                  str(tmp_path / "imagenet"), "--episodes", "5"))
+    assert code == 0
+    res = read(out)
+    assert res["seeds"] == [5] and res["per_seed"][0]["metrics"]["mse"] > 0
+
+
+@pytest.mark.parametrize("task", ["color", "size_shape"])
+def test_synthetic_end_to_end(checkpoint, tmp_path, task):
+    out = tmp_path / task
+    code = evaluate.main(args_for(checkpoint, out, "--task", "synthetic", "--synthetic", task,
+                                  "--episodes", "6"))
+    assert code == 0
+    m = read(out)["per_seed"][0]["metrics"]
+    assert {"iou", "color_blind_iou", "accuracy"} <= set(m)
+    assert 0 <= m["accuracy"] <= 1
+
+
+def test_checkpoint_of_another_architecture(checkpoint, tmp_path, capsys):
+    code = evaluate.main(args_for(checkpoint, tmp_path, "--task", "synthetic")[:4] +
+                         ["--arch", "mae_vit_base_patch16", "--size", "64", "--task", "synthetic",
+                          "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not fit --arch mae_vit_base_patch16" in err and "encoder width 32, depth 2" in err
+
+
+def test_random_supports_follow_the_release_draws():
+    pairs = [("a", 1), ("b", 1), ("c", 1), ("d", 2), ("e", 2)]
+    np.random.seed(0)                      # the released DatasetPASCAL.sample_episode
+    by_class = {1: ["a", "b", "c"], 2: ["d", "e"]}
+    expected = []
+    for idx in range(7):
+        query, cls = pairs[idx % len(pairs)]
+        while True:
+            support = np.random.choice(by_class[cls], 1, replace=False)[0]
+            if support != query:
+                break
+        expected.append((query, support))
+    got = [(e.query, e.supports[0]) for e in tasks.random_supports(pairs, 7, seed=0)]
+    assert got == expected
+
+
+def test_synthetic_episodes_geometry():
+    eps = tasks.synthetic_episodes("size_color", 3, seed=0)
+    (query_in, query_out) = eps[0].query
+    assert query_in.radius == 30 and query_out.radius == 20 and query_out.center == query_in.center
+    assert query_out.color == (0, 0, 255) and len(eps[0].supports) == 2
+    drawn = query_in.draw()
+    x, y = query_in.center
+    assert tuple(drawn[y, x]) == (0, 255, 0) and 10 <= x < 214 and 10 <= y < 214
+    inside = (drawn == (0, 255, 0)).all(-1).sum()
+    assert abs(inside - np.pi * 30 ** 2) < 0.05 * np.pi * 30 ** 2 or x < 30 or y < 30 or x > 193 or y > 193
+    square = tasks.Figure((100, 100), 20, (0, 0, 255), "rectangle").draw()
+    assert (square == (0, 0, 255)).all(-1).sum() == 41 * 41     # OpenCV: corners inclusive
+    assert tasks.synthetic_episodes("color", 3, seed=0) == tasks.synthetic_episodes("color", 3, seed=0)
+
+
+def test_colorization_draws(tmp_path):
+    eps = tasks.colorization_episodes(50, n_episodes=10, seed=5)
+    rng = np.random.RandomState(5)
+    assert [e.query for e in eps] == rng.choice(np.arange(0, 49), size=10, replace=False).tolist()
+    assert all(0 <= e.supports[0] < 9 for e in eps)
+    with pytest.raises(ValueError, match="more than 10 images"):
+        tasks.colorization_episodes(10, n_episodes=10)
+
+
+def test_bad_voc_root_is_a_clear_error(checkpoint, tmp_path, capsys):
+    (tmp_path / "JPEGImages").mkdir()
+    code = evaluate.main(args_for(checkpoint, tmp_path / "out", "--task", "segmentation",
+                                  "--data", str(tmp_path)))
+    assert code == 2 and "missing the folder SegmentationClassAug" in capsys.readouterr().err
+    assert isinstance(voc.VocError("x"), ValueError)
