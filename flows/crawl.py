@@ -1,0 +1,70 @@
+"""Prefect flow `crawl-arxiv`: one task per month shard over `pipeline.crawl.crawl_shard`.
+
+Deployed by prefect.yaml as `crawl-arxiv/cs-cv-2010-2022`:
+
+    prefect deployment run 'crawl-arxiv/cs-cv-2010-2022' --watch
+    prefect deployment run 'crawl-arxiv/cs-cv-2010-2022' -p start=2021-01 -p end=2021-02 \\
+        -p api_url=http://127.0.0.1:8123/api/query --watch
+
+A rerun resumes: done shards (their stats file exists) return at once without a request, open
+ones retry only what is still pending. A shard left open after its task retries fails its
+task, and the flow run fails once every shard has been tried, so `--watch` exits non-zero.
+"""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from pipeline import config
+from pipeline.crawl import DOWNLOADS, crawl_shard, make_fetcher
+from pipeline.shards import month_range
+
+
+class ShardOpen(Exception):
+    """A month shard still has pending downloads or could not be listed."""
+
+
+# The shard's own files are its durable result (a rerun reads them), so no Prefect cache.
+@task(task_run_name="crawl-{month}", cache_policy=NONE, retries=2, retry_delay_seconds=60)
+def crawl_month(month: str, data_root: str, delay: float | None, shard_kw: dict) -> dict:
+    log = get_run_logger()
+    root = config.data_root(data_root)
+    stats = crawl_shard(month, root, make_fetcher(root, delay), **shard_kw)
+    log.info("%s: %d papers, %d downloaded, %d failed for good, %d pending, %.1f MB in %.0f s",
+             month, stats["papers"], stats["downloaded"], len(stats["failed"]), stats["pending"],
+             stats["bytes"] / 1e6, stats["seconds"])
+    for f in stats["failed"]:
+        log.warning("%s %s %s: %s", f["arxiv_id"], f["download"], f["status"], f["error"])
+    if not stats["done"]:
+        raise ShardOpen(f"{month} left open: {stats['pending']} pending. {stats.get('error', '')}")
+    return stats
+
+
+@flow(name="crawl-arxiv", log_prints=True)
+def crawl_arxiv(start: str = "2010-01", end: str = "2022-12", category: str = "cs.CV",
+                include_cross_lists: bool = False, max_papers: int | None = None,
+                downloads: list[str] = list(DOWNLOADS), data_root: str | None = None,
+                api_url: str | None = None, eprint_url: str | None = None, pdf_url: str | None = None,
+                oai_url: str | None = None, delay: float | None = None, task_retries: int = 2,
+                retry_delay_s: float = 60) -> list[dict]:
+    """Harvest `category` papers submitted from `start` to `end` (YYYY-MM) with their e-prints and PDFs.
+
+    Endpoints, delay and data root default to the environment (CVF_ARXIV_*, CVF_DATA).
+    """
+    shard_kw = {"api_url": api_url, "eprint_url": eprint_url, "pdf_url": pdf_url, "oai_url": oai_url,
+                "category": category, "include_cross_lists": include_cross_lists, "max_papers": max_papers,
+                "downloads": tuple(downloads)}
+    root = str(config.data_root(data_root))
+    shard_task = crawl_month.with_options(retries=task_retries, retry_delay_seconds=retry_delay_s)
+    # Shards run one after another: every request shares one politeness budget anyway.
+    states = {month: shard_task(month, root, delay, shard_kw, return_state=True) for month in month_range(start, end)}
+    open_shards = [month for month, state in states.items() if not state.is_completed()]
+    done = [state.result() for state in states.values() if state.is_completed()]
+    print(f"{len(done)}/{len(states)} shards done, {sum(s['papers'] for s in done)} papers; results in {root}/papers")
+    if open_shards:
+        raise ShardOpen(f"shards left open: {' '.join(open_shards)}; run the deployment again to resume")
+    return done
+
+
+if __name__ == "__main__":
+    crawl_arxiv()
