@@ -325,7 +325,7 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
         "task": "figure is grid-like and contains at least one natural image (CVF inclusion rule)",
         "backbone": ({"arch": backbone.arch, "weights_file": backbone.weights_name,
                       "weights_sha256": backbone.weights_sha256} if backbone else None),
-        "features": len(FEATURE_NAMES) + (x.shape[1] - len(FEATURE_NAMES)),
+        "features": int(x.shape[1]),
         "layout_features": FEATURE_NAMES,
         "head": head,
         "calibration": "Platt scaling on out-of-fold decision values",
