@@ -19,6 +19,7 @@ normalises on the device.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -143,10 +144,15 @@ def augment(img: Image.Image, rng: np.random.Generator, size: int, scale=(0.2, 1
     return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_std(device: torch.device):
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B,3,H,W] -> ImageNet-normalised float32 (done on the device, after the copy)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.device)
     return (images.float() / 255 - mean) / std
 
 

@@ -290,6 +290,7 @@ def run(args) -> dict:
              "auto": torch.bfloat16 if device.type == "cuda" else None}[args.dtype]
     workers = args.workers if args.workers is not None else (min(8, os.cpu_count() or 1)
                                                              if device.type == "cuda" else 0)
+    torch.backends.cudnn.benchmark = device.type == "cuda"   # fixed shapes: pick fast kernels
     model = load_model(args.checkpoint, args.vqgan_config, read_arch(args.arch), args.size,
                        args.vqgan_ckpt, device)
     patch = model.patch_embed.patch_size

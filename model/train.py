@@ -84,8 +84,8 @@ def get_args(argv=None) -> argparse.Namespace:
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 uses a loss scaler")
-    s.add_argument("--tokenizer-precision", default="fp32", choices=["fp32", "bf16"],
-                   help="VQGAN tokenizer dtype (bf16 is faster but flips some near-tied tokens)")
+    s.add_argument("--tokenizer-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="VQGAN encoder dtype (bf16 is faster but flips some near-tied tokens)")
     s.add_argument("--compile", action="store_true", help="torch.compile the MAE and the tokenizer")
     s.add_argument("--channels-last", action="store_true", help="channels-last VQGAN convolutions")
     s.add_argument("--fused-adamw", action="store_true", help="fused AdamW kernel (CUDA)")
@@ -162,11 +162,13 @@ def masking_noise(n: int, num_patches: int, seed: int, rank: int, micro_step: in
     return torch.rand(n, num_patches, generator=g, device=device)
 
 
-def make_tokenizer(vqgan, device, precision: str, channels_last: bool, compile_: bool):
-    """ImageNet-normalised images -> VQGAN tokens, in the requested dtype/layout."""
+def make_tokenizer(vqgan, device, precision: str = "fp32", channels_last: bool = False,
+                   compile_: bool = False):
+    """ImageNet-normalised images -> VQGAN tokens, with the encoder in the requested dtype
+    (the nearest-code search stays fp32) and memory layout."""
     if channels_last:
         vqgan.to(memory_format=torch.channels_last)
-    dtype = torch.bfloat16 if precision == "bf16" else None
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     def tokenize(imgs):
         if channels_last:
@@ -175,6 +177,21 @@ def make_tokenizer(vqgan, device, precision: str, channels_last: bool, compile_:
             return vqgan.tokenize(imgs)
 
     return torch.compile(tokenize) if compile_ else tokenize
+
+
+def forward_backward(model, imgs, targets, noise, mask_ratio: float, amp_dtype, scaler,
+                     accum_iter: int = 1) -> torch.Tensor:
+    """One micro-batch: autocast forward, scaled backward. -> the (detached) loss."""
+    with torch.autocast(imgs.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss, _, _ = model(imgs, mask_ratio, noise=noise, targets=targets)
+    scaler.scale(loss / accum_iter).backward()
+    return loss.detach()
+
+
+def optimizer_step(optimizer, scaler):
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def build_token_cache(files, vqgan, folder, crops_per_image: int, size: int, scale, seed: int,
@@ -348,18 +365,14 @@ def train(args) -> dict:
             last_micro = micro_in_step == args.accum_iter - 1
             sync = nullcontext() if last_micro or world_size == 1 else train_model.no_sync()
             with sync:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss, _, _ = train_model(imgs, args.mask_ratio, noise=noise, targets=targets)
-                scaler.scale(loss / args.accum_iter).backward()
-            running += loss.detach()
+                running += forward_backward(train_model, imgs, targets, noise, args.mask_ratio,
+                                            amp_dtype, scaler, args.accum_iter)
             running_n += 1
             seen += imgs.shape[0] * world_size
             micro_done += 1
             if not last_micro:
                 continue
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, scaler)
             step += 1
             bar.update(1)
             if step % args.log_every == 0 or step == end_step:

@@ -184,10 +184,12 @@ class VectorQuantizer(nn.Module):
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """[B, C, h, w] latents -> [B*h*w] code ids, positions row-major."""
-        z = z.permute(0, 2, 3, 1).reshape(-1, self.e_dim)
-        e = self.embedding.weight.to(z.dtype)
-        # Same expansion and evaluation order as taming, so ties break identically.
-        d = z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z @ e.t()
+        z = z.permute(0, 2, 3, 1).reshape(-1, self.e_dim).float()
+        e = self.embedding.weight.float()
+        # In fp32 even under autocast (a bf16 distance would flip many near ties), with the same
+        # expansion and evaluation order as taming, so ties break identically.
+        with torch.autocast(z.device.type, enabled=False):
+            d = z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z @ e.t()
         return d.argmin(1)
 
     def forward(self, z):
