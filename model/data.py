@@ -4,8 +4,9 @@ Where images come from:
 * an image folder (searched recursively), or
 * a published manifest (`train.parquet`, `.jsonl`, or the official `df_train.csv`) plus the
   folder the images were rebuilt into. A row with an `image_path` column points at its file
-  (relative to that folder); otherwise the official layout is used:
-  `<images>/<split>/<paper_id>/<img_name>` for PNGs, `..._<paper_id>_0.png` for PDF figures.
+  (relative to that folder, as `pipeline.publish` writes it); otherwise the official layout is
+  used: `<images>/<split>/<paper_id>/<img_name>` (or `<images>/<paper_id>/...`) for PNGs,
+  `<img_name>_<paper_id>_0.png` for PDF figures.
 
 Exact resume without saving worker state: the augmentation of an image is a pure function of
 (seed, image index, variant), the order of an epoch a pure function of (seed, epoch), and each
@@ -86,8 +87,11 @@ def list_images(source, images=None, split: str | None = None) -> list[Path]:
     for r in rows:
         if r.get("image_path"):
             f = images / r["image_path"]
-        else:
-            f = images / (r.get("split") or default_split) / r["paper_id"] / official_file_name(r["paper_id"], r["img_name"])
+        else:  # `<split>/<paper_id>/<name>` as rebuilt, else `<paper_id>/<name>`
+            name = official_file_name(r["paper_id"], r["img_name"])
+            f = images / (r.get("split") or default_split) / r["paper_id"] / name
+            if not f.is_file() and (images / r["paper_id"] / name).is_file():
+                f = images / r["paper_id"] / name
         if f not in seen:  # the official index repeats some rows
             seen.add(f)
             files.append(f)

@@ -40,11 +40,20 @@ DEFAULT_VQGAN_DIR = Path("checkpoints/vqgan")
 SIZE_FLAGS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 
 
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m model.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="python -m model.train", formatter_class=Formatter,
         description="Train MAE-VQGAN on a published CVF manifest or an image folder. Defaults are "
-                    "the released recipe; a rerun with the same --out resumes.")
+                    "the released recipe; a rerun with the same --out resumes.",
+        epilog="examples:\n"
+               "  python -m model.train manifests/cvf-2026.11/train.parquet --images $CVF_DATA/images --fast\n"
+               "  torchrun --nproc_per_node 8 -m model.train DIR_OF_IMAGES --fast --token-cache runs/tokens\n"
+               "  python -m model.train DIR_OF_IMAGES --target pixels --norm-pix-loss   # plain MAE baseline\n"
+               "VQGAN files (taming's vqgan_imagenet_f16_1024) go to checkpoints/vqgan/{model.yaml,last.ckpt}.")
     d = p.add_argument_group("data")
     d.add_argument("data", help="image folder, or manifest (.parquet/.jsonl/official .csv)")
     d.add_argument("--images", help="folder the manifest's images were rebuilt into (manifests only)")
@@ -89,6 +98,8 @@ def get_args(argv=None) -> argparse.Namespace:
     s.add_argument("--compile", action="store_true", help="torch.compile the MAE and the tokenizer")
     s.add_argument("--channels-last", action="store_true", help="channels-last VQGAN convolutions")
     s.add_argument("--fused-adamw", action="store_true", help="fused AdamW kernel (CUDA)")
+    s.add_argument("--fast", action="store_true", help="all of: --compile --channels-last "
+                   "--fused-adamw --tokenizer-precision bf16")
 
     c = p.add_argument_group("output")
     c.add_argument("--out", default="runs/mae_vqgan", help="checkpoints and TensorBoard logs")
@@ -97,7 +108,11 @@ def get_args(argv=None) -> argparse.Namespace:
     c.add_argument("--log-every", type=int, default=20, help="log loss and img/s every N steps")
     c.add_argument("--no-resume", action="store_true", help="start afresh even if --out has a checkpoint")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fast:
+        args.compile = args.channels_last = args.fused_adamw = True
+        args.tokenizer_precision = "bf16"
+    return args
 
 
 # -- pieces ----------------------------------------------------------------------------------
@@ -267,8 +282,10 @@ def train(args) -> dict:
         if args.target != "tokens":
             raise SystemExit("--token-cache only applies to --target tokens")
         if is_main and not TokenCache.exists(args.token_cache):
+            # Computed once, so computed exactly: fp32 encoder whatever --tokenizer-precision says.
+            exact = make_tokenizer(vqgan, device, "fp32", args.channels_last, args.compile)
             build_token_cache(files, vqgan, args.token_cache, args.crops_per_image, args.input_size,
-                              scale, args.seed, args.batch_size, args.num_workers, device, tokenize,
+                              scale, args.seed, args.batch_size, args.num_workers, device, exact,
                               progress=not args.no_progress)
         if world_size > 1:
             dist.barrier()
