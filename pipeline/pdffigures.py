@@ -110,16 +110,20 @@ def _text_blocks(page: pymupdf.Page) -> list[TextBlock]:
 
 
 def _starts_caption(line: dict, previous: dict) -> bool:
-    """A caption run into the block above it: a caption label after a gap or in bold.
+    """A caption run into the block above it (figure labels, a paragraph): a caption label
+    after a gap, in bold, in another font size, or not aligned with the line before.
 
-    A body line that merely wraps to start with "Table 3." has neither.
+    A body line that merely wraps to start with "Table 3." has none of these.
     """
     spans = [s for s in line["spans"] if s["text"].strip()]
-    if not spans or not CAPTION_RE.match("".join(s["text"] for s in line["spans"])):
+    before = [s for s in previous["spans"] if s["text"].strip()]
+    if not spans or not before or not CAPTION_RE.match("".join(s["text"] for s in line["spans"])):
         return False
     height = line["bbox"][3] - line["bbox"][1]
     gap = line["bbox"][1] - previous["bbox"][3]
-    return gap > 0.3 * height or bool(spans[0]["flags"] & 16)
+    return (gap > 0.3 * height or bool(spans[0]["flags"] & 16)
+            or abs(spans[0]["size"] - before[-1]["size"]) > 0.5
+            or abs(line["bbox"][0] - previous["bbox"][0]) > 2 * height)
 
 
 def _caption(block: TextBlock) -> Caption | None:
