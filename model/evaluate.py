@@ -10,7 +10,7 @@ Tasks (the released protocol by default; see model/tasks.py and model/metrics.py
                 component -> box, IoU.
   colorization  ImageNet val folder (--data holds val/<class>/*), 1,000 images drawn with seed 5,
                 MSE in normalised space, and LPIPS with --lpips.
-  synthetic     --synthetic color|shape|size|shape_color|size_color|size_shape (or all),
+  synthetic     --synthetic color|shape|size|shape_color|size_color|size_shape,
                 100 queries, colour-aware IoU, colour-blind IoU, accuracy.
 
 Better prompts than the paper: --support nearest (the same-class support whose encoder
@@ -162,17 +162,19 @@ def score(kind: dict, canvases: torch.Tensor, pasted: torch.Tensor, lpips=None) 
     if kind["kind"] == "synthetic":
         top, left, bottom, right = rows_answer_box(size, rows=3)
         crop = (slice(top, bottom), slice(left, right))
-        ours = metrics.round_image(pasted, kind["colours"])[:, crop[0], crop[1]]
-        target = metrics.round_image(truth, kind["colours"])[:, crop[0], crop[1]]
+        wrap = kind.get("wraparound", True)
+        ours = metrics.round_image(pasted, kind["colours"], wrap)[:, crop[0], crop[1]]
+        target = metrics.round_image(truth, kind["colours"], wrap)[:, crop[0], crop[1]]
         return metrics.synthetic_scores(ours.cpu(), target.cpu(), kind["colour"])
+    wrap = kind.get("wraparound", True)
     c = size - cell_size(size)           # 113 at 224: the answer cell
     if kind["kind"] == "colour":
         out = {"mse": metrics.normalised_mse(pasted[:, c:, c:], truth[:, c:, c:])}
         if lpips is not None:
             out["lpips"] = lpips(pasted[:, c:, c:], truth[:, c:, c:])
         return out
-    ours = metrics.round_image(pasted)[:, c:, c:]
-    target = metrics.round_image(truth)[:, c:, c:]
+    ours = metrics.round_image(pasted, wraparound=wrap)[:, c:, c:]
+    target = metrics.round_image(truth, wraparound=wrap)[:, c:, c:]
     if kind["kind"] == "box":
         ours = metrics.to_box(ours.cpu())
     ours, target = ours.cpu(), target.cpu()
@@ -304,6 +306,7 @@ def run(args) -> dict:
     per_seed, examples, n_done, started = [], [], 0, time.perf_counter()
     for seed in seeds:
         dataset, kind = build_task(args, model, seed, device, dtype)
+        kind["wraparound"] = not args.true_rounding
         result = evaluate_dataset(model, dataset, kind, args.batch_size, workers, device, dtype,
                                   mask, lpips, keep_examples=0 if examples else args.picture_rows)
         examples = examples or result["examples"]
@@ -319,7 +322,8 @@ def run(args) -> dict:
                "checkpoint": str(args.checkpoint), "arch": args.arch, "size": args.size,
                "episodes": len(dataset), "seeds": seeds, "support": args.support,
                "ensemble": args.ensemble, "layouts": list(args.layouts),
-               "area_filter": args.area_filter, "device": str(device),
+               "area_filter": args.area_filter, "true_rounding": args.true_rounding,
+               "device": str(device),
                "dtype": "bf16" if dtype else "fp32", "batch_size": args.batch_size,
                "seconds": elapsed, "episodes_per_s": n_done / elapsed,
                "per_seed": per_seed, "summary": summary}
@@ -361,6 +365,9 @@ def parser() -> argparse.ArgumentParser:
                    help="canvas layouts to average over (flip: query top-right)")
     p.add_argument("--area-filter", default="code", choices=("code", "paper", "none"),
                    help="detection: objects <20%% of the image (code) or <=50%% (paper text)")
+    p.add_argument("--true-rounding", action="store_true",
+                   help="round pixels to the truly nearest colour; the released code computes "
+                        "the distances in uint8, which wrap modulo 256 (default, as published)")
     p.add_argument("--lpips", action="store_true", help="colorization: also LPIPS (AlexNet)")
     p.add_argument("--lpips-weights", help=f"local torchvision {metrics.ALEXNET_FILE} "
                                            f"(default {metrics.default_lpips_weights()})")

@@ -103,10 +103,11 @@ def test_segmentation_better_prompts(checkpoint, voc_root, tmp_path):
 def test_detection_end_to_end(checkpoint, voc_root, tmp_path):
     out = tmp_path / "det"
     code = evaluate.main(args_for(checkpoint, out, "--task", "detection", "--data", str(voc_root),
-                                  "--area-filter", "none", "--episodes", "2"))
+                                  "--area-filter", "none", "--episodes", "2", "--true-rounding"))
     assert code == 0
-    m = read(out)["per_seed"][0]["metrics"]
-    assert 0 <= m["iou"] <= 1 and "fb_iou" in m
+    res = read(out)
+    m = res["per_seed"][0]["metrics"]
+    assert 0 <= m["iou"] <= 1 and "fb_iou" in m and res["true_rounding"] is True
 
 
 def test_colorization_end_to_end(checkpoint, testdata, tmp_path):
