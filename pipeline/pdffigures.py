@@ -411,8 +411,8 @@ def _on_canvas(region: pymupdf.Rect, canvases: list[pymupdf.Rect], cap: pymupdf.
 def find_figure_regions(page_or_doc, body_size: float | None = None) -> list[Region]:
     """Figure and table regions of one page (a `pymupdf.Page`) or of every page of a document.
 
-    Only captions with graphics next to them give a region. When a caption label (`Figure 3`)
-    appears more than once in a document, the region with the most graphics is kept.
+    Only captions with graphics next to them give a region. A number may come back on
+    another page (supplements often restart at Figure 1); both are kept.
     """
     if isinstance(page_or_doc, pymupdf.Document):
         doc = page_or_doc
@@ -423,7 +423,7 @@ def find_figure_regions(page_or_doc, body_size: float | None = None) -> list[Reg
         for page, blocks in zip(doc, pages_blocks):
             blocks = [b for b in blocks if _furniture_key(page, b) not in furniture]
             regions += _page_regions(page, blocks, size)
-        return _dedupe(regions)
+        return regions
     blocks = _text_blocks(page_or_doc)
     return _page_regions(page_or_doc, blocks, body_size or _body_font_size(blocks))
 
@@ -503,17 +503,6 @@ def _assign(page, captions, images, graphics, canvases, labels, stops, claimed) 
                               tuple(cap.block.rect), cap.block.text, cap.kind, cap.number,
                               n_images, len(parts) - n_images, parts))
     return regions
-
-
-def _dedupe(regions: list[Region]) -> list[Region]:
-    best: dict[tuple, Region] = {}
-    for r in regions:
-        key = (r.figure_type, r.figure_number)
-        area = sum(p.get_area() for p in r.parts)
-        if key not in best or area > sum(p.get_area() for p in best[key].parts):
-            best[key] = r
-    keep = {id(r) for r in best.values()}
-    return [r for r in regions if id(r) in keep]
 
 
 def render_region(page: pymupdf.Page, bbox, dpi: int = 150) -> Image.Image:
