@@ -24,7 +24,7 @@ _cvf_free_port() {
   "$CVF_PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-_cvf_prefect() { "$(dirname "$CVF_PY")/prefect" "$@"; }
+CVF_PREFECT="$(dirname "$CVF_PY")/prefect"  # the binary itself, so that $! is its pid
 
 _cvf_wait_for() {  # URL SECONDS WHAT
   local url=$1 deadline=$((SECONDS + $2))
@@ -39,15 +39,15 @@ cvf_start_prefect_server() {
   local port; port=$(_cvf_free_port)
   export PREFECT_API_URL="http://127.0.0.1:$port/api"
   echo "starting Prefect server on 127.0.0.1:$port (PREFECT_HOME=$PREFECT_HOME)"
-  _cvf_prefect server start --host 127.0.0.1 --port "$port" >"$CVF_LOGS/server.log" 2>&1 &
+  "$CVF_PREFECT" server start --host 127.0.0.1 --port "$port" >"$CVF_LOGS/server.log" 2>&1 &
   CVF_PIDS+=($!)
   _cvf_wait_for "$PREFECT_API_URL/health" 180 "Prefect server"
 }
 
 cvf_deploy() {
-  _cvf_prefect work-pool inspect "$CVF_POOL" >/dev/null 2>&1 ||
-    _cvf_prefect work-pool create "$CVF_POOL" --type process >"$CVF_LOGS/pool.log" 2>&1
-  (cd "$CVF_REPO" && _cvf_prefect --no-prompt deploy --all) >"$CVF_LOGS/deploy.log" 2>&1 ||
+  "$CVF_PREFECT" work-pool inspect "$CVF_POOL" >/dev/null 2>&1 ||
+    "$CVF_PREFECT" work-pool create "$CVF_POOL" --type process >"$CVF_LOGS/pool.log" 2>&1
+  (cd "$CVF_REPO" && "$CVF_PREFECT" --no-prompt deploy --all) >"$CVF_LOGS/deploy.log" 2>&1 ||
     { cat "$CVF_LOGS/deploy.log" >&2; return 1; }
   echo "deployments registered on pool $CVF_POOL"
 }
@@ -71,7 +71,7 @@ cvf_start_replay() {  # DIR [N_PAPERS] [MONTHS...]
 }
 
 cvf_start_worker() {
-  _cvf_prefect worker start --pool "$CVF_POOL" --type process >"$CVF_LOGS/worker.log" 2>&1 &
+  "$CVF_PREFECT" worker start --pool "$CVF_POOL" --type process >"$CVF_LOGS/worker.log" 2>&1 &
   CVF_PIDS+=($!)
   echo "process worker started on pool $CVF_POOL"
 }

@@ -1,0 +1,58 @@
+"""End to end: a real local Prefect server, process work pool and worker run the deployment
+`crawl-arxiv/cs-cv-2010-2022` against the replay, through the same scripts the demo uses."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import store
+from pipeline.replay.corpus import load_papers
+
+REPO = Path(__file__).resolve().parent.parent
+
+SCRIPT = r"""
+set -euo pipefail
+source scripts/prefect_local.sh
+trap cvf_stop_all EXIT
+cvf_start_prefect_server
+cvf_deploy
+cvf_start_replay "$CVF_DATA/replay" 6 2021-03
+cvf_start_worker
+echo "PIDS ${CVF_PIDS[*]}"
+"$CVF_PREFECT" deployment run 'crawl-arxiv/cs-cv-2010-2022' --watch --watch-timeout 300 \
+  -p start=2021-03 -p end=2021-03 -p delay=0 -p task_retries=0 \
+  -p api_url="$CVF_ARXIV_API_URL" -p eprint_url="$CVF_ARXIV_EPRINT_URL" -p pdf_url="$CVF_ARXIV_PDF_URL"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_deployment_run_watch_crawls_the_replay(tmp_path):
+    if not (REPO / ".venv" / "bin" / "prefect").exists() or not shutil.which("bash"):
+        pytest.skip("needs the project's .venv (make setup) and bash")
+    data = tmp_path / "data"
+    env = dict(os.environ, CVF_DATA=str(data), PREFECT_HOME=str(tmp_path / "prefect"), CVF_REPO=str(REPO),
+               PREFECT_API_URL="")
+    proc = subprocess.run(["bash", "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=580)
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp_path / "prefect" / "logs").glob("*.log"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + logs
+    assert "Completed" in proc.stdout
+
+    stats = store.read_stats(data / "papers", "2021-03")
+    assert stats and stats["done"]
+    rows = pq.read_table(data / "papers" / "2021-03.parquet").to_pylist()
+    expected = [p for p in load_papers(data / "replay") if p["primary_category"] == "cs.CV"]
+    assert sorted(r["arxiv_id"] for r in rows) == sorted(p["arxiv_id"] for p in expected)
+    assert all(r["eprint_status"] in ("ok", "withdrawn") for r in rows)
+    assert any(r["eprint_status"] == "ok" and (data / r["eprint_path"]).is_file() for r in rows)
+
+    pids = next(line for line in proc.stdout.splitlines() if line.startswith("PIDS")).split()[1:]
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+             and Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"]  # zombies are dead
+    assert not alive, f"processes left running after the script: {alive}"
