@@ -194,7 +194,7 @@ def evaluate_dataset(model, dataset, kind: dict, batch_size: int = 64, workers: 
     scores: dict[str, list] = {}
     class_ids, examples = [], []
     for batch in tqdm(loader, desc="episodes", unit="batch", disable=not progress):
-        canvas01 = batch["canvas"].to(device, non_blocking=True)          # [B,K,3,S,S]
+        canvas01 = batch["canvas"].to(device, non_blocking=True).float() / 255   # [B,K,3,S,S]
         canvases = normalize(canvas01, torch.float64 if float64 else torch.float32)
         if canvases.shape[1] == 1:
             pasted = inpaint(model, canvases[:, 0], mask, dtype)

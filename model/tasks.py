@@ -4,8 +4,10 @@ Each task is two steps:
 1. sample the episodes (which query, which supports) up front in the main process with the
    release's seed and draw order, so results do not depend on batch size or worker count;
 2. a `torch.utils.data.Dataset` that loads images and builds the canvases of one episode,
-   run in DataLoader workers. An item is {"canvas": [K,3,S,S] in [0,1] (K prompts for one
-   query: supports x layouts), "class_id": int, "index": int}.
+   run in DataLoader workers. An item is {"canvas": uint8 [K,3,S,S] (K prompts for one
+   query: supports x layouts), "class_id": int, "index": int}. Every canvas value is k/255
+   (PIL-resized images on a 0 or 1 background), so uint8 carries it losslessly at a quarter
+   of the bytes between workers and to the GPU; `canvas.float() / 255` restores it exactly.
 
 The canvas's bottom-right cell (or last output figure) holds the ground truth, which the
 evaluation crops from the de-normalised canvas exactly as the release does.
@@ -41,10 +43,14 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
 
 
+def as_uint8(canvas01: torch.Tensor) -> torch.Tensor:
+    return (canvas01 * 255).round().to(torch.uint8)
+
+
 def _canvases(supports, query_img, query_target, size, layouts) -> torch.Tensor:
-    return torch.stack([make_canvas(s_img, s_target, query_img, query_target, size=size,
-                                    flip=layout == "flip")
-                        for s_img, s_target in supports for layout in layouts])
+    return as_uint8(torch.stack([make_canvas(s_img, s_target, query_img, query_target, size=size,
+                                             flip=layout == "flip")
+                                 for s_img, s_target in supports for layout in layouts]))
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -321,5 +327,5 @@ class SyntheticTask(Dataset):
         ep = self.episodes[i]
         rows = len(ep.supports) + 1
         pairs = [(self.figure(a, rows), self.figure(b, rows)) for a, b in (*ep.supports, ep.query)]
-        return {"canvas": make_rows_canvas(pairs, size=self.size, background=0.0)[None],
+        return {"canvas": as_uint8(make_rows_canvas(pairs, size=self.size, background=0.0)[None]),
                 "class_id": 0, "index": i}

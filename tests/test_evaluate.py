@@ -190,3 +190,17 @@ def test_bad_voc_root_is_a_clear_error(checkpoint, tmp_path, capsys):
                                   "--data", str(tmp_path)))
     assert code == 2 and "missing the folder SegmentationClassAug" in capsys.readouterr().err
     assert isinstance(voc.VocError("x"), ValueError)
+
+
+def test_uint8_canvases_are_lossless(testdata, tmp_path):
+    """Workers ship uint8 canvases; /255 must give back the float canvas bit for bit."""
+    from model.prompting import make_canvas
+
+    root = voc.voc_root(testdata / "voc")
+    ds = tasks.SegmentationTask(root, [tasks.Episode("2007_000033", ("2008_004630",), 1)], 224)
+    canvas = ds[0]["canvas"]
+    assert canvas.dtype == torch.uint8 and canvas.shape == (1, 3, 224, 224)
+    q_img, q_mask = ds.load("2007_000033", 1)
+    s_img, s_mask = ds.load("2008_004630", 1)
+    assert torch.equal(canvas[0].float() / 255, make_canvas(s_img, s_mask, q_img, q_mask, 224))
+    assert 0 < (q_mask > 0).float().mean() < 1 and ((q_mask > 0) & (q_mask < 1)).any()  # bicubic edges
