@@ -53,9 +53,11 @@ def latest_scores(root: str | os.PathLike | None = None) -> dict[Key, dict]:
 
 
 def score_of(figure: dict, scores: dict[Key, dict]) -> dict | None:
-    """The figure's score row, if one exists for this very image (same sha256)."""
+    """The figure's score row, if it holds a score for this very image (same sha256)."""
     row = scores.get(figure_key(figure))
-    return row if row is not None and row.get("sha256") == figure.get("sha256") else None
+    if row is None or row.get("score") is None or row.get("sha256") != figure.get("sha256"):
+        return None  # not scored, unreadable when scored, or scored before the image changed
+    return row
 
 
 def _order(seed: int, *parts: str) -> str:

@@ -6,7 +6,9 @@ Annotations are created through the API as stand-ins for people; the labels tabl
 from __future__ import annotations
 
 import io
-import os
+import shutil
+import socket
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from labeling import interface, pull, push, sample, serve, simulate
+from labeling import demo, interface, pull, push, sample, serve, simulate
 from labeling.client import LabelStudioError, connect, export_tasks, find_project
 from pipeline.store import read_rows, sha256_bytes, write_rows
 
@@ -80,7 +82,7 @@ def label_studio(tmp_path_factory):
     docroot.mkdir()
     server = serve.start(base / "server", docroot, port=0)
     token = (base / "server" / "token").read_text().strip()
-    yield {"url": server.url, "token": token, "docroot": docroot}
+    yield {"url": server.url, "token": token, "docroot": docroot, "server_dir": base / "server"}
     server.stop()
 
 
@@ -134,6 +136,7 @@ def test_uncertainty_takes_scores_nearest_threshold_and_ignores_stale_ones():
     scores = {("p", f"n{i}"): {"score": s, "sha256": f"s{i}", "model_version": "v1"}
               for i, s in enumerate([0.05, 0.45, 0.9, 0.58, 0.5])}
     scores["p", "n4"]["sha256"] = "another image"  # scored before the figure changed
+    scores["p", "n0"]["score"] = None                # the scorer could not read it
     chosen = sample.choose(figures, scores, 2, round_=3, already={("p", "n1")})
     assert [f["img_name"] for f in chosen] == ["n3", "n2"]
     assert chosen[0]["rule"] == "uncertainty |p-0.5|=0.080 model=v1"
@@ -317,3 +320,68 @@ def test_token_file_must_be_private_and_token_is_never_printed(ls, label_studio,
     for written in [out.out, out.err, *(p.read_bytes().decode("latin-1") for p in root.rglob("*")
                                         if p.is_file())]:
         assert label_studio["token"] not in written
+
+
+# --- the server's start-up and the demo ---------------------------------------------------------
+
+def test_server_environment_is_quiet_local_and_ignores_stray_settings(tmp_path, monkeypatch):
+    for name in ("HOST", "PORT", "USERNAME", "PASSWORD", "DEBUG", "LOG_LEVEL"):
+        monkeypatch.setenv(name, "stray")
+    monkeypatch.setenv("LABEL_STUDIO_COLLECT_ANALYTICS", "true")
+    env = serve.server_env(tmp_path / "ls", tmp_path)
+    assert not {"HOST", "PORT", "USERNAME", "PASSWORD", "DEBUG", "LOG_LEVEL"} & set(env)
+    assert env["LABEL_STUDIO_COLLECT_ANALYTICS"] == "false"
+    assert env["LABEL_STUDIO_LATEST_VERSION_CHECK"] == "false"
+    assert env["SENTRY_DSN"] == env["FRONTEND_SENTRY_DSN"] == ""
+    assert env["LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK"] == "true"
+    assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == str(tmp_path)
+    for secret in ("token", "password"):
+        assert stat.S_IMODE((tmp_path / "ls" / secret).stat().st_mode) == 0o600
+    # The credentials are made once and kept.
+    assert serve.server_env(tmp_path / "ls", tmp_path)["LABEL_STUDIO_USER_TOKEN"] == env["LABEL_STUDIO_USER_TOKEN"]
+
+
+def test_serve_refuses_a_taken_port(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve.main(["--root", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "in use" in err or "not installed" in err
+
+
+def copy_server_data(src: Path, dst: Path) -> None:
+    """A migrated server's data for a second server: starts in seconds instead of ~40 s."""
+    dst.mkdir(parents=True)
+    for path in src.iterdir():
+        if path.suffix == ".sqlite3":
+            with sqlite3.connect(path) as live, sqlite3.connect(dst / path.name) as copy:
+                live.backup(copy)  # consistent even while the first server writes
+        elif path.is_file() and path.name != "server.log":
+            shutil.copy2(path, dst / path.name)
+
+
+def test_demo_serves_pushes_answers_pulls_and_stops(label_studio, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "data"
+    figures = small_corpus(root)
+    truth_path = tmp_path / "replay" / "truth.parquet"
+    write_rows(truth_path, [{"paper_id": f["paper_id"], "img_name": f["img_name"],
+                             "is_grid_with_photo": "grid" in f["img_name"]} for f in figures],
+               pa.schema([("paper_id", pa.string()), ("img_name", pa.string()),
+                          ("is_grid_with_photo", pa.bool_())]))
+    copy_server_data(label_studio["server_dir"], root / "labelstudio")
+    monkeypatch.delenv("CVF_LABEL_STUDIO_DOCUMENT_ROOT", raising=False)
+    try:
+        assert demo.main(["--root", str(root), "--truth", str(truth_path), "--count", "5",
+                          "--share", "1", "--port", "0"]) == 0
+        out = capsys.readouterr().out
+        info = serve.running_server(root)
+        assert info is not None and f"{info['url']}/projects/" in out
+        assert "answered 5 from the replay truth" in out
+        rows = read_rows(root / "labels" / "labels.parquet")
+        assert len(rows) == 5 and {r["source"] for r in rows} == {"replay-truth"}
+        assert label_studio["token"] not in out
+    finally:
+        assert serve.main(["--root", str(root), "--stop"]) == 0
+    assert serve.running_server(root) is None
