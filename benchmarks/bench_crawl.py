@@ -1,0 +1,55 @@
+"""Papers per second for the crawl (metadata + e-print + PDF) against the local replay, delay 0.
+
+Shows the crawler's own overhead next to arXiv's politeness: at CVF_ARXIV_DELAY=3 each paper
+costs two downloads, >= 6 s, so anything well above 0.17 papers/s here is negligible.
+
+    .venv/bin/python benchmarks/bench_crawl.py --papers 60 --months 2021-01 2021-02
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.crawl import crawl_shard, make_fetcher
+from pipeline.replay.corpus import generate_corpus
+from pipeline.replay.server import Replay, ReplayServer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--papers", type=int, default=60, help="papers in the generated corpus")
+    ap.add_argument("--months", nargs="+", default=["2021-01", "2021-02"])
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        corpus = generate_corpus(tmp / "corpus", args.papers, args.months)
+        print(f"generated {args.papers} papers in {time.perf_counter() - t0:.1f} s")
+        with ReplayServer(Replay(corpus)) as server:
+            e = server.endpoints()
+            root = tmp / "data"
+            fetcher = make_fetcher(root, delay=0)
+            t0 = time.perf_counter()
+            stats = [crawl_shard(m, root, fetcher, api_url=e["CVF_ARXIV_API_URL"], eprint_url=e["CVF_ARXIV_EPRINT_URL"],
+                                 pdf_url=e["CVF_ARXIV_PDF_URL"]) for m in args.months]
+            seconds = time.perf_counter() - t0
+            papers = sum(s["papers"] for s in stats)
+            mb = sum(s["bytes"] for s in stats) / 1e6
+            print(f"cold crawl: {papers} papers, {fetcher.requests_made} requests, {mb:.1f} MB in {seconds:.2f} s "
+                  f"= {papers / seconds:.1f} papers/s ({1000 * seconds / papers:.0f} ms per paper)")
+            for m in args.months:  # reopen every shard: re-list, verify stored files, fetch nothing
+                (root / "papers" / f"{m}_stats.json").unlink()
+            n0, t0 = fetcher.requests_made, time.perf_counter()
+            for m in args.months:
+                crawl_shard(m, root, fetcher, api_url=e["CVF_ARXIV_API_URL"], eprint_url=e["CVF_ARXIV_EPRINT_URL"],
+                            pdf_url=e["CVF_ARXIV_PDF_URL"])
+            seconds = time.perf_counter() - t0
+            print(f"resume of open shards (verify, no refetch): {papers / seconds:.1f} papers/s, "
+                  f"{fetcher.requests_made - n0} requests")
+
+
+if __name__ == "__main__":
+    main()
