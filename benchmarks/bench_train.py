@@ -97,11 +97,17 @@ class Step:
     def __init__(self, model, tokenize, amp_dtype, fused, compile_, lr):
         self.model = model
         self.run = torch.compile(model) if compile_ else model
-        self.tokenize, self.amp_dtype = tokenize, amp_dtype
-        self.optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=lr, betas=(0.9, 0.95),
-                                           fused=fused or None)
-        device_type = next(model.parameters()).device.type
-        self.scaler = torch.amp.GradScaler(device_type, enabled=amp_dtype == torch.float16)
+        self.tokenize, self.amp_dtype, self.fused, self.lr = tokenize, amp_dtype, fused, lr
+        self.reset()
+
+    def reset(self, state_dict=None):
+        """Fresh optimizer and scaler (and weights): a new run, without recompiling."""
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, 0.05), lr=self.lr,
+                                           betas=(0.9, 0.95), fused=self.fused or None)
+        device_type = next(self.model.parameters()).device.type
+        self.scaler = torch.amp.GradScaler(device_type, enabled=self.amp_dtype == torch.float16)
 
     def __call__(self, imgs_u8, noise, tokens=None):
         imgs = normalize(imgs_u8)
@@ -185,23 +191,22 @@ def main():
     released = Step(copy.deepcopy(init), make_tokenizer(vqgan, device, "fp16"), torch.float16,
                     fused=False, compile_=False, lr=args.lr)
     base = time_row(f"released (eager fp16, b{args.batch})", released, batches, noises, None, args, device, flops)
-    del released
 
     fast_vqgan = copy.deepcopy(vqgan)
     fast_tokenize = make_tokenizer(fast_vqgan, device, "bf16", channels_last=True, compile_=fast)
     fast_step = Step(copy.deepcopy(init), fast_tokenize, torch.bfloat16, fused=on_gpu, compile_=fast, lr=args.lr)
     fly = time_row(f"fast, tokens on the fly (b{args.batch})", fast_step, batches, noises, None, args, device, flops)
-    del fast_step
 
     cached_batches = make_batches(args, 2, args.cached_batch, size, device)
     cached_noise = [masking_noise(args.cached_batch, L, args.seed, 1, i, device) for i in range(2)]
     cached_tokens = fp32_tokenize(normalize(cached_batches[0]))
     cached = Step(copy.deepcopy(init), None, torch.bfloat16, fused=on_gpu, compile_=fast, lr=args.lr)
-    # FLOPs without the tokenizer: the cached step does not run it.
-    mae_flops = flops - tokenizer_flops(fp32_tokenize, batches[0])
+    mae_flops = flops - tokenizer_flops(fp32_tokenize, batches[0])  # the cached step runs no VQGAN
     cache = time_row(f"fast, cached tokens (b{args.cached_batch})", cached, cached_batches, cached_noise,
                      cached_tokens, args, device, mae_flops)
-    del cached
+    del cached, cached_batches
+    if on_gpu:
+        torch.cuda.empty_cache()
     print(f"speed-up vs released: on the fly {fly / base:.2f}x, cached tokens {cache / base:.2f}x", flush=True)
 
     # Same loss curve? Same init, batches and masks; eager fp32 vs the fast and released steps.
@@ -209,16 +214,13 @@ def main():
     tok16 = [fast_tokenize(normalize(b)) for b in batches]
     agree = torch.cat([(a == b).float().flatten() for a, b in zip(tok32, tok16)]).mean().item()
     print(f"bf16 channels-last tokenizer picks the fp32 token for {100 * agree:.2f}% of patches", flush=True)
+    eager = Step(copy.deepcopy(init), fp32_tokenize, None, fused=False, compile_=False, lr=args.lr)
+    state = init.state_dict()
     curves = {}
-    for name, step in [
-        ("eager fp32", Step(copy.deepcopy(init), fp32_tokenize, None, fused=False, compile_=False, lr=args.lr)),
-        ("fast on the fly", Step(copy.deepcopy(init), fast_tokenize, torch.bfloat16, fused=on_gpu, compile_=fast, lr=args.lr)),
-        ("released fp16", Step(copy.deepcopy(init), make_tokenizer(vqgan, device, "fp16"), torch.float16,
-                               fused=False, compile_=False, lr=args.lr)),
-    ]:
+    for name, step in [("eager fp32", eager), ("fast on the fly", fast_step), ("released fp16", released)]:
+        step.reset(state)
         curves[name] = [step(batches[i % len(batches)], noises[i % len(noises)]).item()
                         for i in range(args.curve_steps)]
-        del step
     print(f"\nloss curve, {args.curve_steps} steps of batch {args.batch}, lr {args.lr}:")
     print(f"{'step':>4} " + " ".join(f"{n:>16}" for n in curves))
     for i in range(args.curve_steps):
