@@ -288,7 +288,8 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
     if not figures:
         raise ValueError(f"no figure records under {root / 'figures'} (run extraction first)")
     label_studio = label_studio or root / "labels" / "labels.parquet"
-    truth = truth or root / "truth.parquet"
+    # The replay writes truth.parquet beside its papers; the demo keeps the replay under the root.
+    truth = truth or next((p for p in (root / "truth.parquet", root / "replay" / "truth.parquet") if p.exists()), None)
     ok = [f for f in figures if scorable(f)]
     labels, label_report = labels_mod.gather(ok, label_studio, truth, cvf_index)
     if label_report["labels_for_missing_figures"]:
@@ -443,7 +444,7 @@ def score(root=None, version=None, weights=None, batch_size=64, workers=0, shard
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.classify", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
@@ -454,7 +455,7 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", parents=[common], help="fit the classifier with grouped-by-paper CV")
     t.add_argument("--arch", help="torchvision architecture of --weights (default: from the file name)")
     t.add_argument("--labels", help="Label Studio labels (default ROOT/labels/labels.parquet)")
-    t.add_argument("--truth", help="replay ground truth (default ROOT/truth.parquet)")
+    t.add_argument("--truth", help="replay ground truth (default ROOT/truth.parquet or ROOT/replay/truth.parquet)")
     t.add_argument("--cvf-index", nargs="*", default=[], metavar="CSV",
                    help="official df_train.csv/df_val.csv for distant supervision")
     t.add_argument("--head", choices=["logreg", "hgb"], default="logreg")

@@ -144,9 +144,8 @@ def test_distant_supervision_from_the_official_index_on_real_papers(testdata):
     assert sum(r["label"] for r in got) >= 10 and sum(1 - r["label"] for r in got) >= 10
 
 
-def test_cli_help_and_bad_root_exit_cleanly(tmp_path):
+def test_cli_help_and_bad_root_exit_cleanly(tmp_path, capsys):
     out = subprocess.run([sys.executable, "-m", "pipeline.classify", "train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--weights" in out.stdout and "--cvf-index" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "pipeline.classify", "score", "--root", str(tmp_path)],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "no trained classifier" in out.stderr
+    assert classify.main(["score", "--root", str(tmp_path)]) == 2
+    assert "no trained classifier" in capsys.readouterr().err
