@@ -3,9 +3,9 @@
 arXiv asks for one connection at a time and a pause between requests. Every worker that talks
 to a host (threads, processes, Prefect workers on this machine) shares ONE budget through a
 lock file per host under `<data root>/.politeness/`: the file holds the earliest time the next
-request may start, and the lock is held for the whole request, so two workers never overlap,
-and the next request starts at least `delay` seconds after the previous one ended. A 429/503 with `Retry-After` pushes that
-time forward for everyone.
+request may start, and the lock is held for the whole request, so two workers never overlap and
+the next request starts at least `delay` seconds after the previous one ended. A 429/503 with
+`Retry-After` pushes that time forward for everyone.
 
     fetcher = PoliteFetcher(delay=3, lock_dir=root / ".politeness")
     row = download_file(fetcher, "https://export.arxiv.org/e-print/2101.00001", dest, root)
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from pipeline import store
+from pipeline import config, store
 
 # Statuses a retry cannot change. Anything else (timeouts, 5xx after the retries, a body cut
 # short) is transient: the item stays `pending` and a later run tries again.
@@ -120,7 +120,7 @@ class PoliteFetcher:
         # Backoff starts from the delay; with delay 0 (tests, benchmarks) a small floor remains.
         self.backoff = backoff if backoff is not None else max(delay, 1.0)
         self.max_retry_after = max_retry_after
-        self.lock_dir = Path(lock_dir) if lock_dir else Path(os.environ.get("CVF_DATA", "data")) / ".politeness"
+        self.lock_dir = Path(lock_dir) if lock_dir else config.data_root() / ".politeness"
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent(contact)
