@@ -154,30 +154,32 @@ def segmentation_features(model, data, image_ids, size, batch_size, device, dtyp
 # ----------------------------------------------------------------------------- scoring
 
 def score(kind: dict, canvases: torch.Tensor, pasted: torch.Tensor, lpips=None) -> dict:
-    """Per-episode scores of one batch: canvases normalised [B,3,S,S], pasted uint8 [B,S,S,3]."""
+    """Per-episode scores of one batch: canvases normalised [B,3,S,S], pasted uint8 [B,S,S,3].
+
+    The ground truth is the canvas's answer cell de-normalised as the release does; rounding is
+    per pixel, so the answer cell is cropped first.
+    """
     from model.prompting import to_uint8
 
     truth = to_uint8(canvases)
     size = truth.shape[1]
+    wrap = kind.get("wraparound", True)
     if kind["kind"] == "synthetic":
         top, left, bottom, right = rows_answer_box(size, rows=3)
-        crop = (slice(top, bottom), slice(left, right))
-        wrap = kind.get("wraparound", True)
-        ours = metrics.round_image(pasted, kind["colours"], wrap)[:, crop[0], crop[1]]
-        target = metrics.round_image(truth, kind["colours"], wrap)[:, crop[0], crop[1]]
-        return metrics.synthetic_scores(ours.cpu(), target.cpu(), kind["colour"])
-    wrap = kind.get("wraparound", True)
+        ours, target = (metrics.round_image(x[:, top:bottom, left:right], kind["colours"], wrap).cpu()
+                        for x in (pasted, truth))
+        return metrics.synthetic_scores(ours, target, kind["colour"])
     c = size - cell_size(size)           # 113 at 224: the answer cell
+    ours, target = pasted[:, c:, c:], truth[:, c:, c:]
     if kind["kind"] == "colour":
-        out = {"mse": metrics.normalised_mse(pasted[:, c:, c:], truth[:, c:, c:])}
+        out = {"mse": metrics.normalised_mse(ours, target)}
         if lpips is not None:
-            out["lpips"] = lpips(pasted[:, c:, c:], truth[:, c:, c:])
+            out["lpips"] = lpips(ours, target)
         return out
-    ours = metrics.round_image(pasted, wraparound=wrap)[:, c:, c:]
-    target = metrics.round_image(truth, wraparound=wrap)[:, c:, c:]
+    ours = metrics.round_image(ours, wraparound=wrap).cpu()       # on the GPU when there is one
+    target = metrics.round_image(target, wraparound=wrap).cpu()
     if kind["kind"] == "box":
-        ours = metrics.to_box(ours.cpu())
-    ours, target = ours.cpu(), target.cpu()
+        ours = metrics.to_box(ours)
     out = metrics.segmentation_scores(ours, target)
     out["areas"] = metrics.fg_bg_areas(ours, target)
     return out
@@ -210,7 +212,7 @@ def evaluate_dataset(model, dataset, kind: dict, batch_size: int = 64, workers: 
             "class_id": torch.cat(class_ids), "examples": examples}
 
 
-def summarise(result: dict, kind: dict) -> dict:
+def summarise(result: dict) -> dict:
     """Episode means (NaN episodes skipped and counted), class-wise mIoU and FB-IoU."""
     out = {}
     for name, values in result["scores"].items():
@@ -311,7 +313,7 @@ def run(args) -> dict:
                                   mask, lpips, keep_examples=0 if examples else args.picture_rows)
         examples = examples or result["examples"]
         n_done += len(dataset)
-        per_seed.append({"seed": seed, "metrics": summarise(result, kind)})
+        per_seed.append({"seed": seed, "metrics": summarise(result)})
         head = HEADLINE[args.task]
         print(f"seed {seed}: {head} {per_seed[-1]['metrics'][head]:.4f}", file=sys.stderr)
     elapsed = time.perf_counter() - started
