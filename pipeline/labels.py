@@ -29,9 +29,16 @@ LABEL_SCHEMA = pa.schema([
 
 
 def from_label_studio(path: str | Path) -> list[dict]:
-    """Decided labels (1/0) of the labeling stage; 'unsure' (null) is not a label."""
-    rows = pq.read_table(path, columns=["paper_id", "img_name", "label"]).to_pylist()
-    return [{**r, "label": int(r["label"]), "source": "label-studio"} for r in rows if r["label"] is not None]
+    """Decided labels (1/0) of the labeling stage; 'unsure' (null) is not a label.
+
+    The labeling stage records answers the demo simulated from the replay truth as
+    `replay-truth`; only a person's answers count as `label-studio`.
+    """
+    table = pq.read_table(path)
+    sources = table["source"].to_pylist() if "source" in table.column_names else ["label-studio"] * table.num_rows
+    rows = table.select(["paper_id", "img_name", "label"]).to_pylist()
+    return [{**r, "label": int(r["label"]), "source": src if src in SOURCES else "label-studio"}
+            for r, src in zip(rows, sources) if r["label"] is not None]
 
 
 def from_replay_truth(path: str | Path) -> list[dict]:

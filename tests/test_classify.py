@@ -38,6 +38,9 @@ def test_train_writes_model_card_and_pr_curve_with_honest_grouped_metrics(traine
     # Photo grids vs plots/diagrams/single photos are separable by layout features alone.
     assert m["roc_auc"] > 0.85 and m["balanced_accuracy"] > 0.75, m
     assert 0 < m["threshold"] < 1
+    c = m["confusion"]
+    assert c["tp"] + c["fn"] == sum(t["is_grid_with_photo"] for t in truth) and sum(c.values()) == len(truth)
+    assert card["cv"]["by_source"]["replay-truth"]["roc_auc"] == m["roc_auc"]
     assert "balanced accuracy" in (out / "card.md").read_text()
     assert (root / "classifier" / "LATEST").read_text().strip() == "clf-test"
 
@@ -120,6 +123,10 @@ def test_labels_most_trusted_source_wins_and_missing_figures_are_reported(tmp_pa
         {"paper_id": "2101.00001", "img_name": "b.png", "label": None},  # unsure: no label
         {"paper_id": "2101.00009", "img_name": "gone.png", "label": 1},  # figure no longer exists
     ], schema=pa.schema([("paper_id", pa.string()), ("img_name", pa.string()), ("label", pa.int8())])), ls)
+    simulated = tmp_path / "simulated.parquet"  # the demo's answers from the truth keep their source
+    pq.write_table(pa.Table.from_pylist([{"paper_id": "p", "img_name": "x", "label": 1, "source": "replay-truth"},
+                                         {"paper_id": "p", "img_name": "y", "label": 0, "source": "label-studio"}]), simulated)
+    assert [r["source"] for r in labels.from_label_studio(simulated)] == ["replay-truth", "label-studio"]
     truth = tmp_path / "truth.parquet"
     pq.write_table(pa.Table.from_pylist([{"paper_id": "2101.00001", "img_name": n, "is_grid_with_photo": True}
                                          for n in ["a.png", "b.png"]]), truth)
