@@ -1,9 +1,10 @@
 """Prefect flow `extract-figures`: pipeline.extract over month shards, in parallel on Dask.
 
-Extraction is CPU-bound and independent per shard, so each shard is one task on Prefect's
-Dask task runner: a local cluster (one single-threaded worker process per core) by default,
-or an existing cluster when given its scheduler's address. Corpus-wide duplicates are flagged
-once every shard is done. Done shards are skipped and open ones resume (the stage does that).
+Extraction is CPU-bound and independent per shard, so each shard is one task of the subflow
+`extract-shards` on Prefect's Dask task runner: a local cluster (one single-threaded worker
+process per core) by default, or an existing cluster when given its scheduler's address (a
+flow parameter, so deployments can choose). Corpus-wide duplicates are flagged once every
+shard is done. Done shards are skipped and open ones resume (the stage does that).
 
     python -m flows.extract --shards 2021-01 2021-02 --workers 2
     python -m flows.extract --scheduler-address tcp://10.0.0.5:8786
@@ -35,20 +36,12 @@ def dedup_task(root: str) -> dict:
     return extract.dedup_corpus(root)
 
 
-@flow(name="extract-figures")
-def extract_figures(shards: list[str] | None = None, root: str | None = None, box: str = "crop",
-                    official: bool = False, name_filter: bool = True,
-                    timeout_s: float = 60.0) -> dict:
-    root = str(data_root(root))
-    shards = shards or extract.shards_with_papers(root)
+@flow(name="extract-shards")
+def extract_shards_flow(shards: list[str], root: str, box: str, official: bool, name_filter: bool,
+                        timeout_s: float) -> list[dict]:
     futures = [extract_shard_task.submit(s, root, box, official, name_filter, timeout_s)
                for s in shards]
-    stats = [f.result() for f in futures]
-    duplicates = dedup_task(root)
-    summary = {"shards": len(stats), "papers": sum(s["papers"] for s in stats),
-               "figures": sum(s["figures"] for s in stats), "duplicates": duplicates}
-    get_run_logger().info(f"extract-figures: {summary}")
-    return summary
+    return [f.result() for f in futures]
 
 
 def dask_runner(scheduler_address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
@@ -61,11 +54,21 @@ def dask_runner(scheduler_address: str | None = None, workers: int | None = None
                                           "dashboard_address": None})
 
 
-def run(shards: list[str] | None = None, root: str | None = None, *,
-        scheduler_address: str | None = None, workers: int | None = None, **kwargs) -> dict:
-    """Run the flow on a Dask cluster (local unless `scheduler_address` is given)."""
-    runner = dask_runner(scheduler_address, workers)
-    return extract_figures.with_options(task_runner=runner)(shards=shards, root=root, **kwargs)
+@flow(name="extract-figures")
+def extract_figures(shards: list[str] | None = None, root: str | None = None,
+                    scheduler_address: str | None = None, workers: int | None = None,
+                    box: str = "crop", official: bool = False, name_filter: bool = True,
+                    timeout_s: float = 60.0) -> dict:
+    """Extract `shards` (default: every shard with papers) on Dask, then flag duplicates."""
+    root = str(data_root(root))
+    shards = shards or extract.shards_with_papers(root)
+    on_dask = extract_shards_flow.with_options(task_runner=dask_runner(scheduler_address, workers))
+    stats = on_dask(shards, root, box, official, name_filter, timeout_s)
+    duplicates = dedup_task(root)
+    summary = {"shards": len(stats), "papers": sum(s["papers"] for s in stats),
+               "figures": sum(s["figures"] for s in stats), "duplicates": duplicates}
+    get_run_logger().info(f"extract-figures: {summary}")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,9 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
     args = parser.parse_args(argv)
-    summary = run(args.shards, args.root, scheduler_address=args.scheduler_address,
-                  workers=args.workers, box=args.box, official=args.official,
-                  name_filter=not args.no_name_filter, timeout_s=args.timeout)
+    summary = extract_figures(args.shards, args.root, args.scheduler_address, args.workers,
+                              args.box, args.official, not args.no_name_filter, args.timeout)
     print(summary)
 
 

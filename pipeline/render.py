@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pymupdf
 from PIL import Image, ImageFile
 
 MAX_SIDE = 1024
@@ -135,9 +136,28 @@ def _box(rect) -> list[float]:
     return [round(float(v), 3) for v in (rect.x0, rect.y0, rect.x1, rect.y1)]
 
 
-def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
-    import pymupdf
+def _pdf_cropbox(page) -> list[float]:
+    """The CropBox in PDF coordinates (bottom-left origin, like the MediaBox): PyMuPDF
+    reports it top-down relative to the MediaBox."""
+    media, crop = page.mediabox, page.cropbox
+    return _box(pymupdf.Rect(crop.x0, media.y1 - crop.y1, crop.x1, media.y1 - crop.y0))
 
+
+def _show_mediabox(doc, page):
+    """Make the page display its whole MediaBox, as poppler does by default, by writing the
+    raw MediaBox array (inherited from a parent Pages node if need be) as the CropBox."""
+    xref = page.xref
+    while xref:
+        kind, value = doc.xref_get_key(xref, "MediaBox")
+        if kind == "array":
+            doc.xref_set_key(page.xref, "CropBox", value)
+            return doc.reload_page(page)
+        kind, parent = doc.xref_get_key(xref, "Parent")
+        xref = int(parent.split()[0]) if kind == "xref" else 0
+    return page
+
+
+def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as e:
@@ -149,11 +169,11 @@ def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
         if doc.page_count == 0:
             raise RenderError("PDF has no pages")
         page = doc[0]
-        info["mediabox"], info["cropbox"] = _box(page.mediabox), _box(page.cropbox)
+        info["mediabox"], info["cropbox"] = _box(page.mediabox), _pdf_cropbox(page)
         if doc.page_count > 1:
             raise RenderError(f"multi-page PDF ({doc.page_count} pages)", "skipped", info)
-        if options.box == "media" and page.cropbox != page.mediabox:
-            page.set_cropbox(page.mediabox)
+        if options.box == "media" and info["cropbox"] != info["mediabox"]:
+            page = _show_mediabox(doc, page)
         rect = page.rect  # the chosen box, rotated as displayed
         if rect.width < 1 or rect.height < 1:
             raise RenderError(f"empty page box {_box(rect)}")
@@ -281,7 +301,6 @@ def serve(memory_mb: int) -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
     import imagehash  # noqa: F401  (import once, up front)
-    import pymupdf
 
     pymupdf.TOOLS.mupdf_display_errors(False)
     _send(out, "ready")

@@ -31,14 +31,14 @@ def snapshot(root):
 def test_dask_flow_matches_single_process(testdata, tmp_path, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.extract import run
+    from flows.extract import extract_figures
 
     single, parallel = tmp_path / "single" / "data", tmp_path / "dask" / "data"
     build_corpus(single, testdata)
     build_corpus(parallel, testdata)
     extract_shards(["2019-04", "2021-07", "2022-02"], single, progress=False)
     with prefect_test_harness(server_startup_timeout=120):
-        summary = run(root=str(parallel), workers=2)
+        summary = extract_figures(root=str(parallel), workers=2)
     assert summary["shards"] == 3 and summary["duplicates"]["exact_duplicates"] >= 1
     rows_single, images_single = snapshot(single)
     rows_dask, images_dask = snapshot(parallel)

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import struct
+import tarfile
 import subprocess
 import zlib
 
@@ -161,3 +162,20 @@ def test_renderer_survives_a_hung_and_a_crashed_child(tmp_path):
         assert renderer.restarts == 2
     with Image.open(tmp_path / "e.png") as out:
         assert out.mode == "RGB" and out.size == (1024, 512)
+
+
+def test_boxes_in_pdf_coordinates_with_an_offset_mediabox(testdata):
+    doc = pymupdf.open(stream=pdf_bytes(), filetype="pdf")
+    doc.xref_set_key(doc[0].xref, "MediaBox", "[50 60 450 260]")
+    doc.xref_set_key(doc[0].xref, "CropBox", "[150 110 350 210]")
+    data = doc.tobytes()
+    cropped, info = render_figure(data, "pdf")
+    media, _ = render_figure(data, "pdf", OFFICIAL)
+    assert info["mediabox"] == [50, 60, 450, 260] and info["cropbox"] == [150, 110, 350, 210]
+    assert cropped.size == (556, 278) and media.size == (1024, 512)
+    # A real figure whose MediaBox is offset and has no CropBox: one box, either way.
+    with tarfile.open(testdata / "eprints" / "2002.06483.tar.gz") as tar:
+        real = tar.extractfile("figures/confusion.pdf").read()
+    a, info = render_figure(real, "pdf")
+    b, _ = render_figure(real, "pdf", OFFICIAL)
+    assert info["cropbox"] == info["mediabox"] and a.size == b.size
