@@ -9,8 +9,8 @@ The project uses Label Studio's uncertainty sampling, which serves first the tas
 prediction of the project's model version has the lowest score: we upload max(p, 1 - p) as
 that score, so the least certain figure comes first.
 
-Figures that are already tasks are never uploaded again, so a rerun after a crash tops the
-round up instead of doubling it.
+Figures that are already tasks are never uploaded again, so a rerun after a crash never
+duplicates a task (what it uploads is recorded as the next round).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 
 from label_studio_sdk import LabelStudio
@@ -106,13 +107,18 @@ def push(client: LabelStudio, root: str | os.PathLike | None = None, count: int 
     """Upload the next round of `count` figures; return what was done."""
     root = data_root(root)
     docroot = document_root(root, docroot)
+    figures, scores = labelable_figures(root), latest_scores(root)
+    if not figures:
+        raise ValueError(f"no figures to label under {root / 'figures'}: run the extract stage first")
+    # A record whose PNG is gone would show annotators a broken image: leave it out, and say so.
+    on_disk = [f for f in figures if (root / f["image_path"]).is_file()]
+    missing_images = len(figures) - len(on_disk)
+
     project = ensure_project(client, title, root / "images")
     tasks = export_tasks(client, project.id)
     already: set[Key] = {(t["data"]["paper_id"], t["data"]["img_name"]) for t in tasks}
     round_ = 1 + max((t["data"].get("round", 0) for t in tasks), default=-1)
-
-    figures, scores = labelable_figures(root), latest_scores(root)
-    chosen = choose(figures, scores, count, round_, already, rule, threshold, seed)
+    chosen = choose(on_disk, scores, count, round_, already, rule, threshold, seed)
     new_tasks = [task(f, root, docroot, score_of(f, scores), threshold) for f in chosen]
     expected_predictions = sum(1 for t in new_tasks if "predictions" in t)
 
@@ -130,13 +136,15 @@ def push(client: LabelStudio, root: str | os.PathLike | None = None, count: int 
                                f"{predicted}/{expected_predictions} predictions")
 
     refreshed = refresh_predictions(client, project.id, tasks, figures, scores, threshold)
-    model_versions = {s["model_version"] for s in scores.values()}
-    if len(model_versions) == 1:
-        # Uncertainty sampling only looks at predictions of the project's model version.
+    if scores:
+        # Uncertainty sampling only looks at predictions of the project's model version: the
+        # version that scored most figures (all of them, unless a re-scoring is half done).
+        model_version = Counter(s["model_version"] for s in scores.values()).most_common(1)[0][0]
         with api_errors("setting the project's model version"):
-            client.projects.update(project.id, model_version=model_versions.pop())
+            client.projects.update(project.id, model_version=model_version)
     return {"project_id": project.id, "round": round_, "tasks_created": created,
             "predictions_created": predicted + refreshed, "tasks_before": len(tasks),
+            "missing_images": missing_images,
             "rules": sorted({f["rule"].split(" ")[0] for f in chosen})}
 
 
@@ -193,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"project {done['project_id']}, round {done['round']} ({', '.join(done['rules']) or 'nothing new'}): "
           f"{done['tasks_created']} tasks, {done['predictions_created']} predictions "
           f"(the project had {done['tasks_before']} tasks)")
+    if done["missing_images"]:
+        print(f"warning: left out {done['missing_images']} figures whose PNG is missing under images/")
     return 0
 
 

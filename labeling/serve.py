@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from labeling.client import read_private_file, write_private_file
+from labeling.client import read_private_file, server_file, write_private_file
 from pipeline.config import data_root
 from pipeline.store import atomic_write_json
 
@@ -170,12 +170,14 @@ def stop_pid(pid: int, timeout: float = 20.0) -> None:
             except ProcessLookupError:
                 return
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def running_server(root: str | os.PathLike | None = None) -> dict | None:
     """What server.json says about our server, if that server is still up."""
-    from labeling.client import server_file
     path = server_file(root)
     if not path.exists():
         return None
@@ -191,7 +193,6 @@ def running_server(root: str | os.PathLike | None = None) -> dict | None:
 
 def serve(root: str | os.PathLike | None = None, port: int = DEFAULT_PORT) -> Server:
     """Start the local server for the dataset root and record where it is in server.json."""
-    from labeling.client import server_file
     root = data_root(root)
     server = start(root / "labelstudio", document_root=root, port=port)
     atomic_write_json(server_file(root), {"url": server.url, "pid": server.pid,

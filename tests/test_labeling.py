@@ -149,6 +149,9 @@ def test_uncertainty_takes_scores_nearest_threshold_and_ignores_stale_ones():
 
 def test_push_annotate_pull_gives_the_labels_row_by_row(ls, label_studio):
     client, root, title = ls
+    with pytest.raises(ValueError, match="run the extract stage first"):
+        push.push(client, root, count=4, title=title)
+    assert find_project(client, title) is None
     figures = small_corpus(root)
     done = push.push(client, root, count=4, title=title)
     assert (done["round"], done["tasks_created"], done["predictions_created"]) == (0, 4, 0)
@@ -191,10 +194,12 @@ def test_push_annotate_pull_gives_the_labels_row_by_row(ls, label_studio):
         assert r["prediction_score"] is None and r["agreed_with_prediction"] is None
         assert r["created_at"] is not None
 
-    # The next round never repeats a figure.
+    # The next round never repeats a figure, and leaves out one whose PNG is gone.
+    gone = next(f for f in figures if (f["paper_id"], f["img_name"]) not in tasks)
+    (root / gone["image_path"]).unlink()
     again = push.push(client, root, count=10, title=title)
-    assert (again["round"], again["tasks_created"]) == (1, len(figures) - 4)
-    assert len(tasks_by_key(client, project.id)) == len(figures)
+    assert (again["round"], again["tasks_created"], again["missing_images"]) == (1, len(figures) - 5, 1)
+    assert len(tasks_by_key(client, project.id)) == len(figures) - 1
 
 
 def test_relabel_takes_the_latest_annotation_and_keeps_history(ls):
