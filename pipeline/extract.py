@@ -145,6 +145,10 @@ def _wanted(path: str) -> bool:
     return figure_format(path) is not None or _is_tex(path)
 
 
+class IsPaperPDF(Exception):
+    """The e-print is the paper's PDF, not a source tree."""
+
+
 def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
                    renderer: Renderer, *, apply_name_filter: bool = True,
                    only: set[str] | None = None, limits: Limits = Limits()) -> list[dict]:
@@ -203,10 +207,6 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
         if row["source_path"]:
             row["included"] = is_included(row["source_path"], references)
     return list(rows.values())
-
-
-class IsPaperPDF(Exception):
-    """The e-print is the paper's PDF, not a source tree."""
 
 
 def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path) -> list[dict]:

@@ -268,10 +268,20 @@ def render_to_png(data: bytes, fmt: str, out_path: str | os.PathLike,
 _FRAME = struct.Struct(">Q")
 
 
-def _send(stream, obj) -> None:
+def _send(stream, obj, deadline: float | None = None) -> None:
+    """Write one frame; with a deadline, give up (TimeoutError) if the reader stops reading."""
     payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_FRAME.pack(len(payload)) + payload)
-    stream.flush()
+    frame = memoryview(_FRAME.pack(len(payload)) + payload)
+    if deadline is None:
+        stream.write(frame)
+        stream.flush()
+        return
+    fd = stream.fileno()
+    while frame:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+            raise TimeoutError
+        frame = frame[os.write(fd, frame[: 1 << 16]):]
 
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
@@ -344,9 +354,10 @@ class Renderer:
         if self.proc is None:
             self._start()
         timeout = self.options.timeout_s
+        deadline = time.monotonic() + timeout
         try:
-            _send(self.proc.stdin, (data, fmt, str(out_path), asdict(self.options)))
-            return _receive(self.proc.stdout.fileno(), time.monotonic() + timeout)
+            _send(self.proc.stdin, (data, fmt, str(out_path), asdict(self.options)), deadline)
+            return _receive(self.proc.stdout.fileno(), deadline)
         except TimeoutError:
             error = f"renderer timed out after {timeout:.0f} s (killed)"
         except (EOFError, BrokenPipeError):

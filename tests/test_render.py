@@ -148,10 +148,12 @@ def test_eps_through_ghostscript_cropped_to_bounding_box():
 
 def test_renderer_survives_a_hung_and_a_crashed_child(tmp_path):
     good = png_bytes(Image.new("RGB", (2000, 1000), (0, 128, 0)))
+    noise = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)
+    big = png_bytes(Image.fromarray(noise))  # over a pipe buffer: even sending must time out
     with Renderer(RenderOptions(timeout_s=3)) as renderer:
         assert renderer.render(good, "png", tmp_path / "a.png")["status"] == "ok"
         os.kill(renderer.proc.pid, signal.SIGSTOP)  # a child that hangs
-        hung = renderer.render(good, "png", tmp_path / "b.png")
+        hung = renderer.render(big, "png", tmp_path / "b.png")
         assert hung["status"] == "error" and "timed out after 3 s" in hung["error"]
         assert renderer.render(good, "png", tmp_path / "c.png")["width"] == 1024
         renderer.proc.kill()  # a child that dies
