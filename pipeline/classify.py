@@ -418,12 +418,15 @@ def score(root=None, version=None, weights=None, batch_size=64, workers=0, shard
     out_dir = root / "scores"
     summary = {"shards": 0, "skipped_shards": 0, "scored": 0, "errors": 0}
     for shard in shards or figure_shards(root):
+        figures = [f for f in read_figures(root, shard) if scorable(f)]
+        # A shard is done when the same model scored the same figures (re-extraction changes them).
+        digest = store.sha256_bytes("\n".join(f"{f['paper_id']}/{f['img_name']}/{f.get('sha256', '')}"
+                                               for f in figures).encode())
         done = store.read_stats(out_dir, shard)
-        if done and done.get("model_version") == card["version"]:
+        if done and done.get("model_version") == card["version"] and done.get("figures_digest") == digest:
             summary["skipped_shards"] += 1
             continue
         t0 = time.time()
-        figures = [f for f in read_figures(root, shard) if scorable(f)]
         rows = []
         batches = featurize(root, [f["image_path"] for f in figures], backbone, batch_size, workers, desc=f"score {shard}")
         start = 0
@@ -438,7 +441,7 @@ def score(root=None, version=None, weights=None, batch_size=64, workers=0, shard
         errors = sum(r["status"] == "error" for r in rows)
         seconds = time.time() - t0
         store.write_stats(out_dir, shard, {
-            "model_version": card["version"], "figures": len(rows), "errors": errors,
+            "model_version": card["version"], "figures_digest": digest, "figures": len(rows), "errors": errors,
             "seconds": round(seconds, 3), "figures_per_second": round(len(rows) / max(seconds, 1e-9), 2),
             "device": backbone.device if backbone else "cpu"})
         summary["shards"] += 1

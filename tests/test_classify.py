@@ -61,6 +61,12 @@ def test_score_writes_calibrated_scores_per_shard_and_resumes(trained):
     again = classify.score(root)
     assert again["skipped_shards"] == 2 and again["shards"] == 0
 
+    # Re-extraction changed one shard: only that shard is scored again.
+    figures = store.read_rows(root / "figures" / "2020-07.parquet")
+    store.write_rows(root / "figures" / "2020-07.parquet", figures[1:], pq.read_schema(root / "figures" / "2020-07.parquet"))
+    third = classify.score(root)
+    assert third["skipped_shards"] == 1 and third["scored"] == len(figures) - 1
+
 
 def test_unreadable_image_gets_an_error_row_not_a_crash(tmp_path):
     root = tmp_path / "data"
