@@ -14,8 +14,9 @@ Tasks (the released protocol by default; see model/tasks.py and model/metrics.py
                 100 queries, colour-aware IoU, colour-blind IoU, accuracy.
 
 Better prompts than the paper: --support nearest (the same-class support whose encoder
-features are closest to the query's, as UnsupPR), --ensemble K (K supports per query, token
-probabilities averaged) and --layouts default flip (both layouts, also averaged).
+features are closest to the query's, as UnsupPR), --ensemble K (K prompts per query with other
+supports, token probabilities averaged), --layouts default flip (both layouts, also averaged)
+and --shots N (N example rows in one prompt).
 
 Writes <out>/results.json, <out>/results.md and <out>/<task>.png (prompt | prediction | truth).
 Batched, bf16 autocast on GPU, data loading and canvas building in DataLoader workers.
@@ -103,9 +104,9 @@ def image_features(model, images: torch.Tensor, dtype=None) -> torch.Tensor:
 
 def build_task(args, model, seed: int, device, dtype):
     """-> (dataset, how to score it: dict)."""
-    size, shots = args.size, args.ensemble
-    layouts = tuple(args.layouts)
-    n = args.episodes
+    size, layouts, n = args.size, tuple(args.layouts), args.episodes
+    shots = args.shots * args.ensemble            # supports per episode
+    prompt = dict(size=size, layouts=layouts, shots=args.shots)
     if args.task == "segmentation":
         pairs = voc.pascal5i_val_list(args.data, args.fold)
         if not pairs:
@@ -117,7 +118,7 @@ def build_task(args, model, seed: int, device, dtype):
             episodes = tasks.nearest_supports(pairs, feats, n, shots)
         else:
             episodes = tasks.random_supports(pairs, n, seed, shots)
-        return tasks.SegmentationTask(args.data, episodes, size, layouts), {"kind": "binary"}
+        return tasks.SegmentationTask(args.data, episodes, **prompt), {"kind": "binary"}
     if args.task == "detection":
         root = voc.voc_root(args.data)
         voc.require(root, "JPEGImages", "Annotations")
@@ -126,12 +127,12 @@ def build_task(args, model, seed: int, device, dtype):
         if not queries:
             raise ValueError(f"no single-object val image passes the {args.area_filter!r} filter")
         episodes = tasks.detection_episodes(queries, supports, n, seed, shots)
-        return tasks.DetectionTask(args.data, episodes, size, layouts), {"kind": "box"}
+        return tasks.DetectionTask(args.data, episodes, **prompt), {"kind": "box"}
     if args.task == "colorization":
         files = tasks.image_folder(Path(args.data) / "val")
         episodes = tasks.colorization_episodes(len(files), n or DEFAULT_EPISODES["colorization"],
                                                seed, shots)
-        return tasks.ColorizationTask(files, episodes, size, layouts), {"kind": "colour"}
+        return tasks.ColorizationTask(files, episodes, **prompt), {"kind": "colour"}
     episodes = tasks.synthetic_episodes(args.synthetic, n or DEFAULT_EPISODES["synthetic"], seed)
     return tasks.SyntheticTask(episodes, size), {
         "kind": "synthetic", "colours": tasks.synthetic_colours(args.synthetic),
@@ -170,7 +171,8 @@ def score(kind: dict, canvases: torch.Tensor, pasted: torch.Tensor, lpips=None) 
                         for x in (pasted, truth))
         return metrics.synthetic_scores(ours, target, kind["colour"])
     c = size - cell_size(size)           # 113 at 224: the answer cell
-    ours, target = pasted[:, c:, c:], truth[:, c:, c:]
+    top, left, bottom, right = kind.get("answer_box", (c, c, size, size))
+    ours, target = pasted[:, top:bottom, left:right], truth[:, top:bottom, left:right]
     if kind["kind"] == "colour":
         out = {"mse": metrics.normalised_mse(ours, target)}
         if lpips is not None:
@@ -298,8 +300,12 @@ def run(args) -> dict:
     model = load_model(args.checkpoint, args.vqgan_config, read_arch(args.arch), args.size,
                        args.vqgan_ckpt, device)
     patch = model.patch_embed.patch_size
-    mask = (rows_mask(args.size, patch) if args.task == "synthetic"
-            else quadrant_mask(args.size, patch))
+    if args.task == "synthetic":
+        mask = rows_mask(args.size, patch)
+    elif args.shots > 1:                       # n-shot rows prompt: the last row's output hidden
+        mask = rows_mask(args.size, patch, rows=args.shots + 1)
+    else:
+        mask = quadrant_mask(args.size, patch)
     lpips = metrics.Lpips(args.lpips_weights, device) if args.lpips else None
     seeds = args.seeds if args.seeds else [DEFAULT_SEED[args.task]]
     title = args.task + (f" fold {args.fold}" if args.task == "segmentation" else "") + \
@@ -309,6 +315,8 @@ def run(args) -> dict:
     for seed in seeds:
         dataset, kind = build_task(args, model, seed, device, dtype)
         kind["wraparound"] = not args.true_rounding
+        if args.shots > 1 and args.task != "synthetic":
+            kind["answer_box"] = rows_answer_box(args.size, rows=args.shots + 1)
         result = evaluate_dataset(model, dataset, kind, args.batch_size, workers, device, dtype,
                                   mask, lpips, keep_examples=0 if examples else args.picture_rows)
         examples = examples or result["examples"]
@@ -323,7 +331,7 @@ def run(args) -> dict:
     results = {"task": args.task, "title": title, "fold": args.fold, "synthetic": args.synthetic,
                "checkpoint": str(args.checkpoint), "arch": args.arch, "size": args.size,
                "episodes": len(dataset), "seeds": seeds, "support": args.support,
-               "ensemble": args.ensemble, "layouts": list(args.layouts),
+               "shots": args.shots, "ensemble": args.ensemble, "layouts": list(args.layouts),
                "area_filter": args.area_filter, "true_rounding": args.true_rounding,
                "device": str(device),
                "dtype": "bf16" if dtype else "fp32", "batch_size": args.batch_size,
@@ -362,7 +370,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=224, help="canvas size (the model's image size)")
     p.add_argument("--support", default="random", choices=("random", "nearest"),
                    help="random same-class support (released) or nearest by encoder features")
-    p.add_argument("--ensemble", type=int, default=1, help="supports per query, probabilities averaged")
+    p.add_argument("--shots", type=int, default=1,
+                   help="examples per prompt: 1 is the released 2x2 canvas; n > 1 stacks n "
+                        "example rows above the query row (segmentation, detection, colorization)")
+    p.add_argument("--ensemble", type=int, default=1,
+                   help="prompts per query, each with other supports; probabilities averaged")
     p.add_argument("--layouts", nargs="+", default=["default"], choices=tasks.LAYOUTS,
                    help="canvas layouts to average over (flip: query top-right)")
     p.add_argument("--area-filter", default="code", choices=("code", "paper", "none"),
@@ -382,6 +394,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.task != "synthetic" and not args.data:
         parser().error(f"--data is required for --task {args.task}")
+    if args.shots > 1 and args.layouts != ["default"]:
+        parser().error("--layouts applies to the 2x2 canvas (--shots 1)")
     try:
         run(args)
     except (ValueError, FileNotFoundError) as e:

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from model import voc
 from model.metrics import BLACK, BLUE, GREEN, WHITE
-from model.prompting import cell_size, make_canvas, make_rows_canvas, rows_figure_size
+from model.prompting import (cell_size, make_canvas, make_grid_canvas, make_rows_canvas,
+                             rows_figure_size)
 
 LAYOUTS = ("default", "flip")
 
@@ -47,10 +48,38 @@ def as_uint8(canvas01: torch.Tensor) -> torch.Tensor:
     return (canvas01 * 255).round().to(torch.uint8)
 
 
-def _canvases(supports, query_img, query_target, size, layouts) -> torch.Tensor:
-    return as_uint8(torch.stack([make_canvas(s_img, s_target, query_img, query_target, size=size,
-                                             flip=layout == "flip")
-                                 for s_img, s_target in supports for layout in layouts]))
+class PromptTask(Dataset):
+    """Episodes -> canvases. Subclasses say how to `load(item, episode)` an (input, target)
+    pair at `self.side` pixels; this builds the prompts of one episode:
+
+    shots == 1: one released 2x2 canvas per support and layout (K = supports x layouts);
+    shots  > 1: the supports in groups of `shots`, each group one n-shot rows canvas
+                (white background, `shots` example rows above the query row).
+    """
+
+    def __init__(self, episodes: list[Episode], size: int = 224, layouts=("default",),
+                 shots: int = 1):
+        self.episodes, self.size, self.layouts, self.shots = episodes, size, tuple(layouts), shots
+        self.side = cell_size(size) if shots == 1 else rows_figure_size(size, shots + 1)
+
+    def __len__(self):
+        return len(self.episodes)
+
+    def load(self, item, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, i):
+        ep = self.episodes[i]
+        query_img, query_target = self.load(ep.query, ep)
+        supports = [self.load(s, ep) for s in ep.supports]
+        if self.shots == 1:
+            canvases = [make_canvas(s_img, s_target, query_img, query_target, size=self.size,
+                                    flip=layout == "flip")
+                        for s_img, s_target in supports for layout in self.layouts]
+        else:
+            canvases = [make_grid_canvas(supports[k:k + self.shots], query_img, query_target, self.size)
+                        for k in range(0, len(supports), self.shots)]
+        return {"canvas": as_uint8(torch.stack(canvases)), "class_id": ep.class_id, "index": i}
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -110,29 +139,20 @@ def binary_mask(class_mask: np.ndarray, cls: int) -> Image.Image:
     return Image.fromarray(np.where(class_mask == cls, 255, 0).astype(np.uint8))
 
 
-class SegmentationTask(Dataset):
+class SegmentationTask(PromptTask):
     """Pascal-5i foreground segmentation canvases (images and masks bicubic to the cell)."""
 
-    def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",)):
+    def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",),
+                 shots: int = 1):
+        super().__init__(episodes, size, layouts, shots)
         self.root = voc.voc_root(data)
         voc.require(self.root, "JPEGImages", "SegmentationClassAug")
-        self.episodes, self.size, self.layouts = episodes, size, layouts
 
-    def __len__(self):
-        return len(self.episodes)
-
-    def load(self, image_id: str, cls: int) -> tuple[torch.Tensor, torch.Tensor]:
-        side = cell_size(self.size)
-        img = voc.read_image(self.root, image_id).resize((side, side), Image.BICUBIC)
-        mask = binary_mask(voc.read_mask(self.root, image_id), cls).resize((side, side), Image.BICUBIC)
-        return to_tensor(img), to_tensor(mask)
-
-    def __getitem__(self, i):
-        ep = self.episodes[i]
-        query_img, query_mask = self.load(ep.query, ep.class_id)
-        supports = [self.load(s, ep.class_id) for s in ep.supports]
-        return {"canvas": _canvases(supports, query_img, query_mask, self.size, self.layouts),
-                "class_id": ep.class_id, "index": i}
+    def load(self, image_id: str, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        side = (self.side, self.side)
+        img = voc.read_image(self.root, image_id).resize(side, Image.BICUBIC)
+        mask = binary_mask(voc.read_mask(self.root, image_id), episode.class_id)
+        return to_tensor(img), to_tensor(mask.resize(side, Image.BICUBIC))
 
 
 # ----------------------------------------------------------------------------- detection
@@ -158,29 +178,19 @@ def detection_episodes(queries: list[voc.VocObject], supports: list[voc.VocObjec
     return episodes
 
 
-class DetectionTask(Dataset):
+class DetectionTask(PromptTask):
     """Single-object detection canvases: the target is the box, white on black (bilinear)."""
 
-    def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",)):
+    def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",),
+                 shots: int = 1):
+        super().__init__(episodes, size, layouts, shots)
         self.root = voc.voc_root(data)
         voc.require(self.root, "JPEGImages", "Annotations")
-        self.episodes, self.size, self.layouts = episodes, size, layouts
 
-    def __len__(self):
-        return len(self.episodes)
-
-    def load(self, obj: voc.VocObject) -> tuple[torch.Tensor, torch.Tensor]:
-        side = cell_size(self.size)
-        img = voc.read_image(self.root, obj.image_id).resize((side, side), Image.BILINEAR)
-        box = voc.box_target(obj).resize((side, side), Image.BILINEAR)
-        return to_tensor(img), to_tensor(box)
-
-    def __getitem__(self, i):
-        ep = self.episodes[i]
-        query_img, query_box = self.load(ep.query)
-        supports = [self.load(s) for s in ep.supports]
-        return {"canvas": _canvases(supports, query_img, query_box, self.size, self.layouts),
-                "class_id": ep.class_id, "index": i}
+    def load(self, obj: voc.VocObject, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        side = (self.side, self.side)
+        img = voc.read_image(self.root, obj.image_id).resize(side, Image.BILINEAR)
+        return to_tensor(img), to_tensor(voc.box_target(obj).resize(side, Image.BILINEAR))
 
 
 # ----------------------------------------------------------------------------- colorization
@@ -220,27 +230,18 @@ def center_crop(img: Image.Image, side: int) -> Image.Image:
     return img.crop((left, top, left + side, top + side))
 
 
-class ColorizationTask(Dataset):
+class ColorizationTask(PromptTask):
     """Grey centre crop -> colour centre crop, ImageNet val."""
 
     def __init__(self, files: list[Path], episodes: list[Episode], size: int = 224,
-                 layouts=("default",)):
-        self.files, self.episodes, self.size, self.layouts = files, episodes, size, layouts
+                 layouts=("default",), shots: int = 1):
+        super().__init__(episodes, size, layouts, shots)
+        self.files = files
 
-    def __len__(self):
-        return len(self.episodes)
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         with Image.open(self.files[index]) as img:
-            crop = center_crop(img.convert("RGB"), cell_size(self.size))
+            crop = center_crop(img.convert("RGB"), self.side)
         return to_tensor(crop.convert("L").convert("RGB")), to_tensor(crop)
-
-    def __getitem__(self, i):
-        ep = self.episodes[i]
-        query_grey, query_colour = self.load(ep.query)
-        supports = [self.load(s) for s in ep.supports]
-        return {"canvas": _canvases(supports, query_grey, query_colour, self.size, self.layouts),
-                "class_id": 0, "index": i}
 
 
 # ----------------------------------------------------------------------------- synthetic

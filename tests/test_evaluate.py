@@ -122,6 +122,12 @@ def test_colorization_end_to_end(checkpoint, testdata, tmp_path):
     assert code == 0
     res = read(out)
     assert res["seeds"] == [5] and res["per_seed"][0]["metrics"]["mse"] > 0
+    # n-shot rows prompt: two example rows above the query, the last output hidden
+    out = tmp_path / "color-2shot"
+    assert evaluate.main(args_for(checkpoint, out, "--task", "colorization", "--data",
+                                  str(tmp_path / "imagenet"), "--episodes", "3", "--shots", "2")) == 0
+    res = read(out)
+    assert res["shots"] == 2 and res["per_seed"][0]["metrics"]["mse"] > 0
 
 
 @pytest.mark.parametrize("task", ["color", "size_shape"])
@@ -197,10 +203,22 @@ def test_uint8_canvases_are_lossless(testdata, tmp_path):
     from model.prompting import make_canvas
 
     root = voc.voc_root(testdata / "voc")
-    ds = tasks.SegmentationTask(root, [tasks.Episode("2007_000033", ("2008_004630",), 1)], 224)
+    ep = tasks.Episode("2007_000033", ("2008_004630",), 1)
+    ds = tasks.SegmentationTask(root, [ep], 224)
     canvas = ds[0]["canvas"]
     assert canvas.dtype == torch.uint8 and canvas.shape == (1, 3, 224, 224)
-    q_img, q_mask = ds.load("2007_000033", 1)
-    s_img, s_mask = ds.load("2008_004630", 1)
+    q_img, q_mask = ds.load("2007_000033", ep)
+    s_img, s_mask = ds.load("2008_004630", ep)
     assert torch.equal(canvas[0].float() / 255, make_canvas(s_img, s_mask, q_img, q_mask, 224))
     assert 0 < (q_mask > 0).float().mean() < 1 and ((q_mask > 0) & (q_mask < 1)).any()  # bicubic edges
+
+
+def test_n_shot_rows_prompt(testdata):
+    files = sorted((testdata / "voc" / "JPEGImages").glob("*.jpg"))
+    ds = tasks.ColorizationTask(files, [tasks.Episode(0, (1, 2, 3, 4))], size=224, shots=2)
+    canvas = ds[0]["canvas"]
+    assert ds.side == 74 and canvas.shape == (2, 3, 224, 224)     # 4 supports / 2 shots = 2 prompts
+    assert (canvas[:, :, :, :37] == 255).all()                      # white margin
+    grey_query = canvas[0, :, 150:224, 37:111]
+    assert torch.equal(grey_query[0], grey_query[1]) and torch.equal(grey_query[1], grey_query[2])
+    assert not torch.equal(canvas[0, :, :74], canvas[1, :, :74])   # other examples
