@@ -160,6 +160,9 @@ def format_report(report: dict) -> str:
     for year, row in report["per_year"].items():
         lines.append(f"{year:>6} {row['train']:>8} {row['val']:>8} {row['total']:>8}")
     s = report["per_split"]
+    if len(report["model_version"]) > 1:
+        lines.insert(0, f"warning: scores come from several classifiers {report['model_version']}: "
+                        "rescore with one (`python -m pipeline.classify score`)")
     lines.append(f"{'all':>6} {s['train']['figures']:>8} {s['val']['figures']:>8} {report['kept']:>8}"
                  f"   (papers: {s['train']['papers']} train, {s['val']['papers']} val)")
     return "\n".join(lines)
