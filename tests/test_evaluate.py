@@ -222,3 +222,28 @@ def test_n_shot_rows_prompt(testdata):
     grey_query = canvas[0, :, 150:224, 37:111]
     assert torch.equal(grey_query[0], grey_query[1]) and torch.equal(grey_query[1], grey_query[2])
     assert not torch.equal(canvas[0, :, :74], canvas[1, :, :74])   # other examples
+
+
+def test_images_are_prepared_as_the_released_transforms(testdata):
+    """Our PIL steps equal the released torchvision pipelines, value for value."""
+    import torchvision.transforms as T
+
+    root = voc.voc_root(testdata / "voc")
+    ep = tasks.Episode("2011_000006", ("2011_000003",), 15)
+    img, mask = tasks.SegmentationTask(root, [ep], 224).load("2011_000006", ep)
+    released = T.Compose([T.Resize((111, 111), 3), T.ToTensor()])     # evaluate_segmentation.py
+    class_mask = np.array(Image.open(root / "SegmentationClassAug" / "2011_000006.png"))
+    class_mask[class_mask != 15] = 0                                   # extract_ignore_idx
+    class_mask[class_mask == 15] = 255
+    assert torch.equal(img, released(Image.open(root / "JPEGImages" / "2011_000006.jpg")))
+    assert torch.equal(mask, released(Image.fromarray(class_mask)))
+
+    files = [root / "JPEGImages" / "2011_000006.jpg"]
+    grey, colour = tasks.ColorizationTask(files, [tasks.Episode(0, (0,))], 224).load(0, None)
+    photo = Image.open(files[0]).convert("RGB")                        # ImageFolder's loader
+    assert torch.equal(grey, T.Compose([T.CenterCrop((111, 111)), T.Grayscale(3), T.ToTensor()])(photo))
+    assert torch.equal(colour, T.Compose([T.CenterCrop((111, 111)), T.ToTensor()])(photo))
+
+    fig = tasks.Figure((60, 90), 25, (0, 255, 0))
+    ours = tasks.SyntheticTask([], 224).figure(fig, rows=3)
+    assert torch.equal(ours, T.Compose([T.Resize((74, 74)), T.ToTensor()])(Image.fromarray(fig.draw())))
