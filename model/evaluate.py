@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -73,11 +74,17 @@ def load_model(checkpoint, vqgan_config, arch="mae_vit_large_patch16", size: int
         model = load_checkpoint(checkpoint, vqgan_config, arch=arch, vqgan_ckpt=vqgan_ckpt,
                                 img_size=size)
     except RuntimeError as e:  # load_state_dict(strict=True): missing/unexpected keys, shapes
+        keys = re.findall(r'"([\w.]+)"|size mismatch for ([\w.]+)', str(e))
+        keys = [a or b for a, b in keys]
+        if keys and all(k.startswith("vae.") for k in keys):
+            raise ValueError(f"the VQGAN weights in {checkpoint} do not fit --vqgan-config "
+                             f"{vqgan_config} (e.g. {keys[0]}); pass the model.yaml of the VQGAN "
+                             f"the checkpoint was trained with") from None
         ckpt = load_safely(checkpoint)
         state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
         raise ValueError(f"{checkpoint} does not fit --arch {arch}: the checkpoint holds "
                          f"{_guess_arch(state)}. Pass the --arch it was trained with.\n"
-                         f"({str(e).splitlines()[0]})") from None
+                         f"({' '.join(str(e).split())[:300]})") from None
     return model.to(device).eval()
 
 

@@ -148,6 +148,14 @@ def test_checkpoint_of_another_architecture(checkpoint, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "does not fit --arch mae_vit_base_patch16" in err and "encoder width 32, depth 2" in err
+    # the right encoder with another VQGAN config: the error names the config instead
+    other = tmp_path / "other.yaml"
+    cfg = yaml.safe_load(checkpoint["yaml"].read_text())
+    cfg["model"]["params"]["embed_dim"] = 8          # codebook width: vae.* keys only
+    other.write_text(yaml.safe_dump(cfg))
+    code = evaluate.main(args_for(checkpoint, tmp_path, "--task", "synthetic")[:2] +
+                         ["--vqgan-config", str(other)] + args_for(checkpoint, tmp_path, "--task", "synthetic")[4:])
+    assert code == 2 and "do not fit --vqgan-config" in capsys.readouterr().err
 
 
 def test_random_supports_follow_the_release_draws():
