@@ -327,6 +327,54 @@ def test_token_file_must_be_private_and_token_is_never_printed(ls, label_studio,
         assert label_studio["token"] not in written
 
 
+def replay_dataset(root: Path, corpus: Path) -> Path:
+    """A dataset root made by the real pipeline from a small replay corpus: paper records
+    pointing at its e-prints and PDFs, then `pipeline.extract`. Returns the truth.parquet."""
+    from pipeline import extract
+    from pipeline.replay.corpus import generate_corpus, load_papers
+
+    months = ["2020-05", "2021-02"]
+    generate_corpus(corpus, n_papers=4, months=months)
+    paper_schema = pa.schema([(k, pa.string()) for k in
+                              ["arxiv_id", "eprint_path", "eprint_status", "pdf_path", "pdf_status"]])
+    for month in months:
+        rows = []
+        for paper in load_papers(corpus):
+            if paper["arxiv_id"][:4] != month[2:4] + month[5:7]:
+                continue
+            eprint, pdf = f"raw/{month}/{paper['arxiv_id']}.eprint", f"raw/{month}/{paper['arxiv_id']}.pdf"
+            (root / eprint).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(corpus / "eprint" / paper["arxiv_id"], root / eprint)
+            shutil.copy(corpus / "pdf" / f"{paper['arxiv_id']}.pdf", root / pdf)
+            rows.append({"arxiv_id": paper["arxiv_id"], "eprint_path": eprint, "eprint_status": "ok",
+                         "pdf_path": pdf, "pdf_status": "ok"})
+        write_rows(root / "papers" / f"{month}.parquet", rows, paper_schema)
+        extract.extract_shard(month, root, progress=False)
+    return corpus / "truth.parquet"
+
+
+def test_replay_figures_are_served_and_their_truth_comes_back_as_labels(ls, label_studio, tmp_path):
+    client, root, title = ls
+    truth = simulate.read_truth(replay_dataset(root, tmp_path / "replay"))
+    figures = sample.labelable_figures(root)
+    assert len(figures) >= 6 and any(" " in f["image_path"] for f in figures)  # names with spaces
+    project_id = push.push(client, root, count=len(figures), title=title)["project_id"]
+    tasks = export_tasks(client, project_id)
+    assert len(tasks) == len(figures)
+    for t in tasks:  # what the labeling page shows is the extracted PNG
+        got = httpx.get(label_studio["url"] + t["data"]["image"],
+                        headers={"Authorization": f"Token {label_studio['token']}"})
+        assert got.status_code == 200 and sha256_bytes(got.content) == t["data"]["sha256"]
+
+    assert simulate.answer_from_truth(client, project_id, truth, share=1.0) == len(figures)
+    pull.pull(client, root, title)
+    rows = read_rows(root / "labels" / "labels.parquet")
+    assert sorted((r["paper_id"], r["img_name"]) for r in rows) == sorted(sample.figure_key(f) for f in figures)
+    for r in rows:
+        assert r["label"] == int(truth[r["paper_id"], r["img_name"]]), r
+    assert {r["label"] for r in rows} == {0, 1}
+
+
 # --- the server's start-up and the demo ---------------------------------------------------------
 
 def test_server_environment_is_quiet_local_and_ignores_stray_settings(tmp_path, monkeypatch):
