@@ -18,7 +18,8 @@ features are closest to the query's, as UnsupPR), --ensemble K (K prompts per qu
 supports, token probabilities averaged), --layouts default flip (both layouts, also averaged)
 and --shots N (N example rows in one prompt).
 
-Writes <out>/results.json, <out>/results.md and <out>/<task>.png (prompt | prediction | truth).
+Writes <out>/results.json, results.md, episodes.csv (every episode: query, supports, scores) and
+<out>/<task>.png (prompt | prediction | ground truth).
 Batched, bf16 autocast on GPU, data loading and canvas building in DataLoader workers.
 """
 from __future__ import annotations
@@ -265,6 +266,37 @@ def picture(examples, mask, patch: int, path: Path) -> None:
     _atomic(path, lambda f: img.save(f, format="PNG"))
 
 
+def _name(item) -> str:
+    """A readable id for an episode's query or support."""
+    if isinstance(item, voc.VocObject):
+        return item.image_id
+    if isinstance(item, tuple):                          # synthetic (input, output) figures
+        return f"{item[0].shape}@{item[0].center}r{item[0].radius}"
+    return str(item)
+
+
+def episode_table(seed: int, dataset, result: dict) -> list[dict]:
+    """One row per episode: who was prompted with what, and its scores (for paired comparisons)."""
+    scores = {k: v for k, v in result["scores"].items() if k != "areas"}
+    rows = []
+    for i, ep in enumerate(dataset.episodes):
+        row = {"seed": seed, "index": i, "query": _name(ep.query),
+               "supports": " ".join(_name(s) for s in ep.supports), "class_id": ep.class_id}
+        rows.append(row | {k: float(v[i]) for k, v in scores.items()})
+    return rows
+
+
+def csv_text(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def markdown(results: dict) -> str:
     head = HEADLINE[results["task"]]
     keys = [k for k in results["per_seed"][0]["metrics"]
@@ -318,7 +350,8 @@ def run(args) -> dict:
     title = args.task + (f" fold {args.fold}" if args.task == "segmentation" else "") + \
         (f" {args.synthetic}" if args.task == "synthetic" else "")
     out = Path(args.out or f"results/{title.replace(' ', '-')}")
-    per_seed, examples, n_done, started = [], [], 0, time.perf_counter()
+    per_seed, episode_rows, examples, n_done = [], [], [], 0
+    started = time.perf_counter()
     for seed in seeds:
         dataset, kind = build_task(args, model, seed, device, dtype)
         kind["wraparound"] = not args.true_rounding
@@ -328,6 +361,7 @@ def run(args) -> dict:
                                   mask, lpips, keep_examples=0 if examples else args.picture_rows)
         examples = examples or result["examples"]
         n_done += len(dataset)
+        episode_rows += episode_table(seed, dataset, result)
         per_seed.append({"seed": seed, "metrics": summarise(result)})
         head = HEADLINE[args.task]
         print(f"seed {seed}: {head} {per_seed[-1]['metrics'][head]:.4f}", file=sys.stderr)
@@ -346,6 +380,7 @@ def run(args) -> dict:
                "per_seed": per_seed, "summary": summary}
     _atomic(out / "results.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
     _atomic(out / "results.md", lambda f: f.write(markdown(results).encode()))
+    _atomic(out / "episodes.csv", lambda f: f.write(csv_text(episode_rows).encode()))
     if examples:
         picture(examples, mask.cpu(), patch, out / f"{title.replace(' ', '-')}.png")
     print(markdown(results))

@@ -84,6 +84,9 @@ def test_segmentation_end_to_end(checkpoint, voc_root, tmp_path):
     assert set(m["per_class_iou"]) == {"aeroplane"}     # bicycle has one image: no support
     assert res["summary"]["iou"]["std"] >= 0
     assert "| mean ± std |" in (out / "results.md").read_text()
+    rows = (out / "episodes.csv").read_text().splitlines()
+    assert rows[0].startswith("seed,index,query,supports,class_id,iou") and len(rows) == 1 + 12
+    assert rows[1].split(",")[2] in ("2007_000033", "2008_004630")
     png = Image.open(out / "segmentation-fold-0.png")
     assert png.width == 3 * 64 + 8 and png.height > 64
 
@@ -138,6 +141,7 @@ def test_synthetic_end_to_end(checkpoint, tmp_path, task):
     assert code == 0
     m = read(out)["per_seed"][0]["metrics"]
     assert {"iou", "color_blind_iou", "accuracy"} <= set(m)
+    assert "circle@" in (out / "episodes.csv").read_text().splitlines()[1]
     assert 0 <= m["accuracy"] <= 1
 
 
