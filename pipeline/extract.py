@@ -172,16 +172,16 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
             name = cvf_name(member.path)
             if only is not None and name not in only:
                 continue
+            # An EPS and pdfLaTeX's conversion of it beside it are one CVF image: the archive's
+            # PDF is preferred, the EPS is the fallback when the PDF does not render.
             earlier = rows.get(name)
             if earlier is not None:
-                if fmt == "pdf" and earlier["format"] in ("eps", "ps"):
-                    pass  # the archive holds LaTeX's own conversion: use it instead of ours
-                elif fmt in ("eps", "ps") and earlier["format"] == "pdf":
-                    continue  # converted PDF already used
-                else:
+                if {fmt, earlier["format"]} not in ({"pdf", "eps"}, {"pdf", "ps"}):
                     rows[f"{name}\0{member.path}"] = figure_row(
                         paper_id, img_name=name, source_path=member.path, format=fmt,
                         status="skipped", error=f"same CVF name as {earlier['source_path']!r}")
+                    continue
+                if fmt != "pdf" and earlier["status"] == "ok":
                     continue
             row = figure_row(paper_id, img_name=name, source_path=member.path, format=fmt,
                              bytes=member.size, name_filter=official_name_filter(name))
@@ -196,6 +196,8 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
                 row["bytes"] = result.get("bytes", member.size)
                 if row["status"] == "ok":
                     row["image_path"] = out.relative_to(root).as_posix()
+                elif earlier is not None and earlier["status"] == "ok":
+                    continue  # the EPS rendered; its broken converted PDF does not replace it
             rows[name] = row
     except ArchiveError as e:
         rows["\0archive"] = figure_row(paper_id, status="error", error=str(e))
