@@ -17,7 +17,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
-import pytest  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from pipeline import store  # noqa: E402
