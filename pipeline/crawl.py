@@ -116,8 +116,10 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
     params = {"category": category, "include_cross_lists": include_cross_lists, "max_papers": max_papers,
               "downloads": sorted(downloads)}
     papers_dir = root / "papers"
-    if (done := store.read_stats(papers_dir, month)) and done.get("params") == params:
-        return done
+    if done := store.read_stats(papers_dir, month):
+        if done.get("params") == params:
+            return done
+        store.stats_path(papers_dir, month).unlink()  # other parameters: the shard is open again
     shard_file = papers_dir / f"{month}.parquet"
     old = {r["arxiv_id"]: r for r in store.read_rows(shard_file)} if shard_file.exists() else {}
 

@@ -140,10 +140,14 @@ def test_transient_failures_keep_the_shard_open_up_to_a_cap(server, corpus, data
 
 
 def test_metadata_failure_leaves_the_shard_open(server, data_root):
+    assert crawl_shard("2021-01", data_root, _fetcher(data_root), **_urls(server))["done"]
+    before = store.read_rows(data_root / "papers" / "2021-01.parquet")
     server.replay.set_faults([{"match": "/api/query", "fault": "malformed"}])
-    stats = crawl_shard("2021-01", data_root, _fetcher(data_root), **_urls(server))
+    # other parameters reopen the done shard; the listing fails; what was stored stays
+    stats = crawl_shard("2021-01", data_root, _fetcher(data_root), max_papers=1, **_urls(server))
     assert not stats["done"] and "malformed" in stats["error"]
     assert not store.shard_done(data_root / "papers", "2021-01")
+    assert store.read_rows(data_root / "papers" / "2021-01.parquet") == before
 
 
 def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_crawl(server, corpus, tmp_path):

@@ -27,6 +27,13 @@ echo "PIDS ${CVF_PIDS[*]}"
 "$CVF_PREFECT" deployment run 'crawl-arxiv/cs-cv-2010-2022' --watch --watch-timeout 300 \
   -p start=2021-03 -p end=2021-03 -p delay=0 -p task_retries=0 \
   -p api_url="$CVF_ARXIV_API_URL" -p eprint_url="$CVF_ARXIV_EPRINT_URL" -p pdf_url="$CVF_ARXIV_PDF_URL"
+# a run whose shard cannot be finished (the API is down) must make --watch fail
+if "$CVF_PREFECT" deployment run 'crawl-arxiv/cs-cv-2010-2022' --watch --watch-timeout 300 \
+  -p start=2021-04 -p end=2021-04 -p delay=0 -p task_retries=0 -p api_url="http://127.0.0.1:9/api/query"; then
+  echo "FAILED RUN EXITED 0"
+else
+  echo "FAILED RUN EXITED NON-ZERO"
+fi
 """
 
 
@@ -43,6 +50,8 @@ def test_deployment_run_watch_crawls_the_replay(tmp_path):
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in (tmp_path / "prefect" / "logs").glob("*.log"))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:] + logs
     assert "Completed" in proc.stdout
+    assert "FAILED RUN EXITED NON-ZERO" in proc.stdout
+    assert not store.shard_done(data / "papers", "2021-04")
 
     stats = store.read_stats(data / "papers", "2021-03")
     assert stats and stats["done"]
