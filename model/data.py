@@ -1,7 +1,9 @@
 """Training data for MAE-VQGAN: image lists, deterministic augmentation, resumable sampling.
 
 Where images come from:
-* an image folder (searched recursively), or
+* an image folder (searched recursively),
+* a folder of WebDataset-style tar shards (`python -m model.data pack` writes them: few big files
+  instead of 100k small ones; members are read by offset, so access stays random), or
 * a published manifest (`train.parquet`, `.jsonl`, or the official `df_train.csv`) plus the
   folder the images were rebuilt into. A row with an `image_path` column points at its file
   (relative to that folder, as `pipeline.publish` writes it); otherwise the official layout is
@@ -19,13 +21,18 @@ normalises on the device.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import functools
 import hashlib
+import io
 import json
 import math
+import os
+import tarfile
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -65,9 +72,37 @@ def manifest_split(path: Path) -> str:
     return stem if stem in ("train", "val") else "train"
 
 
-def list_images(source, images=None, split: str | None = None) -> list[Path]:
-    """Image files of a folder, or of a manifest whose images lie under `images`."""
+class TarMember(NamedTuple):
+    """An image stored uncompressed inside a tar shard, read by byte offset."""
+    tar: Path
+    name: str
+    offset: int
+    size: int
+
+    def __str__(self):
+        return f"{self.tar}#{self.name}"
+
+    def read(self) -> bytes:
+        with open(self.tar, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+def list_tar_members(folder: Path) -> list[TarMember]:
+    members = []
+    for tar in sorted(folder.glob("*.tar")):
+        with tarfile.open(tar) as t:  # reads the headers only
+            members += [TarMember(tar, m.name, m.offset_data, m.size) for m in t
+                        if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES]
+    return members
+
+
+def list_images(source, images=None, split: str | None = None) -> list:
+    """Image files (Paths, or TarMembers of a shard folder) of a folder or of a manifest
+    whose images lie under `images`."""
     source = Path(source)
+    if source.is_dir() and any(source.glob("*.tar")):
+        return list_tar_members(source)
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -106,7 +141,7 @@ def list_images(source, images=None, split: str | None = None) -> list[Path]:
     return files
 
 
-def fingerprint(files: list[Path]) -> str:
+def fingerprint(files: list) -> str:
     """Identifies an image list (a token cache is only valid for the list it was built on)."""
     h = hashlib.sha256()
     for f in files:
@@ -169,7 +204,7 @@ class CropDataset(Dataset):
     per (epoch, index), and its precomputed VQGAN tokens come with it.
     """
 
-    def __init__(self, files: list[Path], size: int = 224, scale=(0.2, 1.0), seed: int = 0,
+    def __init__(self, files: list, size: int = 224, scale=(0.2, 1.0), seed: int = 0,
                  token_cache: "TokenCache | None" = None):
         self.files, self.size, self.scale, self.seed = list(files), size, tuple(scale), seed
         self.token_cache = token_cache
@@ -182,7 +217,7 @@ class CropDataset(Dataset):
         for attempt in range(len(self.files)):  # a bad file is replaced by the next good one
             f = self.files[(index + attempt) % len(self.files)]
             try:
-                with Image.open(f) as img:
+                with Image.open(io.BytesIO(f.read()) if isinstance(f, TarMember) else f) as img:
                     return augment(img.convert("RGB"), rng, self.size, self.scale)
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 warnings.warn(f"skipping unreadable image {f}: {e}")
@@ -255,3 +290,58 @@ class TokenCache:
         if self._array is None:
             self._array = np.load(self.folder / "tokens.npy", mmap_mode="r")
         return torch.from_numpy(self._array[index, k].astype(np.int64))
+
+
+# -- tar shards ------------------------------------------------------------------------------
+
+def pack_shards(files: list[Path], out, shard_size: int = 10_000, progress: bool = True) -> list[Path]:
+    """Copy images (bytes unchanged) into `out/shard-NNNNNN.tar`, `shard_size` per shard.
+
+    Member i is `<i:09d><suffix>` in list order. Each shard is written to a temp file and renamed,
+    so a rerun skips the shards already there and redoes a torn one.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for start in tqdm(range(0, len(files), shard_size), desc="packing", unit="shard", disable=not progress):
+        shard = out / f"shard-{start // shard_size:06d}.tar"
+        shards.append(shard)
+        if shard.is_file():
+            continue
+        tmp = shard.with_name(f".{shard.name}.tmp")
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as t:
+            for i, f in enumerate(files[start:start + shard_size], start):
+                info = t.gettarinfo(f, arcname=f"{i:09d}{f.suffix.lower()}")
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0  # the same images give the same bytes
+                with open(f, "rb") as fh:
+                    t.addfile(info, fh)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, shard)
+    return shards
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m model.data",
+        description="Pack the images of a folder or manifest into tar shards for training "
+                    "(`python -m model.train SHARD_FOLDER` reads them).")
+    sub = p.add_subparsers(dest="command", required=True)
+    pk = sub.add_parser("pack", help="write WebDataset-style tar shards")
+    pk.add_argument("source", help="image folder, or manifest (.parquet/.jsonl/official .csv)")
+    pk.add_argument("--images", help="folder the manifest's images were rebuilt into")
+    pk.add_argument("--split", help="keep only this split of the manifest")
+    pk.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar")
+    pk.add_argument("--shard-size", type=int, default=10_000, help="images per shard")
+    args = p.parse_args(argv)
+    files = list_images(args.source, args.images, args.split)
+    shards = pack_shards(files, args.out, args.shard_size)
+    print(f"{len(files)} images in {len(shards)} shards under {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -174,3 +174,22 @@ def test_bad_image_is_replaced_not_fatal(tmp_path):
     with pytest.warns(UserWarning, match="unreadable"):
         crop = CropDataset(files, 32)[(0, 0)][0]
     assert crop.shape == (3, 32, 32) and crop.dtype == torch.uint8
+
+
+def test_tar_shards_give_the_same_crops(images, tmp_path):
+    from model.data import main as data_main
+
+    files = list_images(images)
+    data_main(["pack", str(images), "--out", str(tmp_path / "shards"), "--shard-size", "3"])
+    shards = sorted((tmp_path / "shards").glob("*.tar"))
+    assert len(shards) == 3
+    members = list_images(tmp_path / "shards")
+    assert len(members) == len(files)
+    a, b = CropDataset(files, 32, seed=3), CropDataset(members, 32, seed=3)
+    for i in range(len(files)):
+        assert torch.equal(a[(i, 1)][0], b[(i, 1)][0])
+    # A rerun skips finished shards and redoes a missing one, with identical bytes.
+    before = shards[1].read_bytes()
+    shards[1].unlink()
+    data_main(["pack", str(images), "--out", str(tmp_path / "shards"), "--shard-size", "3"])
+    assert shards[1].read_bytes() == before
