@@ -117,9 +117,6 @@ class MaeVqgan(nn.Module):
         if target == "tokens":
             if vqgan is None:
                 raise ValueError("target='tokens' needs the VQGAN tokenizer")
-            if vqgan.downsample_factor != patch_size:
-                raise ValueError(f"patch size {patch_size} must equal the VQGAN's downsampling "
-                                 f"factor {vqgan.downsample_factor} (patch i = token i)")
         self.target, self.norm_pix_loss = target, norm_pix_loss
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -235,6 +232,9 @@ class MaeVqgan(nn.Module):
         return x
 
     def forward_loss(self, pred, target, mask):
+        if target.shape[1] != pred.shape[1]:
+            raise ValueError(f"{target.shape[1]} targets for {pred.shape[1]} patches: the patch size "
+                             "must equal the VQGAN's downsampling factor (patch i = token i)")
         if self.target == "tokens":
             per_patch = F.cross_entropy(pred.float().transpose(1, 2), target, reduction="none")
         else:

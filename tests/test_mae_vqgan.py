@@ -138,7 +138,7 @@ def test_pixel_target_baseline_trains_without_vqgan():
     assert model.patch_embed.proj.weight.grad is not None
 
 
-@pytest.mark.parametrize("arch", ["mae_vit_base_patch16", "mae_vit_large_patch16"])
+@pytest.mark.parametrize("arch", ["mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14"])
 def test_full_size_keys_and_shapes(testdata, arch):
     ref = json.loads((testdata / "vectors" / "reference_full_size_keys.json").read_text())
     vq = ref["vqgan_imagenet_f16_1024"]
@@ -147,3 +147,11 @@ def test_full_size_keys_and_shapes(testdata, arch):
     expected = {**ref["mae_vqgan"][arch], **{"vae." + k: v for k, v in vq["keys"].items()}}
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
     assert set(ARCHS) >= {"mae_vit_small_patch16", "mae_vit_base_patch16", "mae_vit_large_patch16"}
+
+
+def test_patch_size_must_match_the_tokenizer(ref):
+    model = MaeVqgan(VQModel(**{k: ref["cfg"]["vqgan"][k] for k in ("ddconfig", "n_embed", "embed_dim")}),
+                     img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                     decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    with pytest.raises(ValueError, match="patch size"):
+        model(torch.randn(1, 3, 64, 64))
