@@ -395,6 +395,21 @@ def extract_shards(shards: Iterable[str], root=None, **kwargs) -> list[dict]:
     return stats
 
 
+def write_contact_sheet(root: str | Path | None = None, count: int = 48) -> Path:
+    """`figures/contact_sheet.png`: `count` rendered figures of the corpus, picked by hash (a
+    fixed, spread-out sample), captioned `paper_id`."""
+    from pipeline.contact_sheet import contact_sheet
+
+    root = config.data_root(root)
+    rows = [r for p in sorted((root / "figures").glob("*.parquet"))
+            for r in store.read_rows(p) if r["status"] == "ok" and r["image_path"]]
+    picked = sorted(rows, key=lambda r: r["sha256"])[:count]
+    picked.sort(key=lambda r: (r["paper_id"], r["img_name"]))
+    return contact_sheet([root / r["image_path"] for r in picked],
+                         root / "figures" / "contact_sheet.png",
+                         captions=[r["paper_id"] for r in picked])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.extract",
@@ -415,6 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-name-filter", action="store_true",
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
+                        help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
     options = RenderOptions(box=args.box, timeout_s=args.timeout)
     if args.official:
@@ -426,6 +443,8 @@ def main(argv: list[str] | None = None) -> None:
                                 apply_name_filter=not args.no_name_filter):
         print(f"{stats['shard']}: {stats['papers']} papers, {stats['figures']} figures "
               f"{stats['by_status']}, {stats['seconds']} s")
+    if args.contact_sheet:
+        print(f"contact sheet: {write_contact_sheet(args.root, args.contact_sheet)}")
 
 
 if __name__ == "__main__":

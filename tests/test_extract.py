@@ -19,7 +19,7 @@ from pipeline import store
 from pipeline.archive import Limits
 from pipeline.crawl import PAPER_SCHEMA
 from pipeline.extract import (FIGURE_SCHEMA, dedup_corpus, extract_shard, is_included, latex_references,
-                              mark_duplicates)
+                              mark_duplicates, write_contact_sheet)
 from pipeline.shards import shard_of_id
 
 
@@ -334,3 +334,6 @@ def test_replay_corpus_every_true_figure_comes_out(tmp_path):
         assert row["source_kind"] == "eprint"
         assert row["source_path"] in (fig["source_path"], converted)
     assert {r["paper_id"] for r in rows.values()} == set(ids)  # every paper accounted for
+    sheet = write_contact_sheet(root, 12)
+    with Image.open(sheet) as img:
+        assert img.mode == "RGB" and img.width > 200
