@@ -323,10 +323,10 @@ def serve(memory_mb: int) -> None:
 
 
 class Renderer:
-    """Renders figures in a child process with a per-file time limit.
+    """Renders figures in a child process with a per-file time limit, e.g.
 
-    >>> with Renderer() as r:
-    ...     r.render(png_bytes, "png", "out.png")["status"]
+        with Renderer(RenderOptions(timeout_s=30)) as renderer:
+            result = renderer.render(pdf_bytes, "pdf", "out.png")  # status, error, sha256, ...
     """
 
     def __init__(self, options: RenderOptions = RenderOptions(), memory_mb: int = 4096):

@@ -10,7 +10,6 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import pyarrow as pa
 import pymupdf
 import pytest
 from PIL import Image

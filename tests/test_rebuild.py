@@ -72,7 +72,8 @@ def test_rebuild_writes_the_official_names_and_pixels(eprint_server, testdata, t
     missing = {(r["paper_id"], r["img_name"]): r["reason"] for r in
                csv.DictReader(open(data_root / "rebuild" / "val" / "missing.csv"))}
     assert "not in the e-print" in missing[("1710.10473", "figures_new_figures_result_plate.pdf")]
-    assert "missing" in missing[("2202.99999", "gone.pdf")] and "404" in missing[("2202.99999", "gone.pdf")]
+    gone = missing[("2202.99999", "gone.pdf")]
+    assert "missing" in gone and "404" in gone
     assert json.loads((data_root / "rebuild" / "val" / "report.json").read_text()) == report
 
     # Official pixels: a PNG is Pillow's convert("RGB") + thumbnail(1024), byte for byte.
