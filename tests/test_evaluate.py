@@ -133,6 +133,16 @@ def test_colorization_end_to_end(checkpoint, testdata, tmp_path):
     assert res["shots"] == 2 and res["per_seed"][0]["metrics"]["mse"] > 0
 
 
+def test_all_synthetic_tasks_in_one_run(checkpoint, tmp_path):
+    code = evaluate.main(args_for(checkpoint, tmp_path, "--task", "synthetic", "--synthetic", "all",
+                                  "--episodes", "2", "--picture-rows", "1"))
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["variants"]) == 6 and summary["metric"] == "iou"
+    assert (tmp_path / "synthetic-shape_color" / "results.json").is_file()
+    assert "| mean |" in (tmp_path / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("task", ["color", "size_shape"])
 def test_synthetic_end_to_end(checkpoint, tmp_path, task):
     out = tmp_path / task
