@@ -2,6 +2,7 @@
 the released-style loader reads. The VQGAN is set_a's tiny reference tokenizer (64 px, f16)."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -193,3 +194,16 @@ def test_tar_shards_give_the_same_crops(images, tmp_path):
     shards[1].unlink()
     data_main(["pack", str(images), "--out", str(tmp_path / "shards"), "--shard-size", "3"])
     assert shards[1].read_bytes() == before
+
+
+def test_packing_can_shrink_and_reencode(images, tmp_path):
+    from model.data import pack_shards
+
+    files = list_images(images)
+    pack_shards(files, tmp_path, shard_size=100, max_side=40, jpeg_quality=90, progress=False)
+    members = list_images(tmp_path)
+    assert [m.name for m in members] == [f"{i:09d}.jpg" for i in range(len(files))]
+    crop = CropDataset(members, 32)[(0, 0)][0]
+    assert crop.shape == (3, 32, 32)
+    with Image.open(io.BytesIO(members[-1].read())) as img:
+        assert img.format == "JPEG" and max(img.size) == 40
