@@ -104,7 +104,8 @@ def _plot(rng: random.Random, panels: int = 1):
         ax.set_xlabel("epoch")
         ax.set_ylabel(rng.choice(["loss", "mIoU", "accuracy"]))
         ax.legend(fontsize=6, framealpha=1)  # EPS has no transparency
-    fig.tight_layout()
+    # fixed margins (0.75 in. for the y label): tight_layout would double the drawing time
+    fig.subplots_adjust(left=0.75 / fig.get_figwidth(), right=0.97, bottom=0.22, top=0.95, wspace=0.45)
     return fig
 
 
@@ -136,13 +137,18 @@ def _save_image(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _save_figure(fig, fmt: str) -> bytes:
+def _save_figure(fig, *fmts: str) -> list[bytes]:
+    """The figure in each format (low-dpi PNG: it only fills the paper PDF), then closed."""
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=100, metadata={"CreationDate": None} if fmt == "pdf" else None)
+    out = []
+    for fmt in fmts:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=72 if fmt == "png" else 100,
+                    metadata={"CreationDate": None} if fmt == "pdf" else None)
+        out.append(buf.getvalue())
     plt.close(fig)
-    return buf.getvalue()
+    return out
 
 
 def _multipage_pdf(rng: random.Random) -> bytes:
@@ -201,11 +207,8 @@ def _make_figures(rng: random.Random, n: int) -> list[FigureFile]:
             figs.append(FigureFile(f"{folder}/{stem}.pdf", kind, data, data))
         else:
             fmt = rng.choice(["pdf", "pdf", "eps", "png"])
-            make = (lambda: _diagram(rng)) if kind == "diagram" else (lambda: _plot(rng, 3 if kind == "plot_grid" else 1))
-            state = rng.getstate()
-            data = _save_figure(make(), fmt)
-            rng.setstate(state)  # draw the same figure again for the paper PDF
-            preview = data if fmt == "pdf" else _save_figure(make(), "png")
+            fig = _diagram(rng) if kind == "diagram" else _plot(rng, 3 if kind == "plot_grid" else 1)
+            data, preview = _save_figure(fig, fmt, "png") if fmt != "pdf" else _save_figure(fig, fmt) * 2
             figs.append(FigureFile(f"{folder}/{stem}.{fmt}", kind, data, preview))
     if figs and rng.random() < 0.4:
         figs[-1].referenced = False  # a leftover the LaTeX never uses
