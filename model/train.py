@@ -264,8 +264,6 @@ def train(args) -> dict:
     """Run (or resume) training; returns {"step", "epoch", "losses": [(step, loss), ...]}."""
     rank, world_size, device = setup_distributed(args.device)
     is_main = rank == 0
-    torch.manual_seed(args.seed + rank)
-    random.seed(args.seed + rank)
     out = Path(args.out)
     amp_dtype = autocast_dtype(args.precision, device)
 
