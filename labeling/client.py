@@ -99,7 +99,8 @@ def connect(url: str | None = None, token: str | None = None,
         if e.status_code in (401, 403):
             raise LabelStudioError(
                 f"Label Studio at {url} refused the API token (HTTP {e.status_code}); check "
-                "CVF_LABEL_STUDIO_TOKEN / the token file (Account & Settings > Access Token)"
+                "CVF_LABEL_STUDIO_TOKEN / the token file: a personal access token from "
+                "Account & Settings, or a legacy token if the server enables them"
             ) from None
         raise LabelStudioError(f"Label Studio at {url} answered HTTP {e.status_code}") from None
     except httpx.HTTPError as e:

@@ -134,6 +134,8 @@ def pull(client: LabelStudio, root: str | os.PathLike | None = None,
         raise LabelStudioError(f"no project titled {title!r}; run `python -m labeling.push` first")
     tasks = export_tasks(client, project.id)
     current = annotation_rows(tasks, project.id, annotator_names(client))
+    annotations = [a for t in tasks for a in t.get("annotations", [])]
+    skipped = sum(bool(a.get("was_cancelled")) for a in annotations)
     old = read_rows(history_path(root)) if history_path(root).exists() else []
     history = merge_history(old, current)
     labels = latest_per_figure(current)
@@ -144,7 +146,10 @@ def pull(client: LabelStudio, root: str | os.PathLike | None = None,
             "positive": sum(r["label"] == 1 for r in labels),
             "negative": sum(r["label"] == 0 for r in labels),
             "unsure": sum(r["label"] is None for r in labels),
-            "history": len(history), "new_history": len(history) - len(old)}
+            "history": len(history), "new_history": len(history) - len(old),
+            "skipped": skipped,
+            # submitted, yet holding none of our choices: made with another labeling interface
+            "unreadable": len(annotations) - skipped - len(current)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"project {done['project_id']}: {done['labels']} labelled figures of {done['tasks']} tasks "
           f"({done['positive']} positive, {done['negative']} negative, {done['unsure']} unsure); "
           f"history {done['history']} rows, {done['new_history']} new -> {labels_path(data_root(args.root))}")
+    if done["unreadable"]:
+        print(f"warning: {done['unreadable']} annotations hold none of the interface's choices "
+              "(was the labeling interface changed?); they are not labels")
     return 0
 
 

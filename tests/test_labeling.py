@@ -178,6 +178,7 @@ def test_push_annotate_pull_gives_the_labels_row_by_row(ls, label_studio):
 
     pulled = pull.pull(client, root, title)
     assert (pulled["labels"], pulled["positive"], pulled["negative"], pulled["unsure"]) == (3, 1, 1, 1)
+    assert (pulled["skipped"], pulled["unreadable"]) == (1, 0)
     rows = read_rows(root / "labels" / "labels.parquet")
     by_figure = {(f["paper_id"], f["img_name"]): f for f in figures}
     assert [(r["paper_id"], r["img_name"]) for r in rows] == keys[:3]
