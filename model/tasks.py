@@ -239,8 +239,11 @@ class ColorizationTask(PromptTask):
         self.files = files
 
     def load(self, index: int, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-        with Image.open(self.files[index]) as img:
-            crop = center_crop(img.convert("RGB"), self.side)
+        try:
+            with Image.open(self.files[index]) as img:
+                crop = center_crop(img.convert("RGB"), self.side)
+        except OSError as e:
+            raise ValueError(f"{self.files[index]} cannot be read as an image: {e}") from None
         return to_tensor(crop.convert("L").convert("RGB")), to_tensor(crop)
 
 

@@ -76,8 +76,12 @@ def image_path(root: Path, image_id: str) -> Path:
 
 
 def read_image(root: Path, image_id: str) -> Image.Image:
-    with Image.open(image_path(root, image_id)) as img:
-        return img.convert("RGB")
+    path = image_path(root, image_id)
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as e:            # truncated or not an image at all
+        raise VocError(f"{path} cannot be read as an image: {e}") from None
 
 
 def read_mask(root: Path, image_id: str, check_size: bool = True) -> np.ndarray:

@@ -127,3 +127,23 @@ def test_normalize_float64_round_trip():
     out = to_uint8(normalize(white))
     assert set(out.unique().tolist()) <= {254, 255}      # the release's truncation of 1.0
     assert torch.equal(to_uint8(normalize(torch.zeros(1, 3, 8, 8))), torch.zeros(1, 8, 8, 3, dtype=torch.uint8))
+
+
+def test_inpaint_derives_everything_from_sizes():
+    """A 96-px model (6x6 grid, like set_b): hidden quadrant 3x3 patches, the rest untouched."""
+    from model.mae_vqgan import MaeVqgan
+    from model.vqgan import VQModel
+
+    torch.manual_seed(0)
+    ddconfig = dict(double_z=False, z_channels=32, resolution=96, in_channels=3, out_ch=3, ch=32,
+                    ch_mult=[1, 1, 1, 1, 1], num_res_blocks=1, attn_resolutions=[6], dropout=0.0)
+    model = MaeVqgan(VQModel(ddconfig, 32, 8), img_size=96, patch_size=16, embed_dim=32, depth=1,
+                     num_heads=4, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2).eval()
+    canvas = make_canvas(torch.rand(3, 47, 47), torch.ones(1, 47, 47), torch.rand(3, 47, 47),
+                         torch.zeros(1, 47, 47), size=96)
+    canvases = normalize(canvas[None])
+    pasted = inpaint(model, canvases)
+    assert pasted.shape == (1, 96, 96, 3)
+    truth = to_uint8(canvases)
+    assert torch.equal(pasted[:, :48], truth[:, :48]) and torch.equal(pasted[:, :, :48], truth[:, :, :48])
+    assert not torch.equal(pasted[:, 48:, 48:], truth[:, 48:, 48:])

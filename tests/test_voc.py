@@ -71,6 +71,13 @@ def test_clear_errors(tmp_path, testdata):
         voc.read_image(root, "2099_000001")
 
 
+def test_unreadable_image(tmp_path):
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "JPEGImages" / "2012_000001.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(voc.VocError, match="2012_000001.jpg cannot be read as an image"):
+        voc.read_image(tmp_path, "2012_000001")
+
+
 def test_mask_of_the_wrong_size(tmp_path, testdata):
     root = tmp_path / "voc"
     (root / "SegmentationClassAug").mkdir(parents=True)
