@@ -98,7 +98,7 @@ def test_crawl_writes_the_contract_and_reruns_fetch_nothing(server, corpus, data
     for month in MONTHS:  # an open shard re-lists its papers but refetches nothing stored
         (data_root / "papers" / f"{month}_stats.json").unlink()
     assert main(_cli_args(server, data_root)) == 0
-    assert all(path.startswith("/api/query") for _, path in server.replay.log[n:])
+    assert all(path.startswith("/api/query") for _, path, _ in server.replay.log[n:])
     assert _state(data_root) == before
 
 
@@ -113,7 +113,7 @@ def test_cross_lists_max_papers_metadata_only_and_licence(server, corpus, data_r
     assert any(r["primary_category"] != "cs.CV" for r in rows)
     assert all(r["eprint_status"] == r["pdf_status"] == "skipped" for r in rows)
     assert all(r["license"] == jan[r["arxiv_id"]]["license"] for r in rows)
-    assert stats["done"] and not any("/e-print/" in p for _, p in server.replay.log)
+    assert stats["done"] and not any("/e-print/" in p for _, p, _ in server.replay.log)
 
     # other parameters reopen the shard: now with downloads, at most 2 papers
     stats = crawl_shard("2021-01", data_root, fetcher, max_papers=2, **_urls(server))
@@ -185,7 +185,7 @@ def test_several_workers_share_one_politeness_budget(server, tmp_path):
         w.start()
     for w in procs + threads:
         w.join(60)
-    times = sorted(t for t, _ in server.replay.log)
+    times = sorted(t for t, _, _ in server.replay.log)
     assert len(times) == 12
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert min(gaps) >= delay, f"requests {min(gaps):.3f}s apart with a {delay}s delay"
@@ -198,6 +198,6 @@ def test_several_workers_share_one_politeness_budget(server, tmp_path):
         w.start()
     for w in threads:
         w.join(30)
-    times = sorted(t for t, _ in server.replay.log)
+    times = sorted(t for t, _, _ in server.replay.log)
     assert len(times) == 3 and times[1] - times[0] >= 0.99
 

@@ -125,7 +125,7 @@ def test_api_pages_a_month_like_arxiv(server, fetcher, corpus):
     results = search_month(api, "cs.CV", "2021-01")
     assert sorted(r.get_short_id().split("v")[0] for r in results) == expected
     assert api.last_total == len(expected) and len(expected) > 3  # several pages were walked
-    pages = [path for _, path in server.replay.log if path.startswith("/api/query")]
+    pages = [path for _, path, _ in server.replay.log if path.startswith("/api/query")]
     assert len(pages) == -(-len(expected) // 3)
     r = results[0]
     assert r.primary_category and "cs.CV" in r.categories and r.pdf_url.startswith("http://arxiv.org/pdf/")
@@ -197,7 +197,7 @@ def test_retry_after_is_honoured(server, corpus, tmp_path, code):
     fetcher = PoliteFetcher(delay=0, lock_dir=tmp_path / "locks", timeout=5, max_retries=2, backoff=10)
     row = download_file(fetcher, f"{server.url}/e-print/{arxiv_id}", tmp_path / "x.eprint", tmp_path)
     assert row["status"] == "ok"
-    (t1, _), (t2, _) = server.replay.log
+    (t1, _, _), (t2, _, _) = server.replay.log
     assert 1.0 <= t2 - t1 < 2.0, "waits what Retry-After says, not the (10 s) backoff, not much more"
 
 
@@ -208,6 +208,13 @@ def test_503_storm_leaves_the_download_pending(server, corpus, fetcher, tmp_path
     assert row["status"] == "pending" and "HTTP 503" in row["error"]
     assert len(server.replay.log) == fetcher.max_retries + 1
     assert not (tmp_path / "x.eprint").exists()
+
+
+def test_requests_name_the_project_and_the_contact(server, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("CVF_CONTACT", "someone@example.org")
+    PoliteFetcher(delay=0, lock_dir=tmp_path).get(f"{server.url}/pdf/{_first_tarball(corpus)}")
+    (_, _, agent), = server.replay.log
+    assert agent.startswith("cvf-crawler/") and "someone@example.org" in agent
 
 
 def test_slow_response_times_out(server, corpus, tmp_path):

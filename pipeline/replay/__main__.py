@@ -1,5 +1,6 @@
 """python -m pipeline.replay: generate a fake arXiv corpus, or serve one on 127.0.0.1.
 
+    python -m pipeline.replay                      # = serve --corpus $CVF_DATA/replay (generated if absent)
     python -m pipeline.replay generate --out data/replay --papers 20 --months 2021-01 2021-02
     python -m pipeline.replay serve --corpus data/replay --port 0 --url-file data/replay/url
     python -m pipeline.replay serve --corpus data/replay --eprints-dir ../shared/testdata/eprints \\
@@ -13,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
+from pipeline import config
 from pipeline.replay.corpus import generate_corpus
 from pipeline.replay.server import Replay, ReplayServer
 
@@ -28,11 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--months", nargs="+", default=["2021-01"], help="YYYY-MM months to spread papers over")
         p.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", required=True, type=Path, help="folder to write the corpus to")
-    srv.add_argument("--corpus", type=Path, help="corpus folder; generated first when it has no papers.jsonl")
+    srv.add_argument("--corpus", type=Path, default=config.data_root() / "replay",
+                     help="corpus folder, generated first when it has no papers.jsonl (default $CVF_DATA/replay)")
     srv.add_argument("--eprints-dir", type=Path, help="also serve real e-prints named <arxiv id>.tar.gz from here")
     srv.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free one)")
     srv.add_argument("--faults", default="[]", help="fault rules as JSON text or a JSON file (see server.py)")
     srv.add_argument("--url-file", type=Path, help="write the base URL here once listening (for scripts)")
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("generate", "serve", "-h", "--help"):
+        argv = ["serve", *argv]  # serving is what `python -m pipeline.replay` does by default
     args = ap.parse_args(argv)
 
     if args.cmd == "generate":
@@ -43,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.corpus and not (args.corpus / "papers.jsonl").exists():
         print(f"generating {args.papers} papers in {args.corpus} ...", file=sys.stderr)
         generate_corpus(args.corpus, args.papers, args.months, args.seed)
-    if not args.corpus and not args.eprints_dir:
-        ap.error("give --corpus and/or --eprints-dir")
     faults = json.loads(Path(args.faults).read_text() if Path(args.faults).is_file() else args.faults)
     server = ReplayServer(Replay(args.corpus, args.eprints_dir, faults), port=args.port)
     print(f"arXiv replay serving {len(server.replay.papers)} papers at {server.url}", flush=True)

@@ -7,7 +7,7 @@ Endpoints (the same paths as export.arxiv.org, so only the host changes):
     GET /pdf/<id>          the paper PDF
     GET /oai?verb=GetRecord&identifier=oai:arXiv.org:<id>&metadataPrefix=arXiv   (licence)
     GET /oai?verb=ListRecords&metadataPrefix=arXiv&set=cs&from=YYYY-MM-DD&until=YYYY-MM-DD
-    GET /_replay/log       JSON list of [time, path] of every request served (tests read it)
+    GET /_replay/log       JSON list of [time, path, user agent] of every request served
     POST /_replay/faults   JSON list of fault rules, replacing the current ones
 
 A fault rule is `{"match": <regex searched in the request path+query>, "fault": <kind>,
@@ -160,7 +160,7 @@ class Replay:
         self.lock = threading.Lock()
         self.faults: list[dict] = []
         self.set_faults(faults or [])
-        self.log: list[tuple[float, str]] = []
+        self.log: list[tuple[float, str, str]] = []
 
     def set_faults(self, faults: list[dict]) -> None:
         with self.lock:
@@ -219,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
             with replay.lock:
                 return self._send(200, json.dumps(replay.log).encode(), "application/json")
         with replay.lock:
-            replay.log.append((time.time(), self.path))
+            replay.log.append((time.time(), self.path, self.headers.get("User-Agent", "")))
         fault = replay.take_fault(self.path)
         kind = str(fault["fault"]) if fault else ""
         if kind == "slow":
