@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(how_to_log_in(server.url, root))
     if args.background:
-        print("stop it with: python -m labeling.serve --stop")
+        print("stop it with: python -m labeling.serve --stop" + (f" --root {root}" if args.root else ""))
         return 0
     print("Ctrl-C stops it")
     try:
