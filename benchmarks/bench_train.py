@@ -60,6 +60,8 @@ def get_args():
     p.add_argument("--lr", type=float, default=1.5e-4, help="curve lr (warm-up not simulated)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="dense bf16/fp16 peak of the card (H100 SXM: 989)")
+    p.add_argument("--fast-tokenizer", default="bf16", choices=["bf16", "fp32"],
+                   help="encoder dtype of the fast paths' compiled tokenizer")
     p.add_argument("--vqgan-config", help="taming model.yaml (default: random real-size VQGAN)")
     p.add_argument("--vqgan-ckpt", help="taming last.ckpt")
     p.add_argument("--data", help="image folder for the batches (default: smooth random images)")
@@ -193,7 +195,7 @@ def main():
     base = time_row(f"released (eager fp16, b{args.batch})", released, batches, noises, None, args, device, flops)
 
     fast_vqgan = copy.deepcopy(vqgan)
-    fast_tokenize = make_tokenizer(fast_vqgan, device, "bf16", channels_last=True, compile_=fast)
+    fast_tokenize = make_tokenizer(fast_vqgan, device, args.fast_tokenizer, channels_last=True, compile_=fast)
     fast_step = Step(copy.deepcopy(init), fast_tokenize, torch.bfloat16, fused=on_gpu, compile_=fast, lr=args.lr)
     fly = time_row(f"fast, tokens on the fly (b{args.batch})", fast_step, batches, noises, None, args, device, flops)
 
@@ -213,7 +215,8 @@ def main():
     tok32 = [fp32_tokenize(normalize(b)) for b in batches]
     tok16 = [fast_tokenize(normalize(b)) for b in batches]
     agree = torch.cat([(a == b).float().flatten() for a, b in zip(tok32, tok16)]).mean().item()
-    print(f"bf16 channels-last tokenizer picks the fp32 token for {100 * agree:.2f}% of patches", flush=True)
+    print(f"the fast ({args.fast_tokenizer}, channels-last) tokenizer picks the eager fp32 token for "
+          f"{100 * agree:.2f}% of patches", flush=True)
     eager = Step(copy.deepcopy(init), fp32_tokenize, None, fused=False, compile_=False, lr=args.lr)
     state = init.state_dict()
     curves = {}
