@@ -13,9 +13,10 @@ import torch
 import yaml
 from PIL import Image
 
-from model.data import CropDataset, ResumableSampler, TokenCache, list_images
+from model.data import CropDataset, ResumableSampler, TokenCache, list_images, normalize
 from model.mae_vqgan import load_checkpoint
 from model.train import get_args, train
+from model.vqgan import load_vqgan
 
 TINY = ["--input-size", "64", "--embed-dim", "32", "--depth", "2", "--num-heads", "4",
         "--decoder-embed-dim", "24", "--decoder-depth", "1", "--decoder-num-heads", "3",
@@ -109,9 +110,6 @@ def test_cached_tokens_match_on_the_fly_tokens(images, vqgan_files, tmp_path):
     files = list_images(images)
     tc = TokenCache(cache)
     assert np.load(cache / "tokens.npy").shape == (8, 2, 16)
-    from model.vqgan import load_vqgan
-    from model.data import normalize
-
     vq = load_vqgan(args.vqgan_config, args.vqgan_ckpt)
     ds = CropDataset(files, 64, (0.2, 1.0), seed=0)
     crops = torch.stack([ds.crop(i, k) for i in range(8) for k in range(2)])
