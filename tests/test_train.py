@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -205,3 +208,16 @@ def test_packing_can_shrink_and_reencode(images, tmp_path):
     assert crop.shape == (3, 32, 32)
     with Image.open(io.BytesIO(members[-1].read())) as img:
         assert img.format == "JPEG" and max(img.size) == 40
+
+
+def test_ddp_two_ranks_on_cpu(images, tmp_path):
+    """torchrun (gloo, loopback, a free port) with 2 ranks: each takes half of every epoch."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "model.train", str(images), *TINY, "--target", "pixels", "--batch-size", "2",
+           "--epochs", "2", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoint-last.pth", weights_only=False)
+    assert ckpt["data"]["world_size"] == 2 and ckpt["step"] == 4  # 8 images / 2 ranks / batch 2, x2 epochs
+    assert len(ckpt["rng"]) == 2
