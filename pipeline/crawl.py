@@ -120,6 +120,8 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
         if done.get("params") == params:
             return done
         store.stats_path(papers_dir, month).unlink()  # other parameters: the shard is open again
+    for tmp in [*(root / "raw" / month).glob(".*.tmp"), *papers_dir.glob(f".{month}*.tmp")]:
+        tmp.unlink(missing_ok=True)  # half-written by a killed run (one task per shard: nobody else's)
     shard_file = papers_dir / f"{month}.parquet"
     old = {r["arxiv_id"]: r for r in store.read_rows(shard_file)} if shard_file.exists() else {}
 

@@ -156,17 +156,22 @@ def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_crawl(server, 
 
     killed = tmp_path / "killed"
     env = dict(os.environ, CVF_DATA=str(killed))
-    # a slowed-down crawl (delay 0.05 s) killed three times at different moments, then finished
-    for kill_after in (1.6, 2.1, 2.6):
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.crawl", *_cli_args(server, killed, delay=0.05)],
+    # a slowed-down crawl (0.1 s between requests) killed at several points of its progress:
+    # while listing, between and during downloads and checkpoints, then run to the end
+    for requests_before_kill, pause in ((1, 0.0), (4, 0.05), (6, 0.0), (9, 0.05)):
+        start = len(server.replay.log)
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.crawl", *_cli_args(server, killed, delay=0.1)],
                                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(kill_after)
+        deadline = time.time() + 60
+        while len(server.replay.log) < start + requests_before_kill and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(pause)  # land inside a request sometimes, between requests other times
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert not all(store.shard_done(killed / "papers", m) for m in MONTHS), "the kills came too late to matter"
     assert main(_cli_args(server, killed)) == 0
     assert _state(killed) == _state(reference)
-    leftovers = [p for p in killed.rglob("*.tmp")]
-    assert not leftovers or all(p.name.startswith(".") for p in leftovers)
+    assert not list(killed.rglob("*.tmp")), "temporary files of killed runs are cleaned up"
 
 
 def _hammer(lock_dir: str, url: str, n: int, delay: float) -> None:
