@@ -69,8 +69,9 @@ OFFICIAL = RenderOptions(box="media", alpha="drop", official=True)
 # --- sizes -------------------------------------------------------------------------------------
 
 def poppler_size(width_pt: float, height_pt: float, dpi: int = OFFICIAL_DPI) -> tuple[int, int]:
-    """The bitmap size pdftoppm gives a page at `dpi` (it rounds up)."""
-    return math.ceil(width_pt * (dpi / 72.0)), math.ceil(height_pt * (dpi / 72.0))
+    """The bitmap size pdftoppm gives a page at `dpi`: rounded up, but a box of 488.16 pt that
+    doubles make 1356.0000000000002 px is 1356 px (checked against pdftoppm 22.12)."""
+    return (math.ceil(width_pt * (dpi / 72.0) - 1e-6), math.ceil(height_pt * (dpi / 72.0) - 1e-6))
 
 
 def thumbnail_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
@@ -136,25 +137,31 @@ def _box(rect) -> list[float]:
     return [round(float(v), 3) for v in (rect.x0, rect.y0, rect.x1, rect.y1)]
 
 
-def _pdf_cropbox(page) -> list[float]:
-    """The CropBox in PDF coordinates (bottom-left origin, like the MediaBox): PyMuPDF
-    reports it top-down relative to the MediaBox."""
-    media, crop = page.mediabox, page.cropbox
-    return _box(pymupdf.Rect(crop.x0, media.y1 - crop.y1, crop.x1, media.y1 - crop.y0))
-
-
-def _show_mediabox(doc, page):
-    """Make the page display its whole MediaBox, as poppler does by default, by writing the
-    raw MediaBox array (inherited from a parent Pages node if need be) as the CropBox."""
+def _raw_box(doc, page, key: str) -> list[float] | None:
+    """A page box as the file writes it (PDF coordinates, doubles), inherited from the page
+    tree if need be. PyMuPDF's own rects are single precision, which is enough to shift
+    poppler's rounded-up bitmap size by a pixel."""
     xref = page.xref
     while xref:
-        kind, value = doc.xref_get_key(xref, "MediaBox")
+        kind, value = doc.xref_get_key(xref, key)
         if kind == "array":
-            doc.xref_set_key(page.xref, "CropBox", value)
-            return doc.reload_page(page)
+            try:
+                x0, y0, x1, y1 = (float(v) for v in value.strip("[]").split())
+            except ValueError:
+                return None
+            return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
         kind, parent = doc.xref_get_key(xref, "Parent")
         xref = int(parent.split()[0]) if kind == "xref" else 0
-    return page
+    return None
+
+
+def _page_boxes(doc, page) -> tuple[list[float], list[float]]:
+    """(MediaBox, CropBox) in PDF coordinates; the CropBox is clipped to the MediaBox."""
+    media = _raw_box(doc, page, "MediaBox") or _box(page.mediabox)
+    crop = _raw_box(doc, page, "CropBox") or media
+    crop = [max(crop[0], media[0]), max(crop[1], media[1]),
+            min(crop[2], media[2]), min(crop[3], media[3])]
+    return media, crop
 
 
 def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
@@ -169,15 +176,21 @@ def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
         if doc.page_count == 0:
             raise RenderError("PDF has no pages")
         page = doc[0]
-        info["mediabox"], info["cropbox"] = _box(page.mediabox), _pdf_cropbox(page)
+        media, crop = _page_boxes(doc, page)
+        info["mediabox"], info["cropbox"] = [round(v, 3) for v in media], [round(v, 3) for v in crop]
         if doc.page_count > 1:
             raise RenderError(f"multi-page PDF ({doc.page_count} pages)", "skipped", info)
-        if options.box == "media" and info["cropbox"] != info["mediabox"]:
-            page = _show_mediabox(doc, page)
+        box = media if options.box == "media" else crop
+        if box != crop:  # show the whole MediaBox, as poppler does by default
+            doc.xref_set_key(page.xref, "CropBox", "[%r %r %r %r]" % tuple(media))
+            page = doc.reload_page(page)
         rect = page.rect  # the chosen box, rotated as displayed
-        if rect.width < 1 or rect.height < 1:
-            raise RenderError(f"empty page box {_box(rect)}")
-        full_w, full_h = poppler_size(rect.width, rect.height, options.dpi)
+        width, height = box[2] - box[0], box[3] - box[1]
+        if page.rotation % 180:
+            width, height = height, width
+        if width < 1 or height < 1:
+            raise RenderError(f"empty page box {box}")
+        full_w, full_h = poppler_size(width, height, options.dpi)
         target = thumbnail_size(full_w, full_h, options.max_side)
         try:
             if options.official:

@@ -181,3 +181,20 @@ def test_boxes_in_pdf_coordinates_with_an_offset_mediabox(testdata):
     a, info = render_figure(real, "pdf")
     b, _ = render_figure(real, "pdf", OFFICIAL)
     assert info["cropbox"] == info["mediabox"] and a.size == b.size
+
+
+@pytest.mark.skipif(not shutil.which("pdftoppm"), reason="poppler-utils not installed")
+@pytest.mark.parametrize("member", ["figures/confusion.pdf", "figures/human_eval.pdf",
+                                    "figures/montage.pdf", "figures/violinplots.pdf"])
+def test_official_size_is_pdftoppm_then_thumbnail(testdata, tmp_path, member):
+    """Offset MediaBoxes whose size at 200 DPI sits on an integer (float noise either side)."""
+    with tarfile.open(testdata / "eprints" / "2002.06483.tar.gz") as tar:
+        (tmp_path / "f.pdf").write_bytes(tar.extractfile(member).read())
+    subprocess.run(["pdftoppm", "-r", "200", "-png", "-singlefile", str(tmp_path / "f.pdf"),
+                    str(tmp_path / "pop")], check=True)
+    with Image.open(tmp_path / "pop.png") as pop:
+        pop.thumbnail((1024, 1024))
+        expected = pop.size
+    data = (tmp_path / "f.pdf").read_bytes()
+    assert render_figure(data, "pdf", OFFICIAL)[0].size == expected
+    assert render_figure(data, "pdf", RenderOptions(box="media"))[0].size == expected
