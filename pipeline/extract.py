@@ -341,14 +341,18 @@ def dedup_corpus(root: str | Path | None = None, near_bits: int = NEAR_DUP_BITS)
 def extract_shard(shard: str, root: str | Path | None = None, *,
                   options: RenderOptions = RenderOptions(), apply_name_filter: bool = True,
                   limits: Limits = Limits(), checkpoint_every: int = 20,
-                  progress: bool = True) -> dict:
-    """Extract every paper of `papers/<shard>.parquet`; returns (and stores) the shard's stats."""
+                  progress: bool = True, force: bool = False) -> dict:
+    """Extract every paper of `papers/<shard>.parquet`; returns (and stores) the shard's stats.
+    `force` redoes a done shard from scratch (e.g. after the crawl fetched pending e-prints)."""
     root = config.data_root(root)
     figures_dir = root / "figures"
+    out_path = figures_dir / f"{shard}.parquet"
+    if force:
+        store.stats_path(figures_dir, shard).unlink(missing_ok=True)
+        out_path.unlink(missing_ok=True)
     if store.shard_done(figures_dir, shard):
         return store.read_stats(figures_dir, shard)
     papers = store.read_rows(root / "papers" / f"{shard}.parquet")
-    out_path = figures_dir / f"{shard}.parquet"
     rows = store.read_rows(out_path) if out_path.exists() else []  # checkpoint of a past run
     done = {r["paper_id"] for r in rows}
     start, resumed = time.monotonic(), len(done)
@@ -430,6 +434,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-name-filter", action="store_true",
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    parser.add_argument("--force", action="store_true",
+                        help="redo shards that are done (default: skip them)")
     parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
@@ -439,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     shards = args.shards or shards_with_papers(args.root)
     if not shards:
         parser.error(f"no papers/<shard>.parquet under {config.data_root(args.root)}")
-    for stats in extract_shards(shards, args.root, options=options,
+    for stats in extract_shards(shards, args.root, options=options, force=args.force,
                                 apply_name_filter=not args.no_name_filter):
         print(f"{stats['shard']}: {stats['papers']} papers, {stats['figures']} figures "
               f"{stats['by_status']}, {stats['seconds']} s")

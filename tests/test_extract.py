@@ -308,6 +308,9 @@ def test_rerun_resumes_and_skips_done_shards(tmp_path):
     again = extract_shard("2021-06", root, progress=False)
     assert again["papers_resumed"] == 1
     assert store.read_rows(root / "figures" / "2021-06.parquet") == before
+    forced = extract_shard("2021-06", root, progress=False, force=True)
+    assert forced["papers_resumed"] == 0
+    assert store.read_rows(root / "figures" / "2021-06.parquet") == before
 
 
 def test_replay_corpus_every_true_figure_comes_out(tmp_path):
