@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline import config, store
 from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, paper_record, search_month
-from pipeline.fetch import DOWNLOAD_FIELDS, FINAL_STATUSES, PoliteFetcher, TransientError, download_file
+from pipeline.fetch import DOWNLOAD_FIELDS, PoliteFetcher, TransientError, download_file
 from pipeline.shards import month_range
 
 log = logging.getLogger("cvf.crawl")

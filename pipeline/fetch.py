@@ -28,9 +28,7 @@ import requests
 
 from pipeline import config, store
 
-# Statuses a retry cannot change. Anything else (timeouts, 5xx after the retries, a body cut
-# short) is transient: the item stays `pending` and a later run tries again.
-FINAL_STATUSES = ("ok", "missing", "withdrawn", "error", "skipped")
+# The contract's per-download columns (`eprint_*` and `pdf_*` in paper records).
 DOWNLOAD_FIELDS = ("status", "path", "sha256", "bytes", "kind", "error")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 SOURCE_KINDS = ("tar.gz", "tar", "gz-tex", "gz", "pdf", "zip")
