@@ -36,6 +36,11 @@ def dedup_task(root: str) -> dict:
     return extract.dedup_corpus(root)
 
 
+@task(name="contact-sheet")
+def contact_sheet_task(root: str, count: int) -> str:
+    return str(extract.write_contact_sheet(root, count))
+
+
 @flow(name="extract-shards")
 def extract_shards_flow(shards: list[str], root: str, box: str, official: bool, name_filter: bool,
                         timeout_s: float) -> list[dict]:
@@ -58,8 +63,9 @@ def dask_runner(scheduler_address: str | None = None, workers: int | None = None
 def extract_figures(shards: list[str] | None = None, root: str | None = None,
                     scheduler_address: str | None = None, workers: int | None = None,
                     box: str = "crop", official: bool = False, name_filter: bool = True,
-                    timeout_s: float = 60.0) -> dict:
-    """Extract `shards` (default: every shard with papers) on Dask, then flag duplicates."""
+                    timeout_s: float = 60.0, contact_sheet: int = 0) -> dict:
+    """Extract `shards` (default: every shard with papers) on Dask, then flag duplicates;
+    with `contact_sheet` > 0 also write figures/contact_sheet.png of that many figures."""
     root = str(data_root(root))
     shards = shards or extract.shards_with_papers(root)
     on_dask = extract_shards_flow.with_options(task_runner=dask_runner(scheduler_address, workers))
@@ -67,6 +73,8 @@ def extract_figures(shards: list[str] | None = None, root: str | None = None,
     duplicates = dedup_task(root)
     summary = {"shards": len(stats), "papers": sum(s["papers"] for s in stats),
                "figures": sum(s["figures"] for s in stats), "duplicates": duplicates}
+    if contact_sheet:
+        summary["contact_sheet"] = contact_sheet_task(root, contact_sheet)
     get_run_logger().info(f"extract-figures: {summary}")
     return summary
 
@@ -90,9 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-name-filter", action="store_true",
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
+                        help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
     summary = extract_figures(args.shards, args.root, args.scheduler_address, args.workers,
-                              args.box, args.official, not args.no_name_filter, args.timeout)
+                              args.box, args.official, not args.no_name_filter, args.timeout,
+                              args.contact_sheet)
     print(summary)
 
 

@@ -38,8 +38,9 @@ def test_dask_flow_matches_single_process(testdata, tmp_path, monkeypatch):
     build_corpus(parallel, testdata)
     extract_shards(["2019-04", "2021-07", "2022-02"], single, progress=False)
     with prefect_test_harness(server_startup_timeout=120):
-        summary = extract_figures(root=str(parallel), workers=2)
+        summary = extract_figures(root=str(parallel), workers=2, contact_sheet=6)
     assert summary["shards"] == 3 and summary["duplicates"]["exact_duplicates"] >= 1
+    assert (parallel / "figures" / "contact_sheet.png").exists()
     rows_single, images_single = snapshot(single)
     rows_dask, images_dask = snapshot(parallel)
     assert rows_dask == rows_single
