@@ -26,6 +26,16 @@ _cvf_free_port() {
 
 CVF_PREFECT="$(dirname "$CVF_PY")/prefect"  # the binary itself, so that $! is its pid
 
+# Start "$@" in the background and record its pid. Job control on (set -m) so the process keeps
+# SIGINT: a non-interactive shell would start it with SIGINT ignored, and Prefect's server and
+# worker turn SIGTERM into SIGINT to shut down.
+_cvf_background() {
+  set -m
+  "$@" &
+  CVF_PIDS+=($!)
+  set +m
+}
+
 _cvf_wait_for() {  # URL SECONDS WHAT
   local url=$1 deadline=$((SECONDS + $2))
   until "$CVF_PY" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$url" 2>/dev/null; do
@@ -39,8 +49,7 @@ cvf_start_prefect_server() {
   local port; port=$(_cvf_free_port)
   export PREFECT_API_URL="http://127.0.0.1:$port/api"
   echo "starting Prefect server on 127.0.0.1:$port (PREFECT_HOME=$PREFECT_HOME)"
-  "$CVF_PREFECT" server start --host 127.0.0.1 --port "$port" >"$CVF_LOGS/server.log" 2>&1 &
-  CVF_PIDS+=($!)
+  _cvf_background "$CVF_PREFECT" server start --host 127.0.0.1 --port "$port" >"$CVF_LOGS/server.log" 2>&1
   _cvf_wait_for "$PREFECT_API_URL/health" 180 "Prefect server"
 }
 
@@ -56,9 +65,8 @@ cvf_start_replay() {  # DIR [N_PAPERS] [MONTHS...]
   local dir=$1 papers=${2:-20}; shift 2 || shift $#
   local months=("$@"); ((${#months[@]})) || months=(2021-01 2021-02)
   rm -f "$dir/url"
-  "$CVF_PY" -m pipeline.replay serve --corpus "$dir" --papers "$papers" --months "${months[@]}" \
-    --url-file "$dir/url" >"$CVF_LOGS/replay.log" 2>&1 &
-  CVF_PIDS+=($!)
+  _cvf_background "$CVF_PY" -m pipeline.replay serve --corpus "$dir" --papers "$papers" --months "${months[@]}" \
+    --url-file "$dir/url" >"$CVF_LOGS/replay.log" 2>&1
   local deadline=$((SECONDS + 120))
   until [[ -s $dir/url ]]; do
     if ((SECONDS > deadline)); then echo "replay did not start (logs: $CVF_LOGS/replay.log)" >&2; return 1; fi
@@ -71,8 +79,7 @@ cvf_start_replay() {  # DIR [N_PAPERS] [MONTHS...]
 }
 
 cvf_start_worker() {
-  "$CVF_PREFECT" worker start --pool "$CVF_POOL" --type process >"$CVF_LOGS/worker.log" 2>&1 &
-  CVF_PIDS+=($!)
+  _cvf_background "$CVF_PREFECT" worker start --pool "$CVF_POOL" --type process >"$CVF_LOGS/worker.log" 2>&1
   echo "process worker started on pool $CVF_POOL"
 }
 
