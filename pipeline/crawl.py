@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline import config, store
 from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, paper_record, search_month
@@ -137,7 +138,7 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
 
     eprint_url, pdf_url = eprint_url or config.arxiv_eprint_url(), pdf_url or config.arxiv_pdf_url()
     last_checkpoint = time.time()
-    bar = tqdm(records, desc=month, unit="paper", disable=not progress, leave=True)
+    bar = tqdm(records, desc=month, unit="paper", disable=not progress, leave=False)
     for record in bar:
         arxiv_id = record["arxiv_id"]
         if oai_url and not record["license"]:
@@ -166,11 +167,15 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
 
 
 def crawl(start: str, end: str, root: str | Path | None = None, *, delay: float | None = None,
-          timeout: float = 60.0, retries: int = 4, **kw) -> list[dict]:
+          timeout: float = 60.0, retries: int = 4, progress: bool = False, **kw) -> list[dict]:
     """Crawl every month shard from `start` to `end` (YYYY-MM, inclusive); return their stats."""
     root = config.data_root(root)
     fetcher = make_fetcher(root, delay, timeout=timeout, max_retries=retries)
-    return [crawl_shard(month, root, fetcher, **kw) for month in month_range(start, end)]
+    months = month_range(start, end)
+    stats = []
+    for month in tqdm(months, desc="shards", unit="shard", disable=not progress or len(months) == 1):
+        stats.append(crawl_shard(month, root, fetcher, progress=progress, **kw))
+    return stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     root = config.data_root(args.data)
-    stats = crawl(args.start, args.end, root, delay=args.delay, timeout=args.timeout, retries=args.retries,
-                  api_url=args.api_url,
-                  eprint_url=args.eprint_url, pdf_url=args.pdf_url, oai_url=args.oai_url, category=args.category,
-                  include_cross_lists=args.include_cross_lists, max_papers=args.max_papers,
-                  downloads=tuple(args.downloads), max_attempts=args.max_attempts, progress=True)
+    with logging_redirect_tqdm():  # log lines above the progress bars, not through them
+        stats = crawl(args.start, args.end, root, delay=args.delay, timeout=args.timeout, retries=args.retries,
+                      api_url=args.api_url, eprint_url=args.eprint_url, pdf_url=args.pdf_url, oai_url=args.oai_url,
+                      category=args.category, include_cross_lists=args.include_cross_lists,
+                      max_papers=args.max_papers, downloads=tuple(args.downloads), max_attempts=args.max_attempts,
+                      progress=True)
     open_shards = [s["shard"] for s in stats if not s["done"]]
     for s in stats:
         for f in s["failed"]:
