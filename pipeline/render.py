@@ -69,9 +69,22 @@ OFFICIAL = RenderOptions(box="media", alpha="drop", official=True)
 # --- sizes -------------------------------------------------------------------------------------
 
 def poppler_size(width_pt: float, height_pt: float, dpi: int = OFFICIAL_DPI) -> tuple[int, int]:
-    """The bitmap size pdftoppm gives a page at `dpi`: rounded up, but a box of 488.16 pt that
-    doubles make 1356.0000000000002 px is 1356 px (checked against pdftoppm 22.12)."""
-    return (math.ceil(width_pt * (dpi / 72.0) - 1e-6), math.ceil(height_pt * (dpi / 72.0) - 1e-6))
+    """The bitmap size pdftoppm gives a page at `dpi`: `ceil(points * dpi / 72)` in doubles, with
+    the points as poppler parses them (`poppler_number`). Sizes that land on an integer go one
+    way or the other by float noise, so the exact arithmetic matters (checked against 22.12)."""
+    return math.ceil(width_pt * dpi / 72.0), math.ceil(height_pt * dpi / 72.0)
+
+
+def poppler_number(text: str) -> float:
+    """A PDF number as poppler's lexer reads it: digits after the point are added one by one
+    (`x += scale * digit; scale *= 0.1`), which can differ from `float(text)` in the last bit."""
+    negative = text.startswith("-")
+    whole, _, fraction = text.lstrip("+-").partition(".")
+    value, scale = float(int(whole or 0)), 0.1
+    for digit in fraction:
+        value += scale * int(digit)
+        scale *= 0.1
+    return -value if negative else value
 
 
 def thumbnail_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
@@ -146,7 +159,7 @@ def _raw_box(doc, page, key: str) -> list[float] | None:
         kind, value = doc.xref_get_key(xref, key)
         if kind == "array":
             try:
-                x0, y0, x1, y1 = (float(v) for v in value.strip("[]").split())
+                x0, y0, x1, y1 = (poppler_number(v) for v in value.strip("[]").split())
             except ValueError:
                 return None
             return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]

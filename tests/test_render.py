@@ -6,8 +6,8 @@ import os
 import shutil
 import signal
 import struct
-import tarfile
 import subprocess
+import tarfile
 import zlib
 
 import numpy as np
@@ -15,7 +15,8 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from pipeline.render import (OFFICIAL, Renderer, RenderError, RenderOptions, poppler_size,
+from pipeline.render import (OFFICIAL, Renderer, RenderError, RenderOptions, poppler_number,
+                             poppler_size,
                              render_figure, render_to_png, thumbnail_size, to_rgb)
 
 
@@ -184,11 +185,13 @@ def test_boxes_in_pdf_coordinates_with_an_offset_mediabox(testdata):
 
 
 @pytest.mark.skipif(not shutil.which("pdftoppm"), reason="poppler-utils not installed")
-@pytest.mark.parametrize("member", ["figures/confusion.pdf", "figures/human_eval.pdf",
-                                    "figures/montage.pdf", "figures/violinplots.pdf"])
-def test_official_size_is_pdftoppm_then_thumbnail(testdata, tmp_path, member):
-    """Offset MediaBoxes whose size at 200 DPI sits on an integer (float noise either side)."""
-    with tarfile.open(testdata / "eprints" / "2002.06483.tar.gz") as tar:
+@pytest.mark.parametrize("paper, member", [
+    ("2002.06483", "figures/confusion.pdf"), ("2002.06483", "figures/human_eval.pdf"),
+    ("2002.06483", "figures/violinplots.pdf"), ("1906.11713", "figs/edge_contraction.pdf"),
+    ("1906.11713", "figs/noise_plots/over_segment_plots_0.pdf")])
+def test_official_size_is_pdftoppm_then_thumbnail(testdata, tmp_path, paper, member):
+    """Boxes whose size at 200 DPI sits on an integer (float noise either side)."""
+    with tarfile.open(testdata / "eprints" / f"{paper}.tar.gz") as tar:
         (tmp_path / "f.pdf").write_bytes(tar.extractfile(member).read())
     subprocess.run(["pdftoppm", "-r", "200", "-png", "-singlefile", str(tmp_path / "f.pdf"),
                     str(tmp_path / "pop")], check=True)
@@ -198,3 +201,10 @@ def test_official_size_is_pdftoppm_then_thumbnail(testdata, tmp_path, member):
     data = (tmp_path / "f.pdf").read_bytes()
     assert render_figure(data, "pdf", OFFICIAL)[0].size == expected
     assert render_figure(data, "pdf", RenderOptions(box="media"))[0].size == expected
+
+
+def test_poppler_number_and_size_rules():
+    assert poppler_number("556.416") != float("556.416") and poppler_number("-2.5") == -2.5
+    assert poppler_size(648, poppler_number("273.6")) == (1800, 761)  # pdftoppm -r 200
+    media = [poppler_number(v) for v in ("20.304", "68.256", "605.664", "556.416")]
+    assert poppler_size(media[2] - media[0], media[3] - media[1]) == (1626, 1356)
