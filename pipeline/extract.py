@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path, PurePosixPath
@@ -158,7 +159,7 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
     e-print raises `IsPaperPDF` for the caller to route to the PDF fallback."""
     kind, members = read_eprint(eprint, _wanted, limits)
     if kind == "pdf":
-        raise IsPaperPDF(eprint)
+        raise IsPaperPDF(next(members).data)
     rows: dict[str, dict] = {}  # by img_name
     tex: dict[str, str] = {}
     try:
@@ -262,8 +263,14 @@ def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
         try:
             return extract_eprint(paper_id, eprint, image_dir, root, renderer,
                                   apply_name_filter=apply_name_filter, limits=limits)
-        except IsPaperPDF:
-            return extract_pdf(paper_id, eprint, image_dir, root)
+        except IsPaperPDF as e:
+            with open(eprint, "rb") as f:
+                if f.read(5) == b"%PDF-":
+                    return extract_pdf(paper_id, eprint, image_dir, root)
+            with tempfile.TemporaryDirectory(prefix="cvf-pdf-") as tmp:  # a gzip'd PDF
+                pdf_copy = Path(tmp) / f"{paper_id.replace('/', '_')}.pdf"
+                pdf_copy.write_bytes(e.args[0])
+                return extract_pdf(paper_id, pdf_copy, image_dir, root)
         except ArchiveError as e:
             if pdf is not None and pdf.exists():
                 return [figure_row(paper_id, status="error", error=f"e-print: {e}")] + \
