@@ -58,6 +58,7 @@ class RenderOptions:
     box: str = "crop"        # PDF page box: "crop" (as the paper shows it) or "media" (poppler)
     alpha: str = "white"     # RGBA -> RGB: "white" composites on white, "drop" discards alpha
     official: bool = False   # PDFs: 200 DPI then thumbnail (official pixels) vs straight to size
+    poppler: bool = False    # PDFs through pdftoppm itself, as the official tool did (slow)
     max_side: int = MAX_SIDE
     dpi: int = OFFICIAL_DPI
     timeout_s: float = 60.0  # per file, enforced by Renderer
@@ -228,6 +229,45 @@ def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
     return img, info
 
 
+def render_pdf_poppler(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
+    """The official tool's exact pixels: pdftoppm at `options.dpi` (pdf2image's call), then
+    Pillow's RGB conversion and thumbnail. Page count and boxes come from PyMuPDF."""
+    try:
+        doc = pymupdf.open(stream=data, filetype="pdf")
+    except Exception as e:
+        raise RenderError(f"malformed PDF: {e}") from e
+    with doc:
+        if doc.needs_pass:
+            raise RenderError("encrypted PDF: a password is required")
+        info = {"page_count": doc.page_count}
+        if doc.page_count == 0:
+            raise RenderError("PDF has no pages")
+        media, crop = _page_boxes(doc, doc[0])
+        info["mediabox"], info["cropbox"] = [round(v, 3) for v in media], [round(v, 3) for v in crop]
+    if info["page_count"] > 1:
+        raise RenderError(f"multi-page PDF ({info['page_count']} pages)", "skipped", info)
+    with tempfile.TemporaryDirectory(prefix="cvf-poppler-") as tmp:
+        src = Path(tmp) / "in.pdf"
+        src.write_bytes(data)
+        cmd = ["pdftoppm", "-r", str(options.dpi), "-png", "-singlefile", "-f", "1", "-l", "1"]
+        cmd += ["-cropbox"] if options.box == "crop" else []
+        try:
+            run = subprocess.run(cmd + [str(src), str(Path(tmp) / "out")], capture_output=True,
+                                 timeout=options.timeout_s * 0.9)
+        except FileNotFoundError as e:
+            raise RenderError("pdftoppm not found: install poppler-utils (make system-deps)") from e
+        except subprocess.TimeoutExpired as e:
+            raise RenderError(f"pdftoppm timed out after {options.timeout_s * 0.9:.0f} s") from e
+        out = Path(tmp) / "out.png"
+        if run.returncode != 0 or not out.exists():
+            tail = run.stderr.decode("utf-8", "replace").strip()[-300:]
+            raise RenderError(f"pdftoppm failed (exit {run.returncode}): {tail}")
+        with Image.open(out) as page:
+            img = page.convert("RGB")
+    img.thumbnail((options.max_side, options.max_side))
+    return img, info
+
+
 def eps_to_pdf(data: bytes, timeout_s: float = 60.0) -> bytes:
     """Convert EPS/PS to a one-page PDF cropped to its bounding box, as epstopdf does."""
     with tempfile.TemporaryDirectory(prefix="cvf-eps-") as tmp:
@@ -252,10 +292,11 @@ def render_figure(data: bytes, fmt: str, options: RenderOptions = RenderOptions(
     """Render one figure file's bytes (`fmt` as `naming.figure_format` gives it)."""
     if not data:
         raise RenderError("empty file (0 bytes)")
+    pdf = render_pdf_poppler if options.poppler else render_pdf
     if fmt in ("eps", "ps"):
-        return render_pdf(eps_to_pdf(data, options.timeout_s), options)
+        return pdf(eps_to_pdf(data, options.timeout_s), options)
     if fmt == "pdf":
-        return render_pdf(data, options)
+        return pdf(data, options)
     return render_raster(data, options)
 
 

@@ -121,3 +121,20 @@ def test_read_index_forms(tmp_path, testdata):
     bad.write_text("id,name\n1,2\n")
     with pytest.raises(ValueError, match="paper_id"):
         read_index(bad)
+
+
+@pytest.mark.skipif(not shutil.which("pdftoppm"), reason="poppler-utils not installed")
+def test_official_renderer_gives_pdf2image_pixels(eprint_server, testdata, tmp_path, data_root):
+    from pdf2image import convert_from_bytes
+
+    index = tmp_path / "df_part.csv"
+    write_index(index, testdata, [], papers=("1904.03249",))
+    report = rebuild(index, "val", tmp_path / "cvf", delay=0, poppler=True, progress=False)
+    assert report["images_written"] == 2
+    with tarfile.open(testdata / "eprints" / "1904.03249.tar.gz") as tar:
+        ref = convert_from_bytes(tar.extractfile("figures/vis.pdf").read(), dpi=200)[0]
+    ref = ref.convert("RGB")
+    ref.thumbnail((1024, 1024))
+    out = tmp_path / "cvf" / "val" / "1904.03249" / "figures_vis.pdf_1904.03249_0.png"
+    with Image.open(out) as got:
+        assert np.array_equal(np.asarray(got), np.asarray(ref))

@@ -208,3 +208,19 @@ def test_poppler_number_and_size_rules():
     assert poppler_size(648, poppler_number("273.6")) == (1800, 761)  # pdftoppm -r 200
     media = [poppler_number(v) for v in ("20.304", "68.256", "605.664", "556.416")]
     assert poppler_size(media[2] - media[0], media[3] - media[1]) == (1626, 1356)
+
+
+@pytest.mark.skipif(not shutil.which("pdftoppm"), reason="poppler-utils not installed")
+def test_poppler_engine_is_pdf2image_to_the_bit(testdata):
+    from pdf2image import convert_from_bytes
+
+    with tarfile.open(testdata / "eprints" / "1904.03249.tar.gz") as tar:
+        data = tar.extractfile("figures/vis.pdf").read()
+    ref = convert_from_bytes(data, dpi=200)[0].convert("RGB")  # the official downloader
+    ref.thumbnail((1024, 1024))
+    got, info = render_figure(data, "pdf", RenderOptions(box="media", alpha="drop", official=True,
+                                                         poppler=True))
+    assert info["page_count"] == 1 and np.array_equal(np.asarray(got), np.asarray(ref))
+    multi = render_to_png(pdf_bytes(pages=2), "pdf", "/nonexistent/x.png",
+                          RenderOptions(poppler=True))
+    assert multi["status"] == "skipped" and multi["page_count"] == 2
