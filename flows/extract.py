@@ -19,16 +19,13 @@ from prefect_dask import DaskTaskRunner
 
 from pipeline import extract
 from pipeline.config import data_root
-from pipeline.render import RenderOptions
 
 
 @task(name="extract-shard", retries=1)
 def extract_shard_task(shard: str, root: str, box: str, official: bool, name_filter: bool,
                        timeout_s: float) -> dict:
-    options = (RenderOptions(box="media", alpha="drop", official=True, timeout_s=timeout_s)
-               if official else RenderOptions(box=box, timeout_s=timeout_s))
-    return extract.extract_shard(shard, root, options=options, apply_name_filter=name_filter,
-                                 progress=False)
+    return extract.extract_shard(shard, root, options=extract.render_options(box, official, timeout_s),
+                                 apply_name_filter=name_filter, progress=False)
 
 
 @task(name="flag-duplicates")

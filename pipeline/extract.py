@@ -19,6 +19,7 @@ skips papers already there, and skips the shard once `figures/<shard>_stats.json
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import tempfile
 import time
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from pipeline import config, store
 from pipeline.archive import ArchiveError, Limits, read_eprint
 from pipeline.naming import cvf_name, figure_format, official_name_filter, output_name
-from pipeline.render import Renderer, RenderOptions
+from pipeline.render import OFFICIAL, Renderer, RenderOptions
 
 FIGURE_SCHEMA = pa.schema([
     ("paper_id", pa.string()),
@@ -394,6 +395,14 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
     return stats
 
 
+def render_options(box: str = "crop", official: bool = False,
+                   timeout_s: float = 60.0) -> RenderOptions:
+    """The CLI's and the flow's rendering choices as RenderOptions."""
+    if official:
+        return dataclasses.replace(OFFICIAL, timeout_s=timeout_s)
+    return RenderOptions(box=box, timeout_s=timeout_s)
+
+
 def shards_with_papers(root: str | Path | None = None) -> list[str]:
     root = config.data_root(root)
     return sorted(p.stem for p in (root / "papers").glob("*.parquet") if "_" not in p.stem)
@@ -446,9 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
-    options = RenderOptions(box=args.box, timeout_s=args.timeout)
-    if args.official:
-        options = RenderOptions(box="media", alpha="drop", official=True, timeout_s=args.timeout)
+    options = render_options(args.box, args.official, args.timeout)
     shards = args.shards or shards_with_papers(args.root)
     if not shards:
         parser.error(f"no papers/<shard>.parquet under {config.data_root(args.root)}")
