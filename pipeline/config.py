@@ -34,6 +34,11 @@ def arxiv_delay() -> float:
     return float(os.environ.get("CVF_ARXIV_DELAY", DEFAULT_DELAY))
 
 
+def contact() -> str:
+    """Who arXiv can write to about this crawler ($CVF_CONTACT), named in every User-Agent."""
+    return os.environ.get("CVF_CONTACT", "")
+
+
 def shared_testdata() -> Path:
     """../shared/testdata next to the repository (tests and benchmarks only)."""
     return Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"

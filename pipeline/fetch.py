@@ -7,6 +7,10 @@ request may start, and the lock is held for the whole request, so two workers ne
 the next request starts at least `delay` seconds after the previous one ended. A 429/503 with
 `Retry-After` pushes that time forward for everyone.
 
+Downloads keep the bytes exactly as served: arXiv sends a gzip'd e-print with
+`Content-Encoding: x-gzip`, which HTTP clients would silently unpack (a single gzip'd .tex would
+arrive as bare TeX), so `get(url, raw=True)` asks for `identity` and does not decode.
+
     fetcher = PoliteFetcher(delay=3, lock_dir=root / ".politeness")
     row = download_file(fetcher, "https://export.arxiv.org/e-print/2101.00001", dest, root)
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from pipeline import config, store
 
@@ -35,7 +40,7 @@ SOURCE_KINDS = ("tar.gz", "tar", "gz-tex", "gz", "pdf", "zip")
 
 
 def user_agent(contact: str | None = None) -> str:
-    contact = contact or os.environ.get("CVF_CONTACT", "")
+    contact = contact or config.contact()
     return f"cvf-crawler/0.1 (Computer Vision Figures corpus rebuild; contact: {contact or 'unset, set CVF_CONTACT'})"
 
 
@@ -111,9 +116,11 @@ class PoliteFetcher:
 
     def __init__(self, delay: float = 3.0, lock_dir: str | os.PathLike | None = None, *,
                  timeout: float = 60.0, max_retries: int = 4, backoff: float | None = None,
-                 max_retry_after: float = 900.0, contact: str | None = None):
+                 max_retry_after: float = 900.0, contact: str | None = None, max_seconds: float | None = None):
         self.delay = delay
-        self.timeout = timeout
+        self.timeout = timeout  # connect / between two reads
+        # a whole response must arrive within this (a server dripping bytes never trips `timeout`)
+        self.max_seconds = max_seconds if max_seconds is not None else 10 * timeout
         self.max_retries = max_retries
         # Backoff starts from the delay; with delay 0 (tests, benchmarks) a small floor remains.
         self.backoff = backoff if backoff is not None else max(delay, 1.0)
@@ -128,7 +135,7 @@ class PoliteFetcher:
         host = urlsplit(url).netloc.replace(":", "_") or "local"
         return self.lock_dir / f"{host}.lock"
 
-    def _polite_get(self, url: str) -> requests.Response:
+    def _polite_get(self, url: str, raw: bool) -> requests.Response:
         """One request, holding the host's lock, started no earlier than the shared next-slot time."""
         with open(self._lock_path(url), "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even on SIGKILL
@@ -140,8 +147,8 @@ class PoliteFetcher:
                     time.sleep(wait)
                 self.requests_made += 1
                 try:
-                    resp = self.session.get(url, timeout=self.timeout)
-                    resp.content  # read the body inside the lock: one connection at a time
+                    # the body is read inside the lock: one connection at a time
+                    resp = self._get_whole(url, raw)
                 finally:  # the pause counts from the end of this request, so it holds even for slow ones
                     self._set_not_before(f, time.time() + self.delay)
                 if resp.status_code in (429, 503):
@@ -152,6 +159,26 @@ class PoliteFetcher:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def _get_whole(self, url: str, raw: bool) -> requests.Response:
+        """GET and read the whole body within `max_seconds`; `raw`: the bytes as served, undecoded."""
+        deadline = time.monotonic() + self.max_seconds
+        headers = {"Accept-Encoding": "identity"} if raw else {}
+        resp = self.session.get(url, timeout=self.timeout, stream=True, headers=headers)
+        chunks = []
+        try:
+            for chunk in resp.raw.stream(1 << 16, decode_content=not raw):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise requests.Timeout(f"body not complete after {self.max_seconds:.0f}s")
+        except urllib3.exceptions.ReadTimeoutError as e:
+            raise requests.Timeout(str(e)) from e
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.DecodeError) as e:  # cut or broken body
+            raise requests.exceptions.ChunkedEncodingError(str(e)) from e
+        finally:
+            resp.close()
+        resp._content, resp._content_consumed = b"".join(chunks), True
+        return resp
+
     @staticmethod
     def _set_not_before(f, t: float) -> None:
         f.seek(0)
@@ -159,12 +186,15 @@ class PoliteFetcher:
         f.write(f"{t:.6f}")
         f.flush()
 
-    def get(self, url: str) -> requests.Response:
-        """GET `url`; retry transient failures, then raise TransientError. Returns any other response."""
+    def get(self, url: str, raw: bool = False) -> requests.Response:
+        """GET `url`; retry transient failures, then raise TransientError. Returns any other response.
+
+        `raw`: keep the body as served (no Content-Encoding decoding), for files we store.
+        """
         last = ""
         for attempt in range(self.max_retries + 1):
             try:
-                resp = self._polite_get(url)
+                resp = self._polite_get(url, raw)
             except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
                 last = f"{type(e).__name__}: {e}"
             else:
@@ -208,7 +238,7 @@ def download_file(fetcher: PoliteFetcher, url: str, dest: Path, root: Path) -> d
         if kind in SOURCE_KINDS and not verify(data, kind):
             return _row(root, dest, "ok", data, kind)
     try:
-        resp = fetcher.get(url)
+        resp = fetcher.get(url, raw=True)
     except TransientError as e:
         return _row(root, dest, "pending", error=str(e))
     if resp.status_code in (404, 410):

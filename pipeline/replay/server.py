@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
+from pipeline.fetch import sniff_kind
 from pipeline.replay.corpus import load_papers
 
 MAX_PAGE = 2000  # the real API's cap on max_results
@@ -140,6 +141,18 @@ def oai_response(verb: str, body: str) -> bytes:
             f'<request verb="{verb}">http://export.arxiv.org/oai2</request>{body}</OAI-PMH>\n').encode()
 
 
+def download_headers(body: bytes) -> tuple[str, dict]:
+    """Content type and headers as arXiv sends them: a gzip'd e-print goes out with
+    `Content-Encoding: x-gzip` (the file itself, not a transfer compression), typed
+    `application/x-eprint-tar` (a tarball inside) or `application/x-eprint` (one file)."""
+    kind = sniff_kind(body)
+    if kind == "pdf":
+        return "application/pdf", {}
+    if kind in ("tar.gz", "gz-tex", "gz"):
+        return ("application/x-eprint-tar" if kind == "tar.gz" else "application/x-eprint"), {"Content-Encoding": "x-gzip"}
+    return "application/octet-stream", {}
+
+
 HTML_ERROR = (b"<!DOCTYPE html><html><head><title>arXiv - Error</title></head><body>"
               b"<h1>Sorry, something went wrong</h1><p>Please try again later.</p></body></html>")
 
@@ -232,12 +245,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "html":
             return self._send(200, HTML_ERROR, "text/html")
         try:
-            status, body, ctype = self._route(url.path, parse_qs(url.query), kind)
+            status, body, ctype, *headers = self._route(url.path, parse_qs(url.query), kind)
         except (ValueError, KeyError) as e:
-            status, body, ctype = 400, f"bad request: {e}\n".encode(), "text/plain"
-        self._send(status, body, ctype, truncate=kind == "truncate")
+            status, body, ctype, headers = 400, f"bad request: {e}\n".encode(), "text/plain", []
+        self._send(status, body, ctype, headers[0] if headers else None, truncate=kind == "truncate")
 
-    def _route(self, path: str, q: dict, fault: str) -> tuple[int, bytes, str]:
+    def _route(self, path: str, q: dict, fault: str) -> tuple:
+        """(status, body, content type[, other headers])."""
         replay = self.server.replay
         if path == "/api/query":
             return 200, self._api(q, fault), "application/atom+xml; charset=utf-8"
@@ -246,8 +260,8 @@ class _Handler(BaseHTTPRequestHandler):
             f = replay.file_for(m.group(1), m.group(2))
             if f is None:
                 return 404, b"not found\n", "text/plain"
-            ctype = "application/pdf" if m.group(1) == "pdf" else "application/x-eprint-tar"
-            return 200, f.read_bytes(), ctype
+            body = f.read_bytes()
+            return (200, body, *download_headers(body))
         if path in ("/oai", "/oai2"):
             return 200, self._oai(q), "text/xml"
         return 404, b"not found\n", "text/plain"
