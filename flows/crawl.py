@@ -16,12 +16,19 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from pipeline import config
-from pipeline.crawl import DOWNLOADS, crawl_shard, make_fetcher
+from pipeline.crawl import DOWNLOADS, budget_left, crawl_shard, make_fetcher, max_papers_note
 from pipeline.shards import month_range
 
 
 class ShardOpen(Exception):
     """A month shard still has pending downloads or could not be listed."""
+
+    def __init__(self, message: str, stats: dict | None = None):
+        super().__init__(message)
+        self.stats = stats  # what the shard holds so far (it counts against --max-papers)
+
+    def __reduce__(self):  # survives pickling with its stats
+        return ShardOpen, (str(self), self.stats)
 
 
 # The shard's own files are its durable result (a rerun reads them), so no Prefect cache.
@@ -36,7 +43,7 @@ def crawl_month(month: str, data_root: str, delay: float | None, shard_kw: dict)
     for f in stats["failed"]:
         log.warning("%s %s %s: %s", f["arxiv_id"], f["download"], f["status"], f["error"])
     if not stats["done"]:
-        raise ShardOpen(f"{month} left open: {stats['pending']} pending. {stats.get('error', '')}")
+        raise ShardOpen(f"{month} left open: {stats['pending']} pending. {stats.get('error', '')}", stats)
     return stats
 
 
@@ -50,17 +57,29 @@ def crawl_arxiv(start: str = "2010-01", end: str = "2022-12", category: str = "c
     """Harvest `category` papers submitted from `start` to `end` (YYYY-MM) with their e-prints and PDFs.
 
     Endpoints, delay and data root default to the environment (CVF_ARXIV_*, CVF_DATA).
+    `max_papers` bounds the run as in `python -m pipeline.crawl`: shards after the one where it
+    is reached are not started.
     """
     shard_kw = {"api_url": api_url, "eprint_url": eprint_url, "pdf_url": pdf_url, "oai_url": oai_url,
-                "category": category, "include_cross_lists": include_cross_lists, "max_papers": max_papers,
-                "downloads": tuple(downloads)}
+                "category": category, "include_cross_lists": include_cross_lists, "downloads": tuple(downloads)}
     root = str(config.data_root(data_root))
     shard_task = crawl_month.with_options(retries=task_retries, retry_delay_seconds=retry_delay_s)
+    months = month_range(start, end)
     # Shards run one after another: every request shares one politeness budget anyway.
-    states = {month: shard_task(month, root, delay, shard_kw, return_state=True) for month in month_range(start, end)}
+    states, stats = {}, []
+    for month in months:
+        left = budget_left(max_papers, stats)
+        if left is not None and left <= 0:
+            break
+        states[month] = shard_task(month, root, delay, dict(shard_kw, max_papers=left), return_state=True)
+        outcome = states[month].result(raise_on_failure=False)  # the stats, or why the task failed
+        stats.append(outcome if isinstance(outcome, dict) else getattr(outcome, "stats", None)
+                     or {"shard": month, "papers": 0})
     open_shards = [month for month, state in states.items() if not state.is_completed()]
     done = [state.result() for state in states.values() if state.is_completed()]
     print(f"{len(done)}/{len(states)} shards done, {sum(s['papers'] for s in done)} papers; results in {root}/papers")
+    if note := max_papers_note(max_papers, stats, months):
+        print(note)
     if open_shards:
         raise ShardOpen(f"shards left open: {' '.join(open_shards)}; run the deployment again to resume")
     return done

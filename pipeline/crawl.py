@@ -3,6 +3,10 @@
     python -m pipeline.crawl --from 2010-01 --to 2022-12            # cs.CV, primary only
     python -m pipeline.crawl --from 2021-01 --to 2021-02 --max-papers 50 --include-cross-lists
 
+`--max-papers N` bounds a run: shards are taken in order, the one where the budget runs out is
+crawled with what is left (its stats record that cap, so a rerun with a larger or no cap
+reopens it) and later shards are not started.
+
 Writes, under the dataset root ($CVF_DATA): `papers/<shard>.parquet` (one record per paper,
 checkpointed atomically every few seconds), `raw/<shard>/<id>.eprint` and `raw/<shard>/<id>.pdf`,
 and last `papers/<shard>_stats.json`, which marks the shard done. A shard is done when every
@@ -83,7 +87,8 @@ def _download(record: dict, what: str, url: str, dest: Path, root: Path, fetcher
         record[f"{what}_error"] = f"gave up after {max_attempts} attempts: {row['error']}"
 
 
-def shard_stats(month: str, records: list[dict], params: dict, seconds: float, requests: int) -> dict:
+def shard_stats(month: str, records: list[dict], params: dict, seconds: float, requests: int,
+                listed: int | None = None, cap: int | None = None) -> dict:
     errors = Counter(f"{d}:{r[f'{d}_status']}" for r in records for d in DOWNLOADS
                      if r[f"{d}_status"] not in ("ok", "skipped"))
     failed = [{"arxiv_id": r["arxiv_id"], "download": d, "status": r[f"{d}_status"], "error": r[f"{d}_error"]}
@@ -100,8 +105,21 @@ def shard_stats(month: str, records: list[dict], params: dict, seconds: float, r
         "requests": requests,
         "errors": dict(sorted(errors.items())),
         "params": params,
+        "listed": len(records) if listed is None else listed,  # papers the API listed (before any cap)
+        "max_papers": cap,  # the cap that cut this shard short, None when it holds every listed paper
         "done": pending == 0,
     }
+
+
+def budget_left(max_papers: int | None, stats: list[dict]) -> int | None:
+    """Papers a run bounded by `max_papers` may still take after the shards in `stats` (None: no bound)."""
+    return None if max_papers is None else max_papers - sum(s["papers"] for s in stats)
+
+
+def _satisfies(done: dict, params: dict, max_papers: int | None) -> bool:
+    """A done shard serves a rerun with the same parameters unless the rerun may take more papers."""
+    cap = done.get("max_papers")
+    return done.get("params") == params and (cap is None or (max_papers is not None and max_papers <= cap))
 
 
 def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str | None = None,
@@ -112,15 +130,15 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
     """Crawl one month shard (resuming whatever an earlier run left); return its stats.
 
     The stats have `done` true when the shard is finished (and its stats file written).
+    `max_papers` keeps the first papers by id; the stats' `max_papers` says when it cut some off.
     """
     t0, requests0 = time.time(), fetcher.requests_made
-    params = {"category": category, "include_cross_lists": include_cross_lists, "max_papers": max_papers,
-              "downloads": sorted(downloads)}
+    params = {"category": category, "include_cross_lists": include_cross_lists, "downloads": sorted(downloads)}
     papers_dir = root / "papers"
     if done := store.read_stats(papers_dir, month):
-        if done.get("params") == params:
+        if _satisfies(done, params, max_papers):
             return done
-        store.stats_path(papers_dir, month).unlink()  # other parameters: the shard is open again
+        store.stats_path(papers_dir, month).unlink()  # other parameters or a larger cap: open again
     for tmp in [*(root / "raw" / month).glob(".*.tmp"), *papers_dir.glob(f".{month}*.tmp")]:
         tmp.unlink(missing_ok=True)  # half-written by a killed run (one task per shard: nobody else's)
     shard_file = papers_dir / f"{month}.parquet"
@@ -133,8 +151,9 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
         stats = shard_stats(month, list(old.values()), params, time.time() - t0, fetcher.requests_made - requests0)
         return dict(stats, done=False, error=f"metadata: {e}")
     fresh = [paper_record(r) for r in results if include_cross_lists or r.primary_category == category]
-    fresh = sorted({p["arxiv_id"]: p for p in fresh}.values(), key=lambda p: p["arxiv_id"])[:max_papers]
-    records = [_merge(p, old.get(p["arxiv_id"]), downloads, root) for p in fresh]
+    fresh = sorted({p["arxiv_id"]: p for p in fresh}.values(), key=lambda p: p["arxiv_id"])
+    listed, cap = len(fresh), max_papers if max_papers is not None and max_papers < len(fresh) else None
+    records = [_merge(p, old.get(p["arxiv_id"]), downloads, root) for p in fresh[:cap]]
 
     eprint_url, pdf_url = eprint_url or config.arxiv_eprint_url(), pdf_url or config.arxiv_pdf_url()
     last_checkpoint = time.time()
@@ -158,24 +177,47 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
     bar.close()
 
     store.write_rows(shard_file, records, PAPER_SCHEMA)
-    stats = shard_stats(month, records, params, time.time() - t0, fetcher.requests_made - requests0)
+    stats = shard_stats(month, records, params, time.time() - t0, fetcher.requests_made - requests0, listed, cap)
     if stats["done"]:
         store.write_stats(papers_dir, month, stats)
-    log.info("%s: %d papers, %d downloaded, %d failed, %d pending", month, stats["papers"],
-             stats["downloaded"], len(stats["failed"]), stats["pending"])
+    log.info("%s: %d papers%s, %d downloaded, %d failed, %d pending", month, stats["papers"],
+             f" (of {listed}: --max-papers)" if cap is not None else "", stats["downloaded"],
+             len(stats["failed"]), stats["pending"])
     return stats
 
 
 def crawl(start: str, end: str, root: str | Path | None = None, *, delay: float | None = None,
-          timeout: float = 60.0, retries: int = 4, progress: bool = False, **kw) -> list[dict]:
-    """Crawl every month shard from `start` to `end` (YYYY-MM, inclusive); return their stats."""
+          timeout: float = 60.0, retries: int = 4, max_papers: int | None = None, progress: bool = False,
+          **kw) -> list[dict]:
+    """Crawl the month shards from `start` to `end` (YYYY-MM, inclusive) in order; return their stats.
+
+    With `max_papers`, shards after the one where that many papers are reached are not started
+    (they have no stats in the returned list).
+    """
     root = config.data_root(root)
     fetcher = make_fetcher(root, delay, timeout=timeout, max_retries=retries)
     months = month_range(start, end)
     stats = []
     for month in tqdm(months, desc="shards", unit="shard", disable=not progress or len(months) == 1):
-        stats.append(crawl_shard(month, root, fetcher, progress=progress, **kw))
+        left = budget_left(max_papers, stats)
+        if left is not None and left <= 0:
+            break
+        stats.append(crawl_shard(month, root, fetcher, max_papers=left, progress=progress, **kw))
     return stats
+
+
+def max_papers_note(max_papers: int | None, stats: list[dict], months: list[str]) -> str:
+    """Where `--max-papers` stopped a run ('' when it did not)."""
+    capped = [s for s in stats if s.get("max_papers") is not None]
+    not_started = months[len(stats):]
+    if max_papers is None or not (capped or not_started):
+        return ""
+    note = f"--max-papers {max_papers} reached"
+    if capped:
+        note += f" in {capped[-1]['shard']} ({capped[-1]['papers']} of its {capped[-1]['listed']} papers)"
+    if not_started:
+        note += f"; not started: {not_started[0]}..{not_started[-1]} ({len(not_started)} shards)"
+    return note + "; rerun with a larger or no --max-papers to go on"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--category", default="cs.CV", help="arXiv category (default cs.CV)")
     ap.add_argument("--include-cross-lists", action="store_true",
                     help="also take papers whose primary category is another one")
-    ap.add_argument("--max-papers", type=int, help="at most this many papers per month shard")
+    ap.add_argument("--max-papers", type=int, help="at most this many papers in this run (all shards together, "
+                                                  "in order; later shards are not started)")
     ap.add_argument("--downloads", nargs="*", default=list(DOWNLOADS), choices=DOWNLOADS,
                     help="what to download (default: eprint pdf; none = metadata only)")
     ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
@@ -215,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"failed for good: {f['arxiv_id']} {f['download']} {f['status']}: {f['error']}")
     print(f"{len(stats) - len(open_shards)}/{len(stats)} shards done, "
           f"{sum(s['papers'] for s in stats)} papers, results in {root / 'papers'}")
+    if note := max_papers_note(args.max_papers, stats, month_range(args.start, args.end)):
+        print(note)
     if open_shards:
         print(f"shards left open (rerun to retry): {' '.join(open_shards)}", file=sys.stderr)
         return 1

@@ -121,6 +121,45 @@ def test_cross_lists_max_papers_metadata_only_and_licence(server, corpus, data_r
     assert stats["done"] and len(rows) == 2 and all(r["eprint_status"] in ("ok", "withdrawn") for r in rows)
 
 
+def _primary_ids(corpus, month: str) -> list[str]:
+    return sorted(p["arxiv_id"] for p in load_papers(corpus)
+                  if p["published"].startswith(month) and p["primary_category"] == "cs.CV")
+
+
+def test_max_papers_bounds_the_whole_run(server, corpus, data_root, capsys):
+    jan, feb = _primary_ids(corpus, "2021-01"), _primary_ids(corpus, "2021-02")
+    assert len(feb) >= 2
+    # the budget runs out inside February: January whole, February cut to its first paper by id
+    assert main(_cli_args(server, data_root, "--max-papers", str(len(jan) + 1))) == 0
+    out = capsys.readouterr().out
+    assert f"reached in 2021-02 (1 of its {len(feb)} papers)" in out
+    assert [r["arxiv_id"] for r in store.read_rows(data_root / "papers" / "2021-01.parquet")] == jan
+    assert [r["arxiv_id"] for r in store.read_rows(data_root / "papers" / "2021-02.parquet")] == feb[:1]
+    stats = {m: store.read_stats(data_root / "papers", m) for m in MONTHS}
+    assert stats["2021-01"]["max_papers"] is None and stats["2021-02"]["max_papers"] == 1
+    assert stats["2021-02"]["listed"] == len(feb) and stats["2021-02"]["done"]
+
+    n = len(server.replay.log)  # the same cap again: nothing to do
+    assert main(_cli_args(server, data_root, "--max-papers", str(len(jan) + 1))) == 0
+    assert len(server.replay.log) == n
+    # no cap: only the capped shard reopens, and fetches only what it lacks
+    assert main(_cli_args(server, data_root)) == 0
+    paths = [path for _, path, _ in server.replay.log[n:]]
+    assert sum(p.startswith("/api/query") for p in paths) == 1 and all("2021-01" not in p for p in paths)
+    assert not any(feb[0] in p for p in paths)
+    assert [r["arxiv_id"] for r in store.read_rows(data_root / "papers" / "2021-02.parquet")] == feb
+    assert store.read_stats(data_root / "papers", "2021-02")["max_papers"] is None
+
+
+def test_max_papers_reached_leaves_later_shards_unstarted(server, corpus, data_root, capsys):
+    jan = _primary_ids(corpus, "2021-01")
+    assert main(_cli_args(server, data_root, "--max-papers", str(len(jan)))) == 0
+    assert "not started: 2021-02..2021-02 (1 shards)" in capsys.readouterr().out
+    assert store.shard_done(data_root / "papers", "2021-01")
+    assert not (data_root / "papers" / "2021-02.parquet").exists()
+    assert not any("2021-02" in p or "202102" in p for _, p, _ in server.replay.log)
+
+
 def test_transient_failures_keep_the_shard_open_up_to_a_cap(server, corpus, data_root):
     victim = next(p["arxiv_id"] for p in load_papers(corpus)
                   if p["published"].startswith("2021-01") and p["primary_category"] == "cs.CV" and not p["withdrawn"])
@@ -143,8 +182,8 @@ def test_metadata_failure_leaves_the_shard_open(server, data_root):
     assert crawl_shard("2021-01", data_root, _fetcher(data_root), **_urls(server))["done"]
     before = store.read_rows(data_root / "papers" / "2021-01.parquet")
     server.replay.set_faults([{"match": "/api/query", "fault": "malformed"}])
-    # other parameters reopen the done shard; the listing fails; what was stored stays
-    stats = crawl_shard("2021-01", data_root, _fetcher(data_root), max_papers=1, **_urls(server))
+    # other parameters reopen the done shard (a smaller cap would not); the listing fails; what was stored stays
+    stats = crawl_shard("2021-01", data_root, _fetcher(data_root), include_cross_lists=True, **_urls(server))
     assert not stats["done"] and "malformed" in stats["error"]
     assert not store.shard_done(data_root / "papers", "2021-01")
     assert store.read_rows(data_root / "papers" / "2021-01.parquet") == before
