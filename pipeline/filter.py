@@ -58,11 +58,14 @@ def _papers(root: Path) -> pd.DataFrame:
         t = pq.read_table(p)
         cols = [c for c in ["arxiv_id", "version", "license", "published", "crawled_at"] if c in t.column_names]
         df = t.select(cols).to_pandas()
-        if "crawled_at" not in df:  # the contract has no crawl time: the record file's date is it
+        if "crawled_at" in df:
+            df["crawl_date_from"] = "crawl record"
+        else:  # the crawl records no crawl time: the record file's last write stands in for it
             df["crawled_at"] = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.timezone.utc)
+            df["crawl_date_from"] = "papers file modified"
         frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=["paper_id", "version", "license", "published", "crawl_date"])
+        return pd.DataFrame(columns=["paper_id", "version", "license", "published", "crawl_date", "crawl_date_from"])
     df = pd.concat(frames).rename(columns={"arxiv_id": "paper_id"}).drop_duplicates("paper_id", keep="last")
     df["crawl_date"] = pd.to_datetime(df.pop("crawled_at"), utc=True).dt.strftime("%Y-%m-%d")
     return df
@@ -78,7 +81,7 @@ def candidates(root: Path) -> pd.DataFrame:
                                             "source_kind", "dup_of", "near_dup_of"])
     df = scores.merge(figures, on=["paper_id", "img_name"], how="inner")
     df = df.merge(_papers(root), on="paper_id", how="left")
-    for col in ["dup_of", "near_dup_of", "license", "source_kind", "crawl_date"]:
+    for col in ["dup_of", "near_dup_of", "license", "source_kind", "crawl_date", "crawl_date_from"]:
         df[col] = df[col].fillna("") if col in df else ""
     return df
 
@@ -128,6 +131,7 @@ def select(df: pd.DataFrame, threshold: float | None = None, target_count: int |
     kept["source_url"] = [source_url(p, v, k) for p, v, k in zip(kept["paper_id"], kept["version"], kept["source_kind"])]
     kept_keys = set(kept["paper_id"] + "/" + kept["img_name"])
     near = kept[kept["near_dup_of"].isin(kept_keys)]
+    crawl_date_from = {k: int(v) for k, v in kept["crawl_date_from"].replace("", "no paper record").value_counts().items()}
     kept = kept[SELECTION_COLUMNS].reset_index(drop=True)
 
     per_year = (kept.groupby(["year", "split"]).size().unstack(fill_value=0)
@@ -145,6 +149,7 @@ def select(df: pd.DataFrame, threshold: float | None = None, target_count: int |
         "near_duplicates_kept": int(len(near)),
         "near_duplicate_examples": [f"{a}/{b} ~ {c}" for a, b, c in
                                     near[["paper_id", "img_name", "near_dup_of"]].head(20).itertuples(index=False)],
+        "crawl_date_from": crawl_date_from,  # where each kept figure's crawl_date came from
         "per_split": {s: {"figures": int((kept["split"] == s).sum()),
                           "papers": int(kept.loc[kept["split"] == s, "paper_id"].nunique())} for s in ("train", "val")},
         "per_year": {int(y): {k: int(v) for k, v in row.items()} for y, row in per_year.iterrows()},

@@ -86,6 +86,12 @@ def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
     return out
 
 
+def official_csv(table: pa.Table) -> bytes:
+    """The official index format, as the authors' pandas wrote it: header `,paper_id,img_name`,
+    the row number as an unnamed index, `\n` line ends, names with commas or quotes quoted."""
+    return table.select(["paper_id", "img_name"]).to_pandas().to_csv(index=True, lineterminator="\n").encode()
+
+
 def croissant(name: str, report: dict, card: dict | None, files: dict[str, bytes], created: str) -> dict:
     """Croissant 1.0 metadata: the Parquet files as FileObjects, the JSONL as a FileSet, one RecordSet."""
     def file_object(fname: str, fmt: str) -> dict:
@@ -94,11 +100,15 @@ def croissant(name: str, report: dict, card: dict | None, files: dict[str, bytes
 
     distribution = [file_object(f"{s}.parquet", "application/x-parquet") for s in SPLITS]
     distribution += [file_object(f"df_{s}.csv", "text/csv") for s in SPLITS]
+    # The record set reads both splits through one FileSet; the FileObjects above carry the checksums.
+    distribution.append({"@type": "cr:FileSet", "@id": "parquet-files", "name": "parquet-files",
+                         "description": "train.parquet and val.parquet (column `split`)",
+                         "encodingFormat": "application/x-parquet", "includes": "*.parquet"})
     distribution.append({"@type": "cr:FileSet", "@id": "jsonl-files", "name": "jsonl-files",
                          "description": "the same rows as JSON lines", "encodingFormat": "application/jsonlines",
                          "includes": "*.jsonl"})
     fields = [{"@type": "cr:Field", "@id": f"figures/{c}", "name": c, "description": _FIELD_DOCS[c],
-               "dataType": _FIELD_TYPES[c], "source": {"fileObject": {"@id": "train.parquet"}, "extract": {"column": c}}}
+               "dataType": _FIELD_TYPES[c], "source": {"fileSet": {"@id": "parquet-files"}, "extract": {"column": c}}}
               for c in MANIFEST_COLUMNS]
     metrics = (card or {}).get("cv", {}).get("at_threshold", {})
     return {
@@ -118,8 +128,8 @@ def croissant(name: str, report: dict, card: dict | None, files: dict[str, bytes
         "citeAs": "Bar, Gandelsman, Darrell, Globerson, Efros. Visual Prompting via Image Inpainting. NeurIPS 2022.",
         "distribution": distribution,
         "recordSet": [{"@type": "cr:RecordSet", "@id": "figures", "name": "figures",
-                       "description": "one figure per record (train split; val.parquet has the same columns)",
-                       "key": {"@id": "figures/img_name"}, "field": fields}],
+                       "description": "one figure per record, both splits (a figure is a paper id and a file name)",
+                       "key": [{"@id": "figures/paper_id"}, {"@id": "figures/img_name"}], "field": fields}],
     }
 
 
@@ -161,6 +171,13 @@ def dataset_card(name: str, report: dict, card: dict | None, tables: dict[str, p
         for lic in tables[s]["license"].to_pylist():
             licences[lic or "not collected"] = licences.get(lic or "not collected", 0) + 1
     licence_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(licences.items(), key=lambda kv: -kv[1]))
+    crawl_from = report.get("crawl_date_from", {})
+    crawl_note = ("the day the crawl last wrote the paper's record (the crawl records no crawl time, so the "
+                  "modification date of `papers/<month>.parquet` stands in for it)"
+                  if "papers file modified" in crawl_from else "the crawl time the paper's record holds")
+    if "no paper record" in crawl_from:
+        crawl_note += f"; {crawl_from['no paper record']} figures have no paper record and no crawl date"
+    crawl_note += "."
     sheet_md = "\n\n".join(f"**{s}**\n\n![{s} samples]({f})" for s, f in sheets) or "_(images not available when published)_"
     return f"""# {name}: Computer Vision Figures
 
@@ -194,6 +211,8 @@ near duplicates are kept and listed in the selection report.
 
 `train.parquet`, `val.parquet` (and `.jsonl`): `{'`, `'.join(MANIFEST_COLUMNS)}`.
 `df_train.csv`, `df_val.csv`: the official index format (`,paper_id,img_name`), read by existing tools unchanged.
+Each row carries its paper's arXiv `version`, licence URL (`license`, when the crawl collected it),
+the `source_url` its figure was extracted from, and `crawl_date`, {crawl_note}
 `croissant.json`: Croissant 1.0 metadata with checksums. Check a copy with
 `python -m pipeline.verify <this folder> --images DIR`; rebuild the images with `python -m pipeline.rebuild`.
 
@@ -242,8 +261,7 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
         pq.write_table(table, buf, compression="zstd")
         files[f"{split}.parquet"] = buf.getvalue()
         files[f"{split}.jsonl"] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_pylist()).encode()
-        official = table.select(["paper_id", "img_name"]).to_pandas()
-        files[f"df_{split}.csv"] = official.to_csv(index=True).encode()  # header ",paper_id,img_name"
+        files[f"df_{split}.csv"] = official_csv(table)
     files["year_histogram.png"] = year_histogram(report)
 
     rng = np.random.default_rng(seed)

@@ -162,3 +162,33 @@ def test_cli_help_and_bad_root_exit_cleanly(tmp_path, capsys):
     assert out.returncode == 0 and "--weights" in out.stdout and "--cvf-index" in out.stdout
     assert classify.main(["score", "--root", str(tmp_path)]) == 2
     assert "no trained classifier" in capsys.readouterr().err
+
+
+def test_label_studio_labels_table_flows_into_training(tmp_path):
+    """labels/labels.parquet as labeling.pull writes it -> gather -> train, without a server."""
+    import datetime as dt
+
+    from labeling.pull import LABELS_SCHEMA, labels_path
+
+    root = tmp_path / "data"
+    truth = make_corpus(root, n_papers=8, figures_per_paper=4, seed=3)
+    (root / "truth.parquet").unlink()  # people's labels only
+    when = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    rows = []
+    for i, t in enumerate(truth):
+        label = None if i % 7 == 6 else int(t["is_grid_with_photo"])  # every 7th answer is "unsure"
+        rows.append({"paper_id": t["paper_id"], "img_name": t["img_name"], "sha256": "", "label": label,
+                     "choice": {1: "positive", 0: "negative", None: "unsure"}[label], "annotator": "a@x",
+                     "created_at": when, "lead_time": 3.0, "task_id": i, "project_id": 1, "round": 0,
+                     "rule": "stratified", "source": "label-studio", "annotation_id": i, "updated_at": when})
+    rows.append({**rows[0], "paper_id": "1901.99999", "img_name": "gone.png", "task_id": 99, "annotation_id": 99})
+    store.write_rows(labels_path(root), rows, LABELS_SCHEMA)
+
+    out = classify.train(root, weights="", folds=3, version="from-ls")
+    card = json.loads((out / "card.json").read_text())
+    decided = [r for r in rows[:-1] if r["label"] is not None]
+    assert card["labels"]["by_source"] == {"label-studio": len(decided)}
+    assert card["labels"]["positives"] == sum(r["label"] for r in decided)
+    assert card["labels"]["labels_for_missing_figures"] == 1
+    assert card["cv"]["papers"] == 8 and card["cv"]["at_threshold"]["roc_auc"] > 0.8
+    assert classify.score(root)["scored"] == len(truth)

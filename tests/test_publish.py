@@ -70,6 +70,33 @@ def test_official_csv_format_reads_like_the_published_index(published, testdata)
            [(str(i), v["paper_id"], v["img_name"]) for i, v in enumerate(val)]
 
 
+def test_official_csv_reads_with_pandas_like_the_published_index(published, testdata):
+    """The authors' tools read the index with pandas: ours must parse to the same shape and values."""
+    import pandas as pd
+
+    _, _, out, _ = published
+    official = pd.read_csv(testdata / "cvf_index" / "df_val.csv")
+    ours = pd.read_csv(out / "df_val.csv")
+    assert list(ours.columns) == list(official.columns) == ["Unnamed: 0", "paper_id", "img_name"]
+    assert ours.dtypes.to_dict() == official.dtypes.to_dict()
+    val = pq.read_table(out / "val.parquet").to_pandas()
+    as_text = pd.read_csv(out / "df_val.csv", index_col=0, dtype=str)
+    assert list(as_text.index) == [str(i) for i in range(len(val))]
+    assert as_text.to_dict("list") == {"paper_id": list(val["paper_id"]), "img_name": list(val["img_name"])}
+
+
+def test_official_csv_quotes_awkward_names_and_keeps_ids_as_written():
+    import pandas as pd
+    import pyarrow as pa
+
+    rows = {"paper_id": ["2001.01160", "cs/0501001", "1912.02913"],
+            "img_name": ["figs_a-eps-converted-to.pdf", "ünï code.png", 'Mehrfard, 2019_"heat".pdf']}
+    data = publish.official_csv(pa.table(rows))
+    assert data.startswith(b",paper_id,img_name\n0,2001.01160,figs_a-eps-converted-to.pdf\n") and b"\r" not in data
+    back = pd.read_csv(io.BytesIO(data), index_col=0, dtype=str)
+    assert back.to_dict("list") == rows
+
+
 def test_croissant_validates_and_loads_with_mlcroissant(published):
     mlc = pytest.importorskip("mlcroissant")
     _, _, out, _ = published
@@ -77,17 +104,25 @@ def test_croissant_validates_and_loads_with_mlcroissant(published):
     assert meta["conformsTo"] == "http://mlcommons.org/croissant/1.0"
     assert {d["@type"] for d in meta["distribution"]} == {"cr:FileObject", "cr:FileSet"}
     dataset = mlc.Dataset(jsonld=str(out / "croissant.json"))  # raises on validation errors
-    records = list(dataset.records("figures"))
-    train = pq.read_table(out / "train.parquet")
-    assert len(records) == train.num_rows
-    assert {r["figures/paper_id"].decode() for r in records} == set(train["paper_id"].to_pylist())
+    records = list(dataset.records("figures"))  # both splits, through the parquet FileSet
+    for split in ("train", "val"):
+        table = pq.read_table(out / f"{split}.parquet")
+        mine = [r for r in records if r["figures/split"].decode() == split]
+        assert len(mine) == table.num_rows
+        assert {r["figures/paper_id"].decode() for r in mine} == set(table["paper_id"].to_pylist())
 
 
-def test_parquet_loads_with_datasets_when_installed(published):
-    datasets = pytest.importorskip("datasets", reason="`datasets` is not a dependency; install it to run this")
+def test_parquet_loads_with_datasets_offline(published, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # read at import: no network, ever
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    datasets = pytest.importorskip("datasets", reason="`datasets` (the dev extra) is not installed")
     _, report, out, _ = published
-    ds = datasets.load_dataset("parquet", data_files={s: str(out / f"{s}.parquet") for s in ("train", "val")})
+    ds = datasets.load_dataset("parquet", data_files={s: str(out / f"{s}.parquet") for s in ("train", "val")},
+                               cache_dir=str(tmp_path / "cache"))
     assert ds["train"].num_rows + ds["val"].num_rows == report["kept"]
+    assert set(publish.MANIFEST_COLUMNS) == set(ds["val"].column_names)
+    assert set(ds["val"]["split"]) == {"val"} and ds["train"][0]["source_url"].startswith("https://arxiv.org/")
 
 
 def test_card_and_html_report_counts_threshold_metrics_and_licences(published):
@@ -95,6 +130,9 @@ def test_card_and_html_report_counts_threshold_metrics_and_licences(published):
     card = (out / "README.md").read_text()
     assert f"{report['threshold']:.4f}" in card and "balanced accuracy" in card and "clf-pub" in card
     assert "do not redistribute" in card and "creativecommons.org/licenses/by/4.0" in card
+    # The crawl records no crawl time: the card says where crawl_date comes from instead.
+    assert report["crawl_date_from"] == {"papers file modified": report["kept"]}
+    assert "modification date of `papers/<month>.parquet`" in card
     assert f"| train | {report['per_split']['train']['figures']} |" in card
     html = (out / "index.html").read_text()
     assert "<table>" in html and 'src="contact_val.png"' in html
