@@ -69,7 +69,8 @@ def extract_figures(shards: list[str] | None = None, root: str | None = None,
     stats = on_dask(shards, root, box, official, name_filter, timeout_s)
     duplicates = dedup_task(root)
     summary = {"shards": len(stats), "papers": sum(s["papers"] for s in stats),
-               "figures": sum(s["figures"] for s in stats), "duplicates": duplicates}
+               "figures": sum(s["figures"] for s in stats), "duplicates": duplicates,
+               "open_shards": [s["shard"] for s in stats if not s.get("done", True)]}
     if contact_sheet:
         summary["contact_sheet"] = contact_sheet_task(root, contact_sheet)
     get_run_logger().info(f"extract-figures: {summary}")

@@ -108,8 +108,20 @@ def _looks_like_tar(block: bytes) -> bool:
         return False
 
 
+def _decoded(name: str) -> str:
+    """A member name as text. tarfile hands out bytes that are not UTF-8 as lone surrogates,
+    which no Parquet file can hold: such names are read as Latin-1 (old archives' usual
+    encoding), one character per byte."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
 def safe_member_path(name: str) -> tuple[str, str]:
     """(normalised POSIX path, error). Absolute paths and `..` are errors."""
+    name = _decoded(name)
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return name, f"absolute path {name!r} rejected"
     parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".")]

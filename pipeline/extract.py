@@ -12,7 +12,9 @@ A paper that cannot be read at all (corrupt archive, bomb, no source) gets one r
 empty `img_name` and the reason, so every paper of a shard is accounted for.
 
 Resumable: records are checkpointed to `figures/<shard>.parquet` as papers finish; a rerun
-skips papers already there, and skips the shard once `figures/<shard>_stats.json` exists.
+skips papers already there, and skips the shard once `figures/<shard>_stats.json` exists. A
+paper whose download the crawl still has `pending` is not extracted, and keeps the shard open
+(no stats file) until a rerun after the crawl settles it.
 
     python -m pipeline.extract --shards 2020-02 2022-02
 """
@@ -78,8 +80,9 @@ def figure_row(paper_id: str, **fields) -> dict:
 # --- which files the LaTeX includes -------------------------------------------------------------
 
 _COMMENT = re.compile(r"(?<!\\)%.*")
-_INCLUDE = re.compile(
-    r"\\(?:includegraphics|includesvg|epsfbox|epsffile|overpic)\*?\s*(?:\[[^\]]*\]\s*)*\{([^}]*)\}")
+_INCLUDE = re.compile(  # the file argument may hold one level of braces: {{figs/a.b}.pdf}
+    r"\\(?:includegraphics|includesvg|epsfbox|epsffile|overpic)\*?\s*(?:\[[^\]]*\]\s*)*"
+    r"\{((?:[^{}]|\{[^{}]*\})*)\}")
 _EPSFIG = re.compile(r"\\(?:epsfig|psfig)\s*\{[^}]*?(?:file|figure)\s*=\s*([^,}]+)")
 _GRAPHICSPATH = re.compile(r"\\graphicspath\s*\{((?:\s*\{[^}]*\}\s*)+)\}")
 
@@ -99,7 +102,7 @@ def latex_references(tex_files: dict[str, str]) -> set[str]:
         refs += [m.group(1) for m in _EPSFIG.finditer(text)]
     out = set()
     for ref in refs:
-        ref = ref.strip().strip('"').strip()
+        ref = ref.replace("{", "").replace("}", "").strip().strip('"').strip()
         if not ref or "#" in ref:  # a macro argument, not a file
             continue
         for folder in folders:
@@ -125,7 +128,7 @@ def is_included(member_path: str, references: set[str]) -> bool:
     extension, and an `x-eps-converted-to.pdf` stands for `x.eps`)."""
     path = PurePosixPath(member_path)
     stem = str(path.with_suffix("")) if path.suffix else member_path
-    stem = re.sub(r"-(eps|ps)-converted-to$", "", stem)
+    stem = re.sub(r"-(?i:eps|ps)-converted-to$", "", stem)
     keys = {member_path, stem}
     for ref in references:
         if ref in keys or str(PurePosixPath(ref).with_suffix("")) == stem:
@@ -361,10 +364,14 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
     if store.shard_done(figures_dir, shard):
         return store.read_stats(figures_dir, shard)
     papers = store.read_rows(root / "papers" / f"{shard}.parquet")
+    # A paper whose download the crawl will still retry is left for a later run, and the shard
+    # stays open (no stats file) until the crawl has settled every paper.
+    waiting = {p["arxiv_id"] for p in papers if crawl_pending(p)}
     rows = store.read_rows(out_path) if out_path.exists() else []  # checkpoint of a past run
+    rows = [r for r in rows if r["paper_id"] not in waiting]
     done = {r["paper_id"] for r in rows}
     start, resumed = time.monotonic(), len(done)
-    todo = [p for p in papers if p["arxiv_id"] not in done]
+    todo = [p for p in papers if p["arxiv_id"] not in done and p["arxiv_id"] not in waiting]
     with Renderer(options) as renderer:
         for i, paper in enumerate(tqdm(todo, desc=f"extract {shard}", unit="paper",
                                        disable=not progress), 1):
@@ -378,7 +385,8 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
     seconds = time.monotonic() - start
     figures = [r for r in rows if r["img_name"]]
     stats = {
-        "shard": shard, "papers": len(papers), "papers_resumed": resumed,
+        "shard": shard, "done": not waiting, "papers": len(papers), "papers_resumed": resumed,
+        "papers_waiting_for_crawl": len(waiting),
         "papers_failed": len({r["paper_id"] for r in rows if not r["img_name"]
                               and r["status"] == "error"}),
         "figures": len(figures), "by_status": dict(Counter(r["status"] for r in figures)),
@@ -391,8 +399,14 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
         "options": {"box": options.box, "alpha": options.alpha, "official": options.official,
                     "name_filter": apply_name_filter},
     }
-    store.write_stats(figures_dir, shard, stats)
+    if not waiting:
+        store.write_stats(figures_dir, shard, stats)
     return stats
+
+
+def crawl_pending(paper: dict) -> bool:
+    """Whether the crawl has not settled this paper yet (a download it will retry)."""
+    return "pending" in (paper.get("eprint_status"), paper.get("pdf_status"))
 
 
 def render_options(box: str = "crop", official: bool = False,
@@ -461,8 +475,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no papers/<shard>.parquet under {config.data_root(args.root)}")
     for stats in extract_shards(shards, args.root, options=options, force=args.force,
                                 apply_name_filter=not args.no_name_filter):
+        waiting = (f"; left open: {stats['papers_waiting_for_crawl']} papers wait for the crawl"
+                   if not stats.get("done", True) else "")
         print(f"{stats['shard']}: {stats['papers']} papers, {stats['figures']} figures "
-              f"{stats['by_status']}, {stats['seconds']} s")
+              f"{stats['by_status']}, {stats['seconds']} s{waiting}")
     if args.contact_sheet:
         print(f"contact sheet: {write_contact_sheet(args.root, args.contact_sheet)}")
 

@@ -51,12 +51,11 @@ def read_index(path: str | Path) -> list[tuple[str, str]]:
         return [(row["paper_id"].strip(), row["img_name"]) for row in reader]
 
 
-def fetch_eprint(paper_id: str, root: Path, fetcher, eprints_dir: Path | None) -> dict:
-    """Put the paper's e-print at raw/<shard>/<id>.eprint: from `eprints_dir` if it holds it
-    (`<id>.tar.gz`, `<id>.eprint` or `<id>`), else through the crawler's downloader."""
+def fetch_eprint(paper_id: str, dest: Path, root: Path, fetcher, eprints_dir: Path | None) -> dict:
+    """Put the paper's e-print at `dest` (raw/<shard>/<id>.eprint): from `eprints_dir` if it
+    holds it (`<id>.tar.gz`, `<id>.eprint` or `<id>`), else through the crawler's downloader."""
     from pipeline.fetch import download_file
 
-    dest = root / "raw" / shard_of_id(paper_id) / f"{paper_id}.eprint"
     if eprints_dir is not None:
         for name in (f"{paper_id}.tar.gz", f"{paper_id}.eprint", paper_id):
             if (eprints_dir / name).is_file():
@@ -70,7 +69,7 @@ def fetch_eprint(paper_id: str, root: Path, fetcher, eprints_dir: Path | None) -
 
 def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | None = None, *,
             eprints_dir: str | Path | None = None, delay: float | None = None,
-            poppler: bool = False, progress: bool = True) -> dict:
+            poppler: bool = False, progress: bool = True, checkpoint_every: int = 20) -> dict:
     """Write the index's images under `out/<split>/`; returns the report (also stored).
     `poppler`: render PDFs with pdftoppm itself, for the official pixels to the bit."""
     from pipeline.crawl import make_fetcher
@@ -88,44 +87,59 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
     done = {p for p in {r["paper_id"] for r in rows} if p in wanted and all(
         (out / split / p / output_name(p, n)).exists() for n in wanted[p])}
     rows = [r for r in rows if r["paper_id"] in done]
-    missing: list[dict] = []
+    missing: dict[tuple[str, str], str] = {}  # (paper_id, img_name) -> why it could not be had
+
+    def cannot_have(paper_id: str, names, reason: str) -> None:
+        for name in names:
+            missing.setdefault((paper_id, name), reason)
+
     fetcher = make_fetcher(root, delay)
     eprints_dir = Path(eprints_dir) if eprints_dir else None
     options = dataclasses.replace(OFFICIAL, poppler=poppler)
+    todo = [p for p in wanted if p not in done]
     with Renderer(options) as renderer:
-        for paper_id in tqdm([p for p in wanted if p not in done], desc=f"rebuild {split}",
-                             unit="paper", disable=not progress):
+        for i, paper_id in enumerate(tqdm(todo, desc=f"rebuild {split}", unit="paper",
+                                          disable=not progress), 1):
             names = wanted[paper_id]
-            got = fetch_eprint(paper_id, root, fetcher, eprints_dir)
-            if got["status"] != "ok":
-                reason = f"e-print {got['status']}: {got['error']}".rstrip(": ")
-                missing += [{"paper_id": paper_id, "img_name": n, "reason": reason} for n in names]
+            try:
+                eprint = root / "raw" / shard_of_id(paper_id) / f"{paper_id}.eprint"
+            except ValueError as e:  # not an arXiv id: nothing to fetch
+                cannot_have(paper_id, names, f"bad paper_id: {e}")
                 continue
-            eprint = root / "raw" / shard_of_id(paper_id) / f"{paper_id}.eprint"
+            got = fetch_eprint(paper_id, eprint, root, fetcher, eprints_dir)
+            if got["status"] != "ok":
+                retry = " (rerun to retry)" if got["status"] == "pending" else ""
+                cannot_have(paper_id, names,
+                            f"e-print {got['status']}: {got['error']}".rstrip(": ") + retry)
+                continue
             try:
                 paper_rows = extract_eprint(paper_id, eprint, out / split / paper_id, out,
                                             renderer, apply_name_filter=False, only=set(names))
             except IsPaperPDF:
-                missing += [{"paper_id": paper_id, "img_name": n,
-                             "reason": "e-print is the paper's PDF: no source figure files"}
-                            for n in names]
+                cannot_have(paper_id, names, "e-print is the paper's PDF: no source figure files")
                 continue
             except ArchiveError as e:
-                missing += [{"paper_id": paper_id, "img_name": n, "reason": f"e-print: {e}"}
-                            for n in names]
+                cannot_have(paper_id, names, f"e-print: {e}")
                 continue
+            # A paper-level problem (e.g. an archive corrupt after some members) explains
+            # every listed name that did not come out.
+            for row in paper_rows:
+                if not row["img_name"]:
+                    cannot_have(paper_id, set(names) - {r["img_name"] for r in paper_rows},
+                                f"e-print: {row['error']}")
             rows += [r for r in paper_rows if r["img_name"]]
+            if i % checkpoint_every == 0:  # a killed run resumes from here
+                store.write_rows(records_path, rows, FIGURE_SCHEMA)
     by_key = {(r["paper_id"], r["img_name"]): r for r in rows}
     for paper_id, names in wanted.items():
         for name in names:
             row = by_key.get((paper_id, name))
-            if row is None and not any(m["paper_id"] == paper_id and m["img_name"] == name
-                                       for m in missing):
-                missing.append({"paper_id": paper_id, "img_name": name,
-                                "reason": "not in the e-print (the source tree differs)"})
-            elif row is not None and row["status"] != "ok":
-                missing.append({"paper_id": paper_id, "img_name": name,
-                                "reason": f"{row['status']}: {row['error']}"})
+            if row is None:
+                cannot_have(paper_id, [name], "not in the e-print (the source tree differs)")
+            elif row["status"] != "ok":
+                cannot_have(paper_id, [name], f"{row['status']}: {row['error']}")
+    missing_rows = [{"paper_id": p, "img_name": n, "reason": r}
+                    for (p, n), r in sorted(missing.items())]
     mark_duplicates(rows)
     store.write_rows(records_path, rows, FIGURE_SCHEMA)
     index_dups = [f"{p}/{n}" for (p, n), c in Counter(listed).items() if c > 1]
@@ -134,14 +148,14 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
         "index": str(index), "split": split, "out": str(out / split),
         "index_rows": len(listed), "index_duplicate_rows": len(listed) - len(set(listed)),
         "index_duplicates": index_dups, "papers": len(wanted), "images_listed": len(set(listed)),
-        "images_written": written, "images_missing": len(missing),
-        "missing_by_reason": dict(Counter(m["reason"].split(":")[0] for m in missing)),
+        "images_written": written, "images_missing": len(missing_rows),
+        "missing_by_reason": dict(Counter(m["reason"].split(":")[0] for m in missing_rows)),
         "exact_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["dup_of"]]
                                    for r in rows if r["dup_of"]],
     }
     store.atomic_write_json(records_dir / "report.json", report)
     buf = ["paper_id,img_name,reason"]
-    for m in sorted(missing, key=lambda m: (m["paper_id"], m["img_name"])):
+    for m in missing_rows:
         buf.append(",".join(_csv_field(m[k]) for k in ("paper_id", "img_name", "reason")))
     store.atomic_write_text(records_dir / "missing.csv", "\n".join(buf) + "\n")
     return report

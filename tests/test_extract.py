@@ -153,6 +153,11 @@ def test_latex_reference_forms():
     assert is_included("shared/grid.png", refs)
     assert not is_included("commented_out.png", refs)
     assert not is_included("figs/teaser_old.pdf", refs)
+    # A dotted name is braced so LaTeX sees its extension; `\input` files are read as well.
+    refs = latex_references({"paper/main.tex": "\\input{sec}\\includegraphics{{figs/v1.2}.pdf}",
+                             "paper/sec.tex": "\\includegraphics[trim={0 0 1cm 0},clip]{y}"})
+    assert is_included("paper/figs/v1.2.pdf", refs)
+    assert is_included("paper/y.EPS", refs) and is_included("paper/y-EPS-converted-to.pdf", refs)
 
 
 def test_exact_and_near_duplicates_flagged_not_dropped(real_root):
@@ -294,6 +299,42 @@ def test_pdf_only_papers_go_to_the_pdf_fallback(tmp_path, testdata):
         assert len(same) == len(figures) and all(r["dup_of"].startswith("2105.00001/") for r in same)
     blank = [r for r in rows if r["paper_id"] == "2105.00003"]
     assert len(blank) == 1 and "no captioned figures" in blank[0]["error"]
+
+
+def test_shard_waits_for_pending_crawl_downloads(tmp_path):
+    root = tmp_path / "data"
+    write_papers(root, "2021-10", {"2110.00001": tar_gz({"p.png": photo(1)}),
+                                   "2110.00002": tar_gz({"q.png": photo(2)})})
+    papers_path = root / "papers" / "2021-10.parquet"
+    papers = store.read_rows(papers_path)
+    papers[1].update(eprint_status="pending", eprint_path="")  # the crawl will retry it
+    store.write_rows(papers_path, papers, PAPER_SCHEMA)
+    first = extract_shard("2021-10", root, progress=False)
+    assert not first["done"] and first["papers_waiting_for_crawl"] == 1
+    assert not store.shard_done(root / "figures", "2021-10")
+    assert {r["paper_id"] for r in store.read_rows(root / "figures" / "2021-10.parquet")} == {"2110.00001"}
+    papers[1].update(eprint_status="ok", eprint_path="raw/2021-10/2110.00002.eprint")  # crawl done
+    store.write_rows(papers_path, papers, PAPER_SCHEMA)
+    second = extract_shard("2021-10", root, progress=False)
+    assert second["done"] and second["papers_resumed"] == 1
+    assert store.shard_done(root / "figures", "2021-10")
+    assert rows_by_name(root, "2021-10")[("2110.00002", "q.png")]["status"] == "ok"
+
+
+def test_member_names_that_are_not_utf8(tmp_path):
+    """An old archive's Latin-1 file name is a record, not a crash of the shard."""
+    root = tmp_path / "data"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT,
+                      encoding="latin-1") as tar:
+        data = png((9, 9, 9))
+        info = tarfile.TarInfo("figs/r\xe9sultat.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    write_papers(root, "2021-11", {"2111.00001": buf.getvalue()})
+    extract_shard("2021-11", root, progress=False)
+    row = rows_by_name(root, "2021-11")[("2111.00001", "figs_r\xe9sultat.png")]
+    assert row["status"] == "ok" and (root / row["image_path"]).exists()
 
 
 def test_rerun_resumes_and_skips_done_shards(tmp_path):

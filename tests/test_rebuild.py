@@ -138,3 +138,25 @@ def test_official_renderer_gives_pdf2image_pixels(eprint_server, testdata, tmp_p
     out = tmp_path / "cvf" / "val" / "1904.03249" / "figures_vis.pdf_1904.03249_0.png"
     with Image.open(out) as got:
         assert np.array_equal(np.asarray(got), np.asarray(ref))
+
+
+def test_rebuild_says_why_each_listed_image_could_not_be_had(testdata, tmp_path, data_root):
+    """E-prints at hand (`--eprints`): one cut short mid-archive, one fine; an index row whose
+    paper id is not an arXiv id. Every listed name is written or has its own reason."""
+    eprints = tmp_path / "eprints"
+    eprints.mkdir()
+    whole = (testdata / "eprints" / "1710.10473.tar.gz").read_bytes()
+    (eprints / "1710.10473.tar.gz").write_bytes(whole[: len(whole) // 3])
+    (eprints / "1904.03249.tar.gz").symlink_to(testdata / "eprints" / "1904.03249.tar.gz")
+    index = tmp_path / "df_part.csv"
+    listed = write_index(index, testdata, [{"paper_id": "not-an-id", "img_name": "x.png"}],
+                         papers=("1710.10473", "1904.03249"))
+    report = rebuild(index, "val", tmp_path / "cvf", eprints_dir=eprints, delay=0, progress=False)
+    missing = {(r["paper_id"], r["img_name"]): r["reason"] for r in
+               csv.DictReader(open(data_root / "rebuild" / "val" / "missing.csv"))}
+    assert "bad paper_id" in missing[("not-an-id", "x.png")]
+    cut = [n for p, n in listed if p == "1710.10473"]
+    lost = [n for n in cut if ("1710.10473", n) in missing]
+    assert lost and all("corrupt or truncated" in missing[("1710.10473", n)] for n in lost)
+    assert not any(p == "1904.03249" for p, _ in missing)
+    assert report["images_written"] + report["images_missing"] == report["images_listed"]
