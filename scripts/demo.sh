@@ -14,7 +14,7 @@ trap cvf_stop_all EXIT
 
 cvf_start_prefect_server
 cvf_deploy
-cvf_start_replay "$CVF_DATA/replay" 20 2021-01 2021-02
+cvf_start_replay "$CVF_DATA/replay" 60 2021-01 2021-02
 cvf_start_worker
 
 # --- crawl: cs.CV papers of 2021-01..2021-02 from the replay, e-prints and PDFs ----------------
@@ -30,3 +30,37 @@ for f in sorted(pathlib.Path(os.environ["CVF_DATA"], "papers").glob("*_stats.jso
     s = json.loads(f.read_text())
     print(f"  {s['shard']}: {s['papers']} papers, {s['downloaded']} downloaded, {len(s['failed'])} failed for good")
 PY
+
+# --- extract: figures from the crawled e-prints (PDF fallback), on a local Dask cluster ---------
+echo "== extract-figures =="
+$PREFECT deployment run 'extract-figures/local-dask' --watch -p workers=2 -p contact_sheet=48
+.venv/bin/python - <<'PY'
+import json, os, pathlib
+root = pathlib.Path(os.environ["CVF_DATA"])
+for f in sorted((root / "figures").glob("*_stats.json")):
+    s = json.loads(f.read_text())
+    print(f"  {f.name[:7]}: {s.get('papers')} papers, {s.get('figures')} figures")
+print(f"contact sheet: {root / 'figures' / 'contact_sheet.png'}")
+PY
+
+# --- labeling: a real Label Studio; a share of the tasks answered from the replay's truth ------
+echo "== labeling (Label Studio) =="
+.venv/bin/python -m labeling.demo --truth "$CVF_DATA/replay/truth.parquet" --count 60 --share 0.5
+
+# --- classifier, scores, filter + 90/10 split by paper, published manifest -------------------
+echo "== train-classifier / score-figures / filter-and-publish =="
+$PREFECT deployment run 'train-classifier/replay-truth' --watch
+$PREFECT deployment run 'score-figures/all-shards' --watch
+$PREFECT deployment run 'filter-and-publish/cvf-manifest' --watch \
+  -p name=cvf-demo -p threshold=0.5 -p overwrite=true -p out="$PWD/data/manifests"
+.venv/bin/python -m pipeline.verify "$PWD/data/manifests/cvf-demo" --images "$CVF_DATA/images" || true
+cat <<TXT
+
+Done. Results:
+  paper records      $CVF_DATA/papers/
+  figures + sheet    $CVF_DATA/figures/  (images in $CVF_DATA/images/)
+  labels             $CVF_DATA/labels/labels.parquet  (Label Studio keeps running: see above; stop it
+                     with .venv/bin/python -m labeling.serve --stop)
+  classifier card    $CVF_DATA/classifier/
+  manifest           $PWD/data/manifests/cvf-demo/  (README.md is the dataset card)
+TXT
