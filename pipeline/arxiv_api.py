@@ -42,12 +42,15 @@ class ArxivAPI(arxiv.Client):
             if attempt:
                 time.sleep(self.fetcher.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
             resp = self.fetcher.get(url)  # raises TransientError after its own retries
-            if resp.status_code != 200:
-                raise MetadataError(f"API answered HTTP {resp.status_code} for {url}")
             try:  # strict parse first: the package's parser recovers silently from broken XML
-                etree.fromstring(resp.content, etree.XMLParser(resolve_entities=False, no_network=True))
+                root = _strict_xml(resp.content)
             except etree.XMLSyntaxError as e:
-                problem = f"malformed Atom: {e}"
+                root, problem = None, f"malformed Atom: {e}"
+            # arXiv reports a wrong query as an Atom entry (with HTTP 400): asking again will not help
+            if resp.status_code != 200 or (root is not None and _api_error(root)):
+                error = _api_error(root) if root is not None else ""
+                raise MetadataError(f"API answered HTTP {resp.status_code}{': ' + error if error else ''} ({url})")
+            if root is None:
                 continue
             feed = _feed.parse(resp.content)
             if not feed.results and (not first_page or feed.header.total_results > feed.header.start_index):
@@ -58,6 +61,21 @@ class ArxivAPI(arxiv.Client):
                 self.last_total = feed.header.total_results
             return feed
         raise MetadataError(f"{problem} ({url}), {self.num_retries + 1} tries")
+
+
+_ATOM = "{http://www.w3.org/2005/Atom}"
+
+
+def _strict_xml(content: bytes) -> etree._Element:
+    return etree.fromstring(content, etree.XMLParser(resolve_entities=False, no_network=True))
+
+
+def _api_error(root: etree._Element) -> str:
+    """The message of an arXiv API error feed (an entry whose id is under /api/errors), else ''."""
+    for entry in root.iter(f"{_ATOM}entry"):
+        if "/api/errors" in (entry.findtext(f"{_ATOM}id") or ""):
+            return (entry.findtext(f"{_ATOM}summary") or "unspecified").strip()
+    return ""
 
 
 def month_query(category: str, month: str) -> str:
@@ -112,7 +130,7 @@ def fetch_license(fetcher: PoliteFetcher, oai_url: str, arxiv_id: str) -> str:
     resp = fetcher.get(f"{oai_url}?verb=GetRecord&identifier=oai:arXiv.org:{arxiv_id}&metadataPrefix=arXiv")
     if resp.status_code != 200:
         raise MetadataError(f"OAI-PMH answered HTTP {resp.status_code} for {arxiv_id}")
-    root = etree.fromstring(resp.content, etree.XMLParser(resolve_entities=False, no_network=True))
+    root = _strict_xml(resp.content)
     lic = root.find(".//arXiv:license", _OAI_NS)
     return (lic.text or "").strip() if lic is not None else ""
 
