@@ -178,22 +178,35 @@ def _page_boxes(doc, page) -> tuple[list[float], list[float]]:
     return media, crop
 
 
-def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
+def _open_figure_pdf(data: bytes):
+    """(document, info) of a one-page figure PDF; info holds `page_count`, `mediabox` and
+    `cropbox`. Malformed, encrypted, empty and multi-page PDFs raise RenderError (multi-page:
+    status `skipped`, info kept)."""
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as e:
         raise RenderError(f"malformed PDF: {e}") from e
-    with doc:
+    try:
         if doc.needs_pass:
             raise RenderError("encrypted PDF: a password is required")
         info = {"page_count": doc.page_count}
         if doc.page_count == 0:
             raise RenderError("PDF has no pages")
-        page = doc[0]
-        media, crop = _page_boxes(doc, page)
+        media, crop = _page_boxes(doc, doc[0])
         info["mediabox"], info["cropbox"] = [round(v, 3) for v in media], [round(v, 3) for v in crop]
         if doc.page_count > 1:
             raise RenderError(f"multi-page PDF ({doc.page_count} pages)", "skipped", info)
+    except BaseException:
+        doc.close()
+        raise
+    return doc, info
+
+
+def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
+    doc, info = _open_figure_pdf(data)
+    with doc:
+        page = doc[0]
+        media, crop = _page_boxes(doc, page)
         box = media if options.box == "media" else crop
         if box != crop:  # show the whole MediaBox, as poppler does by default
             doc.xref_set_key(page.xref, "CropBox", "[%r %r %r %r]" % tuple(media))
@@ -232,20 +245,8 @@ def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
 def render_pdf_poppler(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
     """The official tool's exact pixels: pdftoppm at `options.dpi` (pdf2image's call), then
     Pillow's RGB conversion and thumbnail. Page count and boxes come from PyMuPDF."""
-    try:
-        doc = pymupdf.open(stream=data, filetype="pdf")
-    except Exception as e:
-        raise RenderError(f"malformed PDF: {e}") from e
-    with doc:
-        if doc.needs_pass:
-            raise RenderError("encrypted PDF: a password is required")
-        info = {"page_count": doc.page_count}
-        if doc.page_count == 0:
-            raise RenderError("PDF has no pages")
-        media, crop = _page_boxes(doc, doc[0])
-        info["mediabox"], info["cropbox"] = [round(v, 3) for v in media], [round(v, 3) for v in crop]
-    if info["page_count"] > 1:
-        raise RenderError(f"multi-page PDF ({info['page_count']} pages)", "skipped", info)
+    doc, info = _open_figure_pdf(data)
+    doc.close()
     with tempfile.TemporaryDirectory(prefix="cvf-poppler-") as tmp:
         src = Path(tmp) / "in.pdf"
         src.write_bytes(data)
