@@ -14,6 +14,8 @@ from __future__ import annotations
 import calendar
 import random
 import time
+from datetime import datetime, timedelta
+
 import arxiv
 from arxiv import _feed  # the package's own Atom parser (private, stable across 4.x)
 from lxml import etree
@@ -78,22 +80,50 @@ def _api_error(root: etree._Element) -> str:
     return ""
 
 
-def month_query(category: str, month: str) -> str:
-    """`cat:cs.CV AND submittedDate:[202101010000 TO 202101312359]` for one month shard."""
+MAX_DEPTH = 30000  # the API serves no result of one query past this many ("refine the query")
+
+
+def window_query(category: str, first: datetime, last: datetime) -> str:
+    """`cat:cs.CV AND submittedDate:[202101010000 TO 202101312359]`: both ends inclusive, to the minute (UTC)."""
+    return f"cat:{category} AND submittedDate:[{first:%Y%m%d%H%M} TO {last:%Y%m%d%H%M}]"
+
+
+def month_window(month: str) -> tuple[datetime, datetime]:
+    """The first and the last minute of a month shard."""
     year, mon = parse_month(month)
-    last_day = calendar.monthrange(year, mon)[1]
-    return f"cat:{category} AND submittedDate:[{year:04d}{mon:02d}010000 TO {year:04d}{mon:02d}{last_day:02d}2359]"
+    return datetime(year, mon, 1), datetime(year, mon, calendar.monthrange(year, mon)[1], 23, 59)
 
 
-def search_month(api: ArxivAPI, category: str, month: str) -> list[arxiv.Result]:
-    """Every paper listed in `category` (primary or cross-listed) submitted in `month`."""
-    search = arxiv.Search(query=month_query(category, month), max_results=None,
+def month_query(category: str, month: str) -> str:
+    return window_query(category, *month_window(month))
+
+
+def search_window(api: ArxivAPI, category: str, first: datetime, last: datetime,
+                  max_depth: int = MAX_DEPTH) -> list[arxiv.Result]:
+    """Every paper listed in `category` submitted from `first` to `last` (minutes, inclusive).
+
+    A window holding more than the API's depth cap is listed as two halves instead.
+    """
+    search = arxiv.Search(query=window_query(category, first, last), max_results=None,
                           sort_by=arxiv.SortCriterion.SubmittedDate, sort_order=arxiv.SortOrder.Ascending)
     api.last_total = None
-    results = list(api.results(search))
-    if api.last_total is not None and len(results) < api.last_total:
-        raise MetadataError(f"{month}: got {len(results)} of {api.last_total} results")
-    return results
+    results = api.results(search)
+    head = next(results, None)  # fetches the first page, which says how many there are
+    total = api.last_total or 0
+    if total > max_depth and last > first:
+        middle = first + (last - first) // 2
+        middle -= timedelta(seconds=middle.second, microseconds=middle.microsecond)
+        return (search_window(api, category, first, middle, max_depth)
+                + search_window(api, category, middle + timedelta(minutes=1), last, max_depth))
+    listed = ([head] if head is not None else []) + list(results)
+    if len(listed) < total:
+        raise MetadataError(f"{window_query(category, first, last)}: got {len(listed)} of {total} results")
+    return listed
+
+
+def search_month(api: ArxivAPI, category: str, month: str, max_depth: int = MAX_DEPTH) -> list[arxiv.Result]:
+    """Every paper listed in `category` (primary or cross-listed) submitted in `month`."""
+    return search_window(api, category, *month_window(month), max_depth=max_depth)
 
 
 def split_id(short_id: str) -> tuple[str, int]:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import tarfile
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import arxiv
 import fitz
@@ -135,6 +136,16 @@ def test_api_pages_a_month_like_arxiv(server, fetcher, corpus):
     assert f"<opensearch:totalResults>{len(expected)}</opensearch:totalResults>" in raw
     assert "<opensearch:startIndex>2</opensearch:startIndex>" in raw
     assert "<opensearch:itemsPerPage>2</opensearch:itemsPerPage>" in raw
+
+
+def test_a_window_deeper_than_the_api_serves_is_listed_in_halves(server, fetcher, corpus):
+    expected = sorted(p["arxiv_id"] for p in load_papers(corpus)
+                      if p["published"].startswith("2021-01") and "cs.CV" in p["categories"])
+    api = ArxivAPI(fetcher, server.endpoints()["CVF_ARXIV_API_URL"], page_size=2)
+    results = search_month(api, "cs.CV", "2021-01", max_depth=2)
+    assert sorted(r.get_short_id().split("v")[0] for r in results) == expected
+    windows = {parse_qs(urlsplit(path).query)["search_query"][0] for _, path, _ in server.replay.log}
+    assert len(windows) > 2 and month_query("cs.CV", "2021-01") in windows
 
 
 def test_api_empty_first_page_glitch_is_retried(server, fetcher):
