@@ -16,24 +16,10 @@ import pytest
 from pipeline import store
 from pipeline.crawl import PAPER_SCHEMA, crawl_shard, main
 from pipeline.fetch import PoliteFetcher
-from pipeline.replay.corpus import generate_corpus, load_papers
-from pipeline.replay.server import Replay, ReplayServer
+from pipeline.replay.corpus import load_papers
+from replay_fixtures import MONTHS, corpus, server  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
-MONTHS = ["2021-01", "2021-02"]
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    """One replay corpus for every test module of the session (generated once)."""
-    out = tmp_path_factory.getbasetemp() / "replay-corpus"
-    return out if (out / "papers.jsonl").exists() else generate_corpus(out, n_papers=14, months=MONTHS)
-
-
-@pytest.fixture
-def server(corpus):
-    with ReplayServer(Replay(corpus)) as s:
-        yield s
 
 
 def _urls(server) -> dict:

@@ -18,21 +18,8 @@ from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, month_que
 from pipeline.fetch import PoliteFetcher, TransientError, download_file, sniff_kind, verify
 from pipeline.replay.corpus import generate_corpus, load_papers
 from pipeline.replay.server import Replay, ReplayServer
+from replay_fixtures import MONTHS, corpus, server  # noqa: F401 (fixtures)
 
-MONTHS = ["2021-01", "2021-02"]
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    """One replay corpus for every test module of the session (generated once)."""
-    out = tmp_path_factory.getbasetemp() / "replay-corpus"
-    return out if (out / "papers.jsonl").exists() else generate_corpus(out, n_papers=14, months=MONTHS)
-
-
-@pytest.fixture
-def server(corpus):
-    with ReplayServer(Replay(corpus)) as s:
-        yield s
 
 
 @pytest.fixture
