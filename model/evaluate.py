@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -51,41 +50,12 @@ HEADLINE = {"segmentation": "iou", "detection": "iou", "colorization": "mse", "s
 
 # ----------------------------------------------------------------------------- model
 
-def _guess_arch(state: dict) -> str:
-    """Describe the encoder a state_dict holds, naming the matching released arch if any."""
-    from model.mae_vqgan import ARCHS
-
-    if "cls_token" not in state:
-        return "not an MAE-VQGAN state_dict (no cls_token)"
-    dim = state["cls_token"].shape[-1]
-    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    patch = state["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in state else "?"
-    names = [n for n, a in ARCHS.items()
-             if (a["embed_dim"], a["depth"], a["patch_size"]) == (dim, depth, patch)]
-    return f"encoder width {dim}, depth {depth}, patch {patch}" + (f" ({names[0]})" if names else "")
-
-
-def load_model(checkpoint, vqgan_config, arch="mae_vit_large_patch16", size: int = 224,
+def load_model(checkpoint, vqgan_config, arch="mae_vit_large_patch16", size: int | None = None,
                vqgan_ckpt=None, device="cpu"):
-    """Load a checkpoint, with a clear error when it was trained with another architecture."""
-    from model.checkpoint import load_safely
+    """`load_checkpoint` on `device`; a checkpoint of another architecture is a clear ValueError."""
     from model.mae_vqgan import load_checkpoint
 
-    try:
-        model = load_checkpoint(checkpoint, vqgan_config, arch=arch, vqgan_ckpt=vqgan_ckpt,
-                                img_size=size)
-    except RuntimeError as e:  # load_state_dict(strict=True): missing/unexpected keys, shapes
-        keys = re.findall(r'"([\w.]+)"|size mismatch for ([\w.]+)', str(e))
-        keys = [a or b for a, b in keys]
-        if keys and all(k.startswith("vae.") for k in keys):
-            raise ValueError(f"the VQGAN weights in {checkpoint} do not fit --vqgan-config "
-                             f"{vqgan_config} (e.g. {keys[0]}); pass the model.yaml of the VQGAN "
-                             f"the checkpoint was trained with") from None
-        ckpt = load_safely(checkpoint)
-        state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
-        raise ValueError(f"{checkpoint} does not fit --arch {arch}: the checkpoint holds "
-                         f"{_guess_arch(state)}. Pass the --arch it was trained with.\n"
-                         f"({' '.join(str(e).split())[:300]})") from None
+    model = load_checkpoint(checkpoint, vqgan_config, arch=arch, vqgan_ckpt=vqgan_ckpt, img_size=size)
     return model.to(device).eval()
 
 
@@ -339,6 +309,7 @@ def run(args, model=None) -> dict:
     torch.backends.cudnn.benchmark = device.type == "cuda"   # fixed shapes: pick fast kernels
     model = model or load_model(args.checkpoint, args.vqgan_config, read_arch(args.arch),
                                 args.size, args.vqgan_ckpt, device)
+    args.size = model.patch_embed.img_size      # the canvas is the model's input
     patch = model.patch_embed.patch_size
     if args.task == "synthetic":
         mask = rows_mask(args.size, patch)
@@ -411,7 +382,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                    help="autocast dtype (auto: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--size", type=int, default=224, help="canvas size (the model's image size)")
+    p.add_argument("--size", type=int,
+                   help="canvas size = the model's image size (default: the --arch's, else the one "
+                        "the checkpoint was trained at; 224 for the released model)")
     p.add_argument("--support", default="random", choices=("random", "nearest"),
                    help="random same-class support (released) or nearest by encoder features")
     p.add_argument("--shots", type=int, default=1,

@@ -249,9 +249,18 @@ class MaeVqgan(nn.Module):
         return self.forward_loss(pred, targets, hidden), pred, hidden
 
 
+SIZE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
+             "decoder_depth", "decoder_num_heads", "mlp_ratio", "in_chans")
+
+
 def arch_sizes(arch) -> dict:
+    """A released arch name, or a dict of MaeVqgan sizes -> the constructor's size kwargs.
+
+    A dict may carry descriptive extras (e.g. a vectors `config.json`'s "mae" section with
+    `qkv_bias`, `vocab_size`): only the size keys are taken.
+    """
     if isinstance(arch, dict):
-        return dict(arch)
+        return {k: arch[k] for k in SIZE_KEYS if k in arch}
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)} or pass a dict of sizes")
     return dict(ARCHS[arch])
@@ -263,20 +272,58 @@ def build(arch="mae_vit_large_patch16", vqgan: VQModel | None = None, img_size: 
     return MaeVqgan(vqgan, **sizes)
 
 
+def describe_state(state: dict) -> str:
+    """What encoder a state_dict holds, naming the matching released arch if any."""
+    if "cls_token" not in state or "patch_embed.proj.weight" not in state:
+        return "no MAE encoder (no cls_token / patch_embed keys)"
+    dim = state["cls_token"].shape[-1]
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    patch = state["patch_embed.proj.weight"].shape[-1]
+    names = [n for n, a in ARCHS.items() if (a["embed_dim"], a["depth"], a["patch_size"]) == (dim, depth, patch)]
+    return (f"encoder width {dim}, depth {depth}, patch {patch}, {state_img_size(state, patch)} px"
+            + (f" ({names[0]})" if names else ""))
+
+
+def state_img_size(state: dict, patch_size: int) -> int | None:
+    """The image size a checkpoint was trained at, from its fixed position table (cls + g*g rows)."""
+    if "pos_embed" not in state:
+        return None
+    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
+    return grid * patch_size
+
+
+def mismatches(model: nn.Module, state: dict) -> dict[str, str]:
+    """key -> why it does not load: missing from / unexpected in `state`, or another shape."""
+    expected = model.state_dict()
+    out = {k: f"{k} is {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+           for k, v in expected.items() if k in state and state[k].shape != v.shape}
+    out |= {k: f"{k} missing" for k in expected if k not in state}
+    return out | {k: f"{k} unexpected" for k in state if k not in expected}
+
+
 def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt=None,
-                    img_size: int = 224, map_location="cpu") -> MaeVqgan:
+                    img_size: int | None = None, map_location="cpu") -> MaeVqgan:
     """Load a released (or our) `checkpoint-*.pth` into an eval-mode MaeVqgan.
 
-    The VQGAN weights come from the checkpoint's `vae.*` keys, or from `vqgan_ckpt` (taming's
-    `last.ckpt`) when it has none. Loading is `weights_only`, allowing only `argparse.Namespace`.
+    `arch`: a name of ARCHS or a dict of the constructor's sizes. `vqgan_config`: taming's
+    `model.yaml` (path) or its content (dict). The VQGAN weights come from the checkpoint's
+    `vae.*` keys, or from `vqgan_ckpt` (taming's `last.ckpt`) when it has none. `img_size`:
+    by default the arch dict's, else the one the checkpoint's position table was built for.
+    Loading is `weights_only`, allowing only `argparse.Namespace`. A checkpoint of another
+    architecture or VQGAN is a ValueError naming what does not fit.
     """
     from model.checkpoint import load_safely
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MAE-VQGAN checkpoint not found: {path}")
+    if vqgan_config is None:
+        raise ValueError("vqgan_config is needed: the path of taming's VQGAN model.yaml (or its "
+                         "content as a dict) that the checkpoint was trained with")
     ckpt = load_safely(path, map_location=map_location)
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path} holds no state_dict (expected {{'model': state_dict}} or a state_dict)")
     has_vae = any(k.startswith("vae.") for k in state)
     if has_vae:
         vqgan = VQModel(**vqgan_params(vqgan_config))
@@ -284,9 +331,23 @@ def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt
         vqgan = load_vqgan(vqgan_config, vqgan_ckpt)
     else:
         raise ValueError(f"{path} holds no `vae.*` weights; pass vqgan_ckpt= (taming's last.ckpt)")
-    sizes = {"img_size": img_size, **arch_sizes(arch)}
+    sizes = arch_sizes(arch)
+    if img_size is not None:
+        sizes["img_size"] = img_size
+    sizes.setdefault("img_size", state_img_size(state, sizes.get("patch_size", 16)) or 224)
     model = MaeVqgan(vqgan, **sizes)
     if not has_vae:
-        state = {**state, **{"vae." + k: v for k, v in model.vae.state_dict().items()}}
+        state = {**state, **{"vae." + k: v for k, v in vqgan.state_dict().items()}}
+    wrong = mismatches(model, state)
+    if wrong:
+        name = arch if isinstance(arch, str) else str(sizes)
+        if all(k.startswith("vae.") for k in wrong):
+            given = vqgan_config if isinstance(vqgan_config, (str, Path)) else "(the given dict)"
+            raise ValueError(f"the VQGAN weights in {path} do not fit --vqgan-config {given} "
+                             f"(e.g. {next(iter(wrong.values()))}); pass the model.yaml of the "
+                             "VQGAN the checkpoint was trained with")
+        raise ValueError(f"{path} does not fit --arch {name}: the checkpoint holds "
+                         f"{describe_state(state)}. Pass the arch it was trained with "
+                         f"({len(wrong)} keys differ, e.g. {'; '.join(list(wrong.values())[:3])})")
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -115,6 +115,34 @@ def test_checkpoint_loading_allows_only_namespace(ref, tmp_path):
         load_checkpoint(tmp_path / "checkpoint-1.pth", ref["vqgan_config"], arch=ref["sizes"])
 
 
+def test_checkpoint_sizes_from_a_config_section_and_the_position_table(ref, tmp_path):
+    """The vectors' whole "mae"/"vqgan" sections (descriptive keys included) are accepted, and
+    the image size comes from the checkpoint's position table when not given."""
+    save_released_style(tmp_path / "checkpoint-2.pth", ref["full_state"])
+    sizes = {k: v for k, v in ref["sizes"].items() if k != "img_size"}
+    model = load_checkpoint(tmp_path / "checkpoint-2.pth", ref["cfg"]["vqgan"], arch=sizes)
+    assert model.patch_embed.img_size == ref["cfg"]["mae"]["img_size"]
+    model = load_checkpoint(tmp_path / "checkpoint-2.pth", ref["cfg"]["vqgan"], arch=ref["cfg"]["mae"])
+    check_reference_forward(model, ref)
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(ref, tmp_path):
+    path = tmp_path / "checkpoint-3.pth"
+    save_released_style(path, ref["full_state"])
+    deeper = {**ref["sizes"], "depth": ref["sizes"]["depth"] + 1}
+    with pytest.raises(ValueError, match=rf"does not fit --arch .*depth {ref['sizes']['depth']}\b"):
+        load_checkpoint(path, ref["vqgan_config"], arch=deeper)
+    rows = ref["full_state"]["pos_embed"].shape[1]          # cls + the checkpoint's grid
+    with pytest.raises(ValueError, match=rf"pos_embed is \(1, {rows}, .* in the checkpoint"):
+        load_checkpoint(path, ref["vqgan_config"], arch=ref["sizes"], img_size=ref["sizes"]["img_size"] + 64)
+    other_vq = json.loads(json.dumps(ref["vqgan_config"]))
+    other_vq["model"]["params"]["embed_dim"] *= 2
+    with pytest.raises(ValueError, match="VQGAN weights .* do not fit"):
+        load_checkpoint(path, other_vq, arch=ref["sizes"])
+    with pytest.raises(ValueError, match="vqgan_config is needed"):
+        load_checkpoint(path, None, arch=ref["sizes"])
+
+
 def test_mask_rows_must_hide_the_same_count(model, ref):
     mask = ref["io"]["eval_mask"].clone()
     mask[1, 0] = 1
