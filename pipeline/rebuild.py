@@ -21,6 +21,7 @@ import argparse
 import csv
 import dataclasses
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def read_index(path: str | Path) -> list[tuple[str, str]]:
     if path.suffix == ".parquet":
         table = pq.read_table(path, columns=["paper_id", "img_name"])
         return list(zip(table["paper_id"].to_pylist(), table["img_name"].to_pylist()))
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is no column
         reader = csv.DictReader(f)
         missing = {"paper_id", "img_name"} - set(reader.fieldnames or ())
         if missing:
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{report['out']}; {report['images_missing']} missing {report['missing_by_reason']}; "
           f"{report['index_duplicate_rows']} duplicate index rows; report in "
           f"{config.data_root(args.root) / 'rebuild' / args.split}")
+    if report["missing_by_reason"].get("e-print pending"):
+        sys.exit("some e-prints could not be fetched yet (see missing.csv): rerun to retry")
 
 
 if __name__ == "__main__":

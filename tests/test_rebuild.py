@@ -117,6 +117,8 @@ def test_read_index_forms(tmp_path, testdata):
     manifest = tmp_path / "m.csv"
     manifest.write_text("paper_id,img_name,label\n2101.00001,\"a, b.png\",1\n")
     assert read_index(manifest) == [("2101.00001", "a, b.png")]
+    manifest.write_bytes(b"\xef\xbb\xbfpaper_id,img_name\n2101.00001,c.png\n")  # saved by Excel
+    assert read_index(manifest) == [("2101.00001", "c.png")]
     bad = tmp_path / "bad.csv"
     bad.write_text("id,name\n1,2\n")
     with pytest.raises(ValueError, match="paper_id"):
