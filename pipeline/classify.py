@@ -297,6 +297,10 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
     if label_report["labels_for_missing_figures"]:
         print(f"ignored {label_report['labels_for_missing_figures']} labels for figures that do not exist "
               f"(e.g. {', '.join(label_report['missing_examples'][:3])})", file=sys.stderr)
+    if label_report["labels_for_changed_images"]:
+        print(f"ignored {label_report['labels_for_changed_images']} labels of images re-extracted since they were "
+              f"labelled (sha256 differs; relabel them: e.g. {', '.join(label_report['changed_examples'][:3])})",
+              file=sys.stderr)
     if not labels:
         raise ValueError("no labels for any extracted figure: label some in Label Studio, or pass --truth / --cvf-index")
 
@@ -366,7 +370,7 @@ def card_markdown(card: dict) -> str:
 **Inputs.** {backbone}; head `{card['head']}`, {card['calibration']}.
 
 **Labels.** {lab['labels']} ({lab['positives']} positive, {lab['negatives']} negative), by source:
-{', '.join(f'{k}: {v}' for k, v in lab['by_source'].items())}. Labels for figures that do not exist: {lab['labels_for_missing_figures']}.
+{', '.join(f'{k}: {v}' for k, v in lab['by_source'].items())}. Labels for figures that do not exist: {lab['labels_for_missing_figures']}; of images changed since labelled: {lab.get('labels_for_changed_images', 0)}.
 
 **Evaluation.** {card['cv']['scheme']}, {card['cv']['folds']} folds over {card['cv']['papers']} papers;
 every probability comes from a head and a calibrator that never saw the figure's paper.
@@ -460,21 +464,28 @@ def main(argv=None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
     common.add_argument("--weights", help=f"backbone weights: {WEIGHTS_HELP}. Without it: layout features only")
-    common.add_argument("--batch-size", type=int, default=32)
+    common.add_argument("--batch-size", type=int, default=32, help="figures per batch (default 32)")
     common.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
 
-    t = sub.add_parser("train", parents=[common], help="fit the classifier with grouped-by-paper CV")
+    t = sub.add_parser("train", parents=[common], help="fit the classifier with grouped-by-paper CV",
+                       description="Gather labels (Label Studio > replay truth > official index), featurize the "
+                                   "labelled figures, cross-validate by paper, fit, and write classifier/<version>/ "
+                                   "(model.joblib, card.json, card.md, pr_curve.png).")
     t.add_argument("--arch", help="torchvision architecture of --weights (default: from the file name)")
     t.add_argument("--labels", help="Label Studio labels (default ROOT/labels/labels.parquet)")
     t.add_argument("--truth", help="replay ground truth (default ROOT/truth.parquet or ROOT/replay/truth.parquet)")
     t.add_argument("--cvf-index", nargs="*", default=[], metavar="CSV",
                    help="official df_train.csv/df_val.csv for distant supervision")
-    t.add_argument("--head", choices=["logreg", "hgb"], default="logreg")
-    t.add_argument("--folds", type=int, default=5)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--head", choices=["logreg", "hgb"], default="logreg",
+                   help="logistic regression (default) or histogram gradient boosting")
+    t.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by paper (default 5)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the folds and the head (default 0)")
     t.add_argument("--version", help="name of the model (default clf-<UTC time>)")
 
-    s = sub.add_parser("score", parents=[common], help="score every extracted figure -> scores/<shard>.parquet")
+    s = sub.add_parser("score", parents=[common], help="score every extracted figure -> scores/<shard>.parquet",
+                       description="Score every extracted figure with a trained classifier, one month shard at a "
+                                   "time, into scores/<shard>.parquet; shards already scored by the same model "
+                                   "and figures are skipped.")
     s.add_argument("--version", help="classifier version (default: classifier/LATEST)")
     s.add_argument("--shard", nargs="*", help="only these month shards")
     s.add_argument("--device", help="torch device for the backbone (default: cuda when present, else cpu)")

@@ -7,7 +7,8 @@
   candidates negatives.
 
 When sources disagree on a figure the more trustworthy wins, in that order. Labels whose
-figure is not (or no longer) in the figure records are dropped and counted, never used.
+figure is not (or no longer) in the figure records are dropped and counted, never used; so are
+people's labels of an image that re-extraction has since changed (its `sha256` differs).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def from_label_studio(path: str | Path) -> list[dict]:
     """
     table = pq.read_table(path)
     sources = table["source"].to_pylist() if "source" in table.column_names else ["label-studio"] * table.num_rows
-    rows = table.select(["paper_id", "img_name", "label"]).to_pylist()
+    rows = table.select([c for c in ("paper_id", "img_name", "label", "sha256") if c in table.column_names]).to_pylist()
     return [{**r, "label": int(r["label"]), "source": src if src in SOURCES else "label-studio"}
             for r, src in zip(rows, sources) if r["label"] is not None]
 
@@ -90,18 +91,20 @@ def gather(figures: list[dict], label_studio: str | Path | None = None, truth: s
     if cvf_index:
         candidates += from_cvf_index(read_cvf_index(list(cvf_index)), figures)
 
-    existing = {(f["paper_id"], f["img_name"]) for f in figures}
+    sha_of = {(f["paper_id"], f["img_name"]): f.get("sha256") or "" for f in figures}
     rank = {s: i for i, s in enumerate(SOURCES)}
     chosen: dict[tuple[str, str], dict] = {}
-    missing, overridden = [], 0
+    missing, changed, overridden = [], [], 0
     for lab in sorted(candidates, key=lambda r: rank[r["source"]]):
         key = (lab["paper_id"], lab["img_name"])
-        if key not in existing:
+        if key not in sha_of:
             missing.append(key)
+        elif lab.get("sha256") and sha_of[key] and lab["sha256"] != sha_of[key]:
+            changed.append(key)  # the label is of the image as it was, not as it is
         elif key in chosen:
             overridden += 1
         else:
-            chosen[key] = lab
+            chosen[key] = {k: lab[k] for k in ("paper_id", "img_name", "label", "source")}
     labels = list(chosen.values())
     report = {
         "labels": len(labels),
@@ -111,5 +114,7 @@ def gather(figures: list[dict], label_studio: str | Path | None = None, truth: s
         "overridden_by_more_trusted_source": overridden,
         "labels_for_missing_figures": len(missing),
         "missing_examples": ["/".join(k) for k in missing[:10]],
+        "labels_for_changed_images": len(changed),
+        "changed_examples": ["/".join(k) for k in changed[:10]],
     }
     return labels, report

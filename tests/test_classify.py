@@ -173,12 +173,15 @@ def test_label_studio_labels_table_flows_into_training(tmp_path):
     root = tmp_path / "data"
     truth = make_corpus(root, n_papers=8, figures_per_paper=4, seed=3)
     (root / "truth.parquet").unlink()  # people's labels only
+    sha = {(f["paper_id"], f["img_name"]): f["sha256"] for s in ("2019-03", "2020-07")
+           for f in store.read_rows(root / "figures" / f"{s}.parquet")}
     when = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
     rows = []
     for i, t in enumerate(truth):
         label = None if i % 7 == 6 else int(t["is_grid_with_photo"])  # every 7th answer is "unsure"
-        rows.append({"paper_id": t["paper_id"], "img_name": t["img_name"], "sha256": "", "label": label,
-                     "choice": {1: "positive", 0: "negative", None: "unsure"}[label], "annotator": "a@x",
+        key = (t["paper_id"], t["img_name"])
+        rows.append({"paper_id": key[0], "img_name": key[1], "sha256": sha[key] if i != 4 else "0" * 64,
+                     "label": label, "choice": {1: "positive", 0: "negative", None: "unsure"}[label], "annotator": "a@x",
                      "created_at": when, "lead_time": 3.0, "task_id": i, "project_id": 1, "round": 0,
                      "rule": "stratified", "source": "label-studio", "annotation_id": i, "updated_at": when})
     rows.append({**rows[0], "paper_id": "1901.99999", "img_name": "gone.png", "task_id": 99, "annotation_id": 99})
@@ -186,9 +189,12 @@ def test_label_studio_labels_table_flows_into_training(tmp_path):
 
     out = classify.train(root, weights="", folds=3, version="from-ls")
     card = json.loads((out / "card.json").read_text())
-    decided = [r for r in rows[:-1] if r["label"] is not None]
+    # Used: decided answers about the images as they are now. Not: unsure, a figure that is gone,
+    # and figure 4, whose image changed since it was labelled (the label's sha256 is stale).
+    decided = [r for i, r in enumerate(rows[:-1]) if r["label"] is not None and i != 4]
     assert card["labels"]["by_source"] == {"label-studio": len(decided)}
     assert card["labels"]["positives"] == sum(r["label"] for r in decided)
     assert card["labels"]["labels_for_missing_figures"] == 1
+    assert card["labels"]["labels_for_changed_images"] == 1
     assert card["cv"]["papers"] == 8 and card["cv"]["at_threshold"]["roc_auc"] > 0.8
     assert classify.score(root)["scored"] == len(truth)
