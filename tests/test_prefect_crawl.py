@@ -12,6 +12,7 @@ import pytest
 
 from pipeline import store
 from pipeline.replay.corpus import load_papers
+from replay_fixtures import MONTHS, corpus, server  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,3 +66,22 @@ def test_deployment_run_watch_crawls_the_replay(tmp_path):
     alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()
              and Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"]  # zombies are dead
     assert not alive, f"processes left running after the script: {alive}"
+
+
+@pytest.mark.server
+@pytest.mark.timeout(300)
+def test_flow_max_papers_bounds_the_run(server, corpus, tmp_path, capsys):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.crawl import crawl_arxiv
+
+    jan = [p for p in load_papers(corpus) if p["published"].startswith("2021-01") and p["primary_category"] == "cs.CV"]
+    e, data = server.endpoints(), tmp_path / "data"
+    with prefect_test_harness(server_startup_timeout=120):
+        done = crawl_arxiv(start=MONTHS[0], end=MONTHS[-1], max_papers=len(jan) - 1, data_root=str(data), delay=0,
+                           api_url=e["CVF_ARXIV_API_URL"], eprint_url=e["CVF_ARXIV_EPRINT_URL"],
+                           pdf_url=e["CVF_ARXIV_PDF_URL"], task_retries=0)
+    assert [s["shard"] for s in done] == ["2021-01"] and done[0]["papers"] == len(jan) - 1
+    assert done[0]["max_papers"] == len(jan) - 1 and store.shard_done(data / "papers", "2021-01")
+    assert not (data / "papers" / "2021-02.parquet").exists()
+    assert "not started: 2021-02..2021-02" in "".join(capsys.readouterr())  # log_prints: on the logger
