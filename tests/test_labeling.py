@@ -145,6 +145,37 @@ def test_uncertainty_takes_scores_nearest_threshold_and_ignores_stale_ones():
         sample.choose(figures, {}, 2, 0, set(), rule="uncertainty")
 
 
+def test_interface_has_hotkeys_large_figure_context_and_keeps_unsure():
+    import re
+    import xml.etree.ElementTree as ET
+
+    view = ET.fromstring(interface.LABEL_CONFIG)
+    choices = view.find(".//Choices")
+    assert (choices.get("name"), choices.get("toName")) == (interface.FROM_NAME, interface.TO_NAME)
+    assert choices.get("choice") == "single-radio" and choices.get("required") == "true"
+    hotkeys = {c.get("value"): c.get("hotkey") for c in choices.findall("Choice")}
+    assert hotkeys == {"Grid with a photo": "1", "Not a photo grid": "2", "Unsure": "3"}
+    assert set(hotkeys) == set(interface.CHOICES)
+    image = view.find(".//Image")
+    assert image.get("name") == interface.TO_NAME and image.get("maxWidth") == "100%"
+    assert image.get("zoom") == "true"
+    shown = {t.get("value") for t in view.iter("Text")}
+    assert shown == {"$paper_id", "$img_name", "$source_path"}
+    # Every variable the interface shows is a field push uploads with each task.
+    variables = set(re.findall(r'value="\$(\w+)"', interface.LABEL_CONFIG))
+    data = push.task({"image_path": "images/2012-01/p/a.png", "paper_id": "p", "img_name": "a.png",
+                      "source_path": "figs/a.png", "sha256": "x", "shard": "2012-01", "round": 0, "rule": "r"},
+                     Path("/d"), Path("/d"), None, 0.5)["data"]
+    assert variables == {"image", "paper_id", "img_name", "source_path"} <= set(data)
+    # The instruction names positive and negative examples; unsure stays unsure (null label).
+    text = interface.INSTRUCTION.lower()
+    for example in ["image grids of photos", "qualitative result grids", "segmentation", "depth",
+                    "plots", "charts", "diagrams", "tables", "icons", "pure text"]:
+        assert example in text, example
+    assert interface.CHOICES["Unsure"] == (None, "unsure")
+    assert interface.choice_of(interface.choice_result("Unsure")) == "Unsure"
+
+
 # --- against the server -----------------------------------------------------------------------
 
 def test_push_annotate_pull_gives_the_labels_row_by_row(ls, label_studio):
