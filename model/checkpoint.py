@@ -21,33 +21,56 @@ from pathlib import Path
 import torch
 
 _UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
-_OPAQUE_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.")
+_NOT_A_CONTAINER = re.compile(r"(SETITEMS?|append).* but got <class 'opaque\.([\w.]+)'>")
+# What a Lightning `.ckpt` may reference besides tensors: Lightning's own classes (callbacks keyed
+# by class, AttributeDict hyper-parameters) and numpy scalars in callback states.
+_OPAQUE_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "numpy.")
 
 
 class OpaqueGlobal:
-    """Stands in for a Lightning class reference found in a checkpoint; it does nothing."""
+    """Stands in for a class a checkpoint references outside its weights. Inert: instances only
+    keep the arguments and state the pickle hands them; no code of the real class runs."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
 
 
-def load_safely(path, map_location="cpu", allow_namespace: bool = True):
-    """`torch.load(weights_only=True)`, allowing exactly `argparse.Namespace` if asked."""
-    allowed = [argparse.Namespace] if allow_namespace else []
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location=map_location, weights_only=True)
+def _opaque(name: str, kind=None):
+    """A placeholder for `name`; a dict or list subclass stands in as a plain dict / list."""
+    if kind is not None:
+        return (kind, name)
+    cls = type(name.rsplit(".", 1)[-1], (OpaqueGlobal,), {"__module__": "opaque", "__qualname__": name})
+    return (cls, name)
 
 
 def load_lightning_checkpoint(path, map_location="cpu") -> dict:
-    """The `state_dict` of a (taming / PyTorch Lightning) `.ckpt`, or of a plain state_dict file."""
-    opaque: list = []
-    for _ in range(32):  # a checkpoint references at most a handful of Lightning classes
+    """The `state_dict` of a (taming / PyTorch Lightning) `.ckpt`, or of a plain state_dict file.
+
+    Loads with `weights_only=True`; each Lightning (or numpy) global the file names is replaced
+    by an inert placeholder, found one at a time from the unpickler's refusals, so Lightning need
+    not be installed. Any other global (a function to call, a foreign class) is refused.
+    """
+    opaque: dict[str, tuple] = {}
+    for _ in range(64):  # a checkpoint references at most a handful of such globals
         try:
-            with torch.serialization.safe_globals(opaque):
+            with torch.serialization.safe_globals(list(opaque.values())):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
             break
         except pickle.UnpicklingError as e:
-            m = _UNSUPPORTED.search(str(e))
-            if not m or not m.group(1).startswith(_OPAQUE_PREFIXES):
+            unknown, container = _UNSUPPORTED.search(str(e)), _NOT_A_CONTAINER.search(str(e))
+            if unknown and unknown.group(1).startswith(_OPAQUE_PREFIXES):
+                opaque[unknown.group(1)] = _opaque(unknown.group(1))
+            elif container and container.group(2) in opaque:   # a dict / list subclass
+                kind = dict if container.group(1).startswith("SETITEM") else list
+                opaque[container.group(2)] = _opaque(container.group(2), kind)
+            else:
                 raise
-            opaque.append((OpaqueGlobal, m.group(1)))
     else:
         raise pickle.UnpicklingError(f"{path}: too many unknown Lightning globals")
     if isinstance(obj, dict) and "state_dict" in obj:

@@ -107,6 +107,44 @@ def test_load_vqgan_from_yaml_and_lightning_ckpt(set_a, tmp_path):
     assert load_vqgan(taming_yaml(set_a["cfg"])).quantize.n_e == set_a["cfg"]["vqgan"]["n_embed"]
 
 
+def test_lightning_ckpt_with_pickled_objects(set_a, tmp_path):
+    """Some Lightning versions pickle objects, not just class references: a callback instance,
+    AttributeDict hyper-parameters (a dict subclass), a list subclass, numpy scalars. None of
+    their code may run; the state_dict must still come out."""
+    import numpy as np
+
+    fake = types.ModuleType("pytorch_lightning.fake_objects")
+
+    class ModelCheckpoint:
+        def __init__(self):
+            self.best_model_score, self.monitor = np.float64(0.5), "val/rec_loss"
+
+        def __setstate__(self, state):
+            raise AssertionError("Lightning code ran while loading")
+
+    class AttributeDict(dict):
+        pass
+
+    class CallbackList(list):
+        pass
+
+    for cls in (ModelCheckpoint, AttributeDict, CallbackList):
+        cls.__module__, cls.__qualname__ = fake.__name__, cls.__name__
+        setattr(fake, cls.__name__, cls)
+    sys.modules.update({"pytorch_lightning": types.ModuleType("pytorch_lightning"), fake.__name__: fake})
+    try:
+        torch.save({"callbacks": {ModelCheckpoint: {"best_model_score": np.float64(0.5)}},
+                    "checkpoint_callback": ModelCheckpoint(),
+                    "hyper_parameters": AttributeDict(embed_dim=4, ckpt_path=None),
+                    "loggers": CallbackList(["tb"]),
+                    "state_dict": set_a["state"]}, tmp_path / "last.ckpt")
+    finally:
+        for name in ("pytorch_lightning", fake.__name__):
+            del sys.modules[name]
+    model = load_vqgan(taming_yaml(set_a["cfg"]), tmp_path / "last.ckpt")
+    assert torch.equal(model.tokenize(set_a["io"]["x_imagenet_norm"]), set_a["io"]["tokens"])
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("pwned",))
