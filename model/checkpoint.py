@@ -41,6 +41,13 @@ class OpaqueGlobal:
         self.state = state
 
 
+def load_safely(path, map_location="cpu", allow_namespace: bool = True):
+    """`torch.load(weights_only=True)`, allowing exactly `argparse.Namespace` if asked."""
+    allowed = [argparse.Namespace] if allow_namespace else []
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def _opaque(name: str, kind=None):
     """A placeholder for `name`; a dict or list subclass stands in as a plain dict / list."""
     if kind is not None:
