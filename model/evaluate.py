@@ -50,7 +50,7 @@ HEADLINE = {"segmentation": "iou", "detection": "iou", "colorization": "mse", "s
 
 # ----------------------------------------------------------------------------- model
 
-def load_model(checkpoint, vqgan_config, arch="mae_vit_large_patch16", size: int | None = None,
+def load_model(checkpoint, vqgan_config, arch=None, size: int | None = None,
                vqgan_ckpt=None, device="cpu"):
     """`load_checkpoint` on `device`; a checkpoint of another architecture is a clear ValueError."""
     from model.mae_vqgan import load_checkpoint
@@ -59,8 +59,10 @@ def load_model(checkpoint, vqgan_config, arch="mae_vit_large_patch16", size: int
     return model.to(device).eval()
 
 
-def read_arch(value: str):
-    """--arch: a released name, or a JSON file / string of MaeVqgan sizes."""
+def read_arch(value: str | None):
+    """--arch: a released name, or a JSON file / string of MaeVqgan sizes (None: the checkpoint's)."""
+    if value is None:
+        return None
     if value.startswith("{"):
         return json.loads(value)
     if value.endswith(".json"):
@@ -342,7 +344,7 @@ def run(args, model=None) -> dict:
     summary = {k: {"mean": float(np.mean([r["metrics"][k] for r in per_seed])),
                    "std": float(np.std([r["metrics"][k] for r in per_seed]))} for k in scalar}
     results = {"task": args.task, "title": title, "fold": args.fold, "synthetic": args.synthetic,
-               "checkpoint": str(args.checkpoint), "arch": args.arch, "size": args.size,
+               "checkpoint": str(args.checkpoint), "arch": args.arch or "from the checkpoint", "size": args.size,
                "episodes": len(dataset), "seeds": seeds, "support": args.support,
                "shots": args.shots, "ensemble": args.ensemble, "layouts": list(args.layouts),
                "area_filter": args.area_filter, "true_rounding": args.true_rounding,
@@ -366,8 +368,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="MAE-VQGAN checkpoint ({'model': state_dict})")
     p.add_argument("--vqgan-config", required=True, help="taming VQGAN model.yaml")
     p.add_argument("--vqgan-ckpt", help="taming last.ckpt, if the checkpoint has no vae.* weights")
-    p.add_argument("--arch", default="mae_vit_large_patch16",
-                   help="released arch name, or a JSON file/string of MaeVqgan sizes")
+    p.add_argument("--arch", help="released arch name, or a JSON file/string of MaeVqgan sizes "
+                                  "(default: what the checkpoint's args record, as `python -m "
+                                  "model.train` writes them; else mae_vit_large_patch16)")
     p.add_argument("--data", help="VOC root (segmentation, detection) or ImageNet root with val/ "
                                   "(colorization); unused for synthetic")
     p.add_argument("--fold", default="0", choices=("0", "1", "2", "3", "all"),

@@ -266,6 +266,20 @@ def arch_sizes(arch) -> dict:
     return dict(ARCHS[arch])
 
 
+def arch_from_args(args) -> dict | None:
+    """The sizes a checkpoint's `args` Namespace records: our trainer's `--arch` and size flags,
+    or MAE's `--model` (`mae_vit_large_patch16[_dec512d8b]`), with `--input-size`."""
+    name = getattr(args, "arch", None) or getattr(args, "model", None)
+    name = name.split("_dec")[0] if isinstance(name, str) else None
+    if name not in ARCHS:
+        return None
+    sizes = dict(ARCHS[name])
+    sizes |= {k: getattr(args, k) for k in SIZE_KEYS if getattr(args, k, None) is not None}
+    if getattr(args, "input_size", None):
+        sizes["img_size"] = int(args.input_size)
+    return sizes
+
+
 def build(arch="mae_vit_large_patch16", vqgan: VQModel | None = None, img_size: int = 224,
           **kwargs) -> MaeVqgan:
     sizes = {"img_size": img_size, **arch_sizes(arch), **kwargs}
@@ -305,7 +319,8 @@ def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt
                     img_size: int | None = None, map_location="cpu") -> MaeVqgan:
     """Load a released (or our) `checkpoint-*.pth` into an eval-mode MaeVqgan.
 
-    `arch`: a name of ARCHS or a dict of the constructor's sizes. `vqgan_config`: taming's
+    `arch`: a name of ARCHS, a dict of the constructor's sizes, or None: the sizes the
+    checkpoint's own `args` record (else mae_vit_large_patch16). `vqgan_config`: taming's
     `model.yaml` (path) or its content (dict). The VQGAN weights come from the checkpoint's
     `vae.*` keys, or from `vqgan_ckpt` (taming's `last.ckpt`) when it has none. `img_size`:
     by default the arch dict's, else the one the checkpoint's position table was built for.
@@ -331,6 +346,8 @@ def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt
         vqgan = load_vqgan(vqgan_config, vqgan_ckpt)
     else:
         raise ValueError(f"{path} holds no `vae.*` weights; pass vqgan_ckpt= (taming's last.ckpt)")
+    if arch is None:
+        arch = arch_from_args(ckpt.get("args") if isinstance(ckpt, dict) else None) or "mae_vit_large_patch16"
     sizes = arch_sizes(arch)
     if img_size is not None:
         sizes["img_size"] = img_size

@@ -183,3 +183,16 @@ def test_patch_size_must_match_the_tokenizer(ref):
                      decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     with pytest.raises(ValueError, match="patch size"):
         model(torch.randn(1, 3, 64, 64))
+
+
+def test_arch_from_checkpoint_args():
+    from model.mae_vqgan import arch_from_args
+
+    released = argparse.Namespace(model="mae_vit_large_patch16_dec512d8b", input_size=224, blr=1e-4)
+    assert arch_from_args(released) == {**ARCHS["mae_vit_large_patch16"], "img_size": 224}
+    ours = argparse.Namespace(arch="mae_vit_small_patch16", input_size=96, embed_dim=48, depth=3,
+                              num_heads=None)
+    assert arch_from_args(ours) == {**ARCHS["mae_vit_small_patch16"], "embed_dim": 48, "depth": 3,
+                                     "img_size": 96}
+    assert arch_from_args(argparse.Namespace(model="resnet50")) is None
+    assert arch_from_args(None) is None

@@ -221,3 +221,24 @@ def test_ddp_two_ranks_on_cpu(images, tmp_path):
     ckpt = torch.load(tmp_path / "checkpoint-last.pth", weights_only=False)
     assert ckpt["data"]["world_size"] == 2 and ckpt["step"] == 4  # 8 images / 2 ranks / batch 2, x2 epochs
     assert len(ckpt["rng"]) == 2
+
+
+def test_cli_manifest_to_checkpoint_to_evaluate(images, vqgan_files, tmp_path):
+    """The user's path: `python -m model.train` on a published manifest, then the checkpoint it
+    wrote loads by itself (sizes from its args) and runs in `python -m model.evaluate`."""
+    from model import evaluate
+
+    rows = [{"paper_id": f"2101.{i:05d}", "img_name": p.name, "split": "train", "image_path": p.name}
+            for i, p in enumerate(sorted(images.glob("*.png")))]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "model.train", str(tmp_path / "train.parquet"), "--images", str(images),
+           *TINY, *vqgan_files, "--batch-size", "4", "--epochs", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = load_checkpoint(out / "checkpoint-last.pth", vqgan_files[1], arch=None)
+    assert (model.patch_embed.img_size, len(model.blocks), model.decoder_pred.in_features) == (64, 2, 24)
+    code = evaluate.main(["--task", "synthetic", "--checkpoint", str(out / "checkpoint-last.pth"),
+                          "--vqgan-config", vqgan_files[1], "--episodes", "2", "--batch-size", "2",
+                          "--device", "cpu", "--out", str(tmp_path / "eval")])
+    assert code == 0 and json.loads((tmp_path / "eval" / "results.json").read_text())["size"] == 64
