@@ -25,6 +25,7 @@ import random
 import tarfile
 import time
 import zlib
+from datetime import timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -107,8 +108,14 @@ def _retry_after_seconds(value: str | None) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         when = email.utils.parsedate_to_datetime(value)  # the HTTP-date form
-        return max(0.0, when.timestamp() - time.time()) if when else None
+    except (TypeError, ValueError):
+        return None  # unreadable: back off as if none was given
+    if when.tzinfo is None:  # "-0000": UTC, says RFC 5322
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
 
 
 class PoliteFetcher:
@@ -166,7 +173,8 @@ class PoliteFetcher:
         resp = self.session.get(url, timeout=self.timeout, stream=True, headers=headers)
         chunks = []
         try:
-            for chunk in resp.raw.stream(1 << 16, decode_content=not raw):
+            # read1: whatever has arrived (a fixed-size read would wait out a dripping server)
+            while chunk := resp.raw.read1(1 << 16, decode_content=not raw):
                 chunks.append(chunk)
                 if time.monotonic() > deadline:
                     raise requests.Timeout(f"body not complete after {self.max_seconds:.0f}s")

@@ -8,6 +8,7 @@ import io
 import re
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,7 +17,7 @@ import pytest
 
 from pipeline import store
 from pipeline.crawl import crawl_shard, main
-from pipeline.fetch import PoliteFetcher
+from pipeline.fetch import PoliteFetcher, TransientError, download_file
 
 PAGE_CAP = 2  # this server hands out at most 2 entries a page, whatever max_results says
 QUERY = "cat:cs.CV AND submittedDate:[202101010000 TO 202101312359]"
@@ -142,6 +143,17 @@ class Imitation(BaseHTTPRequestHandler):
             start, per_page = int(q["start"]), min(int(q["max_results"]), PAGE_CAP)
             page = ENTRIES[start:start + per_page]
             return self._send(200, feed(page, len(ENTRIES), start, per_page), "application/atom+xml; charset=utf-8")
+        if url.path == "/drip":  # headers at once, then one byte every 0.2 s: no read ever times out
+            self.send_response(200)
+            self.send_header("Content-Length", "40")
+            self.end_headers()
+            for _ in range(40):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.2)
+            return
+        if url.path == "/busy":  # a 503 whose Retry-After is not a number nor an HTTP date
+            return self._send(503, b"busy", "text/plain", Retry_After=parse_qs(url.query)["ra"][0])
         m = re.fullmatch(r"/(e-print|pdf)/(\d{4}\.\d{5})(v\d+)?", url.path)
         if not m or m.group(2) not in EPRINTS:
             return self._send(404, b"<html><body>not found</body></html>", "text/html")
@@ -210,3 +222,20 @@ def test_an_api_error_entry_is_reported_not_taken_for_a_paper(imitation, data_ro
     assert not stats["done"] and "incorrect id format for 1234.1234v" in stats["error"]
     assert len(Imitation.queries) == 1, "a query error is not retried"
     assert not store.shard_done(data_root / "papers", "2021-01")
+
+
+def test_a_dripping_body_hits_the_whole_response_deadline(imitation, tmp_path):
+    base = imitation[1].removesuffix("/api/query")
+    fetcher = PoliteFetcher(0, tmp_path, timeout=1, max_retries=0, max_seconds=1)
+    t0 = time.monotonic()
+    with pytest.raises(TransientError, match="not complete after 1s"):
+        fetcher.get(f"{base}/drip", raw=True)
+    assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize("retry_after", ["soon", "Wed, 21 Oct 2015 07:28:00 -0000"])
+def test_an_odd_retry_after_is_a_transient_failure_not_a_crash(imitation, tmp_path, retry_after):
+    base = imitation[1].removesuffix("/api/query")
+    fetcher = PoliteFetcher(0, tmp_path, timeout=2, max_retries=1, backoff=0.01)
+    row = download_file(fetcher, f"{base}/busy?ra={retry_after}", tmp_path / "x.eprint", tmp_path)
+    assert row["status"] == "pending" and "HTTP 503" in row["error"]
