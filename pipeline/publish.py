@@ -2,14 +2,15 @@
 
     python -m pipeline.publish --name cvf-2026.11
     python -m pipeline.publish --name cvf-2026.11 --out s3://bucket/manifests --overwrite
-    python -m pipeline.publish --name cvf-2026.11 --hf-repo user/cvf     # also push the Parquet files
+    python -m pipeline.publish --name cvf-2026.11 --hf-repo user/cvf     # also push Parquet + card to the hub
 
 Writes, from `selection/` (see pipeline.filter) and the classifier's card:
 
 * `train.parquet`, `val.parquet`, `train.jsonl`, `val.jsonl`: one row per figure;
 * `df_train.csv`, `df_val.csv`: the official format (`,paper_id,img_name`, a pandas index);
 * `croissant.json`: MLCommons Croissant 1.0 metadata with every file's sha256;
-* `README.md` (dataset card) and `index.html` (the same, rendered), `year_histogram.png`,
+* `README.md` (dataset card, with the hub's header naming the splits for `datasets.load_dataset`)
+  and `index.html` (the same, rendered), `year_histogram.png`,
   `contact_train.png`, `contact_val.png` (random samples of each split).
 
 Manifests point to arXiv; they do not redistribute images. A name that exists is never
@@ -133,6 +134,26 @@ def croissant(name: str, report: dict, card: dict | None, files: dict[str, bytes
     }
 
 
+# The Hugging Face hub's card header: which file is which split for `datasets.load_dataset(<folder or repo>)`
+# (the JSONL and CSV beside them would otherwise be read as data too), and that the licence is per paper.
+HUB_FRONT_MATTER = """---
+pretty_name: "{name}: Computer Vision Figures"
+license: other
+license_name: per-paper-arxiv-licences
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: train.parquet
+  - split: validation
+    path: val.parquet
+---"""
+
+
+HUB_FILES = ["train.parquet", "val.parquet", "README.md", "croissant.json", "year_histogram.png",
+             "contact_train.png", "contact_val.png"]
+
+
 def year_histogram(report: dict) -> bytes:
     import matplotlib
 
@@ -179,7 +200,9 @@ def dataset_card(name: str, report: dict, card: dict | None, tables: dict[str, p
         crawl_note += f"; {crawl_from['no paper record']} figures have no paper record and no crawl date"
     crawl_note += "."
     sheet_md = "\n\n".join(f"**{s}**\n\n![{s} samples]({f})" for s, f in sheets) or "_(images not available when published)_"
-    return f"""# {name}: Computer Vision Figures
+    return f"""{HUB_FRONT_MATTER.format(name=name)}
+
+# {name}: Computer Vision Figures
 
 Figures from arXiv cs.CV papers that are grid-like and contain at least one natural image, the
 corpus of *Visual Prompting via Image Inpainting* (Bar et al., NeurIPS 2022), rebuilt by `cvf`.
@@ -216,6 +239,16 @@ the `source_url` its figure was extracted from, and `crawl_date`, {crawl_note}
 `croissant.json`: Croissant 1.0 metadata with checksums. Check a copy with
 `python -m pipeline.verify <this folder> --images DIR`; rebuild the images with `python -m pipeline.rebuild`.
 
+```python
+import pandas as pd
+train = pd.read_parquet("train.parquet")                   # or the official index: pd.read_csv("df_train.csv", index_col=0)
+import datasets
+ds = datasets.load_dataset("<this folder>")                # splits train and validation (the card's header)
+ds = datasets.load_dataset("parquet", data_files={{"train": "train.parquet", "validation": "val.parquet"}})
+import mlcroissant as mlc
+records = mlc.Dataset(jsonld="croissant.json").records("figures")   # both splits, column `split`
+```
+
 ## Licence
 
 These manifests point to arXiv; they do not redistribute images. Every figure stays under the
@@ -233,7 +266,8 @@ arXiv page): use of the images is up to you and those licences.
 
 
 def render_html(name: str, card_md: str) -> str:
-    body = markdown.markdown(card_md, extensions=["tables"])
+    card_md = card_md.split("\n---\n", 1)[1] if card_md.startswith("---\n") else card_md  # not the hub header
+    body = markdown.markdown(card_md, extensions=["tables", "fenced_code"])
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{name}</title>\n"
             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}img{max-width:100%}</style>"
@@ -316,7 +350,7 @@ def write(files: dict[str, bytes], target: str, overwrite: bool = False) -> str:
 
 
 def push_to_hub(manifest_dir: str, repo_id: str) -> str:
-    """Upload the Parquet files to a Hugging Face dataset repository; a message, never a crash."""
+    """Upload the Parquet files and the card to a Hugging Face dataset repository; a message, never a crash."""
     try:
         from huggingface_hub import HfApi
     except ImportError:
@@ -324,11 +358,12 @@ def push_to_hub(manifest_dir: str, repo_id: str) -> str:
     try:
         api = HfApi()
         api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
-        for split in SPLITS:
-            api.upload_file(path_or_fileobj=f"{manifest_dir}/{split}.parquet", repo_type="dataset",
-                            path_in_repo=f"data/{split}.parquet", repo_id=repo_id)
-        api.upload_file(path_or_fileobj=f"{manifest_dir}/README.md", path_in_repo="README.md",
-                        repo_id=repo_id, repo_type="dataset")
+        # Same names as in the folder: the card's header maps them to splits; its images come along.
+        fs, path = fsspec.core.url_to_fs(manifest_dir)
+        for fname in HUB_FILES:
+            if fs.exists(f"{path}/{fname}"):
+                api.upload_file(path_or_fileobj=fs.cat_file(f"{path}/{fname}"), path_in_repo=fname,
+                                repo_id=repo_id, repo_type="dataset")
     except Exception as e:  # no network, no token, no permission
         return f"Hugging Face push skipped: {type(e).__name__}: {e}"
     return f"pushed to https://huggingface.co/datasets/{repo_id}"

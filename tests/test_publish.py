@@ -123,6 +123,10 @@ def test_parquet_loads_with_datasets_offline(published, tmp_path, monkeypatch):
     assert ds["train"].num_rows + ds["val"].num_rows == report["kept"]
     assert set(publish.MANIFEST_COLUMNS) == set(ds["val"].column_names)
     assert set(ds["val"]["split"]) == {"val"} and ds["train"][0]["source_url"].startswith("https://arxiv.org/")
+    # The folder itself (or a hub repo made from it): the card's header says which file is which
+    # split, so the JSONL and official CSV beside the Parquet files are not read as data.
+    folder = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert {s: folder[s].num_rows for s in folder} == {"train": ds["train"].num_rows, "validation": ds["val"].num_rows}
 
 
 def test_card_and_html_report_counts_threshold_metrics_and_licences(published):
@@ -136,6 +140,7 @@ def test_card_and_html_report_counts_threshold_metrics_and_licences(published):
     assert f"| train | {report['per_split']['train']['figures']} |" in card
     html = (out / "index.html").read_text()
     assert "<table>" in html and 'src="contact_val.png"' in html
+    assert card.startswith("---\n") and "config_name" not in html  # the hub header is not shown
 
 
 def test_existing_name_is_not_overwritten_without_the_flag(published, tmp_path):
