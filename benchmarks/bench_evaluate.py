@@ -10,13 +10,15 @@ patches, argmax, VQGAN decoding, pasting, rounding and scoring.
     python benchmarks/bench_evaluate.py                  # GPU: ViT-L MAE-VQGAN + f16 VQGAN, 224
     python benchmarks/bench_evaluate.py --tiny           # CPU check: set_a-sized model, 64 px
 
-Weights are random (speed does not depend on them). Data: --data VOC root, or a generated
+Prints, for both paths: episodes/s, MFU (model FLOPs per episode counted once, over
+--peak-tflops) and peak memory. Weights are random (speed does not depend on them). Data: --data VOC root, or a generated
 VOC-layout folder of JPEGs and class masks (default; no downloads).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -25,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import evaluate, tasks, voc  # noqa: E402
 from model.mae_vqgan import MaeVqgan, build  # noqa: E402
-from model.prompting import quadrant_mask  # noqa: E402
+from model.prompting import inpaint, quadrant_mask  # noqa: E402
 from model.vqgan import VQModel  # noqa: E402
 
 REAL_VQGAN = dict(ddconfig=dict(double_z=False, z_channels=256, resolution=256, in_channels=3,
@@ -72,10 +75,27 @@ def generated_voc(root: Path, n_images: int = 40, seed: int = 0) -> Path:
     return root
 
 
+def flops_per_episode(model, size: int, device) -> float:
+    """Model FLOPs of one episode (encoder on the visible patches, decoder, VQGAN decode),
+    counted once by torch's FlopCounterMode; MFU = these FLOPs x episodes/s over the peak."""
+    canvas = torch.zeros(1, 3, size, size, device=device)
+    with FlopCounterMode(display=False) as counter:
+        inpaint(model, canvas, quadrant_mask(size, 16))
+    return float(counter.get_total_flops())
+
+
+def peak_memory_gib(device) -> float:
+    """Peak GPU memory of the last run, or on the CPU the process's peak RSS so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
+
+
 def timed(model, data, episodes, size, batch_size, workers, device, dtype) -> dict:
     """Build the task and run it; the clock covers sampling, loading, canvases and scoring."""
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     pairs = voc.pascal5i_val_list(data, 0)
     dataset = tasks.SegmentationTask(data, tasks.random_supports(pairs, episodes, seed=0), size)
@@ -86,6 +106,7 @@ def timed(model, data, episodes, size, batch_size, workers, device, dtype) -> di
     seconds = time.perf_counter() - start
     return {"episodes": episodes, "seconds": round(seconds, 3),
             "episodes_per_s": round(episodes / seconds, 2),
+            "peak_memory_gib": round(peak_memory_gib(device), 2),
             "iou": round(float(np.nanmean(result["scores"]["iou"].numpy())), 4)}
 
 
@@ -97,6 +118,8 @@ def main(argv=None) -> int:
     p.add_argument("--episodes", type=int, help="episodes for ours")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="dense bf16 peak of the card, for MFU (H100 SXM: 989)")
     p.add_argument("--out", help="write the figures as JSON here too")
     args = p.parse_args(argv)
 
@@ -119,10 +142,15 @@ def main(argv=None) -> int:
         timed(model, data, min(batch, 64), size, batch, 0, device, dtype)
         released = timed(model, data, released_n, size, 1, 0, device, None)
         ours = timed(model, data, ours_n, size, batch, workers, device, dtype)
+    flops = flops_per_episode(model, size, device)
+    for run in (released, ours):
+        run["mfu_percent"] = round(100 * flops * run["episodes_per_s"] / (args.peak_tflops * 1e12), 3)
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "cpu_threads": torch.get_num_threads(), "model": "tiny" if args.tiny else "mae_vit_large_patch16",
-        "canvas": size,
+        "canvas": size, "model_gflops_per_episode": round(flops / 1e9, 3),
+        "mfu_over_tflops": args.peak_tflops,
+        "peak_memory": "GPU max allocated per run" if device.type == "cuda" else "process peak RSS",
         "released_one_at_a_time_fp32": released,
         "ours": {**ours, "batch_size": batch, "workers": workers, "dtype": "bf16" if dtype else "fp32"},
         "speedup": round(ours["episodes_per_s"] / released["episodes_per_s"], 2),

@@ -11,7 +11,7 @@ Rows (all the same ViT-L/16 MAE-VQGAN, the real VQGAN f16/1024 architecture, one
 * fast, cached tokens: the same MAE step with targets read from a token cache (no VQGAN),
   at --cached-batch.
 Each row prints img/s, model FLOPs utilisation (FLOPs counted once by torch's FlopCounterMode
-for forward + backward + tokenizer, over --peak-tflops) and peak GPU memory. The step is timed
+for forward + backward + tokenizer, over --peak-tflops) and peak GPU memory (peak RSS on the CPU). The step is timed
 on batches already on the device (data loading runs in worker processes and is not measured).
 
 Then the loss curve: the same initial weights, batches and masks for --curve-steps steps,
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import time
 
 import numpy as np
@@ -157,7 +158,10 @@ def time_row(name, step, batches, noises, tokens, args, device, flops_per_img):
     seconds = time.perf_counter() - t0
     img_s = args.steps * batches[0].shape[0] / seconds
     mfu = flops_per_img * img_s / (args.peak_tflops * 1e12)
-    mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    if device.type == "cuda":
+        mem = torch.cuda.max_memory_allocated() / 2**30
+    else:  # the process's peak RSS so far (KiB on Linux): a rough figure for --tiny
+        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"{name:<34} {img_s:>9.1f} {1e3 * seconds / args.steps:>9.1f} {100 * mfu:>6.1f}% "
           f"{mem:>8.1f} {warm_s:>8.1f}", flush=True)
     return img_s
@@ -220,9 +224,13 @@ def main():
     eager = Step(copy.deepcopy(init), fp32_tokenize, None, fused=False, compile_=False, lr=args.lr)
     state = init.state_dict()
     curves = {}
-    for name, step in [("eager fp32", eager), ("fast on the fly", fast_step), ("released fp16", released)]:
+    # "fast cached": the same compiled bf16 step fed the cached (exact, fp32-encoder) tokens.
+    runs = [("eager fp32", eager, None), ("fast on the fly", fast_step, None),
+            ("fast cached", fast_step, tok32), ("released fp16", released, None)]
+    for name, step, tokens in runs:
         step.reset(state)
-        curves[name] = [step(batches[i % len(batches)], noises[i % len(noises)]).item()
+        curves[name] = [step(batches[i % len(batches)], noises[i % len(noises)],
+                             tokens[i % len(tokens)] if tokens else None).item()
                         for i in range(args.curve_steps)]
     print(f"\nloss curve, {args.curve_steps} steps of batch {args.batch}, lr {args.lr}:")
     print(f"{'step':>4} " + " ".join(f"{n:>16}" for n in curves))
