@@ -39,9 +39,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from model.vqgan import imagenet_mean_std
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # -- which images ----------------------------------------------------------------------------
@@ -185,8 +185,7 @@ def augment(img: Image.Image, rng: np.random.Generator, size: int, scale=(0.2, 1
 
 @functools.lru_cache(maxsize=None)
 def _mean_std(device: torch.device):
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    return mean, torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return imagenet_mean_std(torch.float32, device)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

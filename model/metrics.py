@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from model.vqgan import imagenet_mean_std
+
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
 RED = (255, 0, 0)
@@ -162,8 +164,7 @@ def fb_iou(areas: torch.Tensor) -> float:
 
 def normalised_mse(ours, target) -> torch.Tensor:
     """Released colorization metric: MSE in ImageNet-normalised space, per episode."""
-    mean = torch.tensor((0.485, 0.456, 0.406), dtype=torch.float64)
-    std = torch.tensor((0.229, 0.224, 0.225), dtype=torch.float64)
+    mean, std = imagenet_mean_std(torch.float64, shape=(3,))      # images are HWC
     ours, target = _tensor(ours), _tensor(target)
     if ours.dim() == 3:
         ours, target = ours[None], target[None]

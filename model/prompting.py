@@ -25,8 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from model.vqgan import imagenet_mean_std
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -164,15 +163,13 @@ def normalize(canvas01: torch.Tensor, dtype: torch.dtype = torch.float64) -> tor
     float64 is what the released segmentation/colorization evaluation does; its synthetic
     tasks normalise in float32 (torchvision's Normalize).
     """
-    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=canvas01.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=canvas01.device).view(3, 1, 1)
+    mean, std = imagenet_mean_std(dtype, canvas01.device)
     return (canvas01.to(dtype) - mean) / std
 
 
 def to_uint8(canvases: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised [B,3,H,W] -> uint8 [B,H,W,3]: de-normalise in float64, truncate."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64, device=canvases.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float64, device=canvases.device).view(3, 1, 1)
+    mean, std = imagenet_mean_std(torch.float64, canvases.device)
     x = ((canvases.double() * std + mean) * 255).clamp(0, 255)
     return x.to(torch.int32).to(torch.uint8).permute(0, 2, 3, 1)
 

@@ -25,6 +25,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def imagenet_mean_std(dtype=torch.float32, device=None, shape=(3, 1, 1)):
+    """ImageNet mean and std as tensors of `shape` (default: broadcast over [B,]3,H,W)."""
+    return (torch.tensor(IMAGENET_MEAN, dtype=dtype, device=device).view(shape),
+            torch.tensor(IMAGENET_STD, dtype=dtype, device=device).view(shape))
+
+
 def Normalize(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
