@@ -157,19 +157,26 @@ def refresh_predictions(client: LabelStudio, project_id: int, tasks: list[dict],
     with api_errors("listing predictions"):
         # (the JSON export lists predictions by id only)
         predicted = {(p.task, p.model_version) for p in client.predictions.list(project=project_id)}
-    requests = []
+    stale = []
     for t in tasks:
         figure = by_key.get((t["data"]["paper_id"], t["data"]["img_name"]))
         score = score_of(figure, scores) if figure else None
         if t.get("annotations") or score is None or (t["id"], score["model_version"]) in predicted:
             continue
-        requests.append({"task": t["id"], **prediction(score, threshold)})
-    if not requests:
+        stale.append((t, score))
+    if not stale:
         return 0
+    requests = [{"task": t["id"], **prediction(score, threshold)} for t, score in stale]
     with api_errors("importing predictions"):
         answer = client.projects.import_predictions(project_id, request=requests)
     if answer.created != len(requests):
         raise LabelStudioError(f"Label Studio took {answer.created}/{len(requests)} predictions")
+    with api_errors("recording the new predictions in their tasks"):
+        # The task's data says which probability the prediction it now shows stands for: pull
+        # reports it as the label's prediction_score (the prediction itself holds only max(p, 1-p)).
+        for t, score in stale:
+            client.tasks.update(str(t["id"]), data={**t["data"], "prediction_score": score["score"],
+                                                    "threshold": threshold})
     return answer.created
 
 

@@ -293,8 +293,15 @@ def test_uncertainty_round_uploads_predictions_and_records_agreement(ls):
 
     annotate(client, new[0]["id"], "Grid with a photo")   # 0.52 predicted positive: agrees
     annotate(client, new[1]["id"], "Grid with a photo")   # 0.45 predicted negative: disagrees
+    # A round-0 task, pushed before any classifier, now shows clf-1's prediction: its label
+    # records that prediction's probability, not the "none" of its first upload.
+    old = next(t for t in tasks.values() if t["data"]["round"] == 0)
+    p_old = next(s["score"] for s in scores if (s["paper_id"], s["img_name"]) ==
+                 (old["data"]["paper_id"], old["data"]["img_name"]))
+    annotate(client, old["id"], "Not a photo grid")
     pull.pull(client, root, title)
     rows = {r["task_id"]: r for r in read_rows(root / "labels" / "labels.parquet")}
+    assert (rows[old["id"]]["prediction_score"], rows[old["id"]]["agreed_with_prediction"]) == (p_old, p_old < 0.5)
     assert (rows[new[0]["id"]]["prediction_score"], rows[new[0]["id"]]["agreed_with_prediction"]) == (0.52, True)
     assert (rows[new[1]["id"]]["prediction_score"], rows[new[1]["id"]]["agreed_with_prediction"]) == (0.45, False)
     assert rows[new[0]["id"]]["rule"].startswith("uncertainty |p-0.5|=0.020 model=clf-1")
