@@ -268,15 +268,16 @@ def arch_sizes(arch) -> dict:
 
 def arch_from_args(args) -> dict | None:
     """The sizes a checkpoint's `args` Namespace records: our trainer's `--arch` and size flags,
-    or MAE's `--model` (`mae_vit_large_patch16[_dec512d8b]`), with `--input-size`."""
-    name = getattr(args, "arch", None) or getattr(args, "model", None)
+    or MAE's `--model` (`mae_vit_large_patch16[_dec512d8b]`), with `--input-size`. A dict of
+    the same fields works too."""
+    args = args if isinstance(args, dict) else vars(args) if args is not None else {}
+    name = args.get("arch") or args.get("model")
     name = name.split("_dec")[0] if isinstance(name, str) else None
     if name not in ARCHS:
         return None
-    sizes = dict(ARCHS[name])
-    sizes |= {k: getattr(args, k) for k in SIZE_KEYS if getattr(args, k, None) is not None}
-    if getattr(args, "input_size", None):
-        sizes["img_size"] = int(args.input_size)
+    sizes = dict(ARCHS[name]) | {k: args[k] for k in SIZE_KEYS if args.get(k) is not None}
+    if args.get("input_size"):
+        sizes["img_size"] = int(args["input_size"])
     return sizes
 
 

@@ -195,4 +195,5 @@ def test_arch_from_checkpoint_args():
     assert arch_from_args(ours) == {**ARCHS["mae_vit_small_patch16"], "embed_dim": 48, "depth": 3,
                                      "img_size": 96}
     assert arch_from_args(argparse.Namespace(model="resnet50")) is None
+    assert arch_from_args(vars(ours)) == arch_from_args(ours)
     assert arch_from_args(None) is None
