@@ -85,6 +85,15 @@ def load_lightning_checkpoint(path, map_location="cpu") -> dict:
     return obj
 
 
+def mismatches(model: torch.nn.Module, state: dict) -> dict[str, str]:
+    """key -> why `state` does not load into `model`: missing, unexpected, or another shape."""
+    expected = model.state_dict()
+    out = {k: f"{k} is {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+           for k, v in expected.items() if k in state and state[k].shape != v.shape}
+    out |= {k: f"{k} missing" for k in expected if k not in state}
+    return out | {k: f"{k} unexpected" for k in state if k not in expected}
+
+
 def save_atomically(obj, path) -> None:
     """`torch.save` to a temp file in the same folder, fsync, rename: never a torn checkpoint."""
     path = Path(path)

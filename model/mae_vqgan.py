@@ -307,15 +307,6 @@ def state_img_size(state: dict, patch_size: int) -> int | None:
     return grid * patch_size
 
 
-def mismatches(model: nn.Module, state: dict) -> dict[str, str]:
-    """key -> why it does not load: missing from / unexpected in `state`, or another shape."""
-    expected = model.state_dict()
-    out = {k: f"{k} is {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
-           for k, v in expected.items() if k in state and state[k].shape != v.shape}
-    out |= {k: f"{k} missing" for k in expected if k not in state}
-    return out | {k: f"{k} unexpected" for k in state if k not in expected}
-
-
 def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt=None,
                     img_size: int | None = None, map_location="cpu") -> MaeVqgan:
     """Load a released (or our) `checkpoint-*.pth` into an eval-mode MaeVqgan.
@@ -328,7 +319,7 @@ def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt
     Loading is `weights_only`, allowing only `argparse.Namespace`. A checkpoint of another
     architecture or VQGAN is a ValueError naming what does not fit.
     """
-    from model.checkpoint import load_safely
+    from model.checkpoint import load_safely, mismatches
 
     path = Path(path)
     if not path.is_file():

@@ -288,7 +288,7 @@ def load_vqgan(config, ckpt=None) -> VQModel:
 
     The model is returned frozen and in eval mode: MAE-VQGAN never trains it.
     """
-    from model.checkpoint import load_lightning_checkpoint
+    from model.checkpoint import load_lightning_checkpoint, mismatches
 
     vqgan = VQModel(**vqgan_params(config))
     if ckpt is not None:
@@ -297,6 +297,12 @@ def load_vqgan(config, ckpt=None) -> VQModel:
             raise FileNotFoundError(
                 f"VQGAN weights not found: {ckpt}. Put taming-transformers' vqgan_imagenet_f16_1024 "
                 "`last.ckpt` (checkpoints/last.ckpt of the released download) there.")
-        state = load_lightning_checkpoint(ckpt)
-        vqgan.load_state_dict(vqgan_state_dict(state), strict=True)
+        state = vqgan_state_dict(load_lightning_checkpoint(ckpt))
+        wrong = mismatches(vqgan, state)
+        if wrong:
+            given = config if isinstance(config, (str, Path)) else "(the given dict)"
+            raise ValueError(f"{ckpt} does not fit the VQGAN config {given} ({len(wrong)} keys "
+                             f"differ, e.g. {'; '.join(list(wrong.values())[:3])}); pass the "
+                             "model.yaml that came with it")
+        vqgan.load_state_dict(state, strict=True)
     return vqgan.eval().requires_grad_(False)

@@ -164,6 +164,14 @@ def test_missing_files_say_where_they_go(tmp_path, set_a):
         load_vqgan(taming_yaml(set_a["cfg"]), tmp_path / "last.ckpt")
 
 
+def test_weights_of_another_config_are_a_clear_error(set_a, tmp_path):
+    torch.save({"state_dict": set_a["state"]}, tmp_path / "last.ckpt")
+    other = taming_yaml(set_a["cfg"])
+    other["model"]["params"]["n_embed"] *= 2
+    with pytest.raises(ValueError, match=r"does not fit the VQGAN config .*quantize.embedding.weight is"):
+        load_vqgan(other, tmp_path / "last.ckpt")
+
+
 def test_full_size_keys(testdata):
     ref = json.loads((testdata / "vectors" / "reference_full_size_keys.json").read_text())
     real = ref["vqgan_imagenet_f16_1024"]
