@@ -115,6 +115,14 @@ def test_checkpoint_loading_allows_only_namespace(ref, tmp_path):
         load_checkpoint(tmp_path / "checkpoint-1.pth", ref["vqgan_config"], arch=ref["sizes"])
 
 
+def test_checkpoint_in_the_legacy_format_loads(ref, tmp_path):
+    """Zip checkpoints are memory-mapped; pre-1.6 (non-zip) files, which cannot be, still load."""
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": ref["full_state"], "args": argparse.Namespace(model="x")}, path,
+               _use_new_zipfile_serialization=False)
+    check_reference_forward(load_checkpoint(path, ref["vqgan_config"], arch=ref["sizes"]), ref)
+
+
 def test_checkpoint_sizes_from_a_config_section_and_the_position_table(ref, tmp_path):
     """The vectors' whole "mae"/"vqgan" sections (descriptive keys included) are accepted, and
     the image size comes from the checkpoint's position table when not given."""
