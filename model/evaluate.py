@@ -344,7 +344,8 @@ def run(args, model=None) -> dict:
     summary = {k: {"mean": float(np.mean([r["metrics"][k] for r in per_seed])),
                    "std": float(np.std([r["metrics"][k] for r in per_seed]))} for k in scalar}
     results = {"task": args.task, "title": title, "fold": args.fold, "synthetic": args.synthetic,
-               "checkpoint": str(args.checkpoint), "arch": args.arch or "from the checkpoint", "size": args.size,
+               "checkpoint": str(args.checkpoint), "arch": args.arch or "from the checkpoint",
+               "size": args.size,
                "episodes": len(dataset), "seeds": seeds, "support": args.support,
                "shots": args.shots, "ensemble": args.ensemble, "layouts": list(args.layouts),
                "area_filter": args.area_filter, "true_rounding": args.true_rounding,

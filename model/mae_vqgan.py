@@ -294,7 +294,8 @@ def describe_state(state: dict) -> str:
     dim = state["cls_token"].shape[-1]
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     patch = state["patch_embed.proj.weight"].shape[-1]
-    names = [n for n, a in ARCHS.items() if (a["embed_dim"], a["depth"], a["patch_size"]) == (dim, depth, patch)]
+    names = [n for n, a in ARCHS.items()
+             if (a["embed_dim"], a["depth"], a["patch_size"]) == (dim, depth, patch)]
     return (f"encoder width {dim}, depth {depth}, patch {patch}, {state_img_size(state, patch)} px"
             + (f" ({names[0]})" if names else ""))
 
@@ -339,7 +340,8 @@ def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt
     else:
         raise ValueError(f"{path} holds no `vae.*` weights; pass vqgan_ckpt= (taming's last.ckpt)")
     if arch is None:
-        arch = arch_from_args(ckpt.get("args") if isinstance(ckpt, dict) else None) or "mae_vit_large_patch16"
+        recorded = ckpt.get("args") if isinstance(ckpt, dict) else None
+        arch = arch_from_args(recorded) or "mae_vit_large_patch16"
     sizes = arch_sizes(arch)
     if img_size is not None:
         sizes["img_size"] = img_size
