@@ -269,3 +269,32 @@ def test_images_are_prepared_as_the_released_transforms(testdata):
     fig = tasks.Figure((60, 90), 25, (0, 255, 0))
     ours = tasks.SyntheticTask([], 224).figure(fig, rows=3)
     assert torch.equal(ours, T.Compose([T.Resize((74, 74)), T.ToTensor()])(Image.fromarray(fig.draw())))
+
+
+def test_set_b_sizes_end_to_end(voc_root, tmp_path):
+    """The set_b configuration of VECTORS.md (96 px, 6x6 grid, cell 47, num_res_blocks 2), random
+    weights: released-style checkpoint, no --size (read from the checkpoint), real VOC images."""
+    import argparse
+
+    from model.mae_vqgan import MaeVqgan
+    from model.vqgan import VQModel
+
+    ddconfig = dict(double_z=False, z_channels=48, resolution=96, in_channels=3, out_ch=3, ch=32,
+                    ch_mult=[1, 1, 1, 1, 1], num_res_blocks=2, attn_resolutions=[6], dropout=0.0)
+    sizes = dict(patch_size=16, embed_dim=48, depth=3, num_heads=4, decoder_embed_dim=32,
+                 decoder_depth=2, decoder_num_heads=2, mlp_ratio=4.0)
+    torch.manual_seed(0)
+    model = MaeVqgan(VQModel(ddconfig, 32, 8), img_size=96, **sizes)
+    torch.save({"model": model.state_dict(), "epoch": 0, "args": argparse.Namespace(model="x")},
+               tmp_path / "checkpoint.pth")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(
+        {"model": {"target": "taming.models.vqgan.VQModel",
+                   "params": {"ddconfig": ddconfig, "n_embed": 32, "embed_dim": 8}}}))
+    out = tmp_path / "seg"
+    code = evaluate.main(["--task", "segmentation", "--checkpoint", str(tmp_path / "checkpoint.pth"),
+                          "--vqgan-config", str(tmp_path / "model.yaml"), "--arch", json.dumps(sizes),
+                          "--data", str(voc_root), "--episodes", "3", "--batch-size", "2",
+                          "--device", "cpu", "--out", str(out)])
+    assert code == 0 and read(out)["size"] == 96
+    assert 0 <= read(out)["per_seed"][0]["metrics"]["iou"] <= 1
+    assert Image.open(out / "segmentation-fold-0.png").width == 3 * 96 + 8
