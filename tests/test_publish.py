@@ -175,7 +175,8 @@ def test_fsspec_url_output(selected):
     assert verify.verify(target)["ok_overall"]
 
 
-def test_hugging_face_push_without_network_is_skipped_with_a_message(published):
+def test_hugging_face_push_without_network_is_skipped_with_a_message(published, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never try the network from a test (DNS may hang)
     _, _, out, _ = published
     message = publish.push_to_hub(str(out), "nobody/cvf-test")
     assert message.startswith("Hugging Face push skipped")
