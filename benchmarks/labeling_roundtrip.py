@@ -4,7 +4,8 @@
 
 Makes `count` figure records with small real PNGs over 13 years and two source kinds, plus
 classifier scores, in a temporary dataset root; starts the server; then times: push (one round
-with a prediction per task), annotating `answers` tasks through the API, pull.
+with a prediction per task), annotating `answers` tasks through the API, pull, and the next
+round after a retrained classifier (a new prediction for every unlabeled task).
 """
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from labeling import pull, push, serve, simulate
 from labeling.client import connect
-from pipeline.store import sha256_bytes, write_rows
+from pipeline.store import atomic_write_parquet, sha256_bytes, write_rows
 
 
 def make_dataset(root: Path, count: int) -> dict:
@@ -53,6 +55,16 @@ def make_dataset(root: Path, count: int) -> dict:
     return truth
 
 
+def rescore(root: Path, model_version: str) -> None:
+    path = root / "scores" / "all.parquet"
+    table = pq.read_table(path)
+    scores = pa.array(random.Random(model_version).random() for _ in range(table.num_rows))
+    table = table.set_column(table.schema.get_field_index("score"), "score", scores)
+    table = table.set_column(table.schema.get_field_index("model_version"), "model_version",
+                             pa.array([model_version] * table.num_rows))
+    atomic_write_parquet(path, table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
@@ -76,6 +88,12 @@ def main() -> None:
             t0 = time.perf_counter()
             pulled = pull.pull(client, root)
             timings[f"pull ({pulled['tasks']} tasks, {pulled['labels']} labels)"] = time.perf_counter() - t0
+            # A retrained classifier: the next round re-predicts every unlabeled task (and records
+            # the new probability in each task's data).
+            rescore(root, "bench-2")
+            t0 = time.perf_counter()
+            done = push.push(client, root, count=1, rule="uncertainty")
+            timings[f"next round: {done['predictions_created']} new predictions"] = time.perf_counter() - t0
         finally:
             server.stop()
     for what, seconds in timings.items():

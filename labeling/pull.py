@@ -25,6 +25,7 @@ from label_studio_sdk import LabelStudio
 from labeling import interface
 from labeling.client import LabelStudioError, api_errors, connect, export_tasks, find_project
 from labeling.push import PROJECT_TITLE
+from labeling.sample import latest_scores
 from pipeline.config import data_root
 from pipeline.store import read_rows, write_rows
 
@@ -64,8 +65,29 @@ def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-def annotation_rows(tasks: list[dict], project_id: int, annotators: dict[int, str]) -> list[dict]:
-    """One row per submitted annotation that holds one of our choices."""
+def shown_probability(data: dict, shown: dict, scores: dict) -> float | None:
+    """The classifier's p(positive) behind the prediction the annotator saw.
+
+    Label Studio attaches the prediction shown to the annotation, but a prediction holds only
+    max(p, 1-p). The task's data holds p for the model of its first upload; a later round may
+    have given the task a newer model's prediction, whose p is in that model's scores.
+    """
+    model = shown.get("model_version")
+    if not model or model == data.get("model_version"):
+        return data.get("prediction_score")
+    row = scores.get((data["paper_id"], data["img_name"]))
+    if row and row.get("model_version") == model and row.get("sha256") == data.get("sha256"):
+        return row["score"]
+    return None  # scored since by yet another model: the probability shown is not known
+
+
+def annotation_rows(tasks: list[dict], project_id: int, annotators: dict[int, str],
+                    scores: dict | None = None) -> list[dict]:
+    """One row per submitted annotation that holds one of our choices.
+
+    `scores` (`labeling.sample.latest_scores`) give the probability behind predictions that a
+    later round attached to older tasks.
+    """
     rows = []
     for t in tasks:
         data = t["data"]
@@ -74,7 +96,8 @@ def annotation_rows(tasks: list[dict], project_id: int, annotators: dict[int, st
             if a.get("was_cancelled") or choice is None:
                 continue
             label, choice_name = interface.CHOICES[choice]
-            shown = interface.choice_of((a.get("prediction") or {}).get("result"))
+            shown_prediction = a.get("prediction") or {}
+            shown = interface.choice_of(shown_prediction.get("result"))
             agreed = None
             if shown is not None and label is not None:
                 agreed = interface.CHOICES[shown][0] == label
@@ -86,7 +109,7 @@ def annotation_rows(tasks: list[dict], project_id: int, annotators: dict[int, st
                 "annotator": annotators.get(user, str(user)),
                 "created_at": _time(a.get("created_at")), "lead_time": a.get("lead_time"),
                 "task_id": t["id"], "project_id": project_id,
-                "prediction_score": data.get("prediction_score"),
+                "prediction_score": shown_probability(data, shown_prediction, scores or {}),
                 "agreed_with_prediction": agreed,
                 "round": data.get("round"), "rule": data.get("rule"),
                 "source": source_of(a["result"]),
@@ -133,7 +156,7 @@ def pull(client: LabelStudio, root: str | os.PathLike | None = None,
     if project is None:
         raise LabelStudioError(f"no project titled {title!r}; run `python -m labeling.push` first")
     tasks = export_tasks(client, project.id)
-    current = annotation_rows(tasks, project.id, annotator_names(client))
+    current = annotation_rows(tasks, project.id, annotator_names(client), latest_scores(root))
     annotations = [a for t in tasks for a in t.get("annotations", [])]
     skipped = sum(bool(a.get("was_cancelled")) for a in annotations)
     old = read_rows(history_path(root)) if history_path(root).exists() else []

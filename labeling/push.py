@@ -71,6 +71,7 @@ def task(figure: dict, root: Path, docroot: Path, score: dict | None, threshold:
         "round": figure["round"],
         "rule": figure["rule"],
         "prediction_score": score["score"] if score else None,
+        "model_version": score["model_version"] if score else None,  # whose prediction_score it is
         "threshold": threshold,
     }
     out = {"data": data}
@@ -171,12 +172,6 @@ def refresh_predictions(client: LabelStudio, project_id: int, tasks: list[dict],
         answer = client.projects.import_predictions(project_id, request=requests)
     if answer.created != len(requests):
         raise LabelStudioError(f"Label Studio took {answer.created}/{len(requests)} predictions")
-    with api_errors("recording the new predictions in their tasks"):
-        # The task's data says which probability the prediction it now shows stands for: pull
-        # reports it as the label's prediction_score (the prediction itself holds only max(p, 1-p)).
-        for t, score in stale:
-            client.tasks.update(str(t["id"]), data={**t["data"], "prediction_score": score["score"],
-                                                    "threshold": threshold})
     return answer.created
 
 

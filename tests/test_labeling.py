@@ -176,6 +176,17 @@ def test_interface_has_hotkeys_large_figure_context_and_keeps_unsure():
     assert interface.choice_of(interface.choice_result("Unsure")) == "Unsure"
 
 
+def test_probability_shown_follows_the_prediction_label_studio_attached():
+    data = {"paper_id": "p", "img_name": "a.png", "sha256": "s", "prediction_score": 0.3, "model_version": "m1"}
+    scores = {("p", "a.png"): {"sha256": "s", "score": 0.8, "model_version": "m2"}}
+    assert pull.shown_probability(data, {}, scores) == 0.3                          # as uploaded
+    assert pull.shown_probability(data, {"model_version": "m1"}, scores) == 0.3
+    assert pull.shown_probability(data, {"model_version": "m2"}, scores) == 0.8     # a later round's
+    assert pull.shown_probability(data, {"model_version": "m3"}, scores) is None    # not known
+    changed = {("p", "a.png"): {**scores["p", "a.png"], "sha256": "other image"}}
+    assert pull.shown_probability(data, {"model_version": "m2"}, changed) is None
+
+
 # --- against the server -----------------------------------------------------------------------
 
 def test_push_annotate_pull_gives_the_labels_row_by_row(ls, label_studio):
