@@ -370,7 +370,8 @@ def card_markdown(card: dict) -> str:
 **Inputs.** {backbone}; head `{card['head']}`, {card['calibration']}.
 
 **Labels.** {lab['labels']} ({lab['positives']} positive, {lab['negatives']} negative), by source:
-{', '.join(f'{k}: {v}' for k, v in lab['by_source'].items())}. Labels for figures that do not exist: {lab['labels_for_missing_figures']}; of images changed since labelled: {lab.get('labels_for_changed_images', 0)}.
+{', '.join(f'{k}: {v}' for k, v in lab['by_source'].items())}. Left out: labels for figures that do not exist
+({lab['labels_for_missing_figures']}), labels of images re-extracted since ({lab.get('labels_for_changed_images', 0)}).
 
 **Evaluation.** {card['cv']['scheme']}, {card['cv']['folds']} folds over {card['cv']['papers']} papers;
 every probability comes from a head and a calibrator that never saw the figure's paper.

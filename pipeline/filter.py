@@ -131,7 +131,7 @@ def select(df: pd.DataFrame, threshold: float | None = None, target_count: int |
     kept["source_url"] = [source_url(p, v, k) for p, v, k in zip(kept["paper_id"], kept["version"], kept["source_kind"])]
     kept_keys = set(kept["paper_id"] + "/" + kept["img_name"])
     near = kept[kept["near_dup_of"].isin(kept_keys)]
-    crawl_date_from = {k: int(v) for k, v in kept["crawl_date_from"].replace("", "no paper record").value_counts().items()}
+    crawl_date_from = kept["crawl_date_from"].replace("", "no paper record").value_counts()
     kept = kept[SELECTION_COLUMNS].reset_index(drop=True)
 
     per_year = (kept.groupby(["year", "split"]).size().unstack(fill_value=0)
@@ -149,7 +149,7 @@ def select(df: pd.DataFrame, threshold: float | None = None, target_count: int |
         "near_duplicates_kept": int(len(near)),
         "near_duplicate_examples": [f"{a}/{b} ~ {c}" for a, b, c in
                                     near[["paper_id", "img_name", "near_dup_of"]].head(20).itertuples(index=False)],
-        "crawl_date_from": crawl_date_from,  # where each kept figure's crawl_date came from
+        "crawl_date_from": {k: int(v) for k, v in crawl_date_from.items()},  # where each crawl_date came from
         "per_split": {s: {"figures": int((kept["split"] == s).sum()),
                           "papers": int(kept.loc[kept["split"] == s, "paper_id"].nunique())} for s in ("train", "val")},
         "per_year": {int(y): {k: int(v) for k, v in row.items()} for y, row in per_year.iterrows()},

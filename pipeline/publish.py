@@ -241,7 +241,7 @@ the `source_url` its figure was extracted from, and `crawl_date`, {crawl_note}
 
 ```python
 import pandas as pd
-train = pd.read_parquet("train.parquet")                   # or the official index: pd.read_csv("df_train.csv", index_col=0)
+train = pd.read_parquet("train.parquet")        # the official index format: pd.read_csv("df_train.csv", index_col=0)
 import datasets
 ds = datasets.load_dataset("<this folder>")                # splits train and validation (the card's header)
 ds = datasets.load_dataset("parquet", data_files={{"train": "train.parquet", "validation": "val.parquet"}})

@@ -181,7 +181,8 @@ def test_label_studio_labels_table_flows_into_training(tmp_path):
         label = None if i % 7 == 6 else int(t["is_grid_with_photo"])  # every 7th answer is "unsure"
         key = (t["paper_id"], t["img_name"])
         rows.append({"paper_id": key[0], "img_name": key[1], "sha256": sha[key] if i != 4 else "0" * 64,
-                     "label": label, "choice": {1: "positive", 0: "negative", None: "unsure"}[label], "annotator": "a@x",
+                     "label": label, "choice": {1: "positive", 0: "negative", None: "unsure"}[label],
+                     "annotator": "a@x",
                      "created_at": when, "lead_time": 3.0, "task_id": i, "project_id": 1, "round": 0,
                      "rule": "stratified", "source": "label-studio", "annotation_id": i, "updated_at": when})
     rows.append({**rows[0], "paper_id": "1901.99999", "img_name": "gone.png", "task_id": 99, "annotation_id": 99})
