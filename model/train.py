@@ -48,24 +48,29 @@ def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m model.train", formatter_class=Formatter,
         description="Train MAE-VQGAN on a published CVF manifest or an image folder. Defaults are "
-                    "the released recipe; a rerun with the same --out resumes.",
+                    "the released recipe; a rerun with the same --out resumes.\n"
+                    "Writes <out>/checkpoint-last.pth, <out>/checkpoint-<epoch>.pth, <out>/args.json and "
+                    "TensorBoard logs in <out>/tb (train/loss, train/lr, train/img_per_s).",
         epilog="examples:\n"
                "  python -m model.train manifests/cvf-2026.11/train.parquet --images $CVF_DATA/images --fast\n"
                "  torchrun --nproc_per_node 8 -m model.train DIR_OF_IMAGES --fast --token-cache runs/tokens\n"
                "  python -m model.train DIR_OF_IMAGES --target pixels --norm-pix-loss   # plain MAE baseline\n"
                "VQGAN files (taming's vqgan_imagenet_f16_1024) go to checkpoints/vqgan/{model.yaml,last.ckpt}.")
     d = p.add_argument_group("data")
-    d.add_argument("data", help="image folder, or manifest (.parquet/.jsonl/official .csv)")
+    d.add_argument("data", help="image folder, folder of tar shards (`python -m model.data pack`), "
+                   "or manifest (.parquet/.jsonl/official .csv)")
     d.add_argument("--images", help="folder the manifest's images were rebuilt into (manifests only)")
-    d.add_argument("--split", help="keep only this split of the manifest (default: from its file name)")
-    d.add_argument("--input-size", type=int, default=224)
+    d.add_argument("--split", help="keep only this split of the manifest (default: the split its file name says, "
+                   "e.g. train.parquet -> train)")
+    d.add_argument("--input-size", type=int, default=224, help="crop side in pixels (the model's image size)")
     d.add_argument("--min-crop-scale", type=float, default=0.2, help="RandomResizedCrop scale lower bound")
     d.add_argument("--num-workers", type=int, default=8, help="decoding processes per GPU")
     d.add_argument("--token-cache", help="folder of cached VQGAN tokens for fixed crops; built on first use")
     d.add_argument("--crops-per-image", type=int, default=10, help="crops per image in a new token cache")
 
     m = p.add_argument_group("model")
-    m.add_argument("--arch", default="mae_vit_large_patch16", choices=sorted(ARCHS))
+    m.add_argument("--arch", default="mae_vit_large_patch16", choices=sorted(ARCHS),
+                   help="MAE encoder/decoder sizes (the released model is ViT-L/16)")
     for flag in SIZE_FLAGS:
         m.add_argument("--" + flag.replace("_", "-"), type=int, help="override the arch's value")
     m.add_argument("--target", default="tokens", choices=["tokens", "pixels"],
@@ -73,24 +78,25 @@ def get_args(argv=None) -> argparse.Namespace:
     m.add_argument("--norm-pix-loss", action="store_true", help="per-patch normalised pixels (pixels target)")
     m.add_argument("--vqgan-config", default=str(DEFAULT_VQGAN_DIR / "model.yaml"), help="taming's model.yaml")
     m.add_argument("--vqgan-ckpt", default=str(DEFAULT_VQGAN_DIR / "last.ckpt"), help="taming's last.ckpt")
-    m.add_argument("--mask-ratio", type=float, default=0.75)
+    m.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches hidden from the encoder")
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=64, help="per GPU and per micro-step")
     o.add_argument("--accum-iter", type=int, default=1, help="micro-steps per optimizer step")
-    o.add_argument("--epochs", type=int, default=1000)
-    o.add_argument("--warmup-epochs", type=float, default=15)
+    o.add_argument("--epochs", type=int, default=1000, help="passes over the data (cosine lr schedule)")
+    o.add_argument("--warmup-epochs", type=float, default=15, help="linear lr warm-up")
     o.add_argument("--blr", type=float, default=1e-4, help="lr = blr * effective batch / 256")
     o.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
-    o.add_argument("--min-lr", type=float, default=0.0)
-    o.add_argument("--weight-decay", type=float, default=0.05)
-    o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95))
+    o.add_argument("--min-lr", type=float, default=0.0, help="lr at the end of the cosine schedule")
+    o.add_argument("--weight-decay", type=float, default=0.05, help="AdamW (not on biases and norms)")
+    o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95), help="AdamW betas")
     o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total "
                    "(the schedule still spans --epochs); a checkpoint is written")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0, help="weights, crops, masks and data order")
 
     s = p.add_argument_group("speed")
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda or cpu (under torchrun: one GPU per process)")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU; fp16 uses a loss scaler")
     s.add_argument("--tokenizer-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -415,6 +421,9 @@ def train(args) -> dict:
     bar.close()
     if writer is not None:
         writer.close()
+        # Say where things went: the bar alone leaves a newcomer guessing.
+        print(f"step {step}/{total_steps}, epoch {epoch}/{args.epochs}: {last}\n"
+              f"curves: tensorboard --logdir {out / 'tb'}")
     if world_size > 1:
         dist.destroy_process_group()
     return {"step": step, "epoch": epoch, "losses": losses}

@@ -236,6 +236,7 @@ def test_cli_manifest_to_checkpoint_to_evaluate(images, vqgan_files, tmp_path):
            *TINY, *vqgan_files, "--batch-size", "4", "--epochs", "1", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert str(out / "checkpoint-last.pth") in done.stdout and str(out / "tb") in done.stdout  # where it wrote
     model = load_checkpoint(out / "checkpoint-last.pth", vqgan_files[1], arch=None)
     assert (model.patch_embed.img_size, len(model.blocks), model.decoder_pred.in_features) == (64, 2, 24)
     code = evaluate.main(["--task", "synthetic", "--checkpoint", str(out / "checkpoint-last.pth"),
