@@ -37,7 +37,7 @@ def crawl_month(month: str, data_root: str, delay: float | None, shard_kw: dict)
     log = get_run_logger()
     root = config.data_root(data_root)
     stats = crawl_shard(month, root, make_fetcher(root, delay), **shard_kw)
-    log.info("%s: %d papers, %d downloaded, %d failed for good, %d pending, %.1f MB in %.0f s",
+    log.info("%s: %d papers, %d fully downloaded; downloads: %d failed for good, %d pending; %.1f MB in %.0f s",
              month, stats["papers"], stats["downloaded"], len(stats["failed"]), stats["pending"],
              stats["bytes"] / 1e6, stats["seconds"])
     for f in stats["failed"]:

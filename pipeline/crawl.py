@@ -180,7 +180,7 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
     stats = shard_stats(month, records, params, time.time() - t0, fetcher.requests_made - requests0, listed, cap)
     if stats["done"]:
         store.write_stats(papers_dir, month, stats)
-    log.info("%s: %d papers%s, %d downloaded, %d failed, %d pending", month, stats["papers"],
+    log.info("%s: %d papers%s, %d fully downloaded; downloads: %d failed, %d pending", month, stats["papers"],
              f" (of {listed}: --max-papers)" if cap is not None else "", stats["downloaded"],
              len(stats["failed"]), stats["pending"])
     return stats
@@ -235,14 +235,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="what to download (default: eprint pdf; none = metadata only)")
     ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
                                                 f"or {config.DEFAULT_DELAY})")
-    ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60)")
     ap.add_argument("--retries", type=int, default=4, help="retries of a failing request within a run (default 4)")
-    ap.add_argument("--max-attempts", type=int, default=3, help="tries per download across runs before giving up")
+    ap.add_argument("--max-attempts", type=int, default=3, help="tries per download across runs before giving up (default 3)")
     ap.add_argument("--api-url", help="Atom API query URL (default $CVF_ARXIV_API_URL or arXiv's)")
     ap.add_argument("--eprint-url", help="e-print URL template with {id} (default $CVF_ARXIV_EPRINT_URL)")
     ap.add_argument("--pdf-url", help="PDF URL template with {id} (default $CVF_ARXIV_PDF_URL)")
     ap.add_argument("--oai-url", help="OAI-PMH URL: fill `license` from it (one extra request per paper)")
     args = ap.parse_args(argv)
+    try:
+        month_range(args.start, args.end)
+    except ValueError as e:
+        ap.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     root = config.data_root(args.data)

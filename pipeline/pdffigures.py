@@ -591,8 +591,10 @@ def draw_overlay(page: pymupdf.Page, regions: list[Region], dpi: int = 72) -> Im
     for r in regions:
         draw.rectangle([v * s for v in r.caption_bbox], outline=(40, 90, 230), width=2)
         draw.rectangle([v * s for v in r.bbox], outline=(230, 30, 30), width=3)
-        draw.text((r.bbox[0] * s + 4, r.bbox[1] * s + 2), f"{r.figure_type} {r.figure_number}",
-                  fill=(230, 30, 30))
+        # The label on a white patch: red text alone is lost on a dark photo.
+        xy, label = (r.bbox[0] * s + 4, r.bbox[1] * s + 4), f"{r.figure_type} {r.figure_number}"
+        draw.rectangle(draw.textbbox(xy, label), fill=(255, 255, 255))
+        draw.text(xy, label, fill=(230, 30, 30))
     return img
 
 
@@ -618,7 +620,7 @@ def main(argv=None) -> int:
         for r in records:
             box = ", ".join(f"{v:.0f}" for v in r["bbox"]) if r["bbox"] else ""
             print(f"{pdf}\t{r['status']}\t{r['img_name']}\t[{box}]\t{r['width']}x{r['height']}\t"
-                  f"{r['error'] or r['caption'][:60]!r}")
+                  f"{r['error'] or ' '.join(r['caption'].split())[:60]!r}")
             failed += r["status"] != "ok"
         if args.overlay and records and records[0]["page"] is not None:
             with pymupdf.open(pdf) as doc:

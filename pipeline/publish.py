@@ -159,6 +159,7 @@ def year_histogram(report: dict) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     years = sorted(report["per_year"])
     train = [report["per_year"][y]["train"] for y in years]
@@ -167,7 +168,12 @@ def year_histogram(report: dict) -> bytes:
     ax.bar([str(y) for y in years], train, label="train")
     ax.bar([str(y) for y in years], val, bottom=train, label="val")
     ax.set(xlabel="year published", ylabel="figures", title="figures per year")
-    ax.legend()
+    pad = max(0.0, (5 - len(years)) / 2)  # room for 5 bars at least: one year is no wall of blue
+    ax.set_xlim(-0.5 - pad, len(years) - 0.5 + pad)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # figures are counted
+    if len(years) > 8:  # 2010..2022 side by side overlap
+        ax.tick_params(axis="x", labelrotation=45)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside the bars, never on them
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

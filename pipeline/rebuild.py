@@ -191,6 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delay", type=float, default=None,
                         help="seconds between requests to arXiv (default $CVF_ARXIV_DELAY or 3)")
     args = parser.parse_args(argv)
+    if not Path(args.index).is_file():
+        parser.error(f"--index {args.index}: no such file")
+    if args.eprints and not Path(args.eprints).is_dir():
+        parser.error(f"--eprints {args.eprints}: no such folder")
+    try:
+        read_index(args.index)  # a wrong CSV is a one-line error, not a traceback
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
     report = rebuild(args.index, args.split, args.out, args.root, eprints_dir=args.eprints,
                      delay=args.delay, poppler=args.official_renderer)
     print(f"{report['images_written']}/{report['images_listed']} images written to "

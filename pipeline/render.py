@@ -471,6 +471,8 @@ def main(argv: list[str] | None = None) -> None:
         return serve(args.memory_mb)
     if not args.file:
         parser.error("give a figure file")
+    if not Path(args.file).is_file():
+        parser.error(f"{args.file}: no such file")
     from pipeline.naming import figure_format
 
     fmt = figure_format(args.file) or "png"
