@@ -104,8 +104,10 @@ def build_task(args, model, seed: int, device, dtype):
         voc.require(root, "JPEGImages", "Annotations")
         queries = voc.single_object_set(root, voc.read_ids(root, "Main/val"), args.area_filter)
         supports = voc.single_object_set(root, voc.read_ids(root, "Main/train"), args.area_filter)
-        if not queries:
-            raise ValueError(f"no single-object val image passes the {args.area_filter!r} filter")
+        for name, found in (("val", queries), ("train", supports)):
+            if not found:
+                raise ValueError(f"no single-object image of ImageSets/Main/{name}.txt passes "
+                                 f"--area-filter {args.area_filter}; try --area-filter paper or none")
         episodes = tasks.detection_episodes(queries, supports, n, seed, shots)
         return tasks.DetectionTask(args.data, episodes, **prompt), {"kind": "box"}
     if args.task == "colorization":
@@ -282,7 +284,8 @@ def markdown(results: dict) -> str:
     for run in results["per_seed"]:
         lines.append(f"| {run['seed']} | " + " | ".join(f"{run['metrics'][k]:.4f}" for k in keys) + " |")
     s = results["summary"]
-    lines.append("| mean ± std | " + " | ".join(f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in keys) + " |")
+    if len(results["per_seed"]) > 1:  # one seed has no spread to report: its row is the result
+        lines.append("| mean ± std | " + " | ".join(f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -437,9 +440,12 @@ def run_all(args) -> list[dict]:
     head = HEADLINE[args.task]
     rows = [(r["title"], r["summary"][head]["mean"], r["summary"][head]["std"]) for r in results]
     mean = float(np.mean([m for _, m, _ in rows]))
-    lines = [f"# {args.task}: `{head}` per variant (mean ± std over seeds {results[0]['seeds']})", "",
-             "| variant | " + head + " |", "|---|---|"]
-    lines += [f"| {t} | {m:.4f} ± {sd:.4f} |" for t, m, sd in rows] + [f"| mean | {mean:.4f} |"]
+    seeds = results[0]["seeds"]
+    spread = len(seeds) > 1  # a std over one seed would read as "no variance"
+    lines = [f"# {args.task}: `{head}` per variant ({'mean ± std over seeds' if spread else 'seed'} "
+             f"{' '.join(map(str, seeds))})", "", "| variant | " + head + " |", "|---|---|"]
+    lines += [f"| {t} | {m:.4f}{f' ± {sd:.4f}' if spread else ''} |" for t, m, sd in rows]
+    lines += [f"| mean | {mean:.4f} |"]
     _atomic(base / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     _atomic(base / "summary.json", lambda f: f.write(json.dumps(
         {"task": args.task, "metric": head, "mean": mean,

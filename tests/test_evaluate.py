@@ -113,6 +113,12 @@ def test_detection_end_to_end(checkpoint, voc_root, tmp_path):
     assert 0 <= m["iou"] <= 1 and "fb_iou" in m and res["true_rounding"] is True
 
 
+def test_detection_filter_that_keeps_nothing_says_what_to_try(checkpoint, voc_root, tmp_path, capsys):
+    # the fixture's aeroplanes are large: none passes the released "<20% of the image" filter
+    code = evaluate.main(args_for(checkpoint, tmp_path, "--task", "detection", "--data", str(voc_root)))
+    assert code == 2 and "try --area-filter paper or none" in capsys.readouterr().err
+
+
 def test_colorization_end_to_end(checkpoint, testdata, tmp_path):
     val = tmp_path / "imagenet" / "val"
     jpegs = sorted((testdata / "voc" / "JPEGImages").glob("*.jpg"))
@@ -141,6 +147,9 @@ def test_all_synthetic_tasks_in_one_run(checkpoint, tmp_path):
     assert len(summary["variants"]) == 6 and summary["metric"] == "iou"
     assert (tmp_path / "synthetic-shape_color" / "results.json").is_file()
     assert "| mean |" in (tmp_path / "summary.md").read_text()
+    # one seed: no "± 0.0000" that would read as "no spread"
+    assert "±" not in (tmp_path / "summary.md").read_text()
+    assert "±" not in (tmp_path / "synthetic-color" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("task", ["color", "size_shape"])
