@@ -222,8 +222,13 @@ def box_target(obj: VocObject) -> Image.Image:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m model.voc",
-        description="Derive the Pascal-5i val fold lists from a VOC 2012 root and check them "
-                    "against the standard lists.")
+        description="Derive the Pascal-5i val fold lists (image id, class pairs) from a VOC 2012 root\n"
+                    "and check them against the standard lists. Prints per fold how many pairs were\n"
+                    "derived and, with --check, how many standard pairs are missing and how many are\n"
+                    "extra. Exits 1 when any fold differs, 2 on a bad root or list.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python -m model.voc --data /data/pascal --check splits/pascal "
+               "--write-splits /tmp/derived")
     parser.add_argument("--data", required=True,
                         help="VOC root (VOCdevkit/VOC2012 or a folder holding VOCdevkit/)")
     parser.add_argument("--write-splits", metavar="DIR",
@@ -231,6 +236,14 @@ def main(argv=None) -> int:
     parser.add_argument("--check", metavar="DIR",
                         help="standard lists (DIR/val/fold{0..3}.txt) to compare with")
     args = parser.parse_args(argv)
+    try:
+        return check_folds(args)
+    except (ValueError, FileNotFoundError) as e:  # VocError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def check_folds(args) -> int:
     mismatched = 0
     for fold in range(N_FOLDS):
         derived = pascal5i_val_list(args.data, fold)

@@ -117,6 +117,14 @@ def test_cli_writes_and_checks(tmp_path, testdata, capsys):
     assert "missing" in capsys.readouterr().out
 
 
+def test_cli_bad_root_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    assert voc.main(["--data", str(tmp_path)]) == 2
+    assert "error:" in (err := capsys.readouterr().err) and "not a VOC 2012 root" in err
+    (tmp_path / "JPEGImages").mkdir()
+    assert voc.main(["--data", str(tmp_path)]) == 2
+    assert "missing the image list" in capsys.readouterr().err
+
+
 def test_small_objects_are_left_out_as_in_the_standard_lists(testdata):
     root = voc.voc_root(testdata / "voc")
     # 2011_000003 holds a 601-pixel bottle (class 5): absent from trn fold 0
