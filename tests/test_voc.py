@@ -122,7 +122,7 @@ def test_cli_bad_root_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert "error:" in (err := capsys.readouterr().err) and "not a VOC 2012 root" in err
     (tmp_path / "JPEGImages").mkdir()
     assert voc.main(["--data", str(tmp_path)]) == 2
-    assert "missing the image list" in capsys.readouterr().err
+    assert "missing the folder SegmentationClassAug" in capsys.readouterr().err
 
 
 def test_small_objects_are_left_out_as_in_the_standard_lists(testdata):
