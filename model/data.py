@@ -350,16 +350,24 @@ def main(argv=None):
         description="Pack the images of a folder or manifest into tar shards for training "
                     "(`python -m model.train SHARD_FOLDER` reads them).")
     sub = p.add_subparsers(dest="command", required=True)
-    pk = sub.add_parser("pack", help="write WebDataset-style tar shards")
+    pk = sub.add_parser(
+        "pack", help="write WebDataset-style tar shards",
+        description="Copy the images into OUT/shard-NNNNNN.tar (few big files read faster than many "
+                    "small ones). A rerun keeps the shards already written. Example: python -m "
+                    "model.data pack manifests/<name>/train.parquet --images $CVF_DATA/images "
+                    "--out shards/train")
     pk.add_argument("source", help="image folder, or manifest (.parquet/.jsonl/official .csv)")
-    pk.add_argument("--images", help="folder the manifest's images were rebuilt into")
-    pk.add_argument("--split", help="keep only this split of the manifest")
+    pk.add_argument("--images", help="folder the manifest's images were rebuilt into (manifests only)")
+    pk.add_argument("--split", help="keep only the manifest rows of this split (default: every row)")
     pk.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar")
-    pk.add_argument("--shard-size", type=int, default=10_000, help="images per shard")
+    pk.add_argument("--shard-size", type=int, default=10_000, help="images per shard (default: 10000)")
     pk.add_argument("--max-side", type=int, help="shrink images whose longer side exceeds this (e.g. 512)")
     pk.add_argument("--jpeg-quality", type=int, help="re-encode as JPEG at this quality (e.g. 95)")
     args = p.parse_args(argv)
-    files = list_images(args.source, args.images, args.split)
+    try:
+        files = list_images(args.source, args.images, args.split)
+    except (ValueError, FileNotFoundError) as e:  # a wrong path or manifest: say so, no traceback
+        raise SystemExit(f"error: {e}") from None
     shards = pack_shards(files, args.out, args.shard_size, args.max_side, args.jpeg_quality)
     print(f"{len(files)} images in {len(shards)} shards under {args.out}")
 

@@ -41,7 +41,8 @@ SIZE_FLAGS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_d
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action):  # no "(default: None)": the help says what unset means
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -60,8 +61,7 @@ def get_args(argv=None) -> argparse.Namespace:
     d.add_argument("data", help="image folder, folder of tar shards (`python -m model.data pack`), "
                    "or manifest (.parquet/.jsonl/official .csv)")
     d.add_argument("--images", help="folder the manifest's images were rebuilt into (manifests only)")
-    d.add_argument("--split", help="keep only this split of the manifest (default: the split its file name says, "
-                   "e.g. train.parquet -> train)")
+    d.add_argument("--split", help="keep only the manifest rows of this split (default: every row)")
     d.add_argument("--input-size", type=int, default=224, help="crop side in pixels (the model's image size)")
     d.add_argument("--min-crop-scale", type=float, default=0.2, help="RandomResizedCrop scale lower bound")
     d.add_argument("--num-workers", type=int, default=8, help="decoding processes per GPU")
@@ -274,7 +274,10 @@ def train(args) -> dict:
     amp_dtype = autocast_dtype(args.precision, device)
 
     # Data.
-    files = list_images(args.data, args.images, args.split)
+    try:
+        files = list_images(args.data, args.images, args.split)
+    except (ValueError, FileNotFoundError) as e:  # a wrong path or manifest: say so, no traceback
+        raise SystemExit(f"error: {e}") from None
     scale = (args.min_crop_scale, 1.0)
     vqgan = load_tokenizer(args) if args.target == "tokens" else None
     tokenize = None

@@ -157,6 +157,15 @@ def test_manifest_with_official_layout(tmp_path):
         list_images(tmp_path / "train.parquet")
 
 
+def test_wrong_data_path_is_a_clear_error_not_a_traceback(tmp_path):
+    from model.data import main as data_main
+
+    with pytest.raises(SystemExit, match="error: no such manifest or image folder"):
+        train(get_args([str(tmp_path / "nothing"), "--target", "pixels", "--out", str(tmp_path)]))
+    with pytest.raises(SystemExit, match="error: no such manifest or image folder"):
+        data_main(["pack", str(tmp_path / "nothing"), "--out", str(tmp_path / "shards")])
+
+
 def test_sampler_shards_ranks_disjointly_and_resumes():
     shares = []
     for rank in range(3):
