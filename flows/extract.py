@@ -99,10 +99,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
+    if not (args.shards or extract.shards_with_papers(args.root)):
+        parser.error(f"no papers/<shard>.parquet under {data_root(args.root)} (run python -m pipeline.crawl)")
     summary = extract_figures(args.shards, args.root, args.scheduler_address, args.workers,
                               args.box, args.official, not args.no_name_filter, args.timeout,
                               args.contact_sheet)
-    print(summary)
+    dup = summary["duplicates"]
+    print(f"{summary['shards']} shards, {summary['papers']} papers, {summary['figures']} figures; "
+          f"{dup['exact_duplicates']} exact and {dup['near_duplicates']} near duplicates flagged "
+          f"(figures/duplicates.json)")
+    if summary["open_shards"]:
+        print(f"shards left open (rerun once the crawl settles them): {' '.join(summary['open_shards'])}")
+    if summary.get("contact_sheet"):
+        print(f"contact sheet: {summary['contact_sheet']}")
 
 
 if __name__ == "__main__":

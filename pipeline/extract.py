@@ -340,7 +340,9 @@ def dedup_corpus(root: str | Path | None = None, near_bits: int = NEAR_DUP_BITS)
             store.write_rows(root / "figures" / f"{s}.parquet", rows, FIGURE_SCHEMA)
             changed += 1
     all_rows = [r for rows in tables.values() for r in rows]
-    report = {"shards": len(shards), "figures": len(all_rows), "shards_rewritten": changed,
+    # "figures" as in the shard stats: a paper-level row (no e-print, no figure) is no figure.
+    report = {"shards": len(shards), "figures": sum(bool(r["img_name"]) for r in all_rows),
+              "shards_rewritten": changed,
               "exact_duplicates": sum(bool(r["dup_of"]) for r in all_rows),
               "near_duplicates": sum(bool(r["near_dup_of"]) for r in all_rows)}
     store.atomic_write_json(root / "figures" / "duplicates.json", report)

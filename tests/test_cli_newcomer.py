@@ -74,3 +74,25 @@ def test_year_histogram_one_year_is_a_bar_not_a_wall():
     train_blue = (np.abs(rgb - (31, 119, 180)).sum(axis=2) < 30)  # matplotlib's first colour
     bar_columns = train_blue.sum(axis=0) > 50  # columns of the bar, not the legend swatch
     assert 20 < bar_columns.sum() < rgb.shape[1] / 4
+
+
+def test_duplicates_report_counts_figures_like_the_shard_stats(tmp_path):
+    from pipeline import store
+    from pipeline.extract import dedup_corpus, extract_shard
+    from test_extract import photo, tar_gz, write_papers
+
+    root = tmp_path / "data"
+    # One paper with two figures, one whose e-print is missing (a paper-level row, no figure).
+    write_papers(root, "2021-01", {"2101.00001": tar_gz({"a.png": photo(1), "b.png": photo(2)}),
+                                   "2101.00002": None})
+    stats = extract_shard("2021-01", root, progress=False)
+    assert len(store.read_rows(root / "figures" / "2021-01.parquet")) == 3
+    assert stats["figures"] == 2
+    assert dedup_corpus(root)["figures"] == 2
+
+
+def test_extract_flow_without_papers_is_a_usage_error(tmp_path, capsys):
+    from flows.extract import main
+
+    err = usage_error(main, ["--root", str(tmp_path)], capsys)
+    assert "no papers/<shard>.parquet under" in err
