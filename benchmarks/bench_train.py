@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from model.data import CropDataset, list_images, normalize
 from model.mae_vqgan import build
-from model.train import forward_backward, make_tokenizer, masking_noise, optimizer_step, param_groups
+from model.train import (Formatter, forward_backward, make_tokenizer, masking_noise, optimizer_step,
+                         param_groups)
 from model.vqgan import VQModel, load_vqgan
 
 REAL_VQGAN = dict(ddconfig=dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3,
@@ -49,14 +50,14 @@ TINY_MAE = dict(patch_size=16, embed_dim=32, depth=2, num_heads=4, decoder_embed
 
 def get_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=Formatter)
     p.add_argument("--tiny", action="store_true", help="tiny model, 64 px, on the CPU, no compile")
-    p.add_argument("--arch", default="mae_vit_large_patch16")
+    p.add_argument("--arch", default="mae_vit_large_patch16", help="MAE sizes (the released model's)")
     p.add_argument("--batch", type=int, default=64, help="batch of the released and on-the-fly rows")
     p.add_argument("--cached-batch", type=int, default=256, help="batch of the cached-tokens row")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per row (compilation)")
-    p.add_argument("--curve-steps", type=int, default=30)
+    p.add_argument("--curve-steps", type=int, default=30, help="steps of the side-by-side loss curve")
     p.add_argument("--curve-batches", type=int, default=8, help="distinct batches cycled in the curve")
     p.add_argument("--lr", type=float, default=1.5e-4, help="curve lr (warm-up not simulated)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
@@ -214,6 +215,9 @@ def main():
     if on_gpu:
         torch.cuda.empty_cache()
     print(f"speed-up vs released: on the fly {fly / base:.2f}x, cached tokens {cache / base:.2f}x", flush=True)
+    if not on_gpu:
+        print("(CPU: fp16 autocast is emulated, which makes the released row slow; these ratios and "
+              "the MFU say nothing about a GPU)", flush=True)
 
     # Same loss curve? Same init, batches and masks; eager fp32 vs the fast and released steps.
     tok32 = [fp32_tokenize(normalize(b)) for b in batches]
