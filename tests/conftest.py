@@ -12,6 +12,11 @@ SHARED = REPO.parent / "shared" / "testdata"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+# Importing prefect configures its console log handler on whatever sys.stderr is at that moment.
+# Do it here, under pytest's session-wide capture, so the handler never binds to one test's
+# capsys stream (closed after that test; later flow runs would then fail writing their logs).
+import prefect.main  # noqa: E402,F401  (prefect itself imports lazily; .main sets up logging)
+
 
 @pytest.fixture(scope="session")
 def testdata() -> Path:
