@@ -23,6 +23,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,6 +46,8 @@ PAPER_SCHEMA = pa.schema(
      ("doi", pa.string()), ("journal_ref", pa.string()), ("comment", pa.string())]
     + [(f"{d}_{f}", pa.int64() if f == "bytes" else pa.string()) for d in DOWNLOADS for f in DOWNLOAD_FIELDS]
     + [(f"{d}_attempts", pa.int32()) for d in DOWNLOADS]
+    # When this version's files were first stored: the crawl date the published manifests carry.
+    + [("crawled_at", _TS)]
 )
 
 
@@ -57,6 +60,7 @@ def _empty_downloads(record: dict, wanted: tuple[str, ...]) -> dict:
     for d in DOWNLOADS:
         record.update({f"{d}_{f}": "" for f in DOWNLOAD_FIELDS}, **{f"{d}_bytes": 0, f"{d}_attempts": 0})
         record[f"{d}_status"] = "pending" if d in wanted else "skipped"
+    record["crawled_at"] = None
     return record
 
 
@@ -80,6 +84,8 @@ def _download(record: dict, what: str, url: str, dest: Path, root: Path, fetcher
     row = download_file(fetcher, url, dest, root)
     record.update({f"{what}_{k}": v for k, v in row.items()})
     record[f"{what}_attempts"] += 1
+    if row["status"] == "ok" and record.get("crawled_at") is None:
+        record["crawled_at"] = datetime.now(timezone.utc)
     if row["status"] == "missing" and "withdrawn" in record["comment"].lower():
         record[f"{what}_status"] = "withdrawn"
     elif row["status"] == "pending" and record[f"{what}_attempts"] >= max_attempts:

@@ -52,7 +52,8 @@ def _read_stage(root: Path, stage: str, columns: list[str] | None = None) -> pd.
 
 
 def _papers(root: Path) -> pd.DataFrame:
-    """paper_id -> version, licence, year published, crawl date (the record's file date)."""
+    """paper_id -> version, licence, year published, crawl date (`crawled_at`; older records without
+    it fall back to the date their file was last written)."""
     frames = []
     for p in sorted((root / "papers").glob("*.parquet")):
         t = pq.read_table(p)

@@ -43,7 +43,8 @@ def _state(root: Path) -> dict:
     """Everything a crawl leaves behind, minus wall-clock figures."""
     out = {}
     for month in MONTHS:
-        out[month] = pq.read_table(root / "papers" / f"{month}.parquet").to_pylist()
+        rows = pq.read_table(root / "papers" / f"{month}.parquet").to_pylist()
+        out[month] = [dict(r, crawled_at=r["crawled_at"] is not None) for r in rows]  # a wall-clock time
         stats = store.read_stats(root / "papers", month)
         out[f"{month}_stats"] = stats and {k: v for k, v in stats.items() if k not in ("seconds", "requests")}
     out["files"] = {p.relative_to(root).as_posix(): store.sha256_file(p) for p in sorted((root / "raw").rglob("*"))
@@ -65,8 +66,9 @@ def test_crawl_writes_the_contract_and_reruns_fetch_nothing(server, corpus, data
             assert (r["version"], r["title"], r["authors"]) == (p["version"], p["title"], p["authors"])
             assert r["license"] == ""  # no OAI-PMH enrichment asked for
             if p["withdrawn"]:
-                assert r["eprint_status"] == r["pdf_status"] == "withdrawn"
+                assert r["eprint_status"] == r["pdf_status"] == "withdrawn" and r["crawled_at"] is None
                 continue
+            assert r["crawled_at"] is not None  # when its files were stored: the manifests' crawl date
             served = (corpus / "eprint" / arxiv_id).read_bytes()
             assert r["eprint_status"] == "ok" and r["eprint_sha256"] == store.sha256_bytes(served)
             assert (data_root / r["eprint_path"]).read_bytes() == served
@@ -78,6 +80,7 @@ def test_crawl_writes_the_contract_and_reruns_fetch_nothing(server, corpus, data
     assert "withdrawn" in capsys.readouterr().out  # permanent failures are listed
 
     before = _state(data_root)
+    crawled_at = {m: pq.read_table(data_root / "papers" / f"{m}.parquet").column("crawled_at") for m in MONTHS}
     n = len(server.replay.log)
     assert main(_cli_args(server, data_root)) == 0
     assert len(server.replay.log) == n, "done shards are skipped without a request"
@@ -86,6 +89,8 @@ def test_crawl_writes_the_contract_and_reruns_fetch_nothing(server, corpus, data
     assert main(_cli_args(server, data_root)) == 0
     assert all(path.startswith("/api/query") for _, path, _ in server.replay.log[n:])
     assert _state(data_root) == before
+    for m in MONTHS:  # nothing was fetched again, so the crawl date stays that of the first run
+        assert pq.read_table(data_root / "papers" / f"{m}.parquet").column("crawled_at").equals(crawled_at[m])
 
 
 def test_cross_lists_max_papers_metadata_only_and_licence(server, corpus, data_root):
