@@ -4,9 +4,7 @@ e-print endpoint: gzip'd files sent with `Content-Encoding: x-gzip`), not agains
 from __future__ import annotations
 
 import gzip
-import io
 import re
-import tarfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +16,7 @@ import pytest
 from pipeline import store
 from pipeline.crawl import crawl_shard, main
 from pipeline.fetch import PoliteFetcher, TransientError, download_file
+from pipeline.replay.corpus import tar_gz
 
 PAGE_CAP = 2  # this server hands out at most 2 entries a page, whatever max_results says
 QUERY = "cat:cs.CV AND submittedDate:[202101010000 TO 202101312359]"
@@ -86,16 +85,6 @@ ERROR_FEED = feed(["""
   </entry>"""], 1, 0, 1)
 
 
-def _tar_gz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _pdf(text: str) -> bytes:
     doc = fitz.open()
     doc.new_page().insert_text((72, 72), text)
@@ -105,8 +94,8 @@ def _pdf(text: str) -> bytes:
 TEX = b"\\documentclass{article}\\begin{document}Hi\\end{document}\n"
 # what each paper's e-print is, as arXiv serves it: body, Content-Type, Content-Encoding
 EPRINTS = {
-    "2101.00001": (_tar_gz({"main.tex": TEX, "fig/a.png": b"\x89PNG..."}), "application/x-eprint-tar", "x-gzip"),
-    "2101.00002": (_tar_gz({"main.tex": TEX}), "application/x-eprint-tar", "x-gzip"),
+    "2101.00001": (tar_gz({"main.tex": TEX, "fig/a.png": b"\x89PNG..."}), "application/x-eprint-tar", "x-gzip"),
+    "2101.00002": (tar_gz({"main.tex": TEX}), "application/x-eprint-tar", "x-gzip"),
     "2101.00003": (gzip.compress(TEX), "application/x-eprint", "x-gzip"),  # a single .tex
     "2101.00004": (_pdf("pdf-only submission"), "application/pdf", None),
 }

@@ -19,6 +19,7 @@ from pipeline.archive import Limits
 from pipeline.crawl import PAPER_SCHEMA
 from pipeline.extract import (FIGURE_SCHEMA, dedup_corpus, extract_shard, is_included, latex_references,
                               mark_duplicates, write_contact_sheet)
+from pipeline.replay.corpus import tar_gz
 from pipeline.shards import shard_of_id
 
 
@@ -44,16 +45,6 @@ def write_papers(root: Path, shard: str, eprints: dict[str, bytes | Path | None]
             row.update(pdf_status="ok", pdf_path=f"raw/{shard}/{arxiv_id}.pdf")
         rows.append(row)
     store.write_rows(root / "papers" / f"{shard}.parquet", rows, PAPER_SCHEMA)
-
-
-def tar_gz(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in entries.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def png(color, size=(300, 200)) -> bytes:

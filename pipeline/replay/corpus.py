@@ -238,7 +238,8 @@ def _latex(meta: dict, figs: list[FigureFile], rng: random.Random) -> dict[str, 
     return {"main.tex": (head + "".join(blocks) + "\\end{document}\n").encode()}
 
 
-def _tar_gz(files: dict[str, bytes]) -> bytes:
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    """Pack {path: bytes} as a deterministic gzip'd tar, the way arXiv serves a source tree."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for name in sorted(files):
@@ -333,7 +334,7 @@ def generate_corpus(out_dir: str | os.PathLike, n_papers: int = 20, months: list
             files = _latex(meta, [f for f in figs if f.data], rng)
             for f in figs:
                 files[f.source_path] = f.data or _converted_eps(figs, f)
-            eprint = _tar_gz(files)
+            eprint = tar_gz(files)
             seen = set()
             for f in figs:
                 if f.img_name in seen:  # the EPS and its converted PDF are one CVF image
