@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from pathlib import Path
 
 from pipeline.config import data_root
 from pipeline.store import read_table

@@ -120,7 +120,7 @@ class MaeVqgan(nn.Module):
         self.target, self.norm_pix_loss = target, norm_pix_loss
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        num_patches, grid = self.patch_embed.num_patches, self.patch_embed.grid_size
+        grid = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, grid)[None], requires_grad=False)
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from pipeline import store
 from pipeline.crawl import PAPER_SCHEMA, crawl_shard, main

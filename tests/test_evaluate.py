@@ -10,6 +10,7 @@ import yaml
 from PIL import Image
 
 from model import evaluate, tasks, voc
+from reference_vectors import config, full_state, set_dir, vqgan_params
 
 SIZES = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
          "decoder_num_heads", "mlp_ratio")
@@ -18,16 +19,11 @@ SIZES = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "
 @pytest.fixture(scope="module")
 def checkpoint(testdata, tmp_path_factory):
     """A released-style checkpoint {"model": mae ∪ vae.*} of set_a, its VQGAN yaml and sizes."""
-    d = testdata / "vectors" / "set_a"
+    d = set_dir(testdata, "set_a")
     tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = json.loads((d / "config.json").read_text())
-    state = torch.load(d / "mae_state_dict.pt", weights_only=True)
-    vae = torch.load(d / "vqgan_state_dict.pt", weights_only=True)
-    torch.save({"model": {**state, **{"vae." + k: v for k, v in vae.items()}}, "epoch": 0},
-               tmp / "checkpoint.pth")
-    vq = cfg["vqgan"]
-    (tmp / "model.yaml").write_text(yaml.safe_dump({"model": {"params": {
-        "ddconfig": vq["ddconfig"], "n_embed": vq["n_embed"], "embed_dim": vq["embed_dim"]}}}))
+    cfg = config(d)
+    torch.save({"model": full_state(d), "epoch": 0}, tmp / "checkpoint.pth")
+    (tmp / "model.yaml").write_text(yaml.safe_dump({"model": {"params": vqgan_params(cfg)}}))
     (tmp / "arch.json").write_text(json.dumps({k: cfg["mae"][k] for k in SIZES}))
     return {"ckpt": tmp / "checkpoint.pth", "yaml": tmp / "model.yaml", "arch": tmp / "arch.json",
             "size": cfg["mae"]["img_size"]}

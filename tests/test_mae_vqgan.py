@@ -11,29 +11,24 @@ import torch
 
 from model.mae_vqgan import ARCHS, MaeVqgan, build, load_checkpoint, sincos_pos_embed
 from model.vqgan import VQModel
+from reference_vectors import config, full_state, load, mae_sizes, set_dir, vqgan_params
 
 ATOL = dict(atol=2e-5, rtol=1e-4)
-SIZE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
-             "decoder_depth", "decoder_num_heads", "mlp_ratio")
 
 
 @pytest.fixture(scope="module", params=["set_a", "set_b"])
 def ref(testdata, request):
     """Each reference set present (set_a ships; others have other configs)."""
-    d = testdata / "vectors" / request.param
-    if not d.is_dir():
-        pytest.skip(f"{d} not present")
-    cfg = json.loads((d / "config.json").read_text())
-    vq_state = torch.load(d / "vqgan_state_dict.pt", weights_only=True)
-    mae_state = torch.load(d / "mae_state_dict.pt", weights_only=True)
+    d = set_dir(testdata, request.param)
+    cfg = config(d)
     return {
         "dir": d, "cfg": cfg,
-        "vqgan_config": {"model": {"params": {k: cfg["vqgan"][k] for k in ("ddconfig", "n_embed", "embed_dim")}}},
-        "sizes": {k: cfg["mae"][k] for k in SIZE_KEYS},
-        "full_state": {**mae_state, **{"vae." + k: v for k, v in vq_state.items()}},
-        "mae_state": mae_state, "vq_state": vq_state,
-        "vq_io": torch.load(d / "vqgan_io.pt", weights_only=True),
-        "io": torch.load(d / "mae_io.pt", weights_only=True),
+        "vqgan_config": {"model": {"params": vqgan_params(cfg)}},
+        "sizes": mae_sizes(cfg),
+        "full_state": full_state(d),
+        "mae_state": load(d, "mae_state_dict"), "vq_state": load(d, "vqgan_state_dict"),
+        "vq_io": load(d, "vqgan_io"),
+        "io": load(d, "mae_io"),
     }
 
 

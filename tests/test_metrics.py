@@ -9,6 +9,7 @@ import torch
 
 from model import metrics
 from model.metrics import BLACK, BLUE, GREEN, WHITE
+from reference_vectors import config, load, set_dir
 
 
 def img(h, w, colour=BLACK):
@@ -35,22 +36,15 @@ def test_round_image_wraps_like_the_release():
 
 @pytest.mark.parametrize("name", ["set_a", "set_b"])
 def test_round_image_reproduces_reference(testdata, name):
-    if not (testdata / "vectors" / name).is_dir():
-        pytest.skip(f"vectors/{name} not present")
-    io = torch.load(testdata / f"vectors/{name}/mae_io.pt", weights_only=True)
+    io = load(set_dir(testdata, name), "mae_io")
     assert torch.equal(metrics.round_image(io["orig_hwc"][0]), io["orig_rounded"])
     assert torch.equal(metrics.round_image(io["im_paste"][0]), io["pred_rounded"])
 
 
 @pytest.mark.parametrize("name", ["set_a", "set_b"])
 def test_segmentation_scores_reproduce_reference(testdata, name):
-    import json
-
-    d = testdata / "vectors" / name
-    if not d.is_dir():
-        pytest.skip(f"vectors/{name} not present")
-    io = torch.load(d / "mae_io.pt", weights_only=True)
-    cfg = json.loads((d / "config.json").read_text())
+    d = set_dir(testdata, name)
+    io, cfg = load(d, "mae_io"), config(d)
     c = cfg["canvas"]["metric_crop"]
     got = metrics.segmentation_scores(io["pred_rounded"][c:, c:], io["orig_rounded"][c:, c:])
     for k, v in cfg["results"]["seg_metric_sample0"].items():

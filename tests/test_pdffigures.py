@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pymupdf
-import pytest
 from PIL import Image
 
 from pipeline.pdffigures import extract_pdf_figures, find_figure_regions, main

@@ -1,7 +1,6 @@
 """Canvases, masks and batched inpainting against the reference vectors (set_a)."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torch
 from model.prompting import (cell_size, inpaint, inpaint_ensemble, make_canvas, make_grid_canvas,
                              make_rows_canvas, normalize, predict_logits, quadrant_mask,
                              rows_answer_box, rows_mask, to_uint8)
+from reference_vectors import config, full_state, load, mae_sizes, set_dir
 
 
 def build_reference_model(set_dir):
@@ -16,27 +16,19 @@ def build_reference_model(set_dir):
     from model.mae_vqgan import MaeVqgan
     from model.vqgan import VQModel
 
-    cfg = json.loads((set_dir / "config.json").read_text())
-    vq, mae = cfg["vqgan"], cfg["mae"]
-    model = MaeVqgan(VQModel(vq["ddconfig"], vq["n_embed"], vq["embed_dim"]),
-                     **{k: mae[k] for k in ("img_size", "patch_size", "embed_dim", "depth",
-                                            "num_heads", "decoder_embed_dim", "decoder_depth",
-                                            "decoder_num_heads", "mlp_ratio")})
-    state = torch.load(set_dir / "mae_state_dict.pt", weights_only=True)
-    vae = torch.load(set_dir / "vqgan_state_dict.pt", weights_only=True)
-    model.load_state_dict({**state, **{"vae." + k: v for k, v in vae.items()}}, strict=True)
+    cfg = config(set_dir)
+    vq = cfg["vqgan"]
+    model = MaeVqgan(VQModel(vq["ddconfig"], vq["n_embed"], vq["embed_dim"]), **mae_sizes(cfg))
+    model.load_state_dict(full_state(set_dir), strict=True)
     return model.eval(), cfg
 
 
 @pytest.fixture(scope="module", params=["set_a", "set_b"])
 def set_a(testdata, request):
     """Each reference set present (set_b: 96-px canvas, 6x6 grid); everything derives from sizes."""
-    d = testdata / "vectors" / request.param
-    if not d.is_dir():
-        pytest.skip(f"{d} not present")
+    d = set_dir(testdata, request.param)
     model, cfg = build_reference_model(d)
-    load = lambda name: torch.load(d / f"{name}.pt", weights_only=True)  # noqa: E731
-    return model, cfg, load("canvas_parts"), load("mae_io"), load("vqgan_io")
+    return model, cfg, load(d, "canvas_parts"), load(d, "mae_io"), load(d, "vqgan_io")
 
 
 def test_canvas_matches_reference(set_a):

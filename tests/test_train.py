@@ -20,6 +20,7 @@ from model.data import CropDataset, ResumableSampler, TokenCache, list_images, n
 from model.mae_vqgan import load_checkpoint
 from model.train import get_args, train
 from model.vqgan import load_vqgan
+from reference_vectors import config, load, set_dir, vqgan_params
 
 TINY = ["--input-size", "64", "--embed-dim", "32", "--depth", "2", "--num-heads", "4",
         "--decoder-embed-dim", "24", "--decoder-depth", "1", "--decoder-num-heads", "3",
@@ -29,12 +30,10 @@ TINY = ["--input-size", "64", "--embed-dim", "32", "--depth", "2", "--num-heads"
 @pytest.fixture(scope="module")
 def vqgan_files(testdata, tmp_path_factory):
     """taming-style model.yaml + last.ckpt holding set_a's reference VQGAN."""
-    d = testdata / "vectors" / "set_a"
-    cfg = json.loads((d / "config.json").read_text())["vqgan"]
+    d = set_dir(testdata, "set_a")
     out = tmp_path_factory.mktemp("vqgan")
-    params = {k: cfg[k] for k in ("ddconfig", "n_embed", "embed_dim")}
-    (out / "model.yaml").write_text(yaml.safe_dump({"model": {"params": params}}))
-    torch.save({"state_dict": torch.load(d / "vqgan_state_dict.pt", weights_only=True)}, out / "last.ckpt")
+    (out / "model.yaml").write_text(yaml.safe_dump({"model": {"params": vqgan_params(config(d))}}))
+    torch.save({"state_dict": load(d, "vqgan_state_dict")}, out / "last.ckpt")
     return ["--vqgan-config", str(out / "model.yaml"), "--vqgan-ckpt", str(out / "last.ckpt")]
 
 

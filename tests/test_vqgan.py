@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from model.vqgan import VQModel, load_vqgan
+from reference_vectors import config, load, set_dir
 
 ATOL = dict(atol=2e-5, rtol=1e-4)
 
@@ -18,16 +19,8 @@ ATOL = dict(atol=2e-5, rtol=1e-4)
 @pytest.fixture(scope="module", params=["set_a", "set_b"])
 def set_a(testdata, request):
     """Each reference set present (set_a ships; others have other configs)."""
-    d = testdata / "vectors" / request.param
-    if not d.is_dir():
-        pytest.skip(f"{d} not present")
-    cfg = json.loads((d / "config.json").read_text())
-    return {
-        "dir": d,
-        "cfg": cfg,
-        "state": torch.load(d / "vqgan_state_dict.pt", weights_only=True),
-        "io": torch.load(d / "vqgan_io.pt", weights_only=True),
-    }
+    d = set_dir(testdata, request.param)
+    return {"dir": d, "cfg": config(d), "state": load(d, "vqgan_state_dict"), "io": load(d, "vqgan_io")}
 
 
 def taming_yaml(cfg: dict) -> dict:
