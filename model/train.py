@@ -428,6 +428,9 @@ def train(args) -> dict:
         print(f"step {step}/{total_steps}, epoch {epoch}/{args.epochs}: {last}\n"
               f"curves: tensorboard --logdir {out / 'tb'}")
     if world_size > 1:
+        # Tear down together: a rank that destroys its gloo group while rank 0 is still writing
+        # the checkpoint can abort at exit ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
     return {"step": step, "epoch": epoch, "losses": losses}
 
