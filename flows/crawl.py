@@ -6,6 +6,10 @@ Deployed by prefect.yaml as `crawl-arxiv/cs-cv-2010-2022`:
     prefect deployment run 'crawl-arxiv/cs-cv-2010-2022' -p start=2021-01 -p end=2021-02 \\
         -p api_url=http://127.0.0.1:8123/api/query --watch
 
+With `-p harvest_licenses=true` the flow first harvests the licences of the OAI-PMH set `oai_set`
+(`pipeline.licenses`: a few hundred ListRecords pages instead of one GetRecord per paper); the
+shards then take each paper's licence from that table.
+
 A rerun resumes: done shards (their stats file exists) return at once without a request, open
 ones retry only what is still pending. A shard left open after its task retries fails its
 task, and the flow run fails once every shard has been tried, so `--watch` exits non-zero.
@@ -17,6 +21,7 @@ from prefect.cache_policies import NONE
 
 from pipeline import config
 from pipeline.crawl import DOWNLOADS, budget_left, crawl_shard, make_fetcher, max_papers_note
+from pipeline.licenses import harvest, oai_url as default_oai_url
 from pipeline.shards import month_range
 
 
@@ -47,22 +52,38 @@ def crawl_month(month: str, data_root: str, delay: float | None, shard_kw: dict)
     return stats
 
 
+@task(task_run_name="harvest-licenses-{set_spec}", cache_policy=NONE, retries=2, retry_delay_seconds=60)
+def harvest_licenses_task(oai_url: str, set_spec: str, data_root: str, delay: float | None) -> dict:
+    root = config.data_root(data_root)
+    stats = harvest(oai_url, root, make_fetcher(root, delay, timeout=120.0), set_spec=set_spec)
+    get_run_logger().info("licences of set %s: %d records, %d pages, %d requests, %.0f s", set_spec,
+                          stats["records"], stats["pages"], stats["requests"], stats["seconds"])
+    return stats
+
+
 @flow(name="crawl-arxiv", log_prints=True)
 def crawl_arxiv(start: str = "2010-01", end: str = "2022-12", category: str = "cs.CV",
                 include_cross_lists: bool = False, max_papers: int | None = None,
                 downloads: list[str] = list(DOWNLOADS), data_root: str | None = None,
                 api_url: str | None = None, eprint_url: str | None = None, pdf_url: str | None = None,
                 oai_url: str | None = None, delay: float | None = None, task_retries: int = 2,
-                retry_delay_s: float = 60) -> list[dict]:
+                retry_delay_s: float = 60, harvest_licenses: bool = False, oai_set: str = "cs") -> list[dict]:
     """Harvest `category` papers submitted from `start` to `end` (YYYY-MM) with their e-prints and PDFs.
 
     Endpoints, delay and data root default to the environment (CVF_ARXIV_*, CVF_DATA).
     `max_papers` bounds the run as in `python -m pipeline.crawl`: shards after the one where it
-    is reached are not started.
+    is reached are not started. `harvest_licenses`: first harvest the licences of the OAI-PMH set
+    `oai_set` in bulk (from `oai_url`, else $CVF_ARXIV_OAI_URL); a failed harvest is a warning,
+    the shards still run (with one GetRecord per paper the table lacks when `oai_url` is given).
     """
     shard_kw = {"api_url": api_url, "eprint_url": eprint_url, "pdf_url": pdf_url, "oai_url": oai_url,
                 "category": category, "include_cross_lists": include_cross_lists, "downloads": tuple(downloads)}
     root = str(config.data_root(data_root))
+    if harvest_licenses:  # optional enrichment: its failure never holds the crawl back
+        harvest_task = harvest_licenses_task.with_options(retries=task_retries, retry_delay_seconds=retry_delay_s)
+        state = harvest_task(oai_url or default_oai_url(), oai_set, root, delay, return_state=True)
+        if not state.is_completed():
+            print(f"licence harvest failed, crawling on without it: {state.result(raise_on_failure=False)}")
     shard_task = crawl_month.with_options(retries=task_retries, retry_delay_seconds=retry_delay_s)
     months = month_range(start, end)
     # Shards run one after another: every request shares one politeness budget anyway.

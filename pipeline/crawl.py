@@ -33,6 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from pipeline import config, store
 from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, paper_record, search_month
 from pipeline.fetch import DOWNLOAD_FIELDS, PoliteFetcher, TransientError, download_file
+from pipeline.licenses import licenses_for
 from pipeline.shards import month_range
 
 log = logging.getLogger("cvf.crawl")
@@ -162,11 +163,14 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
     records = [_merge(p, old.get(p["arxiv_id"]), downloads, root) for p in fresh[:cap]]
 
     eprint_url, pdf_url = eprint_url or config.arxiv_eprint_url(), pdf_url or config.arxiv_pdf_url()
+    harvested = licenses_for(root, [r["arxiv_id"] for r in records])  # `python -m pipeline.licenses`
     last_checkpoint = time.time()
     bar = tqdm(records, desc=month, unit="paper", disable=not progress, leave=False)
     for record in bar:
         arxiv_id = record["arxiv_id"]
-        if oai_url and not record["license"]:
+        if arxiv_id in harvested:  # the bulk harvest knows it: no request
+            record["license"] = harvested[arxiv_id]
+        elif oai_url and not record["license"]:
             try:
                 record["license"] = fetch_license(fetcher, oai_url, arxiv_id)
             except (MetadataError, TransientError, ValueError) as e:  # optional enrichment: never blocks
@@ -247,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-url", help="Atom API query URL (default $CVF_ARXIV_API_URL or arXiv's)")
     ap.add_argument("--eprint-url", help="e-print URL template with {id} (default $CVF_ARXIV_EPRINT_URL)")
     ap.add_argument("--pdf-url", help="PDF URL template with {id} (default $CVF_ARXIV_PDF_URL)")
-    ap.add_argument("--oai-url", help="OAI-PMH URL: fill `license` from it (one extra request per paper)")
+    ap.add_argument("--oai-url", help="OAI-PMH URL: fill `license` from it, one request per paper the harvested "
+                                      "licenses/ lack (python -m pipeline.licenses harvests them in bulk)")
     args = ap.parse_args(argv)
     try:
         month_range(args.start, args.end)

@@ -7,6 +7,7 @@ Endpoints (the same paths as export.arxiv.org, so only the host changes):
     GET /pdf/<id>          the paper PDF
     GET /oai?verb=GetRecord&identifier=oai:arXiv.org:<id>&metadataPrefix=arXiv   (licence)
     GET /oai?verb=ListRecords&metadataPrefix=arXiv&set=cs&from=YYYY-MM-DD&until=YYYY-MM-DD
+    GET /oai?verb=ListRecords&resumptionToken=<token>      the next page (`oai_page_size` records)
     GET /_replay/log       JSON list of [time, path, user agent] of every request served
     POST /_replay/faults   JSON list of fault rules, replacing the current ones
 
@@ -14,13 +15,20 @@ A fault rule is `{"match": <regex searched in the request path+query>, "fault": 
 "times": <how many requests it hits; absent = all>, "retry_after": s, "seconds": s}` with kind
 one of: 503, 429, 500 (with `Retry-After` when given), 404, slow (sleep `seconds`, then answer),
 truncate (announce the full length, send half, close), html (an HTML error page with status
-200), empty (an API page with `totalResults` but no entries), malformed (broken Atom XML).
+200), empty (an API page with `totalResults` but no entries), malformed (broken Atom or OAI XML).
 Withdrawn papers answer 404 on both download endpoints, as on arXiv.
+
+OAI-PMH ListRecords pages as the protocol says: records in datestamp order, `set` an archive
+(`cs` holds every paper with a cs.* category), each incomplete page ending in an opaque
+`<resumptionToken completeListSize=".." cursor="..">`, the last one in an empty token; a token
+the replay does not know (`Replay.oai_tokens.clear()` expires them all) is `badResumptionToken`.
+`deleted_records` ({id: datestamp}) are listed with `<header status="deleted">`.
 """
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import sys
 import threading
 import time
@@ -125,9 +133,23 @@ def atom_feed(papers: list[dict], query: str, total: int, start: int, per_page: 
             + "".join(_entry(p) for p in papers) + "</feed>\n").encode()
 
 
+def _archives(p: dict) -> list[str]:
+    """The OAI sets of a paper: the archives of its categories (`cs.CV` -> `cs`)."""
+    return sorted({c.split(".")[0] for c in p["categories"]})
+
+
+def _datestamp(p: dict) -> str:
+    """The OAI datestamp (day granularity, as arXiv's): the last metadata change, here `updated`."""
+    return p.get("datestamp") or _stamp(p["updated"])[:10]
+
+
 def _oai_record(p: dict) -> str:
+    sets = "".join(f"<setSpec>{s}</setSpec>" for s in _archives(p))
+    if p.get("deleted"):  # the item is gone: a header and no metadata
+        return (f'<record><header status="deleted"><identifier>oai:arXiv.org:{p["arxiv_id"]}</identifier>'
+                f"<datestamp>{_datestamp(p)}</datestamp>{sets}</header></record>")
     return (f"<record><header><identifier>oai:arXiv.org:{p['arxiv_id']}</identifier>"
-            f"<datestamp>{_stamp(p['updated'])[:10]}</datestamp><setSpec>cs</setSpec></header>"
+            f"<datestamp>{_datestamp(p)}</datestamp>{sets}</header>"
             f'<metadata><arXiv xmlns="http://arxiv.org/OAI/arXiv/"><id>{p["arxiv_id"]}</id>'
             f"<created>{_stamp(p['published'])[:10]}</created><title>{escape(p['title'])}</title>"
             f"<categories>{' '.join(p['categories'])}</categories>"
@@ -163,7 +185,8 @@ class Replay:
     """The replay's state: papers, fault rules, and a log of requests served."""
 
     def __init__(self, corpus_dir: str | Path | None = None, extra_eprints: str | Path | None = None,
-                 faults: list[dict] | None = None):
+                 faults: list[dict] | None = None, oai_page_size: int = 1000,
+                 deleted_records: dict[str, str] | None = None):
         self.corpus_dir = Path(corpus_dir) if corpus_dir else None
         papers = load_papers(self.corpus_dir) if self.corpus_dir else []
         if extra_eprints:
@@ -174,6 +197,11 @@ class Replay:
         self.faults: list[dict] = []
         self.set_faults(faults or [])
         self.log: list[tuple[float, str, str]] = []
+        self.oai_page_size = oai_page_size  # arXiv's pages hold about 1,000 records
+        # OAI-PMH items that were removed: listed with a deleted header, datestamp given
+        self.oai_deleted = [{"arxiv_id": i, "datestamp": d, "categories": ["cs.CV"], "deleted": True}
+                            for i, d in (deleted_records or {}).items()]
+        self.oai_tokens: dict[str, tuple[list[dict], int]] = {}  # token -> (the whole list, next cursor)
 
     def set_faults(self, faults: list[dict]) -> None:
         with self.lock:
@@ -263,6 +291,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = f.read_bytes()
             return (200, body, *download_headers(body))
         if path in ("/oai", "/oai2"):
+            if fault == "malformed":
+                return 200, b'<?xml version="1.0"?><OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/"><ListRec', "text/xml"
             return 200, self._oai(q), "text/xml"
         return 404, b"not found\n", "text/plain"
 
@@ -291,12 +321,40 @@ class _Handler(BaseHTTPRequestHandler):
                 return oai_response(verb, '<error code="idDoesNotExist">unknown identifier</error>')
             return oai_response(verb, f"<GetRecord>{_oai_record(p)}</GetRecord>")
         if verb == "ListRecords":
-            lo, hi = q.get("from", ["0000"])[0], q.get("until", ["9999"])[0]
-            recs = [p for p in replay.ordered if lo <= _stamp(p["updated"])[:10] <= hi]
-            if not recs:
-                return oai_response(verb, '<error code="noRecordsMatch">no records</error>')
-            return oai_response(verb, "<ListRecords>" + "".join(map(_oai_record, recs)) + "</ListRecords>")
+            return oai_response(verb, self._list_records(q))
         return oai_response(verb, '<error code="badVerb">unsupported verb</error>')
+
+    def _list_records(self, q: dict) -> str:
+        """One page of ListRecords: the first (from the arguments) or the next (from a token)."""
+        replay = self.server.replay
+        if "resumptionToken" in q:
+            if set(q) != {"verb", "resumptionToken"}:  # the token is an exclusive argument
+                return '<error code="badArgument">resumptionToken is exclusive</error>'
+            with replay.lock:
+                # reissuing a valid token gives the same page again (the protocol's idempotency)
+                listed, cursor = replay.oai_tokens.get(q["resumptionToken"][0], (None, 0))
+            if listed is None:
+                return '<error code="badResumptionToken">unknown or expired resumptionToken</error>'
+        else:
+            if q.get("metadataPrefix", [""])[0] != "arXiv":
+                return '<error code="cannotDisseminateFormat">only metadataPrefix=arXiv here</error>'
+            lo, hi, spec = q.get("from", ["0000"])[0], q.get("until", ["9999"])[0], q.get("set", [""])[0]
+            listed = sorted((p for p in replay.ordered + replay.oai_deleted if lo <= _datestamp(p) <= hi
+                             and (not spec or spec in _archives(p))), key=lambda p: (_datestamp(p), p["arxiv_id"]))
+            cursor = 0
+            if not listed:
+                return '<error code="noRecordsMatch">no records</error>'
+        page = listed[cursor:cursor + replay.oai_page_size]
+        body = "".join(map(_oai_record, page))
+        after = cursor + len(page)
+        if after < len(listed):
+            token = secrets.token_urlsafe(12)
+            with replay.lock:
+                replay.oai_tokens[token] = (listed, after)
+            body += f'<resumptionToken completeListSize="{len(listed)}" cursor="{cursor}">{token}</resumptionToken>'
+        elif cursor:  # the last page of a list split in pages: an empty token
+            body += f'<resumptionToken completeListSize="{len(listed)}" cursor="{cursor}"/>'
+        return f"<ListRecords>{body}</ListRecords>"
 
 
 class ReplayServer(ThreadingHTTPServer):

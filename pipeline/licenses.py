@@ -1,0 +1,259 @@
+"""Every paper's licence in a few hundred requests: an OAI-PMH `ListRecords` harvest of an arXiv set.
+
+The crawl can ask OAI-PMH `GetRecord` for one paper at a time, but at arXiv's pace (one request
+per 3 s) that is ~100,000 requests, ~83 hours, for cs.CV 2010-2022. `ListRecords` serves a whole
+set (`cs`: every paper with a cs.* category) about 1,000 records a page, each page naming the next
+by its `resumptionToken`, so the whole set takes a few hundred requests.
+
+    python -m pipeline.licenses                                  # set cs, from arXiv ($CVF_ARXIV_OAI_URL)
+    python -m pipeline.licenses --set cs --from 2024-01-01       # only records changed since then
+
+OAI `from`/`until` select by datestamp, the last change of a record's metadata, NOT by submission
+date: a month of submissions cannot be cut out by a date window. So the harvest takes the set
+(optionally the changes since a date) and the crawl keeps what matches its papers.
+
+Writes `<root>/licenses/<set>.parquet` (`arxiv_id`, `license` URL or '', `datestamp`, `created`)
+after every page, atomically, with the next resumptionToken in the file's metadata: a killed
+harvest run again goes on from its last page. A token the server no longer knows
+(`badResumptionToken`: tokens expire) restarts the list from the beginning, keeping the rows; a
+record seen twice keeps its newest datestamp; deleted records drop the id. Last,
+`<root>/licenses/<set>_stats.json` marks the harvest done (pages, records, seconds, requests);
+a rerun with the same arguments then does nothing, another `--from` harvests again over the rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from lxml import etree
+from tqdm import tqdm
+
+from pipeline import config, store
+from pipeline.arxiv_api import _OAI_NS, _strict_xml
+from pipeline.fetch import PoliteFetcher, TransientError
+
+log = logging.getLogger("cvf.licenses")
+
+DEFAULT_OAI_URL = "https://oaipmh.arxiv.org/oai"
+LICENSE_SCHEMA = pa.schema([("arxiv_id", pa.string()), ("license", pa.string()),
+                            ("datestamp", pa.string()), ("created", pa.string())])
+_STATE_KEY = b"cvf_harvest"  # Parquet metadata key of the checkpoint: next token, pages, requests, ...
+
+
+class HarvestError(Exception):
+    """The OAI-PMH server answered something other than a page of records (a clear reason inside)."""
+
+
+def oai_url() -> str:
+    return os.environ.get("CVF_ARXIV_OAI_URL", DEFAULT_OAI_URL)
+
+
+def table_path(root: Path, set_spec: str) -> Path:
+    """`<root>/licenses/<set>.parquet` (a set like `cs:cs:CV` becomes `cs_cs_CV`)."""
+    return Path(root) / "licenses" / f"{re.sub(r'[^A-Za-z0-9.-]', '_', set_spec)}.parquet"
+
+
+# --- one page ------------------------------------------------------------------------------------
+
+def parse_page(content: bytes) -> dict:
+    """A ListRecords response -> {records, deleted, token, complete_list_size, error: (code, text) | None}.
+
+    `token` is None on the last page (an empty or absent resumptionToken). Raises HarvestError
+    for anything that is not an OAI-PMH document.
+    """
+    try:
+        root = _strict_xml(content)
+    except etree.XMLSyntaxError as e:
+        raise HarvestError(f"malformed OAI-PMH XML: {e}") from e
+    if root.tag != f"{{{_OAI_NS['oai']}}}OAI-PMH":
+        raise HarvestError(f"not an OAI-PMH response (root element {root.tag!r})")
+    page = {"records": [], "deleted": [], "token": None, "complete_list_size": None, "error": None}
+    if (error := root.find("oai:error", _OAI_NS)) is not None:
+        page["error"] = (error.get("code", ""), (error.text or "").strip())
+        return page
+    for record in root.iterfind("oai:ListRecords/oai:record", _OAI_NS):
+        header = record.find("oai:header", _OAI_NS)
+        identifier = header.findtext("oai:identifier", "", _OAI_NS).strip()
+        row = {"arxiv_id": identifier.removeprefix("oai:arXiv.org:"),
+               "datestamp": header.findtext("oai:datestamp", "", _OAI_NS).strip()}
+        if header.get("status") == "deleted":
+            page["deleted"].append(row)
+            continue
+        meta = record.find("oai:metadata/arXiv:arXiv", _OAI_NS)
+        if meta is None:
+            raise HarvestError(f"record {identifier} has no arXiv metadata (metadataPrefix=arXiv?)")
+        row["arxiv_id"] = meta.findtext("arXiv:id", row["arxiv_id"], _OAI_NS).strip()
+        row["license"] = meta.findtext("arXiv:license", "", _OAI_NS).strip()
+        row["created"] = meta.findtext("arXiv:created", "", _OAI_NS).strip()
+        page["records"].append(row)
+    if (token := root.find("oai:ListRecords/oai:resumptionToken", _OAI_NS)) is not None:
+        page["token"] = (token.text or "").strip() or None
+        size = token.get("completeListSize")
+        page["complete_list_size"] = int(size) if size and size.isdigit() else None
+    return page
+
+
+def merge(rows: dict[str, dict], page: dict) -> None:
+    """Fold a page into `rows` (by id): the newest datestamp wins; a deleted record drops the id."""
+    for rec in page["records"]:
+        old = rows.get(rec["arxiv_id"])
+        if old is None or rec["datestamp"] >= old["datestamp"]:
+            rows[rec["arxiv_id"]] = rec
+    for gone in page["deleted"]:
+        if (old := rows.get(gone["arxiv_id"])) is not None and gone["datestamp"] >= old["datestamp"]:
+            del rows[gone["arxiv_id"]]
+
+
+# --- checkpoints: the rows so far and the next token, in one atomic file --------------------------
+
+def read_checkpoint(path: Path) -> tuple[dict[str, dict], dict]:
+    """The rows a harvest stored in `path` and its state ({} when there is no file)."""
+    if not path.exists():
+        return {}, {}
+    table = pq.read_table(path)
+    state = json.loads((table.schema.metadata or {}).get(_STATE_KEY, b"{}"))
+    return {r["arxiv_id"]: r for r in table.to_pylist()}, state
+
+
+def write_checkpoint(path: Path, rows: dict[str, dict], state: dict) -> None:
+    schema = LICENSE_SCHEMA.with_metadata({_STATE_KEY: json.dumps(state).encode()})
+    store.write_rows(path, sorted(rows.values(), key=lambda r: r["arxiv_id"]), schema)
+
+
+# --- the harvest -----------------------------------------------------------------------------------
+
+def harvest(url: str, root: Path, fetcher: PoliteFetcher, *, set_spec: str = "cs", from_date: str | None = None,
+            max_restarts: int = 3, progress: bool = False) -> dict:
+    """Harvest `set_spec` (records changed since `from_date`, YYYY-MM-DD, when given) into
+    `licenses/<set>.parquet`, resuming a harvest left unfinished; return its stats.
+
+    Raises HarvestError (an OAI error, malformed XML, HTTP 4xx, too many expired tokens) and
+    TransientError (the server kept failing); the pages stored so far stay, so a rerun goes on.
+    """
+    root = Path(root)
+    path = table_path(root, set_spec)
+    folder, name = path.parent, path.stem
+    params = {"set": set_spec, "from": from_date, "metadataPrefix": "arXiv"}
+    done = store.read_stats(folder, name)
+    if done and done["params"] == params and path.exists():
+        return done
+    rows, state = read_checkpoint(path)
+    if done or state.get("params") != params:  # a new harvest over the rows stored (e.g. a later --from)
+        state = {"params": params, "token": None, "pages": 0, "requests": 0, "seconds": 0.0, "restarts": 0,
+                 "deleted": 0, "complete_list_size": None}
+        store.stats_path(folder, name).unlink(missing_ok=True)
+    first = url + "?" + urlencode({"verb": "ListRecords", "metadataPrefix": "arXiv", "set": set_spec}
+                                  | ({"from": from_date} if from_date else {}))
+    # requests and seconds count every run of this harvest: earlier runs' plus this one's
+    t0, seconds0, requests0 = time.time(), state["seconds"], state["requests"] - fetcher.requests_made
+    bar = tqdm(desc=f"ListRecords set={set_spec}", unit="record", total=state["complete_list_size"],
+               disable=not progress)
+    bar.update(len(rows))
+
+    def save() -> None:
+        state.update(requests=requests0 + fetcher.requests_made, seconds=round(seconds0 + time.time() - t0, 3))
+        write_checkpoint(path, rows, state)
+
+    restarts = 0  # in this run: a server whose tokens expire faster than we page must not loop forever
+    try:
+        while True:
+            page_url = url + "?" + urlencode({"verb": "ListRecords", "resumptionToken": state["token"]}) \
+                if state["token"] else first
+            resp = fetcher.get(page_url)  # politeness, Retry-After on 503, retries: TransientError at last
+            if resp.status_code != 200:
+                raise HarvestError(f"OAI-PMH answered HTTP {resp.status_code} ({page_url})")
+            try:
+                page = parse_page(resp.content)
+            except HarvestError as e:
+                raise HarvestError(f"{e} ({page_url})") from None
+            code, text = page["error"] or ("", "")
+            if code == "badResumptionToken":  # expired: list again from the start, keeping the rows
+                if restarts >= max_restarts:
+                    raise HarvestError(f"badResumptionToken after {max_restarts} restarts of the list: {text}")
+                log.warning("resumptionToken expired (%s); restarting the list, keeping %d rows", text, len(rows))
+                restarts += 1
+                state.update(token=None, restarts=state["restarts"] + 1)
+                continue
+            if code == "noRecordsMatch":  # an empty list is an answer, not a failure
+                state["token"] = None
+                break
+            if code:
+                raise HarvestError(f"OAI-PMH error {code}: {text or 'no message'} ({page_url})")
+            merge(rows, page)
+            state.update(token=page["token"], pages=state["pages"] + 1, deleted=state["deleted"] + len(page["deleted"]),
+                         complete_list_size=page["complete_list_size"] or state["complete_list_size"])
+            save()
+            bar.total = state["complete_list_size"]
+            bar.update(len(page["records"]) + len(page["deleted"]))
+            bar.set_postfix(pages=state["pages"], stored=len(rows))
+            if state["token"] is None:
+                break
+    finally:
+        bar.close()
+    save()  # also for an empty list: the table exists, with no rows
+    stats = {"set": set_spec, "params": params, "records": len(rows), "pages": state["pages"],
+             "deleted": state["deleted"], "restarts": state["restarts"],
+             "complete_list_size": state["complete_list_size"], "requests": state["requests"],
+             "seconds": state["seconds"], "done": True}
+    store.write_stats(folder, name, stats)
+    return stats
+
+
+def licenses_for(root: Path, arxiv_ids: list[str]) -> dict[str, str]:
+    """The harvested licence ('' = none stated) of each of `arxiv_ids` found in `licenses/*.parquet`
+    (finished or not); ids no table holds are absent. Newest datestamp wins across tables."""
+    found: dict[str, tuple[str, str]] = {}
+    wanted = sorted(set(arxiv_ids))
+    for path in sorted((Path(root) / "licenses").glob("*.parquet")) if wanted else []:
+        table = pq.read_table(path, columns=["arxiv_id", "license", "datestamp"],
+                              filters=[("arxiv_id", "in", wanted)])
+        for r in table.to_pylist():
+            if r["arxiv_id"] not in found or r["datestamp"] > found[r["arxiv_id"]][1]:
+                found[r["arxiv_id"]] = (r["license"], r["datestamp"])
+    return {i: lic for i, (lic, _) in found.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.licenses", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", dest="set_spec", default="cs",
+                    help="OAI-PMH set: an arXiv archive, e.g. cs (every paper with a cs.* category; default)")
+    ap.add_argument("--from", dest="from_date", metavar="YYYY-MM-DD",
+                    help="only records whose metadata changed on or after this day (default: the whole set)")
+    ap.add_argument("--oai-url", help=f"OAI-PMH base URL (default $CVF_ARXIV_OAI_URL or {DEFAULT_OAI_URL})")
+    ap.add_argument("--data", help="dataset root (default $CVF_DATA or ./data)")
+    ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
+                                                f"or {config.DEFAULT_DELAY})")
+    ap.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default 120)")
+    ap.add_argument("--retries", type=int, default=4, help="retries of a failing request (default 4)")
+    args = ap.parse_args(argv)
+    if args.from_date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.from_date):
+        ap.error(f"--from wants YYYY-MM-DD, got {args.from_date!r}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    root = config.data_root(args.data)
+    fetcher = PoliteFetcher(config.arxiv_delay() if args.delay is None else args.delay, root / ".politeness",
+                            timeout=args.timeout, max_retries=args.retries)
+    try:
+        stats = harvest(args.oai_url or oai_url(), root, fetcher, set_spec=args.set_spec, from_date=args.from_date,
+                        progress=True)
+    except (HarvestError, TransientError) as e:
+        print(f"error: {e}\nthe pages harvested so far are kept in {table_path(root, args.set_spec)}; "
+              "rerun the same command to go on", file=sys.stderr)
+        return 1
+    print(f"{stats['records']} licences of set {args.set_spec} in {table_path(root, args.set_spec)} "
+          f"({stats['pages']} pages, {stats['requests']} requests, {stats['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
