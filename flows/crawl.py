@@ -8,7 +8,7 @@ Deployed by prefect.yaml as `crawl-arxiv/cs-cv-2010-2022`:
 
 With `-p harvest_licenses=true` the flow first harvests the licences of the OAI-PMH set `oai_set`
 (`pipeline.licenses`: a few hundred ListRecords pages instead of one GetRecord per paper); the
-shards then take each paper's licence from that table.
+shards then take each paper's licence from that table, and shards done before get it written in.
 
 A rerun resumes: done shards (their stats file exists) return at once without a request, open
 ones retry only what is still pending. A shard left open after its task retries fails its
@@ -21,7 +21,7 @@ from prefect.cache_policies import NONE
 
 from pipeline import config
 from pipeline.crawl import DOWNLOADS, budget_left, crawl_shard, make_fetcher, max_papers_note
-from pipeline.licenses import harvest, oai_url as default_oai_url
+from pipeline.licenses import fill_paper_licenses, harvest, oai_url as default_oai_url
 from pipeline.shards import month_range
 
 
@@ -56,8 +56,11 @@ def crawl_month(month: str, data_root: str, delay: float | None, shard_kw: dict)
 def harvest_licenses_task(oai_url: str, set_spec: str, data_root: str, delay: float | None) -> dict:
     root = config.data_root(data_root)
     stats = harvest(oai_url, root, make_fetcher(root, delay, timeout=120.0), set_spec=set_spec)
-    get_run_logger().info("licences of set %s: %d records, %d pages, %d requests, %.0f s", set_spec,
-                          stats["records"], stats["pages"], stats["requests"], stats["seconds"])
+    log = get_run_logger()
+    log.info("licences of set %s: %d records, %d pages, %d requests, %.0f s", set_spec,
+             stats["records"], stats["pages"], stats["requests"], stats["seconds"])
+    if changed := fill_paper_licenses(root):  # shards crawled before are done: the crawl will not revisit them
+        log.info("licences filled in %d paper records of done shards %s", sum(changed.values()), " ".join(changed))
     return stats
 
 

@@ -19,6 +19,10 @@ harvest run again goes on from its last page. A token the server no longer knows
 record seen twice keeps its newest datestamp; deleted records drop the id. Last,
 `<root>/licenses/<set>_stats.json` marks the harvest done (pages, records, seconds, requests);
 a rerun with the same arguments then does nothing, another `--from` harvests again over the rows.
+
+The crawl takes each paper's licence from these tables without a request (its `--oai-url` asks
+`GetRecord` only for papers no table holds). Shards crawled before the harvest are done and not
+crawled again: `--fill-papers` writes the harvested licences into their paper records.
 """
 from __future__ import annotations
 
@@ -146,6 +150,8 @@ def harvest(url: str, root: Path, fetcher: PoliteFetcher, *, set_spec: str = "cs
     done = store.read_stats(folder, name)
     if done and done["params"] == params and path.exists():
         return done
+    for tmp in folder.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)  # half-written by a killed run (one harvest per set at a time)
     rows, state = read_checkpoint(path)
     if done or state.get("params") != params:  # a new harvest over the rows stored (e.g. a later --from)
         state = {"params": params, "token": None, "pages": 0, "requests": 0, "seconds": 0.0, "restarts": 0,
@@ -222,6 +228,28 @@ def licenses_for(root: Path, arxiv_ids: list[str]) -> dict[str, str]:
     return {i: lic for i, (lic, _) in found.items()}
 
 
+def fill_paper_licenses(root: Path) -> dict[str, int]:
+    """Write the harvested licences into the `license` column of every done crawl shard
+    (`papers/<shard>.parquet` with its stats). Returns {shard: papers changed}, changed shards only.
+
+    Only done shards: an open one belongs to a crawl that may be writing it, and takes the
+    licences from the tables itself when it runs again.
+    """
+    changed = {}
+    for path in sorted((Path(root) / "papers").glob("*.parquet")):
+        if not store.shard_done(path.parent, path.stem):
+            continue
+        table = pq.read_table(path)
+        ids, old = table.column("arxiv_id").to_pylist(), table.column("license").to_pylist()
+        harvested = licenses_for(root, ids)
+        new = [harvested.get(i, lic) for i, lic in zip(ids, old)]
+        if n := sum(a != b for a, b in zip(old, new)):
+            column = table.schema.get_field_index("license")
+            store.atomic_write_parquet(path, table.set_column(column, "license", pa.array(new, pa.string())))
+            changed[path.stem] = n
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.licenses", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -235,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 f"or {config.DEFAULT_DELAY})")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default 120)")
     ap.add_argument("--retries", type=int, default=4, help="retries of a failing request (default 4)")
+    ap.add_argument("--fill-papers", action="store_true",
+                    help="after the harvest, write the licences into the paper records of done crawl shards")
     args = ap.parse_args(argv)
     if args.from_date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.from_date):
         ap.error(f"--from wants YYYY-MM-DD, got {args.from_date!r}")
@@ -252,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{stats['records']} licences of set {args.set_spec} in {table_path(root, args.set_spec)} "
           f"({stats['pages']} pages, {stats['requests']} requests, {stats['seconds']:.0f} s)")
+    if args.fill_papers:
+        changed = fill_paper_licenses(root)
+        print(f"licences filled in {sum(changed.values())} paper records of {len(changed)} done shards"
+              + (f": {' '.join(changed)}" if changed else ""))
     return 0
 
 

@@ -18,8 +18,8 @@ import pytest
 from pipeline import store
 from pipeline.crawl import crawl_shard
 from pipeline.fetch import PoliteFetcher, TransientError
-from pipeline.licenses import (LICENSE_SCHEMA, HarvestError, harvest, licenses_for, main, merge, read_checkpoint,
-                               table_path, write_checkpoint)
+from pipeline.licenses import (LICENSE_SCHEMA, HarvestError, fill_paper_licenses, harvest, licenses_for, main, merge,
+                               read_checkpoint, table_path, write_checkpoint)
 from pipeline.replay.corpus import load_papers
 from pipeline.replay.server import Replay, ReplayServer
 from replay_fixtures import corpus  # noqa: F401 (fixture)
@@ -223,6 +223,27 @@ def test_crawl_takes_licences_from_the_table_and_asks_only_for_the_rest(server, 
     crawled = {r["arxiv_id"]: r["license"] for r in store.read_rows(data_root / "papers" / "2021-02.parquet")}
     assert crawled and crawled == {i: truth[i] for i in crawled}
     assert licenses_for(data_root, [missing, "2101.00000"]) == {}
+
+
+def test_fill_papers_writes_licences_into_done_shards_only(server, corpus, data_root):
+    endpoints = server.endpoints()
+    urls = {"api_url": endpoints["CVF_ARXIV_API_URL"], "eprint_url": endpoints["CVF_ARXIV_EPRINT_URL"],
+            "pdf_url": endpoints["CVF_ARXIV_PDF_URL"]}
+    for month in ("2021-01", "2021-02"):  # crawled before any licence was harvested
+        assert crawl_shard(month, data_root, _fetcher(data_root), downloads=(), **urls)["done"]
+    (data_root / "papers" / "2021-02_stats.json").unlink()  # as if a crawl were still at work on it
+    before = {m: pq.read_table(data_root / "papers" / f"{m}.parquet") for m in ("2021-01", "2021-02")}
+    assert set(before["2021-01"].column("license").to_pylist()) == {""}
+
+    assert main(["--oai-url", endpoints["CVF_ARXIV_OAI_URL"], "--data", str(data_root), "--delay", "0",
+                 "--fill-papers"]) == 0
+    after = pq.read_table(data_root / "papers" / "2021-01.parquet")
+    assert after.schema.equals(before["2021-01"].schema)
+    assert after.drop_columns(["license"]).equals(before["2021-01"].drop_columns(["license"]))
+    truth = _truth(corpus)
+    assert after.column("license").to_pylist() == [truth[i] for i in after.column("arxiv_id").to_pylist()]
+    assert pq.read_table(data_root / "papers" / "2021-02.parquet").equals(before["2021-02"])  # open: untouched
+    assert fill_paper_licenses(data_root) == {}  # nothing left to change
 
 
 # --- an independent imitation, written from arXiv's OAI-PMH documents, not our replay -----------------
