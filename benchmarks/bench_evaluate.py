@@ -6,9 +6,11 @@ patches, argmax, VQGAN decoding, pasting, rounding and scoring.
 
   released  batch 1, fp32, data and canvases built in the main process (as the released loop)
   ours      batched, bf16 autocast on GPU, DataLoader workers build the canvases
+  compiled  ours with `model.evaluate --compile` (torch.compile, channels-last VQGAN); GPU default
 
     python benchmarks/bench_evaluate.py                  # GPU: ViT-L MAE-VQGAN + f16 VQGAN, 224
     python benchmarks/bench_evaluate.py --tiny           # CPU check: set_a-sized model, 64 px
+    python benchmarks/bench_evaluate.py --tiny --compile # ... through the compiled path too
 
 Prints, for both paths: episodes/s, MFU (model FLOPs per episode counted once, over
 --peak-tflops) and peak memory. Weights are random (speed does not depend on them). Data: --data VOC root, or a generated
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import evaluate, tasks, voc  # noqa: E402
 from model.mae_vqgan import MaeVqgan, build  # noqa: E402
-from model.prompting import inpaint, quadrant_mask  # noqa: E402
+from model.prompting import compile_for_inference, inpaint, quadrant_mask  # noqa: E402
 from model.vqgan import VQModel  # noqa: E402
 
 REAL_VQGAN = dict(ddconfig=dict(double_z=False, z_channels=256, resolution=256, in_channels=3,
@@ -120,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="dense bf16 peak of the card, for MFU (H100 SXM: 989)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="also time the compiled path (default: on a GPU yes, with --tiny no)")
     p.add_argument("--out", help="write the figures as JSON here too")
     args = p.parse_args(argv)
 
@@ -142,8 +146,16 @@ def main(argv=None) -> int:
         timed(model, data, min(batch, 64), size, batch, 0, device, dtype)
         released = timed(model, data, released_n, size, 1, 0, device, None)
         ours = timed(model, data, ours_n, size, batch, workers, device, dtype)
-    flops = flops_per_episode(model, size, device)
-    for run in (released, ours):
+        flops = flops_per_episode(model, size, device)
+        runs = [released, ours]
+        if args.compile if args.compile is not None else not args.tiny:
+            compile_for_inference(model)
+            started = time.perf_counter()   # compile for a full batch and, once, a dynamic one
+            timed(model, data, batch + min(batch, 8), size, batch, 0, device, dtype)
+            compile_s = time.perf_counter() - started
+            compiled = timed(model, data, ours_n, size, batch, workers, device, dtype)
+            runs.append(compiled)
+    for run in runs:
         run["mfu_percent"] = round(100 * flops * run["episodes_per_s"] / (args.peak_tflops * 1e12), 3)
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -155,6 +167,10 @@ def main(argv=None) -> int:
         "ours": {**ours, "batch_size": batch, "workers": workers, "dtype": "bf16" if dtype else "fp32"},
         "speedup": round(ours["episodes_per_s"] / released["episodes_per_s"], 2),
     }
+    if len(runs) == 3:
+        report["compiled"] = {**compiled, "batch_size": batch, "workers": workers,
+                              "dtype": "bf16" if dtype else "fp32", "compile_seconds": round(compile_s, 1)}
+        report["speedup_compiled"] = round(compiled["episodes_per_s"] / released["episodes_per_s"], 2)
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py            # one H100, under 5 minutes
     python benchmarks/bench_train.py --tiny     # tiny model on the CPU, a check that it runs
+    python benchmarks/bench_train.py --tiny --compile   # ... through the compiled paths too
 
 Rows (all the same ViT-L/16 MAE-VQGAN, the real VQGAN f16/1024 architecture, one GPU):
 * released: eager, fp16 autocast + GradScaler, batch 64, tokens computed on the fly by the
@@ -16,7 +17,9 @@ on batches already on the device (data loading runs in worker processes and is n
 
 Then the loss curve: the same initial weights, batches and masks for --curve-steps steps,
 plain eager fp32 vs the fast on-the-fly step vs the released step, side by side, plus how often
-the bf16 tokenizer picks the same token as the fp32 one.
+the bf16 tokenizer picks the same token as the fp32 one. Each run's own loss is against its own
+targets, so the curve ends with every run's weights scored the same way: eager fp32 loss on
+held-out batches against the fp32 tokenizer's targets.
 
 Weights are random unless --vqgan-config/--vqgan-ckpt point at taming's files; images are
 smooth random images unless --data names an image folder. No downloads.
@@ -51,7 +54,9 @@ TINY_MAE = dict(patch_size=16, embed_dim=32, depth=2, num_heads=4, decoder_embed
 def get_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=Formatter)
-    p.add_argument("--tiny", action="store_true", help="tiny model, 64 px, on the CPU, no compile")
+    p.add_argument("--tiny", action="store_true", help="tiny model, 64 px, on the CPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                   help="torch.compile the fast rows (default: on a GPU yes, with --tiny no)")
     p.add_argument("--arch", default="mae_vit_large_patch16", help="MAE sizes (the released model's)")
     p.add_argument("--batch", type=int, default=64, help="batch of the released and on-the-fly rows")
     p.add_argument("--cached-batch", type=int, default=256, help="batch of the cached-tokens row")
@@ -62,7 +67,7 @@ def get_args():
     p.add_argument("--lr", type=float, default=1.5e-4, help="curve lr (warm-up not simulated)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="dense bf16/fp16 peak of the card (H100 SXM: 989)")
-    p.add_argument("--fast-tokenizer", default="bf16", choices=["bf16", "fp32"],
+    p.add_argument("--fast-tokenizer", default="bf16", choices=["bf16", "fp16", "fp32"],
                    help="encoder dtype of the fast paths' compiled tokenizer")
     p.add_argument("--vqgan-config", help="taming model.yaml (default: random real-size VQGAN)")
     p.add_argument("--vqgan-ckpt", help="taming last.ckpt")
@@ -139,6 +144,13 @@ def tokenizer_flops(tokenize, imgs_u8) -> float:
     return counter.get_total_flops() / imgs_u8.shape[0]
 
 
+@torch.no_grad()
+def held_out_loss(model, batches, noises, tokens) -> float:
+    """Mean eager fp32 loss of `model` on batches it never trained on, against exact targets."""
+    losses = [model(normalize(b), 0.75, noise=n, targets=t)[0] for b, n, t in zip(batches, noises, tokens)]
+    return torch.stack(losses).mean().item()
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -194,7 +206,7 @@ def main():
           f"MFU over {args.peak_tflops:.0f} TFLOP/s", flush=True)
     print(f"{'step':<34} {'img/s':>9} {'ms/step':>9} {'MFU':>7} {'peak GiB':>8} {'warm-up s':>8}")
 
-    fast = not args.tiny  # torch.compile / fused AdamW are GPU levers; --tiny checks the wiring
+    fast = not args.tiny if args.compile is None else args.compile
     released = Step(copy.deepcopy(init), make_tokenizer(vqgan, device, "fp16"), torch.float16,
                     fused=False, compile_=False, lr=args.lr)
     base = time_row(f"released (eager fp16, b{args.batch})", released, batches, noises, None, args, device, flops)
@@ -231,11 +243,16 @@ def main():
     # "fast cached": the same compiled bf16 step fed the cached (exact, fp32-encoder) tokens.
     runs = [("eager fp32", eager, None), ("fast on the fly", fast_step, None),
             ("fast cached", fast_step, tok32), ("released fp16", released, None)]
+    held_out = make_batches(args, args.curve_batches + 2, args.batch, size, device)[-2:]
+    held_out_noise = [masking_noise(args.batch, L, args.seed, 2, i, device) for i in range(2)]
+    held_out_tokens = [fp32_tokenize(normalize(b)) for b in held_out]
+    final = {}
     for name, step, tokens in runs:
         step.reset(state)
         curves[name] = [step(batches[i % len(batches)], noises[i % len(noises)],
                              tokens[i % len(tokens)] if tokens else None).item()
                         for i in range(args.curve_steps)]
+        final[name] = held_out_loss(step.model, held_out, held_out_noise, held_out_tokens)
     print(f"\nloss curve, {args.curve_steps} steps of batch {args.batch}, lr {args.lr}:")
     print(f"{'step':>4} " + " ".join(f"{n:>16}" for n in curves))
     for i in range(args.curve_steps):
@@ -246,6 +263,8 @@ def main():
             d = np.abs(np.array(c) - ref)
             print(f"{name} vs eager fp32: max |diff| {d.max():.4f}, mean |diff| {d.mean():.4f}, "
                   f"final {c[-1]:.4f} vs {ref[-1]:.4f}")
+    print(f"held-out loss after {args.curve_steps} steps (eager fp32, fp32-tokenizer targets, "
+          f"{2 * args.batch} images): " + ", ".join(f"{n} {v:.4f}" for n, v in final.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model import metrics, tasks, voc
-from model.prompting import (cell_size, inpaint, inpaint_ensemble, normalize, quadrant_mask,
-                             rows_answer_box, rows_mask)
+from model.prompting import (cell_size, compile_for_inference, inpaint, inpaint_ensemble, normalize,
+                             quadrant_mask, rows_answer_box, rows_mask)
 
 TASKS = ("segmentation", "detection", "colorization", "synthetic")
 DEFAULT_SEED = {"segmentation": 0, "detection": 0, "colorization": 5, "synthetic": 0}
@@ -51,12 +51,14 @@ HEADLINE = {"segmentation": "iou", "detection": "iou", "colorization": "mse", "s
 # ----------------------------------------------------------------------------- model
 
 def load_model(checkpoint, vqgan_config, arch=None, size: int | None = None,
-               vqgan_ckpt=None, device="cpu"):
-    """`load_checkpoint` on `device`; a checkpoint of another architecture is a clear ValueError."""
+               vqgan_ckpt=None, device="cpu", compile_: bool = False):
+    """`load_checkpoint` on `device`; a checkpoint of another architecture is a clear ValueError.
+    `compile_`: torch.compile the inference path (see `compile_for_inference`)."""
     from model.mae_vqgan import load_checkpoint
 
     model = load_checkpoint(checkpoint, vqgan_config, arch=arch, vqgan_ckpt=vqgan_ckpt, img_size=size)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return compile_for_inference(model) if compile_ else model
 
 
 def read_arch(value: str | None):
@@ -313,7 +315,7 @@ def run(args, model=None) -> dict:
                                                              if device.type == "cuda" else 0)
     torch.backends.cudnn.benchmark = device.type == "cuda"   # fixed shapes: pick fast kernels
     model = model or load_model(args.checkpoint, args.vqgan_config, read_arch(args.arch),
-                                args.size, args.vqgan_ckpt, device)
+                                args.size, args.vqgan_ckpt, device, args.compile)
     args.size = model.patch_embed.img_size      # the canvas is the model's input
     patch = model.patch_embed.patch_size
     if args.task == "synthetic":
@@ -387,6 +389,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, help="DataLoader workers (default 8 on GPU, 0 on CPU)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model and VQGAN decode (GPU: faster after a minute or two "
+                        "of compiling; worth it for thousands of episodes)")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
                    help="autocast dtype (auto: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--size", type=int,
@@ -429,7 +434,7 @@ def run_all(args) -> list[dict]:
     base = Path(args.out or f"results/{args.task}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint, args.vqgan_config, read_arch(args.arch), args.size,
-                       args.vqgan_ckpt, device)
+                       args.vqgan_ckpt, device, args.compile)
     results = []
     for key, value in variants:
         one = copy.copy(args)

@@ -180,6 +180,16 @@ def _patch_size(model) -> int:
     return int(model.patch_embed.patch_size)
 
 
+def compile_for_inference(model):
+    """Compile, in place, the two halves `inpaint` runs: the MAE's logits and the VQGAN decode,
+    the VQGAN's convolutions channels-last (the layout tensor cores want). Same answers up to
+    kernel rounding; the first batches of each new shape pay the compilation."""
+    model.vae.to(memory_format=torch.channels_last)
+    model.predict_logits = torch.compile(model.predict_logits)
+    model.vae.decode_tokens = torch.compile(model.vae.decode_tokens)
+    return model
+
+
 @torch.no_grad()
 def predict_logits(model, canvases: torch.Tensor, mask: torch.Tensor | None = None,
                    dtype: torch.dtype | None = None) -> torch.Tensor:
