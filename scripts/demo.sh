@@ -17,13 +17,14 @@ cvf_deploy
 cvf_start_replay "$CVF_DATA/replay" 60 2021-01 2021-02
 cvf_start_worker
 
-# --- crawl: cs.CV papers of 2021-01..2021-02 from the replay, e-prints and PDFs ----------------
+# --- crawl: cs.CV papers of 2021-01..2021-02 from the replay, e-prints and PDFs; licences first
+# harvested in bulk from OAI-PMH ListRecords (pipeline.licenses), then taken from that table ------
 echo "== crawl-arxiv =="
 $PREFECT deployment run 'crawl-arxiv/cs-cv-2010-2022' --watch \
   -p start=2021-01 -p end=2021-02 -p delay=0.2 -p task_retries=0 \
   -p api_url="$CVF_ARXIV_API_URL" -p eprint_url="$CVF_ARXIV_EPRINT_URL" -p pdf_url="$CVF_ARXIV_PDF_URL" \
-  -p oai_url="$CVF_ARXIV_OAI_URL"
-echo "crawl results: paper records in $CVF_DATA/papers/, e-prints and PDFs in $CVF_DATA/raw/"
+  -p oai_url="$CVF_ARXIV_OAI_URL" -p harvest_licenses=true
+echo "crawl results: paper records in $CVF_DATA/papers/, e-prints and PDFs in $CVF_DATA/raw/, licences in $CVF_DATA/licenses/"
 .venv/bin/python - <<'PY'
 import json, os, pathlib
 for f in sorted(pathlib.Path(os.environ["CVF_DATA"], "papers").glob("*_stats.json")):
