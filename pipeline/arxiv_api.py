@@ -45,7 +45,7 @@ class ArxivAPI(arxiv.Client):
                 time.sleep(self.fetcher.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
             resp = self.fetcher.get(url)  # raises TransientError after its own retries
             try:  # strict parse first: the package's parser recovers silently from broken XML
-                root = _strict_xml(resp.content)
+                root = strict_xml(resp.content)
             except etree.XMLSyntaxError as e:
                 root, problem = None, f"malformed Atom: {e}"
             # arXiv reports a wrong query as an Atom entry (with HTTP 400): asking again will not help
@@ -68,7 +68,7 @@ class ArxivAPI(arxiv.Client):
 _ATOM = "{http://www.w3.org/2005/Atom}"
 
 
-def _strict_xml(content: bytes) -> etree._Element:
+def strict_xml(content: bytes) -> etree._Element:
     return etree.fromstring(content, etree.XMLParser(resolve_entities=False, no_network=True))
 
 
@@ -152,7 +152,7 @@ def paper_record(result: arxiv.Result) -> dict:
     }
 
 
-_OAI_NS = {"oai": "http://www.openarchives.org/OAI/2.0/", "arXiv": "http://arxiv.org/OAI/arXiv/"}
+OAI_NS = {"oai": "http://www.openarchives.org/OAI/2.0/", "arXiv": "http://arxiv.org/OAI/arXiv/"}
 
 
 def fetch_license(fetcher: PoliteFetcher, oai_url: str, arxiv_id: str) -> str:
@@ -160,7 +160,7 @@ def fetch_license(fetcher: PoliteFetcher, oai_url: str, arxiv_id: str) -> str:
     resp = fetcher.get(f"{oai_url}?verb=GetRecord&identifier=oai:arXiv.org:{arxiv_id}&metadataPrefix=arXiv")
     if resp.status_code != 200:
         raise MetadataError(f"OAI-PMH answered HTTP {resp.status_code} for {arxiv_id}")
-    root = _strict_xml(resp.content)
-    lic = root.find(".//arXiv:license", _OAI_NS)
+    root = strict_xml(resp.content)
+    lic = root.find(".//arXiv:license", OAI_NS)
     return (lic.text or "").strip() if lic is not None else ""
 

@@ -42,7 +42,7 @@ from lxml import etree
 from tqdm import tqdm
 
 from pipeline import config, store
-from pipeline.arxiv_api import _OAI_NS, _strict_xml
+from pipeline.arxiv_api import OAI_NS, strict_xml
 from pipeline.fetch import PoliteFetcher, TransientError
 
 log = logging.getLogger("cvf.licenses")
@@ -75,31 +75,31 @@ def parse_page(content: bytes) -> dict:
     for anything that is not an OAI-PMH document.
     """
     try:
-        root = _strict_xml(content)
+        root = strict_xml(content)
     except etree.XMLSyntaxError as e:
         raise HarvestError(f"malformed OAI-PMH XML: {e}") from e
-    if root.tag != f"{{{_OAI_NS['oai']}}}OAI-PMH":
+    if root.tag != f"{{{OAI_NS['oai']}}}OAI-PMH":
         raise HarvestError(f"not an OAI-PMH response (root element {root.tag!r})")
     page = {"records": [], "deleted": [], "token": None, "complete_list_size": None, "error": None}
-    if (error := root.find("oai:error", _OAI_NS)) is not None:
+    if (error := root.find("oai:error", OAI_NS)) is not None:
         page["error"] = (error.get("code", ""), (error.text or "").strip())
         return page
-    for record in root.iterfind("oai:ListRecords/oai:record", _OAI_NS):
-        header = record.find("oai:header", _OAI_NS)
-        identifier = header.findtext("oai:identifier", "", _OAI_NS).strip()
+    for record in root.iterfind("oai:ListRecords/oai:record", OAI_NS):
+        header = record.find("oai:header", OAI_NS)
+        identifier = header.findtext("oai:identifier", "", OAI_NS).strip()
         row = {"arxiv_id": identifier.removeprefix("oai:arXiv.org:"),
-               "datestamp": header.findtext("oai:datestamp", "", _OAI_NS).strip()}
+               "datestamp": header.findtext("oai:datestamp", "", OAI_NS).strip()}
         if header.get("status") == "deleted":
             page["deleted"].append(row)
             continue
-        meta = record.find("oai:metadata/arXiv:arXiv", _OAI_NS)
+        meta = record.find("oai:metadata/arXiv:arXiv", OAI_NS)
         if meta is None:
             raise HarvestError(f"record {identifier} has no arXiv metadata (metadataPrefix=arXiv?)")
-        row["arxiv_id"] = meta.findtext("arXiv:id", row["arxiv_id"], _OAI_NS).strip()
-        row["license"] = meta.findtext("arXiv:license", "", _OAI_NS).strip()
-        row["created"] = meta.findtext("arXiv:created", "", _OAI_NS).strip()
+        row["arxiv_id"] = meta.findtext("arXiv:id", row["arxiv_id"], OAI_NS).strip()
+        row["license"] = meta.findtext("arXiv:license", "", OAI_NS).strip()
+        row["created"] = meta.findtext("arXiv:created", "", OAI_NS).strip()
         page["records"].append(row)
-    if (token := root.find("oai:ListRecords/oai:resumptionToken", _OAI_NS)) is not None:
+    if (token := root.find("oai:ListRecords/oai:resumptionToken", OAI_NS)) is not None:
         page["token"] = (token.text or "").strip() or None
         size = token.get("completeListSize")
         page["complete_list_size"] = int(size) if size and size.isdigit() else None
