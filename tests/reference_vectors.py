@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata" / "vectors"
+# set_a ships, set_b is named by VECTORS.md; any other set_* folder present is tested too.
+SETS = sorted({"set_a", "set_b"} | {p.name for p in VECTORS.glob("set_*") if p.is_dir()})
+
 MAE_SIZE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
                  "decoder_depth", "decoder_num_heads", "mlp_ratio")
 

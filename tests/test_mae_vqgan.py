@@ -1,4 +1,4 @@
-"""MAE-VQGAN reproduces the reference `MaskedAutoencoderViT` outputs of testdata/vectors/set_a,
+"""MAE-VQGAN reproduces the reference `MaskedAutoencoderViT` outputs of testdata/vectors/set_*,
 loads released-style checkpoints safely, and has the released full-size keys."""
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 
 from model.mae_vqgan import ARCHS, MaeVqgan, build, load_checkpoint, sincos_pos_embed
 from model.vqgan import VQModel
-from reference_vectors import config, full_state, load, mae_sizes, set_dir, vqgan_params
+from reference_vectors import SETS, config, full_state, load, mae_sizes, set_dir, vqgan_params
 
 ATOL = dict(atol=2e-5, rtol=1e-4)
 
 
-@pytest.fixture(scope="module", params=["set_a", "set_b"])
+@pytest.fixture(scope="module", params=SETS)
 def ref(testdata, request):
     """Each reference set present (set_a ships; others have other configs)."""
     d = set_dir(testdata, request.param)

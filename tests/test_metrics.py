@@ -1,4 +1,4 @@
-"""Metrics on hand-made cases with known answers, and the released numbers of set_a."""
+"""Metrics on hand-made cases with known answers, and the released numbers of every reference set."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 
 from model import metrics
 from model.metrics import BLACK, BLUE, GREEN, WHITE
-from reference_vectors import config, load, set_dir
+from reference_vectors import SETS, config, load, set_dir
 
 
 def img(h, w, colour=BLACK):
@@ -34,14 +34,14 @@ def test_round_image_wraps_like_the_release():
     assert metrics.round_image(tie, [GREEN, BLUE])[0, 0].tolist() == list(GREEN)
 
 
-@pytest.mark.parametrize("name", ["set_a", "set_b"])
+@pytest.mark.parametrize("name", SETS)
 def test_round_image_reproduces_reference(testdata, name):
     io = load(set_dir(testdata, name), "mae_io")
     assert torch.equal(metrics.round_image(io["orig_hwc"][0]), io["orig_rounded"])
     assert torch.equal(metrics.round_image(io["im_paste"][0]), io["pred_rounded"])
 
 
-@pytest.mark.parametrize("name", ["set_a", "set_b"])
+@pytest.mark.parametrize("name", SETS)
 def test_segmentation_scores_reproduce_reference(testdata, name):
     d = set_dir(testdata, name)
     io, cfg = load(d, "mae_io"), config(d)

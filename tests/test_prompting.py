@@ -1,4 +1,4 @@
-"""Canvases, masks and batched inpainting against the reference vectors (set_a)."""
+"""Canvases, masks and batched inpainting against the reference vectors (every set_* present)."""
 from __future__ import annotations
 
 
@@ -8,7 +8,7 @@ import torch
 from model.prompting import (cell_size, inpaint, inpaint_ensemble, make_canvas, make_grid_canvas,
                              make_rows_canvas, normalize, predict_logits, quadrant_mask,
                              rows_answer_box, rows_mask, to_uint8)
-from reference_vectors import config, full_state, load, mae_sizes, set_dir
+from reference_vectors import SETS, config, full_state, load, mae_sizes, set_dir
 
 
 def build_reference_model(set_dir):
@@ -23,16 +23,16 @@ def build_reference_model(set_dir):
     return model.eval(), cfg
 
 
-@pytest.fixture(scope="module", params=["set_a", "set_b"])
-def set_a(testdata, request):
+@pytest.fixture(scope="module", params=SETS)
+def ref(testdata, request):
     """Each reference set present (set_b: 96-px canvas, 6x6 grid); everything derives from sizes."""
     d = set_dir(testdata, request.param)
     model, cfg = build_reference_model(d)
     return model, cfg, load(d, "canvas_parts"), load(d, "mae_io"), load(d, "vqgan_io")
 
 
-def test_canvas_matches_reference(set_a):
-    _, cfg, parts, _, _ = set_a
+def test_canvas_matches_reference(ref):
+    _, cfg, parts, _, _ = ref
     size = cfg["canvas"]["size"]
     assert cell_size(size) == cfg["canvas"]["cell"]
     canvas = make_canvas(parts["support_img"], parts["support_mask"], parts["query_img"],
@@ -60,8 +60,8 @@ def test_canvas_resizes_other_sizes():
         make_canvas(torch.rand(2, 10, 10), torch.rand(1, 10, 10), torch.rand(3, 10, 10))
 
 
-def test_quadrant_mask(set_a):
-    _, cfg, _, io, _ = set_a
+def test_quadrant_mask(ref):
+    _, cfg, _, io, _ = ref
     size = cfg["canvas"]["size"]
     assert torch.equal(quadrant_mask(size, 16).float(), io["eval_mask"][0])
     m = quadrant_mask(224, 16).view(14, 14)
@@ -83,8 +83,8 @@ def test_synthetic_layout_geometry():
     assert grid.shape == (3, 224, 224) and (grid[:, 0, 0] == 1).all()   # white background
 
 
-def test_inpaint_reproduces_reference(set_a):
-    model, _, _, io, vq = set_a
+def test_inpaint_reproduces_reference(ref):
+    model, _, _, io, vq = ref
     imgs = vq["x_imagenet_norm"]
     logits = predict_logits(model, imgs)
     torch.testing.assert_close(logits, io["eval_logits"], atol=2e-5, rtol=1e-4)
@@ -101,8 +101,8 @@ def test_inpaint_reproduces_reference(set_a):
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
 
 
-def test_inpaint_is_batch_independent(set_a):
-    model, _, _, _, vq = set_a
+def test_inpaint_is_batch_independent(ref):
+    model, _, _, _, vq = ref
     imgs = vq["x_imagenet_norm"]
     assert torch.equal(predict_logits(model, imgs).argmax(-1)[1:],
                        predict_logits(model, imgs[1:]).argmax(-1))

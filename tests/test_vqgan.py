@@ -11,13 +11,13 @@ import torch
 import yaml
 
 from model.vqgan import VQModel, load_vqgan
-from reference_vectors import config, load, set_dir
+from reference_vectors import SETS, config, load, set_dir
 
 ATOL = dict(atol=2e-5, rtol=1e-4)
 
 
-@pytest.fixture(scope="module", params=["set_a", "set_b"])
-def set_a(testdata, request):
+@pytest.fixture(scope="module", params=SETS)
+def ref(testdata, request):
     """Each reference set present (set_a ships; others have other configs)."""
     d = set_dir(testdata, request.param)
     return {"dir": d, "cfg": config(d), "state": load(d, "vqgan_state_dict"), "io": load(d, "vqgan_io")}
@@ -33,20 +33,20 @@ def taming_yaml(cfg: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def vqgan(set_a):
-    v = set_a["cfg"]["vqgan"]
+def vqgan(ref):
+    v = ref["cfg"]["vqgan"]
     model = VQModel(v["ddconfig"], v["n_embed"], v["embed_dim"])
-    model.load_state_dict(set_a["state"], strict=True)
+    model.load_state_dict(ref["state"], strict=True)
     return model.eval()
 
 
-def test_state_dict_keys_match_taming(set_a, vqgan):
-    keys = json.loads((set_a["dir"] / "keys.json").read_text())["vqgan"]
+def test_state_dict_keys_match_taming(ref, vqgan):
+    keys = json.loads((ref["dir"] / "keys.json").read_text())["vqgan"]
     assert {k: list(v.shape) for k, v in vqgan.state_dict().items()} == keys
 
 
-def test_reproduces_reference_outputs(set_a, vqgan):
-    io = set_a["io"]
+def test_reproduces_reference_outputs(ref, vqgan):
+    io = ref["io"]
     with torch.no_grad():
         torch.testing.assert_close(vqgan.map_pixels(io["x_imagenet_norm"]), io["x_vqgan_in"], **ATOL)
         enc = vqgan.encoder(io["x_vqgan_in"])
@@ -61,8 +61,8 @@ def test_reproduces_reference_outputs(set_a, vqgan):
     assert torch.equal(tokens, io["tokens"])
 
 
-def test_decode_tokens_is_clamped_reference_decode(set_a, vqgan):
-    io = set_a["io"]
+def test_decode_tokens_is_clamped_reference_decode(ref, vqgan):
+    io = ref["io"]
     images = vqgan.decode_tokens(io["tokens"])
     expected = (io["decoded_raw"].clamp(-1, 1) + 1) / 2
     torch.testing.assert_close(images, expected, atol=1e-4, rtol=1e-4)
@@ -71,10 +71,10 @@ def test_decode_tokens_is_clamped_reference_decode(set_a, vqgan):
         vqgan.decode_tokens(io["tokens"][:, :-1])
 
 
-def test_load_vqgan_from_yaml_and_lightning_ckpt(set_a, tmp_path):
+def test_load_vqgan_from_yaml_and_lightning_ckpt(ref, tmp_path):
     """A taming `last.ckpt` holds `loss.*` weights and Lightning class references in its
     callback states; both are handled without Lightning installed and without unsafe pickle."""
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_yaml(set_a["cfg"])))
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_yaml(ref["cfg"])))
     # Pickle a class reference under Lightning's module name, then make the module vanish.
     fake = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
     class ModelCheckpoint:  # noqa: N801
@@ -87,7 +87,7 @@ def test_load_vqgan_from_yaml_and_lightning_ckpt(set_a, tmp_path):
     try:
         ckpt = {"epoch": 3, "global_step": 10, "pytorch-lightning_version": "1.0.8",
                 "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(1.0)}},
-                "state_dict": {**set_a["state"], "loss.discriminator.main.0.weight": torch.zeros(2)}}
+                "state_dict": {**ref["state"], "loss.discriminator.main.0.weight": torch.zeros(2)}}
         torch.save(ckpt, tmp_path / "last.ckpt")
     finally:
         for name in (*parents, fake.__name__):
@@ -95,12 +95,12 @@ def test_load_vqgan_from_yaml_and_lightning_ckpt(set_a, tmp_path):
 
     model = load_vqgan(tmp_path / "model.yaml", tmp_path / "last.ckpt")
     assert not model.training and not any(p.requires_grad for p in model.parameters())
-    assert torch.equal(model.tokenize(set_a["io"]["x_imagenet_norm"]), set_a["io"]["tokens"])
+    assert torch.equal(model.tokenize(ref["io"]["x_imagenet_norm"]), ref["io"]["tokens"])
     # A dict of the same shape as the yaml works too.
-    assert load_vqgan(taming_yaml(set_a["cfg"])).quantize.n_e == set_a["cfg"]["vqgan"]["n_embed"]
+    assert load_vqgan(taming_yaml(ref["cfg"])).quantize.n_e == ref["cfg"]["vqgan"]["n_embed"]
 
 
-def test_lightning_ckpt_with_pickled_objects(set_a, tmp_path):
+def test_lightning_ckpt_with_pickled_objects(ref, tmp_path):
     """Some Lightning versions pickle objects, not just class references: a callback instance,
     AttributeDict hyper-parameters (a dict subclass), a list subclass, numpy scalars. None of
     their code may run; the state_dict must still come out."""
@@ -130,12 +130,12 @@ def test_lightning_ckpt_with_pickled_objects(set_a, tmp_path):
                     "checkpoint_callback": ModelCheckpoint(),
                     "hyper_parameters": AttributeDict(embed_dim=4, ckpt_path=None),
                     "loggers": CallbackList(["tb"]),
-                    "state_dict": set_a["state"]}, tmp_path / "last.ckpt")
+                    "state_dict": ref["state"]}, tmp_path / "last.ckpt")
     finally:
         for name in ("pytorch_lightning", fake.__name__):
             del sys.modules[name]
-    model = load_vqgan(taming_yaml(set_a["cfg"]), tmp_path / "last.ckpt")
-    assert torch.equal(model.tokenize(set_a["io"]["x_imagenet_norm"]), set_a["io"]["tokens"])
+    model = load_vqgan(taming_yaml(ref["cfg"]), tmp_path / "last.ckpt")
+    assert torch.equal(model.tokenize(ref["io"]["x_imagenet_norm"]), ref["io"]["tokens"])
 
 
 class Evil:
@@ -143,23 +143,23 @@ class Evil:
         return (print, ("pwned",))
 
 
-def test_refuses_arbitrary_pickles(set_a, tmp_path):
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_yaml(set_a["cfg"])))
-    torch.save({"state_dict": set_a["state"], "x": Evil()}, tmp_path / "evil.ckpt")
+def test_refuses_arbitrary_pickles(ref, tmp_path):
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(taming_yaml(ref["cfg"])))
+    torch.save({"state_dict": ref["state"], "x": Evil()}, tmp_path / "evil.ckpt")
     with pytest.raises(pickle.UnpicklingError):
         load_vqgan(tmp_path / "model.yaml", tmp_path / "evil.ckpt")
 
 
-def test_missing_files_say_where_they_go(tmp_path, set_a):
+def test_missing_files_say_where_they_go(tmp_path, ref):
     with pytest.raises(FileNotFoundError, match="model.yaml"):
         load_vqgan(tmp_path / "nope" / "model.yaml")
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
-        load_vqgan(taming_yaml(set_a["cfg"]), tmp_path / "last.ckpt")
+        load_vqgan(taming_yaml(ref["cfg"]), tmp_path / "last.ckpt")
 
 
-def test_weights_of_another_config_are_a_clear_error(set_a, tmp_path):
-    torch.save({"state_dict": set_a["state"]}, tmp_path / "last.ckpt")
-    other = taming_yaml(set_a["cfg"])
+def test_weights_of_another_config_are_a_clear_error(ref, tmp_path):
+    torch.save({"state_dict": ref["state"]}, tmp_path / "last.ckpt")
+    other = taming_yaml(ref["cfg"])
     other["model"]["params"]["n_embed"] *= 2
     with pytest.raises(ValueError, match=r"does not fit the VQGAN config .*quantize.embedding.weight is"):
         load_vqgan(other, tmp_path / "last.ckpt")
