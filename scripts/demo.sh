@@ -53,8 +53,8 @@ echo "== train-classifier / score-figures / filter-and-publish =="
 $PREFECT deployment run 'train-classifier/replay-truth' --watch
 $PREFECT deployment run 'score-figures/all-shards' --watch
 $PREFECT deployment run 'filter-and-publish/cvf-manifest' --watch \
-  -p name=cvf-demo -p threshold=0.5 -p overwrite=true -p out="$PWD/data/manifests"
-.venv/bin/python -m pipeline.verify "$PWD/data/manifests/cvf-demo" --images "$CVF_DATA/images" || true
+  -p name=cvf-demo -p threshold=0.5 -p overwrite=true -p out="$CVF_DATA/manifests"
+.venv/bin/python -m pipeline.verify "$CVF_DATA/manifests/cvf-demo" --images "$CVF_DATA/images" || true
 cat <<TXT
 
 Done. Results:
@@ -63,5 +63,5 @@ Done. Results:
   labels             $CVF_DATA/labels/labels.parquet  (Label Studio keeps running: see above; stop it
                      with .venv/bin/python -m labeling.serve --stop)
   classifier card    $CVF_DATA/classifier/
-  manifest           $PWD/data/manifests/cvf-demo/  (README.md is the dataset card)
+  manifest           $CVF_DATA/manifests/cvf-demo/  (README.md is the dataset card)
 TXT
