@@ -64,7 +64,19 @@ def check_reference_forward(model, ref):
 def test_released_checkpoint_reproduces_reference(model, ref):
     assert not model.training
     assert model.decoder_pred.out_features == ref["cfg"]["vqgan"]["n_embed"]  # not a hard-coded 1024
+    keys = json.loads((ref["dir"] / "keys.json").read_text())["mae_vqgan_full"]
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == keys
     check_reference_forward(model, ref)
+
+
+@pytest.mark.parametrize("kind", ["eval", "rand"])
+def test_loss_is_the_reference_per_token_cross_entropy(model, ref, kind):
+    """Our loss over any set of patches is the mean of the reference's per-token CE there."""
+    io, tokens = ref["io"], ref["vq_io"]["tokens"]
+    ce, logits = io[f"{kind}_ce_per_token"], io[f"{kind}_logits"]
+    for mask in (io[f"{kind}_mask"], 1 - io[f"{kind}_mask"], torch.ones_like(ce)):
+        torch.testing.assert_close(model.forward_loss(logits, tokens, mask), (ce * mask).sum() / mask.sum(),
+                                   **ATOL)
 
 
 def test_fixed_mask_inference_and_decoding(model, ref):
@@ -85,6 +97,8 @@ def test_targets_are_the_vqgan_tokens(model, ref):
 def test_encoder_sees_only_visible_patches(model, ref):
     imgs = ref["vq_io"]["x_imagenet_norm"]
     ids_shuffle, len_keep = model.masking_order(2, 0.75, noise=ref["io"]["rand_noise"])
+    assert torch.equal(ids_shuffle, ref["io"]["rand_ids_shuffle"])
+    assert torch.equal(ids_shuffle.argsort(1), ref["io"]["rand_ids_restore"])
     latent = model.forward_encoder(imgs, ids_shuffle, len_keep)
     assert latent.shape == (2, 1 + ref["cfg"]["random_mask"]["len_keep"], ref["sizes"]["embed_dim"])
 
@@ -181,11 +195,12 @@ def test_full_size_keys_and_shapes(testdata, arch):
 
 
 def test_patch_size_must_match_the_tokenizer(ref):
-    model = MaeVqgan(VQModel(**{k: ref["cfg"]["vqgan"][k] for k in ("ddconfig", "n_embed", "embed_dim")}),
-                     img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+    vqgan = VQModel(**vqgan_params(ref["cfg"]))
+    f = vqgan.downsample_factor                      # half of it: 4x as many patches as tokens
+    model = MaeVqgan(vqgan, img_size=4 * f, patch_size=f // 2, embed_dim=32, depth=1, num_heads=2,
                      decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     with pytest.raises(ValueError, match="patch size"):
-        model(torch.randn(1, 3, 64, 64))
+        model(torch.randn(1, 3, 4 * f, 4 * f))
 
 
 def test_arch_from_checkpoint_args():

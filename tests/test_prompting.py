@@ -63,7 +63,7 @@ def test_canvas_resizes_other_sizes():
 def test_quadrant_mask(ref):
     _, cfg, _, io, _ = ref
     size = cfg["canvas"]["size"]
-    assert torch.equal(quadrant_mask(size, 16).float(), io["eval_mask"][0])
+    assert torch.equal(quadrant_mask(size, cfg["mae"]["patch_size"]).float(), io["eval_mask"][0])
     m = quadrant_mask(224, 16).view(14, 14)
     assert m.sum() == 49 and m[7:, 7:].all() and not m[:7].any() and not m[:, :7].any()
     assert quadrant_mask(96, 16).view(6, 6)[3:, 3:].all() and quadrant_mask(96, 16).sum() == 9
@@ -91,8 +91,9 @@ def test_inpaint_reproduces_reference(ref):
     assert torch.equal(logits.argmax(-1), io["pred_tokens_eval"])
     pasted = inpaint(model, imgs)
     assert pasted.dtype == torch.uint8 and pasted.shape == io["im_paste"].shape
-    g = imgs.shape[-1] // 16
-    visible = ~quadrant_mask(imgs.shape[-1], 16).view(g, g).repeat_interleave(16, 0).repeat_interleave(16, 1)
+    size, patch = imgs.shape[-1], model.patch_embed.patch_size
+    g = size // patch
+    visible = ~quadrant_mask(size, patch).view(g, g).repeat_interleave(patch, 0).repeat_interleave(patch, 1)
     # visible pixels: the float64 de-normalisation, exactly (white can be 254, as in the release)
     assert torch.equal(pasted[:, visible], io["im_paste"][:, visible])
     assert torch.equal(to_uint8(imgs), io["orig_hwc"])
