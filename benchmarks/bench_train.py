@@ -8,15 +8,16 @@ Rows (all the same ViT-L/16 MAE-VQGAN, the real VQGAN f16/1024 architecture, one
 * released: eager, fp16 autocast + GradScaler, batch 64, tokens computed on the fly by the
   VQGAN under the same autocast, foreach AdamW. This is the released training step.
 * fast, on the fly: torch.compile'd MAE and VQGAN tokenizer, bf16, channels-last VQGAN,
-  fused AdamW, batch 64.
-* fast, cached tokens: the same MAE step with targets read from a token cache (no VQGAN),
-  at --cached-batch.
+  fused AdamW, at --fast-batch (256; the recipe's total batch of 512 is two accumulation steps of
+  it on one GPU, and lr follows the total batch, so the recipe is unchanged).
+* fast, cached tokens: the same compiled MAE step with targets read from a token cache (no
+  VQGAN), at --fast-batch.
 Each row prints img/s, model FLOPs utilisation (FLOPs counted once by torch's FlopCounterMode
 for forward + backward + tokenizer, over --peak-tflops) and peak GPU memory (peak RSS on the CPU). The step is timed
 on batches already on the device (data loading runs in worker processes and is not measured).
 
-Then the loss curve: the same initial weights, batches and masks for --curve-steps steps,
-plain eager fp32 vs the fast on-the-fly step vs the released step, side by side, plus how often
+Then the loss curve at --fast-batch: the same initial weights, batches and masks for
+--curve-steps steps, plain eager fp32 vs the fast on-the-fly step vs the released step, side by side, plus how often
 the bf16 tokenizer picks the same token as the fp32 one. Each run's own loss is against its own
 targets, so the curve ends with every run's weights scored the same way: eager fp32 loss on
 held-out batches against the fp32 tokenizer's targets.
@@ -58,11 +59,11 @@ def get_args():
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="torch.compile the fast rows (default: on a GPU yes, with --tiny no)")
     p.add_argument("--arch", default="mae_vit_large_patch16", help="MAE sizes (the released model's)")
-    p.add_argument("--batch", type=int, default=64, help="batch of the released and on-the-fly rows")
-    p.add_argument("--cached-batch", type=int, default=256, help="batch of the cached-tokens row")
+    p.add_argument("--batch", type=int, default=64, help="batch of the released row")
+    p.add_argument("--fast-batch", type=int, default=256, help="batch of the fast rows and the loss curve")
     p.add_argument("--steps", type=int, default=20, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per row (compilation)")
-    p.add_argument("--curve-steps", type=int, default=30, help="steps of the side-by-side loss curve")
+    p.add_argument("--curve-steps", type=int, default=20, help="steps of the side-by-side loss curve")
     p.add_argument("--curve-batches", type=int, default=8, help="distinct batches cycled in the curve")
     p.add_argument("--lr", type=float, default=1.5e-4, help="curve lr (warm-up not simulated)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
@@ -161,12 +162,12 @@ def time_row(name, step, batches, noises, tokens, args, device, flops_per_img):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for i in range(args.warmup):
-        step(batches[i % len(batches)], noises[i % len(noises)], tokens)
+        step(batches[i % len(batches)], noises[i % len(noises)], tokens[i % len(tokens)] if tokens else None)
     sync(device)
     warm_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(args.steps):
-        step(batches[i % len(batches)], noises[i % len(noises)], tokens)
+        step(batches[i % len(batches)], noises[i % len(noises)], tokens[i % len(tokens)] if tokens else None)
     sync(device)
     seconds = time.perf_counter() - t0
     img_s = args.steps * batches[0].shape[0] / seconds
@@ -184,7 +185,7 @@ def main():
     args = get_args()
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     if args.tiny:
-        args.batch, args.cached_batch = min(args.batch, 8), min(args.cached_batch, 16)
+        args.batch, args.fast_batch = min(args.batch, 8), min(args.fast_batch, 16)
         args.steps, args.warmup, args.curve_steps = min(args.steps, 3), min(args.warmup, 1), min(args.curve_steps, 6)
     on_gpu = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference must be real fp32
@@ -197,11 +198,14 @@ def main():
     torch.manual_seed(args.seed)
     init = build(TINY_MAE if args.tiny else args.arch, vqgan, img_size=size).to(device)
     L = init.num_patches
-    batches = make_batches(args, args.curve_batches, args.batch, size, device)
-    noises = [masking_noise(args.batch, L, args.seed, 0, i, device) for i in range(args.curve_batches)]
+    # released row: --batch; fast rows and the curves: --fast-batch (the last 2 batches held out)
+    small = make_batches(args, 2, args.batch, size, device)
+    small_noises = [masking_noise(args.batch, L, args.seed, 0, i, device) for i in range(2)]
+    *batches, held_a, held_b = make_batches(args, args.curve_batches + 2, args.fast_batch, size, device)
+    noises = [masking_noise(args.fast_batch, L, args.seed, 1, i, device) for i in range(args.curve_batches)]
 
     fp32_tokenize = make_tokenizer(vqgan, device, "fp32")
-    flops = count_flops(copy.deepcopy(init), fp32_tokenize, batches[0], noises[0])
+    flops = count_flops(copy.deepcopy(init), fp32_tokenize, small[0], small_noises[0])
     print(f"model FLOPs per image (tokenizer fwd + MAE fwd/bwd): {flops / 1e9:.1f} GFLOP; "
           f"MFU over {args.peak_tflops:.0f} TFLOP/s", flush=True)
     print(f"{'step':<34} {'img/s':>9} {'ms/step':>9} {'MFU':>7} {'peak GiB':>8} {'warm-up s':>8}")
@@ -209,30 +213,25 @@ def main():
     fast = not args.tiny if args.compile is None else args.compile
     released = Step(copy.deepcopy(init), make_tokenizer(vqgan, device, "fp16"), torch.float16,
                     fused=False, compile_=False, lr=args.lr)
-    base = time_row(f"released (eager fp16, b{args.batch})", released, batches, noises, None, args, device, flops)
+    base = time_row(f"released (eager fp16, b{args.batch})", released, small, small_noises, None, args, device,
+                    flops)
 
     fast_vqgan = copy.deepcopy(vqgan)
     fast_tokenize = make_tokenizer(fast_vqgan, device, args.fast_tokenizer, channels_last=True, compile_=fast)
     fast_step = Step(copy.deepcopy(init), fast_tokenize, torch.bfloat16, fused=on_gpu, compile_=fast, lr=args.lr)
-    fly = time_row(f"fast, tokens on the fly (b{args.batch})", fast_step, batches, noises, None, args, device, flops)
-
-    cached_batches = make_batches(args, 2, args.cached_batch, size, device)
-    cached_noise = [masking_noise(args.cached_batch, L, args.seed, 1, i, device) for i in range(2)]
-    cached_tokens = fp32_tokenize(normalize(cached_batches[0]))
-    cached = Step(copy.deepcopy(init), None, torch.bfloat16, fused=on_gpu, compile_=fast, lr=args.lr)
-    mae_flops = flops - tokenizer_flops(fp32_tokenize, batches[0])  # the cached step runs no VQGAN
-    cache = time_row(f"fast, cached tokens (b{args.cached_batch})", cached, cached_batches, cached_noise,
-                     cached_tokens, args, device, mae_flops)
-    del cached, cached_batches
-    if on_gpu:
-        torch.cuda.empty_cache()
+    fly = time_row(f"fast, tokens on the fly (b{args.fast_batch})", fast_step, batches, noises, None, args,
+                   device, flops)
+    # the same compiled step (one compilation) fed cached tokens: a token cache's training step
+    tok32 = [fp32_tokenize(normalize(b)) for b in batches]
+    mae_flops = flops - tokenizer_flops(fp32_tokenize, small[0])  # the cached step runs no VQGAN
+    cache = time_row(f"fast, cached tokens (b{args.fast_batch})", fast_step, batches, noises, tok32, args,
+                     device, mae_flops)
     print(f"speed-up vs released: on the fly {fly / base:.2f}x, cached tokens {cache / base:.2f}x", flush=True)
     if not on_gpu:
         print("(CPU: fp16 autocast is emulated, which makes the released row slow; these ratios and "
               "the MFU say nothing about a GPU)", flush=True)
 
     # Same loss curve? Same init, batches and masks; eager fp32 vs the fast and released steps.
-    tok32 = [fp32_tokenize(normalize(b)) for b in batches]
     tok16 = [fast_tokenize(normalize(b)) for b in batches]
     agree = torch.cat([(a == b).float().flatten() for a, b in zip(tok32, tok16)]).mean().item()
     print(f"the fast ({args.fast_tokenizer}, channels-last) tokenizer picks the eager fp32 token for "
@@ -243,8 +242,8 @@ def main():
     # "fast cached": the same compiled bf16 step fed the cached (exact, fp32-encoder) tokens.
     runs = [("eager fp32", eager, None), ("fast on the fly", fast_step, None),
             ("fast cached", fast_step, tok32), ("released fp16", released, None)]
-    held_out = make_batches(args, args.curve_batches + 2, args.batch, size, device)[-2:]
-    held_out_noise = [masking_noise(args.batch, L, args.seed, 2, i, device) for i in range(2)]
+    held_out = [held_a, held_b]
+    held_out_noise = [masking_noise(args.fast_batch, L, args.seed, 2, i, device) for i in range(2)]
     held_out_tokens = [fp32_tokenize(normalize(b)) for b in held_out]
     final = {}
     for name, step, tokens in runs:
@@ -253,7 +252,7 @@ def main():
                              tokens[i % len(tokens)] if tokens else None).item()
                         for i in range(args.curve_steps)]
         final[name] = held_out_loss(step.model, held_out, held_out_noise, held_out_tokens)
-    print(f"\nloss curve, {args.curve_steps} steps of batch {args.batch}, lr {args.lr}:")
+    print(f"\nloss curve, {args.curve_steps} steps of batch {args.fast_batch}, lr {args.lr}:")
     print(f"{'step':>4} " + " ".join(f"{n:>16}" for n in curves))
     for i in range(args.curve_steps):
         print(f"{i + 1:>4} " + " ".join(f"{c[i]:>16.4f}" for c in curves.values()))
@@ -264,7 +263,7 @@ def main():
             print(f"{name} vs eager fp32: max |diff| {d.max():.4f}, mean |diff| {d.mean():.4f}, "
                   f"final {c[-1]:.4f} vs {ref[-1]:.4f}")
     print(f"held-out loss after {args.curve_steps} steps (eager fp32, fp32-tokenizer targets, "
-          f"{2 * args.batch} images): " + ", ".join(f"{n} {v:.4f}" for n, v in final.items()), flush=True)
+          f"{2 * args.fast_batch} images): " + ", ".join(f"{n} {v:.4f}" for n, v in final.items()), flush=True)
 
 
 if __name__ == "__main__":
