@@ -10,23 +10,25 @@ import yaml
 from PIL import Image
 
 from model import evaluate, tasks, voc
-from reference_vectors import config, full_state, set_dir, vqgan_params
+from reference_vectors import SETS, config, full_state, set_dir, vqgan_params
 
 SIZES = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
          "decoder_num_heads", "mlp_ratio")
 
 
-@pytest.fixture(scope="module")
-def checkpoint(testdata, tmp_path_factory):
-    """A released-style checkpoint {"model": mae ∪ vae.*} of set_a, its VQGAN yaml and sizes."""
-    d = set_dir(testdata, "set_a")
-    tmp = tmp_path_factory.mktemp("ckpt")
+def released_checkpoint(d, tmp):
+    """A released-style checkpoint {"model": mae ∪ vae.*} of the set `d`, its VQGAN yaml and sizes."""
     cfg = config(d)
     torch.save({"model": full_state(d), "epoch": 0}, tmp / "checkpoint.pth")
     (tmp / "model.yaml").write_text(yaml.safe_dump({"model": {"params": vqgan_params(cfg)}}))
     (tmp / "arch.json").write_text(json.dumps({k: cfg["mae"][k] for k in SIZES}))
     return {"ckpt": tmp / "checkpoint.pth", "yaml": tmp / "model.yaml", "arch": tmp / "arch.json",
             "size": cfg["mae"]["img_size"]}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(testdata, tmp_path_factory):
+    return released_checkpoint(set_dir(testdata, "set_a"), tmp_path_factory.mktemp("ckpt"))
 
 
 def args_for(checkpoint, out, *extra):
@@ -84,7 +86,7 @@ def test_segmentation_end_to_end(checkpoint, voc_root, tmp_path):
     assert rows[0].startswith("seed,index,query,supports,class_id,iou") and len(rows) == 1 + 12
     assert rows[1].split(",")[2] in ("2007_000033", "2008_004630")
     png = Image.open(out / "segmentation-fold-0.png")
-    assert png.width == 3 * 64 + 8 and png.height > 64
+    assert png.width == 3 * checkpoint["size"] + 8 and png.height > checkpoint["size"]
 
 
 def test_segmentation_better_prompts(checkpoint, voc_root, tmp_path):
@@ -303,3 +305,15 @@ def test_set_b_sizes_end_to_end(voc_root, tmp_path):
     assert code == 0 and read(out)["size"] == 96
     assert 0 <= read(out)["per_seed"][0]["metrics"]["iou"] <= 1
     assert Image.open(out / "segmentation-fold-0.png").width == 3 * 96 + 8
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_every_reference_set_end_to_end(testdata, voc_root, tmp_path, name):
+    """Each set's weights and sizes through the CLI, the image size read from the checkpoint."""
+    ckpt = released_checkpoint(set_dir(testdata, name), tmp_path)
+    args = args_for(ckpt, tmp_path / "seg", "--task", "segmentation", "--data", str(voc_root),
+                    "--episodes", "2")
+    size_at = args.index("--size")
+    assert evaluate.main(args[:size_at] + args[size_at + 2:]) == 0
+    assert read(tmp_path / "seg")["size"] == ckpt["size"]
+    assert Image.open(tmp_path / "seg" / "segmentation-fold-0.png").width == 3 * ckpt["size"] + 8
