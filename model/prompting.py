@@ -44,12 +44,13 @@ def quadrant_mask(size: int, patch: int) -> torch.Tensor:
     """Bool [L] over the (size/patch)^2 patches, row-major: True = hidden.
 
     Hidden is the bottom-right quadrant: patch rows >= g/2 and columns >= g/2 (at 224/16:
-    147 visible, 49 hidden, as the released `generate_mask_for_evaluation`).
+    147 visible, 49 hidden, as the released `generate_mask_for_evaluation`). An odd grid g
+    follows the reference vectors' generalisation of that rule (g/2 exactly, so rows >= (g+1)/2).
     """
     g = size // patch
     rows = torch.arange(g).view(g, 1)
     cols = torch.arange(g).view(1, g)
-    return ((rows >= g // 2) & (cols >= g // 2)).flatten()
+    return ((2 * rows >= g) & (2 * cols >= g)).flatten()
 
 
 def box_mask(size: int, patch: int, top: int, left: int, bottom: int, right: int) -> torch.Tensor:

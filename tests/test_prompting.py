@@ -67,6 +67,9 @@ def test_quadrant_mask(ref):
     m = quadrant_mask(224, 16).view(14, 14)
     assert m.sum() == 49 and m[7:, 7:].all() and not m[:7].any() and not m[:, :7].any()
     assert quadrant_mask(96, 16).view(6, 6)[3:, 3:].all() and quadrant_mask(96, 16).sum() == 9
+    # an odd grid (112/16 = 7): VECTORS.md's rule "visible = rows < g/2 or cols < g/2"
+    odd = quadrant_mask(112, 16).view(7, 7)
+    assert odd[4:, 4:].all() and odd.sum() == 9
 
 
 def test_synthetic_layout_geometry():
