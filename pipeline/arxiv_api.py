@@ -52,9 +52,18 @@ class ArxivAPI(arxiv.Client):
             if resp.status_code != 200 or (root is not None and _api_error(root)):
                 error = _api_error(root) if root is not None else ""
                 raise MetadataError(f"API answered HTTP {resp.status_code}{': ' + error if error else ''} ({url})")
-            if root is None:
+            if root is None or (problem := _not_a_usable_feed(root)):
                 continue
-            feed = _feed.parse(resp.content)
+            try:
+                feed = _feed.parse(resp.content)
+            except (ValueError, TypeError) as e:  # well-formed, but a value the package cannot read (a date)
+                problem = f"malformed Atom: {e}"
+                continue
+            # the package drops an entry without its id or dates, and paging on what it kept would
+            # re-fetch a neighbour in its place: the paper would vanish while the count adds up
+            if (entries := len(root.findall(f"{_ATOM}entry"))) != len(feed.results):
+                problem = f"malformed Atom: {entries - len(feed.results)} of {entries} entries lack an id or a date"
+                continue
             if not feed.results and (not first_page or feed.header.total_results > feed.header.start_index):
                 problem = (f"empty page at start={feed.header.start_index} while totalResults="
                            f"{feed.header.total_results}")
@@ -66,10 +75,21 @@ class ArxivAPI(arxiv.Client):
 
 
 _ATOM = "{http://www.w3.org/2005/Atom}"
+_OPENSEARCH = "{http://a9.com/-/spec/opensearch/1.1/}"
 
 
 def strict_xml(content: bytes) -> etree._Element:
     return etree.fromstring(content, etree.XMLParser(resolve_entities=False, no_network=True))
+
+
+def _not_a_usable_feed(root: etree._Element) -> str:
+    """Why a well-formed document is no API page ('' when it is one). Without `totalResults` the
+    package stops after one page, and any other document reads as "no results"."""
+    if root.tag != f"{_ATOM}feed":
+        return f"not an Atom feed: the document is <{etree.QName(root).localname}>"
+    if root.find(f"{_OPENSEARCH}totalResults") is None:
+        return "malformed Atom: no opensearch:totalResults"
+    return ""
 
 
 def _api_error(root: etree._Element) -> str:

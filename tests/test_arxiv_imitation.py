@@ -105,6 +105,7 @@ class Imitation(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     queries: list[dict] = []
     error_feed = False
+    mangle = None  # when set: bytes -> bytes applied to every API page (a feed that is wrong inside)
     first_eprint_503 = True
 
     def log_message(self, *args):
@@ -130,8 +131,8 @@ class Imitation(BaseHTTPRequestHandler):
             if q.get("search_query") != QUERY:  # the only query this imitation knows
                 return self._send(200, feed([], 0, 0, 0), "application/atom+xml; charset=utf-8")
             start, per_page = int(q["start"]), min(int(q["max_results"]), PAGE_CAP)
-            page = ENTRIES[start:start + per_page]
-            return self._send(200, feed(page, len(ENTRIES), start, per_page), "application/atom+xml; charset=utf-8")
+            page = feed(ENTRIES[start:start + per_page], len(ENTRIES), start, per_page)
+            return self._send(200, (type(self).mangle or bytes)(page), "application/atom+xml; charset=utf-8")
         if url.path == "/drip":  # headers at once, then one byte every 0.2 s: no read ever times out
             self.send_response(200)
             self.send_header("Content-Length", "40")
@@ -158,7 +159,7 @@ class Imitation(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def imitation():
-    Imitation.queries, Imitation.error_feed, Imitation.first_eprint_503 = [], False, True
+    Imitation.queries, Imitation.error_feed, Imitation.first_eprint_503, Imitation.mangle = [], False, True, None
     server = ThreadingHTTPServer(("127.0.0.1", 0), Imitation)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -228,3 +229,33 @@ def test_an_odd_retry_after_is_a_transient_failure_not_a_crash(imitation, tmp_pa
     fetcher = PoliteFetcher(0, tmp_path, timeout=2, max_retries=1, backoff=0.01)
     row = download_file(fetcher, f"{base}/busy?ra={retry_after}", tmp_path / "x.eprint", tmp_path)
     assert row["status"] == "pending" and "HTTP 503" in row["error"]
+
+
+# Well-formed XML that is still not a usable feed. The `arxiv` package skips an entry without its
+# dates (paging on what it kept re-fetches a neighbour, so the count still adds up), crashes on a
+# date it cannot read, and takes any other XML document for "no results": a paper or a whole month
+# would vanish, or the crawl would stop. Each must leave the shard open with a clear error instead.
+BROKEN_FEEDS = {
+    "entry without <published>": lambda page: re.sub(
+        rb"(<id>http://arxiv.org/abs/2101.00002v1</id>\s*<updated>[^<]*</updated>)\s*<published>[^<]*</published>",
+        rb"\1", page),
+    "unreadable date": lambda page: page.replace(b"<updated>2021-01-05T17:59:46Z</updated>", b"<updated>soon</updated>"),
+    "XHTML page instead of a feed": lambda page: (
+        b'<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><body>Back soon</body></html>'),
+    "feed without totalResults": lambda page: re.sub(rb"<opensearch:totalResults[^>]*>\d+</opensearch:totalResults>",
+                                                     b"", page),
+}
+
+
+@pytest.mark.parametrize("breakage", BROKEN_FEEDS)
+def test_a_well_formed_but_broken_feed_leaves_the_shard_open(imitation, data_root, breakage):
+    Imitation.mangle = BROKEN_FEEDS[breakage]
+    urls = dict(zip(("api_url", "eprint_url", "pdf_url"), imitation[1::2]))
+    fetcher = PoliteFetcher(0, data_root / ".politeness", timeout=5, backoff=0.01)
+    stats = crawl_shard("2021-01", data_root, fetcher, include_cross_lists=True, downloads=(), **urls)
+    assert not stats["done"] and "Atom" in stats["error"], stats
+    assert not store.shard_done(data_root / "papers", "2021-01")
+
+    Imitation.mangle = None  # arXiv answers properly again: the rerun finishes the shard with every paper
+    stats = crawl_shard("2021-01", data_root, fetcher, include_cross_lists=True, downloads=(), **urls)
+    assert stats["done"] and stats["papers"] == len(ENTRIES)
