@@ -52,9 +52,11 @@ def read_index(path: str | Path) -> list[tuple[str, str]]:
         return [(row["paper_id"].strip(), row["img_name"]) for row in reader]
 
 
-def fetch_eprint(paper_id: str, dest: Path, root: Path, fetcher, eprints_dir: Path | None) -> dict:
+def fetch_eprint(paper_id: str, dest: Path, root: Path, fetcher, eprints_dir: Path | None,
+                 eprint_url: str | None = None) -> dict:
     """Put the paper's e-print at `dest` (raw/<shard>/<id>.eprint): from `eprints_dir` if it
-    holds it (`<id>.tar.gz`, `<id>.eprint` or `<id>`), else through the crawler's downloader."""
+    holds it (`<id>.tar.gz`, `<id>.eprint` or `<id>`), else through the crawler's downloader
+    from `eprint_url` (a template with `{id}`; default $CVF_ARXIV_EPRINT_URL or arXiv's)."""
     from pipeline.fetch import download_file
 
     if eprints_dir is not None:
@@ -65,12 +67,14 @@ def fetch_eprint(paper_id: str, dest: Path, root: Path, fetcher, eprints_dir: Pa
                     shutil.copyfile(eprints_dir / name, dest.with_suffix(".part"))
                     dest.with_suffix(".part").replace(dest)
                 return {"status": "ok", "error": ""}
-    return download_file(fetcher, config.arxiv_eprint_url().format(id=paper_id), dest, root)
+    url = (eprint_url or config.arxiv_eprint_url()).format(id=paper_id)
+    return download_file(fetcher, url, dest, root)
 
 
 def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | None = None, *,
-            eprints_dir: str | Path | None = None, delay: float | None = None,
-            poppler: bool = False, progress: bool = True, checkpoint_every: int = 20) -> dict:
+            eprints_dir: str | Path | None = None, eprint_url: str | None = None,
+            delay: float | None = None, poppler: bool = False, progress: bool = True,
+            checkpoint_every: int = 20) -> dict:
     """Write the index's images under `out/<split>/`; returns the report (also stored).
     `poppler`: render PDFs with pdftoppm itself, for the official pixels to the bit."""
     from pipeline.crawl import make_fetcher
@@ -107,7 +111,7 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
             except ValueError as e:  # not an arXiv id: nothing to fetch
                 cannot_have(paper_id, names, f"bad paper_id: {e}")
                 continue
-            got = fetch_eprint(paper_id, eprint, root, fetcher, eprints_dir)
+            got = fetch_eprint(paper_id, eprint, root, fetcher, eprints_dir, eprint_url)
             if got["status"] != "ok":
                 retry = " (rerun to retry)" if got["status"] == "pending" else ""
                 cannot_have(paper_id, names,
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
                                        "(default $CVF_DATA or ./data)")
     parser.add_argument("--eprints", help="folder of e-prints already at hand (<id>.tar.gz, "
                                           "<id>.eprint or <id>); others are downloaded")
+    parser.add_argument("--eprint-url", help="e-print URL template with {id}, as for the crawl "
+                                             "(default $CVF_ARXIV_EPRINT_URL or arXiv's)")
     parser.add_argument("--official-renderer", action="store_true",
                         help="render PDF figures with poppler's pdftoppm, as the official tool "
                              "did (bit-identical pixels, ~20x slower than the default PyMuPDF "
@@ -199,8 +205,11 @@ def main(argv: list[str] | None = None) -> None:
         read_index(args.index)  # a wrong CSV is a one-line error, not a traceback
     except (ValueError, OSError) as e:
         parser.error(str(e))
+    if args.eprint_url and "{id}" not in args.eprint_url:
+        parser.error(f"--eprint-url {args.eprint_url}: no {{id}} placeholder")
     report = rebuild(args.index, args.split, args.out, args.root, eprints_dir=args.eprints,
-                     delay=args.delay, poppler=args.official_renderer)
+                     eprint_url=args.eprint_url, delay=args.delay,
+                     poppler=args.official_renderer)
     print(f"{report['images_written']}/{report['images_listed']} images written to "
           f"{report['out']}; {report['images_missing']} missing {report['missing_by_reason']}; "
           f"{report['index_duplicate_rows']} duplicate index rows; report in "

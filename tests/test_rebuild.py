@@ -162,3 +162,22 @@ def test_rebuild_says_why_each_listed_image_could_not_be_had(testdata, tmp_path,
     assert lost and all("corrupt or truncated" in missing[("1710.10473", n)] for n in lost)
     assert not any(p == "1904.03249" for p, _ in missing)
     assert report["images_written"] + report["images_missing"] == report["images_listed"]
+
+
+def test_cli_eprint_url_names_the_server(eprint_server, testdata, tmp_path, data_root,
+                                         monkeypatch, capsys):
+    """`--eprint-url` points the rebuild at an arXiv stand-in, as the crawl's flag does."""
+    from pipeline.rebuild import main
+
+    url = f"http://127.0.0.1:{eprint_server.server_port}/e-print/{{id}}"
+    monkeypatch.setenv("CVF_ARXIV_EPRINT_URL", "http://127.0.0.1:9/nothing-here/{id}")
+    index = tmp_path / "df_part.csv"
+    write_index(index, testdata, [], papers=("1904.03249",))
+    main(["--index", str(index), "--split", "val", "--out", str(tmp_path / "cvf"),
+          "--eprint-url", url, "--delay", "0"])
+    assert "2/2 images written" in capsys.readouterr().out
+    assert len(list((tmp_path / "cvf" / "val" / "1904.03249").glob("*.png"))) == 2
+    with pytest.raises(SystemExit):
+        main(["--index", str(index), "--split", "val", "--out", str(tmp_path / "cvf"),
+              "--eprint-url", "http://127.0.0.1:1/e-print/"])
+    assert "placeholder" in capsys.readouterr().err
