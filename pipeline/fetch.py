@@ -64,6 +64,8 @@ def sniff_kind(data: bytes) -> str:
         if _is_tar(head):
             return "tar.gz"
         text = head.lstrip()[:200]
+        if text.startswith((b"%PDF-", b"%!")):  # a gzip'd PDF or PostScript file, not TeX
+            return "gz"
         if text.startswith((b"\\", b"%")) or b"\\document" in head or b"\\begin" in head:
             return "gz-tex"
         return "gz"
