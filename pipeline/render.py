@@ -57,7 +57,8 @@ class RenderError(Exception):
 class RenderOptions:
     box: str = "crop"        # PDF page box: "crop" (as the paper shows it) or "media" (poppler)
     alpha: str = "white"     # RGBA -> RGB: "white" composites on white, "drop" discards alpha
-    official: bool = False   # PDFs: 200 DPI then thumbnail (official pixels) vs straight to size
+    official: bool = False   # PDFs: 200 DPI then thumbnail (official pixels) vs straight to size;
+                             # rasters: a plain convert("RGB"), as the official tool did
     poppler: bool = False    # PDFs through pdftoppm itself, as the official tool did (slow)
     max_side: int = MAX_SIDE
     dpi: int = OFFICIAL_DPI
@@ -140,7 +141,9 @@ def render_raster(data: bytes, options: RenderOptions) -> tuple[Image.Image, dic
                           f"({e})") from e
     except Exception as e:  # Pillow raises many kinds for broken files
         raise RenderError(f"unreadable image: {type(e).__name__}: {e}") from e
-    img = to_rgb(img, options.alpha)
+    # The official tool called convert("RGB") whatever the mode, so its 16-bit and float
+    # images are clipped to 255 (mostly white), not scaled: official pixels keep that.
+    img = img.convert("RGB") if options.official else to_rgb(img, options.alpha)
     img.thumbnail((options.max_side, options.max_side))
     return img, {"source_width": w, "source_height": h}
 

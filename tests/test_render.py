@@ -106,6 +106,10 @@ def test_raster_modes_all_become_rgb():
     deep = Image.fromarray(np.full((10, 10), 65535 // 2, np.uint16))
     grey = render_figure(png_bytes(deep), "png")[0].getpixel((0, 0))
     assert grey[0] == grey[1] == grey[2] and 120 <= grey[0] <= 135  # scaled, not clipped
+    # Official pixels: the CVF tool's plain convert("RGB"), which clips 16-bit values to 255.
+    ramp = Image.fromarray((np.arange(64, dtype=np.uint16) * 1000).reshape(8, 8))
+    official, _ = render_figure(png_bytes(ramp), "png", OFFICIAL)
+    assert np.array_equal(np.asarray(official), np.asarray(ramp.convert("RGB")))
     buf = io.BytesIO()
     Image.new("CMYK", (3000, 1500), (0, 255, 255, 0)).save(buf, "JPEG")
     cmyk, _ = render_figure(buf.getvalue(), "jpg")
