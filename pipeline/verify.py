@@ -7,8 +7,10 @@
    manifest files are reported by name).
 2. With `--images DIR`: every figure of `train.parquet`/`val.parquet` must be in DIR with the
    listed sha256 and width x height. A figure is looked for at `DIR/<image_path>` (the layout
-   extraction writes), then `DIR/<paper_id>/<file>` and `DIR/<file>` (the official
-   downloader's flat folder), `<file>` being the official output name.
+   extraction writes), then `DIR/<split>/<paper_id>/<file>` (the official layout, which
+   `python -m pipeline.rebuild --out DIR` writes), `DIR/<paper_id>/<file>` and `DIR/<file>` (the
+   official downloader's flat folder), `<file>` being the official output name. `--split val`
+   checks one split only (e.g. after rebuilding only `df_val.csv`).
 
 Exit status 0 when everything matches, 1 when anything is missing or differs.
 """
@@ -27,6 +29,8 @@ from tqdm import tqdm
 
 from pipeline import store
 from pipeline.naming import output_name
+
+SPLITS = ("train", "val")
 
 
 def check_manifest_files(manifest: str) -> tuple[list[dict], dict]:
@@ -51,18 +55,20 @@ def check_manifest_files(manifest: str) -> tuple[list[dict], dict]:
     return problems, meta
 
 
-def read_manifest_rows(manifest: str) -> list[dict]:
+def read_manifest_rows(manifest: str, splits: tuple[str, ...] = SPLITS) -> list[dict]:
     fs, root = fsspec.core.url_to_fs(manifest)
     rows = []
-    for split in ("train", "val"):
+    for split in splits:
         with fs.open(f"{root}/{split}.parquet", "rb") as f:
-            rows += pq.read_table(f, columns=["paper_id", "img_name", "sha256", "width", "height", "image_path"]).to_pylist()
+            table = pq.read_table(f, columns=["paper_id", "img_name", "sha256", "width", "height", "image_path"])
+            rows += [{**r, "split": split} for r in table.to_pylist()]
     return rows
 
 
 def locate(images: Path, row: dict) -> Path | None:
     name = output_name(row["paper_id"], row["img_name"])
-    for candidate in (images / (row["image_path"] or "\0"), images / row["paper_id"] / name, images / name):
+    for candidate in (images / (row["image_path"] or "\0"), images / row["split"] / row["paper_id"] / name,
+                      images / row["paper_id"] / name, images / name):
         if candidate.is_file():
             return candidate
     return None
@@ -86,14 +92,15 @@ def check_image(images: Path, row: dict) -> dict | None:
     return None
 
 
-def verify(manifest: str, images: str | Path | None = None, threads: int = 4) -> dict:
+def verify(manifest: str, images: str | Path | None = None, threads: int = 4,
+           splits: tuple[str, ...] = SPLITS) -> dict:
     problems, meta = check_manifest_files(manifest)
     report = {"manifest": manifest, "name": meta.get("name"), "manifest_problems": problems}
     if images is not None and not any(p["file"].endswith(".parquet") for p in problems):
         images = Path(images)
         if not images.is_dir():
             raise FileNotFoundError(f"image folder not found: {images}")
-        rows = read_manifest_rows(manifest)
+        rows = read_manifest_rows(manifest, splits)
         with ThreadPoolExecutor(threads) as pool:  # hashing releases the GIL
             results = list(tqdm(pool.map(lambda r: check_image(images, r), rows), total=len(rows),
                                 desc="verify images", unit="img", disable=None))
@@ -108,10 +115,11 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("manifest", help="manifest folder (path or fsspec URL), e.g. manifests/cvf-2026.11")
     p.add_argument("--images", help="folder of images to check against the manifest")
+    p.add_argument("--split", choices=SPLITS, help="check the images of this split only (default: both)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = p.parse_args(argv)
     try:
-        report = verify(args.manifest, args.images)
+        report = verify(args.manifest, args.images, splits=(args.split,) if args.split else SPLITS)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

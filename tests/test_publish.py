@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline import classify, filter as flt, publish, verify
+from pipeline.naming import output_name
 from test_features import make_corpus
 
 NAME = "cvf-2026.11"
@@ -222,6 +223,23 @@ def test_verify_finds_images_by_paper_and_official_output_name(published, tmp_pa
         (tmp_path / "by_paper" / p.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, tmp_path / "by_paper" / p.parent.name / p.name)
     assert verify.verify(str(out), tmp_path / "by_paper")["ok_overall"]
+
+
+def test_verify_reads_the_split_layout_that_rebuild_writes(published, tmp_path):
+    """`pipeline.rebuild --index df_val.csv --split val --out DIR` writes DIR/val/<paper_id>/<output name>."""
+    root, report, out, _ = published
+    rebuilt = tmp_path / "rebuilt"
+    for r in verify.read_manifest_rows(str(out), ("val",)):
+        dest = rebuilt / "val" / r["paper_id"] / output_name(r["paper_id"], r["img_name"])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "images" / r["image_path"], dest)
+    val_only = verify.verify(str(out), rebuilt, splits=("val",))
+    assert val_only["ok_overall"] and val_only["figures"] == report["per_split"]["val"]["figures"]
+    both = verify.verify(str(out), rebuilt)  # the train images were not rebuilt
+    assert not both["ok_overall"] and len(both["image_problems"]) == report["per_split"]["train"]["figures"]
+    cli = subprocess.run([sys.executable, "-m", "pipeline.verify", str(out), "--images", str(rebuilt), "--split", "val"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 0 and "OK" in cli.stdout, cli.stdout + cli.stderr
 
 
 def test_cli_publish_and_verify(selected, tmp_path):
