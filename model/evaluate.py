@@ -110,7 +110,11 @@ def build_task(args, model, seed: int, device, dtype):
             if not found:
                 raise ValueError(f"no single-object image of ImageSets/Main/{name}.txt passes "
                                  f"--area-filter {args.area_filter}; try --area-filter paper or none")
-        episodes = tasks.detection_episodes(queries, supports, n, seed, shots)
+        feats = None
+        if args.support == "nearest":
+            ids = sorted({o.image_id for o in queries + supports})
+            feats = segmentation_features(model, args.data, ids, size, args.batch_size, device, dtype)
+        episodes = tasks.detection_episodes(queries, supports, n, seed, shots, feats)
         return tasks.DetectionTask(args.data, episodes, **prompt), {"kind": "box"}
     if args.task == "colorization":
         files = tasks.image_folder(Path(args.data) / "val")
@@ -124,7 +128,7 @@ def build_task(args, model, seed: int, device, dtype):
 
 
 def segmentation_features(model, data, image_ids, size, batch_size, device, dtype) -> dict:
-    """Encoder features of each fold image, resized to the canvas (for --support nearest)."""
+    """Encoder features of each VOC image, resized to the canvas (for --support nearest)."""
     root = voc.voc_root(data)
     feats = {}
     for start in tqdm(range(0, len(image_ids), batch_size), desc="support features", leave=False):
@@ -398,7 +402,8 @@ def parser() -> argparse.ArgumentParser:
                    help="canvas size = the model's image size (default: the --arch's, else the one "
                         "the checkpoint was trained at; 224 for the released model)")
     p.add_argument("--support", default="random", choices=("random", "nearest"),
-                   help="random same-class support (released) or nearest by encoder features")
+                   help="random same-class support (released) or nearest by encoder features "
+                        "(segmentation, detection)")
     p.add_argument("--shots", type=int, default=1,
                    help="examples per prompt: 1 is the released 2x2 canvas; n > 1 stacks n "
                         "example rows above the query row (segmentation, detection, colorization)")
@@ -465,6 +470,12 @@ def main(argv=None) -> int:
         parser().error(f"--data is required for --task {args.task}")
     if args.shots > 1 and args.layouts != ["default"]:
         parser().error("--layouts applies to the 2x2 canvas (--shots 1)")
+    # Say so rather than run the released prompts under a label that claims otherwise.
+    if args.support == "nearest" and args.task not in ("segmentation", "detection"):
+        parser().error("--support nearest applies to --task segmentation and detection")
+    if args.task == "synthetic" and (args.shots, args.ensemble, args.layouts) != (1, 1, ["default"]):
+        parser().error("the synthetic tasks use the released 3x2 prompt: no --shots, --ensemble "
+                       "or --layouts")
     try:
         run_all(args)
     except (ValueError, FileNotFoundError) as e:

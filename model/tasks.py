@@ -158,9 +158,11 @@ class SegmentationTask(PromptTask):
 # ----------------------------------------------------------------------------- detection
 
 def detection_episodes(queries: list[voc.VocObject], supports: list[voc.VocObject],
-                       n_episodes: int | None = None, seed: int = 0, shots: int = 1) -> list[Episode]:
+                       n_episodes: int | None = None, seed: int = 0, shots: int = 1,
+                       features: dict | None = None) -> list[Episode]:
     """Every single-object val image (cycled up to `n_episodes`) with random supports of the
-    same class from the train single-object set."""
+    same class from the train single-object set; with `features` (image id -> L2-normalised
+    vector), the `shots` same-class supports most similar to the query instead (UnsupPR)."""
     rng = np.random.RandomState(seed)
     by_class: dict[int, list[voc.VocObject]] = {}
     for obj in supports:
@@ -173,7 +175,11 @@ def detection_episodes(queries: list[voc.VocObject], supports: list[voc.VocObjec
         if len(candidates) < shots:
             raise ValueError(f"no support of class {voc.VOC_CLASSES[query.cls - 1]} for "
                              f"{query.image_id} among {len(supports)} train images")
-        picked = rng.choice(len(candidates), shots, replace=False)
+        if features is None:
+            picked = rng.choice(len(candidates), shots, replace=False)
+        else:
+            sims = torch.stack([features[s.image_id] for s in candidates]) @ features[query.image_id]
+            picked = torch.argsort(sims, descending=True, stable=True)[:shots].tolist()
         episodes.append(Episode(query, tuple(candidates[j] for j in picked), query.cls))
     return episodes
 

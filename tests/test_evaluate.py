@@ -317,3 +317,33 @@ def test_every_reference_set_end_to_end(testdata, voc_root, tmp_path, name):
     assert evaluate.main(args[:size_at] + args[size_at + 2:]) == 0
     assert read(tmp_path / "seg")["size"] == ckpt["size"]
     assert Image.open(tmp_path / "seg" / "segmentation-fold-0.png").width == 3 * ckpt["size"] + 8
+
+
+def test_detection_nearest_supports_pick_the_most_similar():
+    def obj(image_id):
+        return voc.VocObject(image_id, 1, (0, 0, 10, 10), 100, 100)
+
+    query, supports = obj("q"), [obj("far"), obj("near"), obj("mid")]
+    features = {"q": torch.tensor([1.0, 0.0]), "far": torch.tensor([0.0, 1.0]),
+                "near": torch.tensor([0.99, 0.14]), "mid": torch.tensor([0.7, 0.71])}
+    eps = tasks.detection_episodes([query], supports, 2, seed=0, shots=2, features=features)
+    assert [s.image_id for s in eps[0].supports] == ["near", "mid"] and eps[0] == eps[1]
+    # without features: the released random draw, unchanged
+    assert len(tasks.detection_episodes([query], supports, 1, seed=0)[0].supports) == 1
+
+
+def test_detection_with_nearest_supports_end_to_end(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "det-nearest"
+    code = evaluate.main(args_for(checkpoint, out, "--task", "detection", "--data", str(voc_root),
+                                  "--area-filter", "none", "--episodes", "2", "--support", "nearest"))
+    assert code == 0 and read(out)["support"] == "nearest"
+    assert (out / "episodes.csv").read_text().splitlines()[1].split(",")[3] == "2008_004630"
+
+
+@pytest.mark.parametrize("extra", [["--support", "nearest"], ["--ensemble", "2"],
+                                   ["--layouts", "flip"], ["--shots", "2"]])
+def test_synthetic_refuses_prompt_options_it_would_ignore(checkpoint, tmp_path, capsys, extra):
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(args_for(checkpoint, tmp_path, "--task", "synthetic", *extra))
+    assert e.value.code == 2 and "synthetic" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
