@@ -157,6 +157,8 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
         "missing_by_reason": dict(Counter(m["reason"].split(":")[0] for m in missing_rows)),
         "exact_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["dup_of"]]
                                    for r in rows if r["dup_of"]],
+        "near_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["near_dup_of"]]
+                                  for r in rows if r["near_dup_of"]],
     }
     store.atomic_write_json(records_dir / "report.json", report)
     buf = ["paper_id,img_name,reason"]

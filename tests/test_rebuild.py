@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import subprocess
@@ -181,3 +182,34 @@ def test_cli_eprint_url_names_the_server(eprint_server, testdata, tmp_path, data
         main(["--index", str(index), "--split", "val", "--out", str(tmp_path / "cvf"),
               "--eprint-url", "http://127.0.0.1:1/e-print/"])
     assert "placeholder" in capsys.readouterr().err
+
+
+def test_report_lists_exact_and_near_duplicate_images(tmp_path, data_root):
+    """Listed images that repeat one another (same bytes, or nearly the same picture) are all
+    written, and the report names each pair."""
+    from PIL import ImageDraw
+
+    from test_extract import photo, tar_gz
+
+    base = Image.open(io.BytesIO(photo(7, (300, 200))))
+    touched = base.copy()
+    ImageDraw.Draw(touched).rectangle((0, 0, 3, 3), fill=(255, 255, 255))  # a few pixels off
+    eprints = tmp_path / "eprints"
+    eprints.mkdir()
+    (eprints / "2101.00001.tar.gz").write_bytes(tar_gz({
+        "a.png": photo(7, (300, 200)), "copy/a.png": photo(7, (300, 200)),
+        "touched.png": _png(touched), "other.png": photo(8, (300, 200))}))
+    index = tmp_path / "df.csv"
+    index.write_text(",paper_id,img_name\n0,2101.00001,a.png\n1,2101.00001,copy_a.png\n"
+                     "2,2101.00001,touched.png\n3,2101.00001,other.png\n")
+    report = rebuild(index, "train", tmp_path / "cvf", eprints_dir=eprints, delay=0,
+                     progress=False)
+    assert report["images_written"] == 4
+    assert report["exact_duplicate_images"] == [["2101.00001/copy_a.png", "2101.00001/a.png"]]
+    assert report["near_duplicate_images"] == [["2101.00001/touched.png", "2101.00001/a.png"]]
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
