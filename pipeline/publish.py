@@ -94,20 +94,18 @@ def official_csv(table: pa.Table) -> bytes:
 
 
 def croissant(name: str, report: dict, card: dict | None, files: dict[str, bytes], created: str) -> dict:
-    """Croissant 1.0 metadata: the Parquet files as FileObjects, the JSONL as a FileSet, one RecordSet."""
+    """Croissant 1.0 metadata: every data file (Parquet, JSONL, CSV) a FileObject with its sha256, one RecordSet."""
     def file_object(fname: str, fmt: str) -> dict:
         return {"@type": "cr:FileObject", "@id": fname, "name": fname, "contentUrl": fname,
                 "encodingFormat": fmt, "sha256": store.sha256_bytes(files[fname]), "contentSize": f"{len(files[fname])} B"}
 
     distribution = [file_object(f"{s}.parquet", "application/x-parquet") for s in SPLITS]
     distribution += [file_object(f"df_{s}.csv", "text/csv") for s in SPLITS]
+    distribution += [file_object(f"{s}.jsonl", "application/jsonlines") for s in SPLITS]  # the same rows
     # The record set reads both splits through one FileSet; the FileObjects above carry the checksums.
     distribution.append({"@type": "cr:FileSet", "@id": "parquet-files", "name": "parquet-files",
                          "description": "train.parquet and val.parquet (column `split`)",
                          "encodingFormat": "application/x-parquet", "includes": "*.parquet"})
-    distribution.append({"@type": "cr:FileSet", "@id": "jsonl-files", "name": "jsonl-files",
-                         "description": "the same rows as JSON lines", "encodingFormat": "application/jsonlines",
-                         "includes": "*.jsonl"})
     fields = [{"@type": "cr:Field", "@id": f"figures/{c}", "name": c, "description": _FIELD_DOCS[c],
                "dataType": _FIELD_TYPES[c], "source": {"fileSet": {"@id": "parquet-files"}, "extract": {"column": c}}}
               for c in MANIFEST_COLUMNS]

@@ -192,10 +192,13 @@ def test_verify_accepts_a_fresh_manifest_and_its_images(published):
 def test_verify_reports_missing_and_altered_manifest_files(published):
     _, _, out, _ = published
     (out / "df_val.csv").write_text(",paper_id,img_name\n0,2001.00001,x.png\n")
-    (out / "val.jsonl").unlink()  # in the FileSet, not checksummed on its own
+    (out / "val.jsonl").unlink()
+    with open(out / "train.jsonl", "a") as f:
+        f.write("{}\n")
     (out / "train.parquet").unlink()
     problems = {p["file"]: p["problem"] for p in verify.verify(str(out))["manifest_problems"]}
-    assert problems == {"df_val.csv": "altered (sha256 differs from croissant.json)", "train.parquet": "missing"}
+    altered = "altered (sha256 differs from croissant.json)"
+    assert problems == {"df_val.csv": altered, "train.jsonl": altered, "val.jsonl": "missing", "train.parquet": "missing"}
 
 
 def test_verify_reports_missing_altered_and_resized_images(published, tmp_path):
