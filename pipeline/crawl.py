@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
+import requests
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -153,7 +154,7 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
 
     try:
         results = search_month(ArxivAPI(fetcher, api_url or config.arxiv_api_url()), category, month)
-    except (MetadataError, TransientError) as e:
+    except (MetadataError, TransientError, requests.RequestException) as e:
         log.warning("%s: metadata failed, shard left open: %s", month, e)
         stats = shard_stats(month, list(old.values()), params, time.time() - t0, fetcher.requests_made - requests0)
         return dict(stats, done=False, error=f"metadata: {e}")
@@ -173,7 +174,7 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
         elif oai_url and not record["license"]:
             try:
                 record["license"] = fetch_license(fetcher, oai_url, arxiv_id)
-            except (MetadataError, TransientError, ValueError) as e:  # optional enrichment: never blocks
+            except (MetadataError, TransientError, ValueError, requests.RequestException) as e:  # optional: never blocks
                 log.warning("%s: no licence from OAI-PMH: %s", arxiv_id, e)
         if record["eprint_status"] == "pending":
             _download(record, "eprint", eprint_url.format(id=arxiv_id), root / "raw" / month / f"{arxiv_id}.eprint",

@@ -238,7 +238,7 @@ def download_file(fetcher: PoliteFetcher, url: str, dest: Path, root: Path) -> d
     """Fetch `url` to `dest` (atomically) and describe it with the contract's download fields.
 
     No request is made when `dest` already holds a complete, valid file. Statuses: `ok`;
-    `missing` (404/410) and `error` (not a source archive or PDF, other 4xx) are final;
+    `missing` (404/410) and `error` (not a source archive or PDF, other 4xx, a redirect loop) are final;
     `pending` means a transient failure a later run should retry.
     """
     dest, root = Path(dest), Path(root)
@@ -251,6 +251,8 @@ def download_file(fetcher: PoliteFetcher, url: str, dest: Path, root: Path) -> d
         resp = fetcher.get(url, raw=True)
     except TransientError as e:
         return _row(root, dest, "pending", error=str(e))
+    except requests.RequestException as e:  # a redirect loop, a malformed URL: asking again will not help
+        return _row(root, dest, "error", error=f"{type(e).__name__}: {e}")
     if resp.status_code in (404, 410):
         return _row(root, dest, "missing", error=f"HTTP {resp.status_code}")
     if resp.status_code != 200:

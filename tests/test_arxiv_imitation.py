@@ -142,6 +142,8 @@ class Imitation(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.2)
             return
+        if url.path.startswith("/loop"):  # a redirect to itself, forever
+            return self._send(302, b"", "text/plain", Location=url.path)
         if url.path == "/busy":  # a 503 whose Retry-After is not a number nor an HTTP date
             return self._send(503, b"busy", "text/plain", Retry_After=parse_qs(url.query)["ra"][0])
         m = re.fullmatch(r"/(e-print|pdf)/(\d{4}\.\d{5})(v\d+)?", url.path)
@@ -259,3 +261,18 @@ def test_a_well_formed_but_broken_feed_leaves_the_shard_open(imitation, data_roo
     Imitation.mangle = None  # arXiv answers properly again: the rerun finishes the shard with every paper
     stats = crawl_shard("2021-01", data_root, fetcher, include_cross_lists=True, downloads=(), **urls)
     assert stats["done"] and stats["papers"] == len(ENTRIES)
+
+
+def test_a_redirect_loop_is_a_per_paper_error_and_the_crawl_goes_on(imitation, data_root):
+    base = imitation[1].removesuffix("/api/query")
+    urls = dict(zip(("api_url", "eprint_url", "pdf_url"), imitation[1::2]), pdf_url=f"{base}/loop/{{id}}")
+    fetcher = PoliteFetcher(0, data_root / ".politeness", timeout=5, backoff=0.01)
+    stats = crawl_shard("2021-01", data_root, fetcher, **urls)
+    assert stats["done"]  # a final error: asking again will not help
+    rows = store.read_rows(data_root / "papers" / "2021-01.parquet")
+    assert all(r["eprint_status"] == "ok" for r in rows)
+    assert all(r["pdf_status"] == "error" and "redirects" in r["pdf_error"] for r in rows)
+
+    # the API behind a redirect loop: the shard stays open with the reason, no crash
+    stats = crawl_shard("2021-02", data_root, fetcher, **dict(urls, api_url=f"{base}/loop/api"))
+    assert not stats["done"] and "redirects" in stats["error"]
