@@ -180,7 +180,10 @@ def fetch_license(fetcher: PoliteFetcher, oai_url: str, arxiv_id: str) -> str:
     resp = fetcher.get(f"{oai_url}?verb=GetRecord&identifier=oai:arXiv.org:{arxiv_id}&metadataPrefix=arXiv")
     if resp.status_code != 200:
         raise MetadataError(f"OAI-PMH answered HTTP {resp.status_code} for {arxiv_id}")
-    root = strict_xml(resp.content)
+    try:
+        root = strict_xml(resp.content)
+    except etree.XMLSyntaxError as e:
+        raise MetadataError(f"OAI-PMH answer for {arxiv_id} is not XML: {e}") from e
     lic = root.find(".//arXiv:license", OAI_NS)
     return (lic.text or "").strip() if lic is not None else ""
 

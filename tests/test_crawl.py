@@ -111,6 +111,14 @@ def test_cross_lists_max_papers_metadata_only_and_licence(server, corpus, data_r
     assert stats["done"] and len(rows) == 2 and all(r["eprint_status"] in ("ok", "withdrawn") for r in rows)
 
 
+def test_a_broken_oai_answer_leaves_the_licence_empty_and_the_crawl_goes_on(server, corpus, data_root):
+    server.replay.set_faults([{"match": "/oai", "fault": "malformed"}])  # licence enrichment is optional
+    oai = server.endpoints()["CVF_ARXIV_OAI_URL"]
+    stats = crawl_shard("2021-01", data_root, _fetcher(data_root), downloads=(), oai_url=oai, **_urls(server))
+    assert stats["done"] and stats["papers"] > 0
+    assert all(r["license"] == "" for r in store.read_rows(data_root / "papers" / "2021-01.parquet"))
+
+
 def _primary_ids(corpus, month: str) -> list[str]:
     return sorted(p["arxiv_id"] for p in load_papers(corpus)
                   if p["published"].startswith(month) and p["primary_category"] == "cs.CV")
