@@ -73,15 +73,22 @@ def _papers(root: Path) -> pd.DataFrame:
 
 
 def candidates(root: Path) -> pd.DataFrame:
-    """Scored figures joined with their figure and paper records."""
-    scores = _read_stage(root, "scores", ["paper_id", "img_name", "score", "model_version", "status"])
+    """Scored figures joined with their figure and paper records.
+
+    `stale_score` marks a score of another image than the figure's PNG now (re-extracted since it
+    was scored: the sha256s differ); `select` leaves those out and counts them.
+    """
+    scores = _read_stage(root, "scores", ["paper_id", "img_name", "sha256", "score", "model_version", "status"])
     if "status" in scores:
         scores = scores[scores["status"].fillna("ok") == "ok"].drop(columns="status")
-    scores = scores[scores["score"].notna()]
+    scores = scores[scores["score"].notna()].rename(columns={"sha256": "scored_sha256"})
     figures = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "width", "height", "image_path",
                                             "source_kind", "dup_of", "near_dup_of"])
     df = scores.merge(figures, on=["paper_id", "img_name"], how="inner")
     df = df.merge(_papers(root), on="paper_id", how="left")
+    scored = df.pop("scored_sha256").fillna("") if "scored_sha256" in df else ""
+    now = df["sha256"].fillna("")
+    df["stale_score"] = (scored != "") & (now != "") & (scored != now)
     for col in ["dup_of", "near_dup_of", "license", "source_kind", "crawl_date", "crawl_date_from"]:
         df[col] = df[col].fillna("") if col in df else ""
     return df
@@ -118,7 +125,9 @@ def select(df: pd.DataFrame, threshold: float | None = None, target_count: int |
     if df.empty:
         raise ValueError("empty corpus: no scored figures (run extraction and `python -m pipeline.classify score`)")
 
-    df = df.sort_values(["paper_id", "img_name"], kind="stable")
+    all_scored = len(df)
+    stale = df["stale_score"] if "stale_score" in df else pd.Series(False, index=df.index)
+    df = df[~stale].sort_values(["paper_id", "img_name"], kind="stable")  # a score of the image as it was
     marked = df["dup_of"] != ""
     same_hash = df["sha256"].ne("") & df.duplicated("sha256", keep="first") & ~marked
     unique = df[~marked & ~same_hash]
@@ -143,7 +152,8 @@ def select(df: pd.DataFrame, threshold: float | None = None, target_count: int |
         "target_count": target_count,
         "seed": seed,
         "model_version": sorted(set(kept["model_version"])),
-        "candidates": int(len(df)),
+        "candidates": int(all_scored),
+        "stale_scores": int(stale.sum()),
         "dropped_exact_duplicates": int(marked.sum() + same_hash.sum()),
         "below_threshold": int(len(unique) - len(kept)),
         "kept": int(len(kept)),
@@ -166,6 +176,9 @@ def format_report(report: dict) -> str:
     for year, row in report["per_year"].items():
         lines.append(f"{year:>6} {row['train']:>8} {row['val']:>8} {row['total']:>8}")
     s = report["per_split"]
+    if report.get("stale_scores"):
+        lines.insert(0, f"warning: {report['stale_scores']} figures were re-extracted since they were scored (sha256 "
+                        "differs) and are left out: rescore them (`python -m pipeline.classify score`)")
     if len(report["model_version"]) > 1:
         lines.insert(0, f"warning: scores come from several classifiers {report['model_version']}: "
                         "rescore with one (`python -m pipeline.classify score`)")

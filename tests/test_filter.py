@@ -70,11 +70,12 @@ def test_target_count_picks_the_threshold_that_keeps_n(data_root):
 
 
 def test_exact_duplicates_dropped_near_duplicates_reported(data_root):
-    figures, _ = write_scored_records(data_root, n_papers=4, per_paper=3)
+    figures, scores = write_scored_records(data_root, n_papers=4, per_paper=3)
     figures[1]["dup_of"] = "2007.00000/fig0.png"  # marked by extraction
-    figures[5]["sha256"] = figures[4]["sha256"]  # same PNG in another figure
+    figures[5]["sha256"] = scores[5]["sha256"] = figures[4]["sha256"]  # same PNG in another figure
     figures[7]["near_dup_of"] = "2007.00002/fig0.png"
     store.write_rows(data_root / "figures" / "2020-07.parquet", figures, pa.Table.from_pylist(figures).schema)
+    store.write_rows(data_root / "scores" / "2020-07.parquet", scores, SCORE_SCHEMA)
     kept, report = flt.select(flt.candidates(data_root), threshold=0.0)
     keys = set(kept["paper_id"] + "/" + kept["img_name"])
     assert "2007.00000/fig1.png" not in keys and "2007.00001/fig2.png" not in keys
@@ -109,6 +110,16 @@ def test_failed_scores_are_not_selected(data_root):
     store.write_rows(data_root / "scores" / "2020-07.parquet", scores, SCORE_SCHEMA)
     kept, _ = flt.select(flt.candidates(data_root), threshold=0.0)
     assert len(kept) == 5
+
+
+def test_scores_of_images_re_extracted_since_are_left_out_and_reported(data_root):
+    figures, _ = write_scored_records(data_root, n_papers=3, per_paper=2)
+    figures[2]["sha256"] = "f" * 64  # re-extracted after scoring: the score is of the old image
+    store.write_rows(data_root / "figures" / "2020-07.parquet", figures, pa.Table.from_pylist(figures).schema)
+    kept, report = flt.select(flt.candidates(data_root), threshold=0.0)
+    assert len(kept) == 5 and "f" * 64 not in set(kept["sha256"])
+    assert report["stale_scores"] == 1 and report["candidates"] == 6
+    assert "1 figures were re-extracted since they were scored" in flt.format_report(report)
 
 
 def test_cli_prints_and_writes_per_year_and_per_split(data_root):
