@@ -276,3 +276,12 @@ def test_serves_real_eprints_from_a_folder(testdata, fetcher, tmp_path):
         row = download_file(fetcher, f"{s.url}/e-print/1904.03249", tmp_path / "e", tmp_path)
     assert row["status"] == "ok" and row["kind"] == "tar.gz"
     assert row["sha256"] == hashlib.sha256((folder / "1904.03249.tar.gz").read_bytes()).hexdigest()
+
+
+def test_serve_refuses_bad_fault_rules_before_generating_anything(tmp_path, capsys):
+    from pipeline.replay.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--corpus", str(tmp_path / "corpus"), "--faults", "{not json"])
+    assert exit_.value.code == 2 and "--faults is neither a JSON file nor JSON text" in capsys.readouterr().err
+    assert not (tmp_path / "corpus").exists()

@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="corpus folder, generated first when it has no papers.jsonl (default $CVF_DATA/replay)")
     srv.add_argument("--eprints-dir", type=Path, help="also serve real e-prints named <arxiv id>.tar.gz from here")
     srv.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free one)")
-    srv.add_argument("--faults", default="[]", help="fault rules as JSON text or a JSON file (see server.py)")
+    srv.add_argument("--faults", default="[]",
+                     help='fault rules as JSON text or a JSON file: a list of {"match": regex on the request path, '
+                          '"fault": 503|429|500|404|slow|truncate|html|empty|malformed, "times": N (absent: every '
+                          'request), "retry_after": s, "seconds": s (slow)}; details in pipeline/replay/server.py')
     srv.add_argument("--url-file", type=Path, help="write the base URL here once listening (for scripts)")
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in ("generate", "serve", "-h", "--help"):
@@ -46,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"corpus written to {out}")
         return 0
 
+    try:
+        faults = json.loads(Path(args.faults).read_text() if Path(args.faults).is_file() else args.faults)
+    except json.JSONDecodeError as e:
+        ap.error(f"--faults is neither a JSON file nor JSON text: {e}")
     if args.corpus and not (args.corpus / "papers.jsonl").exists():
         print(f"generating {args.papers} papers in {args.corpus} ...", file=sys.stderr)
         generate_corpus(args.corpus, args.papers, args.months, args.seed)
-    faults = json.loads(Path(args.faults).read_text() if Path(args.faults).is_file() else args.faults)
     server = ReplayServer(Replay(args.corpus, args.eprints_dir, faults), port=args.port)
     print(f"arXiv replay serving {len(server.replay.papers)} papers at {server.url}", flush=True)
     for k, v in server.endpoints().items():
