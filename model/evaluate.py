@@ -93,6 +93,7 @@ def build_task(args, model, seed: int, device, dtype):
         pairs = voc.pascal5i_val_list(args.data, args.fold)
         if not pairs:
             raise ValueError(f"fold {args.fold} has no images in {args.data}")
+        voc.check_images(voc.voc_root(args.data), [p[0] for p in pairs], masks=True)
         n = n or DEFAULT_EPISODES["segmentation"]
         if args.support == "nearest":
             feats = segmentation_features(model, args.data, sorted({p[0] for p in pairs}), size,
@@ -110,6 +111,7 @@ def build_task(args, model, seed: int, device, dtype):
             if not found:
                 raise ValueError(f"no single-object image of ImageSets/Main/{name}.txt passes "
                                  f"--area-filter {args.area_filter}; try --area-filter paper or none")
+        voc.check_images(root, [o.image_id for o in queries + supports])
         feats = None
         if args.support == "nearest":
             ids = sorted({o.image_id for o in queries + supports})

@@ -102,6 +102,27 @@ def read_mask(root: Path, image_id: str, check_size: bool = True) -> np.ndarray:
     return mask
 
 
+def check_images(root: Path, image_ids, masks: bool = False) -> None:
+    """Every image (and with `masks`, its class mask, of the same size) is there and readable as
+    an image, checked from the file headers before any episode runs: a bad root fails at once
+    with its own message, not later from inside a DataLoader worker."""
+    for image_id in dict.fromkeys(image_ids):
+        path = image_path(root, image_id)
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except OSError as e:
+            raise VocError(f"{path} cannot be read as an image: {e}") from None
+        if masks:
+            mask = root / "SegmentationClassAug" / f"{image_id}.png"
+            if not mask.is_file():
+                raise VocError(f"VOC root {root} is missing the mask SegmentationClassAug/{image_id}.png")
+            with Image.open(mask) as m:
+                if m.size != size:
+                    raise VocError(f"{mask} is {m.size[0]}x{m.size[1]} but its image is "
+                                   f"{size[0]}x{size[1]}")
+
+
 # ----------------------------------------------------------------------------- Pascal-5i
 
 def fold_classes(fold: int) -> list[int]:

@@ -347,3 +347,31 @@ def test_synthetic_refuses_prompt_options_it_would_ignore(checkpoint, tmp_path, 
         evaluate.main(args_for(checkpoint, tmp_path, "--task", "synthetic", *extra))
     assert e.value.code == 2 and "synthetic" in capsys.readouterr().err
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("broken", ["missing image", "mask of another size"])
+def test_bad_voc_images_fail_before_any_episode_with_a_plain_message(checkpoint, testdata, tmp_path,
+                                                                     capsys, broken):
+    """Checked up front: from a DataLoader worker the error would arrive wrapped in a traceback."""
+    root = tmp_path / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    ids = ["2007_000033", "2008_004630", "2010_002030"]
+    for image_id in ids:
+        (root / "JPEGImages" / f"{image_id}.jpg").symlink_to(testdata / "voc" / "JPEGImages" / f"{image_id}.jpg")
+        (root / "SegmentationClassAug" / f"{image_id}.png").symlink_to(
+            testdata / "voc" / "SegmentationClassAug" / f"{image_id}.png")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids) + "\n")
+    if broken == "missing image":
+        (root / "JPEGImages" / "2008_004630.jpg").unlink()
+        expected = "missing the image JPEGImages/2008_004630.jpg"
+    else:
+        mask = root / "SegmentationClassAug" / "2008_004630.png"
+        small = Image.open(mask).resize((499, 333), Image.NEAREST)
+        mask.unlink()
+        small.save(mask)
+        expected = "2008_004630.png is 499x333 but its image is 500x333"
+    code = evaluate.main(args_for(checkpoint, tmp_path / "out", "--task", "segmentation",
+                                  "--data", str(root), "--workers", "2"))
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
