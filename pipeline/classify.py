@@ -301,6 +301,10 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
         print(f"ignored {label_report['labels_for_changed_images']} labels of images re-extracted since they were "
               f"labelled (sha256 differs; relabel them: e.g. {', '.join(label_report['changed_examples'][:3])})",
               file=sys.stderr)
+    if label_report["cvf_index_papers_without_a_listed_name"]:
+        print(f"no distant labels for {label_report['cvf_index_papers_without_a_listed_name']} indexed papers none of "
+              f"whose extracted figures has a listed name (another version? e.g. "
+              f"{', '.join(label_report['cvf_index_unmatched_examples'][:3])})", file=sys.stderr)
     if not labels:
         raise ValueError("no labels for any extracted figure: label some in Label Studio, or pass --truth / --cvf-index")
 

@@ -63,12 +63,16 @@ def from_cvf_index(listed: dict[str, set[str]], figures: list[dict]) -> list[dic
 
     Only e-print candidates count: the official corpus was made from LaTeX sources, so a PDF
     fallback's `page-N` names can never match. Candidates the official name filter would drop
-    were never scored by the original classifier, so they are not evidence of a negative.
+    were never scored by the original classifier, so they are not evidence of a negative. A
+    listed paper none of whose candidates carries a listed name (another version of the paper,
+    names that do not line up) gives no labels: its candidates are not known negatives.
     """
+    matched = {f["paper_id"] for f in figures if f["img_name"] in listed.get(f["paper_id"], ())}
     out = []
     for f in figures:
         names = listed.get(f["paper_id"])
-        if names is None or f.get("source_kind", "eprint") != "eprint" or f.get("name_filter"):
+        if (names is None or f["paper_id"] not in matched or f.get("source_kind", "eprint") != "eprint"
+                or f.get("name_filter")):
             continue
         out.append({"paper_id": f["paper_id"], "img_name": f["img_name"],
                     "label": int(f["img_name"] in names), "source": "cvf-index"})
@@ -88,8 +92,13 @@ def gather(figures: list[dict], label_studio: str | Path | None = None, truth: s
         candidates += from_label_studio(label_studio)
     if truth and Path(truth).exists():
         candidates += from_replay_truth(truth)
+    unmatched: list[str] = []  # listed papers we extracted whose listed names we never found
     if cvf_index:
-        candidates += from_cvf_index(read_cvf_index(list(cvf_index)), figures)
+        listed = read_cvf_index(list(cvf_index))
+        distant = from_cvf_index(listed, figures)
+        candidates += distant
+        extracted = {f["paper_id"] for f in figures if f["paper_id"] in listed and f.get("source_kind", "eprint") == "eprint"}
+        unmatched = sorted(extracted - {r["paper_id"] for r in distant})
 
     sha_of = {(f["paper_id"], f["img_name"]): f.get("sha256") or "" for f in figures}
     rank = {s: i for i, s in enumerate(SOURCES)}
@@ -116,5 +125,7 @@ def gather(figures: list[dict], label_studio: str | Path | None = None, truth: s
         "missing_examples": ["/".join(k) for k in missing[:10]],
         "labels_for_changed_images": len(changed),
         "changed_examples": ["/".join(k) for k in changed[:10]],
+        "cvf_index_papers_without_a_listed_name": len(unmatched),
+        "cvf_index_unmatched_examples": unmatched[:10],
     }
     return labels, report

@@ -145,6 +145,18 @@ def test_labels_most_trusted_source_wins_and_missing_figures_are_reported(tmp_pa
     assert report["overridden_by_more_trusted_source"] == 3  # a by truth + a, b by the index
 
 
+def test_distant_supervision_skips_a_listed_paper_none_of_whose_names_we_found(tmp_path):
+    """Another version of the paper, or names that do not line up: its candidates are no known negatives."""
+    figures = [{"paper_id": pid, "img_name": n, "source_kind": "eprint", "name_filter": False}
+               for pid in ("2101.00001", "2101.00002") for n in ("a.png", "b.png")]
+    index = tmp_path / "df_train.csv"
+    index.write_text(",paper_id,img_name\n0,2101.00001,a.png\n1,2101.00002,renamed.png\n")
+    got, report = labels.gather(figures, cvf_index=[index])
+    assert {(r["paper_id"], r["img_name"], r["label"]) for r in got} == {("2101.00001", "a.png", 1), ("2101.00001", "b.png", 0)}
+    assert report["cvf_index_papers_without_a_listed_name"] == 1
+    assert report["cvf_index_unmatched_examples"] == ["2101.00002"]
+
+
 def test_distant_supervision_from_the_official_index_on_real_papers(testdata):
     """CANDIDATES.tsv lists real papers' candidate files and whether CVF kept them (in_cvf)."""
     with open(testdata / "eprints" / "CANDIDATES.tsv", newline="") as f:
