@@ -36,6 +36,8 @@ SPLITS = ("train", "val")
 def check_manifest_files(manifest: str) -> tuple[list[dict], dict]:
     """(problems, croissant) for the manifest folder `manifest` (a path or fsspec URL)."""
     fs, root = fsspec.core.url_to_fs(manifest)
+    if not fs.isdir(root):
+        raise FileNotFoundError(f"manifest folder not found: {manifest} (publish one with `python -m pipeline.publish`)")
     meta_path = f"{root}/croissant.json"
     if not fs.exists(meta_path):
         return [{"file": "croissant.json", "problem": "missing"}], {}

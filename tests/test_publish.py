@@ -256,6 +256,8 @@ def test_cli_publish_and_verify(selected, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "pipeline.verify", str(tmp_path / NAME), "--images", str(root / "images")],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "OK" in ok.stdout
+    gone = subprocess.run([sys.executable, "-m", "pipeline.verify", str(tmp_path / "cvf-typo")], capture_output=True, text=True)
+    assert gone.returncode == 2 and "manifest folder not found" in gone.stderr
 
 
 @pytest.mark.server
