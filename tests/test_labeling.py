@@ -318,6 +318,25 @@ def test_uncertainty_round_uploads_predictions_and_records_agreement(ls):
     assert rows[new[0]["id"]]["rule"].startswith("uncertainty |p-0.5|=0.020 model=clf-1")
 
 
+def test_label_studio_serves_the_least_certain_task_first(ls, label_studio):
+    client, root, title = ls
+    figures = small_corpus(root)
+    p = [0.9, 0.1, 0.52, 0.3, 0.45, 0.99, 0.7]
+    write_rows(root / "scores" / "2012-03.parquet",
+               [{"paper_id": f["paper_id"], "img_name": f["img_name"], "sha256": f["sha256"],
+                 "score": s, "model_version": "clf-1"} for f, s in zip(figures, p)], SCORE_SCHEMA)
+    project_id = push.push(client, root, count=len(figures), title=title, rule="stratified")["project_id"]
+    served = []
+    for _ in figures:  # what the labeling page asks for: the project's next task
+        task = httpx.get(f"{label_studio['url']}/api/projects/{project_id}/next",
+                         headers={"Authorization": f"Token {label_studio['token']}"}).json()
+        served.append(task["data"]["prediction_score"])
+        annotate(client, task["id"], "Unsure")
+    certainty = [max(s, 1 - s) for s in served]
+    assert sorted(served) == sorted(p) and certainty == sorted(certainty)
+    assert served[0] == 0.52
+
+
 def test_simulated_answers_come_from_truth_and_are_marked(ls):
     client, root, title = ls
     figures = small_corpus(root)
