@@ -175,6 +175,13 @@ def refresh_predictions(client: LabelStudio, project_id: int, tasks: list[dict],
     return answer.created
 
 
+def count_arg(text: str) -> int:
+    count = int(text)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {count}")
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m labeling.push",
@@ -182,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(created on first use). Round 0 is stratified by year and source kind; "
                     "once scores/ exist, rounds pick the figures the classifier is least sure "
                     "of and show its prediction.")
-    parser.add_argument("--count", type=int, default=2000, help="figures in this round (default 2000)")
+    parser.add_argument("--count", type=count_arg, default=2000,
+                        help="figures in this round (default 2000; 0 only refreshes predictions)")
     parser.add_argument("--root", help="dataset root (default: $CVF_DATA or ./data)")
     parser.add_argument("--url", help="Label Studio URL (default: $CVF_LABEL_STUDIO_URL or the local server)")
     parser.add_argument("--project", default=PROJECT_TITLE, help="project title")

@@ -117,6 +117,8 @@ def choose(figures: list[dict], scores: dict[Key, dict], count: int, round_: int
 
     rule: "stratified", "uncertainty", or "auto" (uncertainty once scores exist).
     """
+    if count < 0:  # a negative count would slice from the end and upload nearly everything
+        raise ValueError(f"count must be 0 or more, not {count}")
     if rule == "auto":
         rule = "uncertainty" if scores else "stratified"
     fresh = [f for f in figures if figure_key(f) not in already]

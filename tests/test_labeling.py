@@ -145,6 +145,18 @@ def test_uncertainty_takes_scores_nearest_threshold_and_ignores_stale_ones():
         sample.choose(figures, {}, 2, 0, set(), rule="uncertainty")
 
 
+def test_a_negative_count_is_refused_not_read_as_a_slice():
+    figures = [fig(2020, "eprint", "p", f"n{i}") for i in range(10)]
+    scores = {("p", f"n{i}"): {"score": i / 10, "sha256": "x", "model_version": "v1"} for i in range(10)}
+    for rule in ("stratified", "uncertainty"):
+        with pytest.raises(ValueError, match="count"):
+            sample.choose(figures, scores, -3, 0, set(), rule=rule)
+    assert sample.choose(figures, scores, 0, 0, set()) == []
+    with pytest.raises(SystemExit) as exit_:
+        push.main(["--count", "-3"])
+    assert exit_.value.code == 2
+
+
 def test_interface_has_hotkeys_large_figure_context_and_keeps_unsure():
     import re
     import xml.etree.ElementTree as ET
