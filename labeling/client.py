@@ -74,10 +74,12 @@ def write_private_file(path: str | os.PathLike, text: str) -> None:
 
 
 def api_token(token: str | None = None, root: str | os.PathLike | None = None) -> str:
-    if token:
-        return token
-    if os.environ.get("CVF_LABEL_STUDIO_TOKEN"):
-        return os.environ["CVF_LABEL_STUDIO_TOKEN"]
+    # Stripped: a line end pasted with the token makes an illegal header, which httpx reports
+    # as a connection failure.
+    if token and token.strip():
+        return token.strip()
+    if os.environ.get("CVF_LABEL_STUDIO_TOKEN", "").strip():
+        return os.environ["CVF_LABEL_STUDIO_TOKEN"].strip()
     if os.environ.get("CVF_LABEL_STUDIO_TOKEN_FILE"):
         return read_private_file(os.environ["CVF_LABEL_STUDIO_TOKEN_FILE"])
     if token_file(root).exists():

@@ -349,6 +349,33 @@ def test_label_studio_serves_the_least_certain_task_first(ls, label_studio):
     assert served[0] == 0.52
 
 
+def test_a_personal_access_token_works_and_is_never_written(ls, label_studio, monkeypatch, capsys,
+                                                             tmp_path):
+    client, root, title = ls
+    small_corpus(root)
+    pat = client.tokens.create().token  # Label Studio gives a user one: only this test makes it
+    token_path = tmp_path / "pat"
+    token_path.write_text(pat)
+    token_path.chmod(0o600)
+    monkeypatch.delenv("CVF_LABEL_STUDIO_TOKEN", raising=False)
+    monkeypatch.setenv("CVF_LABEL_STUDIO_TOKEN_FILE", str(token_path))
+    common = ["--root", str(root), "--url", label_studio["url"], "--project", title]
+    assert push.main(common + ["--count", "2"]) == 0
+    project = find_project(client, title)
+    for t in export_tasks(client, project.id):
+        annotate(client, t["id"], "Not a photo grid")
+    assert pull.main(common) == 0
+    assert [r["label"] for r in read_rows(root / "labels" / "labels.parquet")] == [0, 0]
+    # A token pasted with its line end (export X=$(cat file), a .env file) still works.
+    monkeypatch.delenv("CVF_LABEL_STUDIO_TOKEN_FILE")
+    monkeypatch.setenv("CVF_LABEL_STUDIO_TOKEN", label_studio["token"] + "\n")
+    assert pull.main(common) == 0
+    out = capsys.readouterr()
+    for written in [out.out, out.err, *(p.read_bytes().decode("latin-1") for p in root.rglob("*")
+                                        if p.is_file())]:
+        assert pat not in written and label_studio["token"] not in written
+
+
 def test_simulated_answers_come_from_truth_and_are_marked(ls):
     client, root, title = ls
     figures = small_corpus(root)
