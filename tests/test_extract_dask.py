@@ -1,5 +1,6 @@
-"""The extract-figures flow on a local Dask cluster of two workers gives exactly the records
-(and PNG bytes) of a single-process run."""
+"""The extract-figures flow on a local Dask cluster of two workers, and on an existing cluster
+given by its scheduler's address, gives exactly the records (and PNG bytes) of a
+single-process run."""
 from __future__ import annotations
 
 import pytest
@@ -33,12 +34,22 @@ def test_dask_flow_matches_single_process(testdata, tmp_path, monkeypatch):
 
     from flows.extract import extract_figures
 
+    from distributed import LocalCluster
+
     single, parallel = tmp_path / "single" / "data", tmp_path / "dask" / "data"
-    build_corpus(single, testdata)
-    build_corpus(parallel, testdata)
+    remote = tmp_path / "remote" / "data"
+    for root in (single, parallel, remote):
+        build_corpus(root, testdata)
     extract_shards(["2019-04", "2021-07", "2022-02"], single, progress=False)
-    with prefect_test_harness(server_startup_timeout=120):
+    # "Remote": a cluster the flow did not start, reached only through its scheduler's address.
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                      host="127.0.0.1", scheduler_port=0, dashboard_address=None) as cluster, \
+            prefect_test_harness(server_startup_timeout=120):
         summary = extract_figures(root=str(parallel), workers=2, contact_sheet=6)
+        extract_figures(root=str(remote), scheduler_address=cluster.scheduler_address)
+        ran_there = [name for name in cluster.scheduler.task_prefixes if "extract_shard" in name]
+    assert cluster.scheduler_address.startswith("tcp://127.0.0.1:") and ran_there
+    assert snapshot(remote) == snapshot(single)
     assert summary["shards"] == 3 and summary["duplicates"]["exact_duplicates"] >= 1
     assert (parallel / "figures" / "contact_sheet.png").exists()
     rows_single, images_single = snapshot(single)
