@@ -93,12 +93,17 @@ class Backbone:
         self.arch = arch or arch_of_weights(weights)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = torchvision.models.get_model(self.arch, weights=None)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated download, not a state_dict, a pickled model
+            raise ValueError(f"{weights} is not a readable torchvision weights file ({type(e).__name__}); "
+                             f"put {WEIGHTS_HELP}") from None
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
             raise ValueError(f"{weights} is not a {self.arch} state_dict (pass --arch): {e}") from None
-        for head in ("fc", "classifier", "heads"):  # resnet / efficientnet, convnext, mobilenet / vit
+        # resnet / efficientnet, convnext, mobilenet / vit / swin
+        for head in ("fc", "classifier", "heads", "head"):
             if hasattr(model, head):
                 setattr(model, head, torch.nn.Identity())
                 break

@@ -104,6 +104,18 @@ def test_backbone_path_with_a_local_weights_file(tmp_path, monkeypatch):
         classify.score(root, version="bb", weights=other, shards=["2021-01"])
 
 
+def test_backbone_drops_the_classification_head_and_refuses_unreadable_weights(tmp_path):
+    weights = tmp_path / "swin_t-random.pth"  # swin names its last layer `head`
+    torch.save(torchvision.models.swin_t(weights=None).state_dict(), weights)
+    backbone = classify.Backbone(weights, device="cpu")
+    assert backbone.arch == "swin_t"
+    assert backbone.embed(torch.zeros(2, 3, 224, 224)).shape == (2, 768)  # pooled features, not 1000 logits
+    truncated = tmp_path / "resnet18-truncated.pth"
+    truncated.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a readable torchvision weights file"):
+        classify.Backbone(truncated)
+
+
 def test_missing_weights_file_names_the_file_and_where_it_goes(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         classify.resolve_weights(tmp_path / "resnet50-11ad3fa6.pth")
