@@ -543,6 +543,14 @@ def test_demo_serves_pushes_answers_pulls_and_stops(label_studio, tmp_path, caps
         rows = read_rows(root / "labels" / "labels.parquet")
         assert len(rows) == 5 and {r["source"] for r in rows} == {"replay-truth"}
         assert label_studio["token"] not in out
+        # Local files are served from the dataset root, which holds the server's secrets too:
+        # only images/ (the storage's path) may be served.
+        auth = {"Authorization": f"Token {label_studio['token']}"}
+        image = httpx.get(f"{info['url']}/data/local-files/?d={figures[0]['image_path']}", headers=auth)
+        assert image.status_code == 200
+        for secret in ("labelstudio/token", "labelstudio/password", "images/../labelstudio/token"):
+            got = httpx.get(f"{info['url']}/data/local-files/?d={secret}", headers=auth)
+            assert got.status_code != 200 and label_studio["token"] not in got.text, secret
     finally:
         assert serve.main(["--root", str(root), "--stop"]) == 0
     assert serve.running_server(root) is None
