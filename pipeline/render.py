@@ -24,6 +24,7 @@ import os
 import pickle
 import resource
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -409,13 +410,17 @@ class Renderer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.render", "--serve", "--memory-mb", str(self.memory_mb)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-            cwd=Path(__file__).resolve().parent.parent)
+            cwd=Path(__file__).resolve().parent.parent,
+            start_new_session=True)  # its own process group: Ghostscript/pdftoppm die with it
         if _receive(self.proc.stdout.fileno(), time.monotonic() + 120) != "ready":
             raise RuntimeError("renderer child did not start")
 
     def _stop(self) -> None:
         if self.proc is not None:
-            self.proc.kill()
+            try:  # the child and anything it started (a hung `gs` would otherwise spin on)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
             self.proc.stdin.close()
             self.proc.stdout.close()

@@ -8,7 +8,9 @@ import signal
 import struct
 import subprocess
 import tarfile
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pymupdf
@@ -149,6 +151,41 @@ def test_eps_through_ghostscript_cropped_to_bounding_box():
     assert img.getpixel((400, 100)) == (255, 0, 0)
     with pytest.raises(RenderError, match="Ghostscript failed"):
         render_figure(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnosuchop\n", "eps")
+
+
+def live_processes_mentioning(text: str) -> list[str]:
+    """Command lines of the live (not zombie) processes whose command line holds `text`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+@pytest.mark.skipif(not shutil.which("gs"), reason="Ghostscript not installed")
+def test_timed_out_eps_leaves_no_ghostscript_behind(tmp_path, monkeypatch):
+    """A PostScript file that loops forever: the record times out and the `gs` the child
+    started is killed with it, not left spinning."""
+    forever = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n{ 1 pop } loop\n"
+    scratch = tmp_path / "scratch"  # the child's temp folder: names this test's `gs` alone
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    with Renderer(RenderOptions(timeout_s=3)) as renderer:
+        hung = renderer.render(forever, "eps", tmp_path / "x.png")
+        assert hung["status"] == "error" and "timed out" in hung["error"]
+        for _ in range(50):
+            if not live_processes_mentioning(str(scratch)):
+                break
+            time.sleep(0.1)
+        leftover = live_processes_mentioning(str(scratch))
+    for line in leftover:  # do not leave it spinning on a failed run either
+        os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    assert leftover == []
 
 
 def test_renderer_survives_a_hung_and_a_crashed_child(tmp_path):
