@@ -68,10 +68,12 @@ def test_score_writes_calibrated_scores_per_shard_and_resumes(trained):
     assert third["skipped_shards"] == 1 and third["scored"] == len(figures) - 1
 
 
-def test_unreadable_image_gets_an_error_row_not_a_crash(tmp_path):
+def test_unreadable_image_gets_an_error_row_not_a_crash(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(classify.WEIGHTS_ENV, raising=False)
     root = tmp_path / "data"
     make_corpus(root, n_papers=4, figures_per_paper=3, shards=("2021-01",))
     classify.train(root, folds=2, version="v1", head="hgb")  # the gradient-boosting head, too
+    assert f"training on the {len(classify.FEATURE_NAMES)} layout features alone" in capsys.readouterr().err  # says so
     rows = store.read_rows(root / "figures" / "2021-01.parquet")
     (root / rows[0]["image_path"]).write_bytes(b"not a png")
     (root / rows[1]["image_path"]).unlink()
