@@ -27,7 +27,7 @@ import time
 import zlib
 from datetime import timezone
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -37,6 +37,7 @@ from pipeline import config, store
 # The contract's per-download columns (`eprint_*` and `pdf_*` in paper records).
 DOWNLOAD_FIELDS = ("status", "path", "sha256", "bytes", "kind", "error")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+MAX_REDIRECTS = 10  # hops followed per GET, each one a polite request of its own
 SOURCE_KINDS = ("tar.gz", "tar", "gz-tex", "gz", "pdf", "zip")
 
 
@@ -172,7 +173,7 @@ class PoliteFetcher:
         """GET and read the whole body within `max_seconds`; `raw`: the bytes as served, undecoded."""
         deadline = time.monotonic() + self.max_seconds
         headers = {"Accept-Encoding": "identity"} if raw else {}
-        resp = self.session.get(url, timeout=self.timeout, stream=True, headers=headers)
+        resp = self.session.get(url, timeout=self.timeout, stream=True, headers=headers, allow_redirects=False)
         chunks = []
         try:
             # read1: whatever has arrived (a fixed-size read would wait out a dripping server)
@@ -199,8 +200,18 @@ class PoliteFetcher:
     def get(self, url: str, raw: bool = False) -> requests.Response:
         """GET `url`; retry transient failures, then raise TransientError. Returns any other response.
 
+        Redirects are followed here, not inside `requests`, so that every hop waits its turn in
+        the target host's politeness budget; more than MAX_REDIRECTS raise TooManyRedirects.
         `raw`: keep the body as served (no Content-Encoding decoding), for files we store.
         """
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._get_retrying(url, raw)
+            if not resp.is_redirect:
+                return resp
+            url = urljoin(url, resp.headers["Location"])
+        raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects ({url})")
+
+    def _get_retrying(self, url: str, raw: bool) -> requests.Response:
         last = ""
         for attempt in range(self.max_retries + 1):
             try:

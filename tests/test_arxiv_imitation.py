@@ -107,6 +107,7 @@ class Imitation(BaseHTTPRequestHandler):
     error_feed = False
     mangle = None  # when set: bytes -> bytes applied to every API page (a feed that is wrong inside)
     first_eprint_503 = True
+    seen: list[tuple[float, str]] = []  # (arrival time, path) of every request
 
     def log_message(self, *args):
         pass
@@ -123,6 +124,7 @@ class Imitation(BaseHTTPRequestHandler):
 
     def do_GET(self):
         url = urlsplit(self.path)
+        type(self).seen.append((time.monotonic(), url.path))
         if url.path == "/api/query":
             q = {k: v[0] for k, v in parse_qs(url.query).items()}
             type(self).queries.append(q)
@@ -142,6 +144,8 @@ class Imitation(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.2)
             return
+        if url.path.startswith("/hop/"):  # one relative redirect, as arXiv's mirrors may send
+            return self._send(302, b"", "text/plain", Location=url.path.removeprefix("/hop"))
         if url.path.startswith("/loop"):  # a redirect to itself, forever
             return self._send(302, b"", "text/plain", Location=url.path)
         if url.path == "/busy":  # a 503 whose Retry-After is not a number nor an HTTP date
@@ -162,6 +166,7 @@ class Imitation(BaseHTTPRequestHandler):
 @pytest.fixture
 def imitation():
     Imitation.queries, Imitation.error_feed, Imitation.first_eprint_503, Imitation.mangle = [], False, True, None
+    Imitation.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), Imitation)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -276,3 +281,15 @@ def test_a_redirect_loop_is_a_per_paper_error_and_the_crawl_goes_on(imitation, d
     # the API behind a redirect loop: the shard stays open with the reason, no crash
     stats = crawl_shard("2021-02", data_root, fetcher, **dict(urls, api_url=f"{base}/loop/api"))
     assert not stats["done"] and "redirects" in stats["error"]
+
+
+def test_each_redirect_hop_waits_its_turn(imitation, data_root):
+    """A redirect is a second request to the host: it keeps the delay like any other."""
+    base = imitation[1].removesuffix("/api/query")
+    arxiv_id = next(iter(EPRINTS))
+    fetcher = PoliteFetcher(0.4, data_root / ".politeness", timeout=5, backoff=0.01)
+    row = download_file(fetcher, f"{base}/hop/pdf/{arxiv_id}", data_root / "raw" / f"{arxiv_id}.pdf", data_root)
+    assert row["status"] == "ok" and row["kind"] == "pdf"
+    (t_hop, first), (t_final, second) = Imitation.seen[-2:]
+    assert (first, second) == (f"/hop/pdf/{arxiv_id}", f"/pdf/{arxiv_id}")
+    assert t_final - t_hop >= 0.4 and fetcher.requests_made == 2
