@@ -62,9 +62,28 @@ FIGURE_SCHEMA = pa.schema([
     ("page", pa.int32()),
     ("bbox", pa.list_(pa.float64())),
     ("caption", pa.string()),
+    # How the PNG was made (a key of RENDER_SETTINGS, or PDF_REGION); null in records written
+    # before the column existed, and for figures without a PNG.
+    ("render", pa.string()),
 ])
 
 NEAR_DUP_BITS = 4  # perceptual hashes at most this many bits apart are near duplicates
+
+# The render settings a figure record can name, so a rebuild can make the same pixels again.
+# Rasters follow the same names: `official` converts them as the official tool did.
+RENDER_SETTINGS = {
+    "crop": RenderOptions(box="crop"),           # ours (default): the CropBox, straight to size
+    "media": RenderOptions(box="media"),         # ours with the MediaBox (`--box media`)
+    "official": OFFICIAL,                        # the official downloader's settings (PyMuPDF)
+    "official-poppler": dataclasses.replace(OFFICIAL, poppler=True),  # ... through pdftoppm
+}
+PDF_REGION = "pdf-region"  # a page region of the paper PDF: not reproducible from the e-print
+
+
+def render_setting(options: RenderOptions) -> str | None:
+    """The RENDER_SETTINGS name of `options` (the time limit aside), None if it has none."""
+    options = dataclasses.replace(options, timeout_s=RenderOptions.timeout_s)
+    return next((name for name, known in RENDER_SETTINGS.items() if known == options), None)
 
 
 def figure_row(paper_id: str, **fields) -> dict:
@@ -201,6 +220,7 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
                 row["bytes"] = result.get("bytes", member.size)
                 if row["status"] == "ok":
                     row["image_path"] = out.relative_to(root).as_posix()
+                    row["render"] = render_setting(renderer.options)
                 elif earlier is not None and earlier["status"] == "ok":
                     continue  # the EPS rendered; its broken converted PDF does not replace it
             rows[name] = row
@@ -242,18 +262,29 @@ def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path) -> list[d
         png = fig.get("png_path")
         if row["status"] == "ok" and png and Path(png).exists():
             row.update(_png_facts(Path(png)), image_path=Path(png).resolve().relative_to(root)
-                       .as_posix())
+                       .as_posix(), render=PDF_REGION)
         rows.append(row)
     return rows
 
 
-def _png_facts(path: Path) -> dict:
+def png_phash(path: str | Path) -> str:
+    """The perceptual hash (64-bit pHash, hex) of a PNG as figure records store it; also what
+    `pipeline.verify` compares a copy's pixels by."""
     import imagehash
     from PIL import Image
 
     with Image.open(path) as img:
-        phash = str(imagehash.phash(img))
-    return {"sha256": store.sha256_file(path), "bytes": path.stat().st_size, "phash": phash}
+        return str(imagehash.phash(img.convert("RGB")))
+
+
+def phash_bits(a: str, b: str) -> int:
+    """How many of two perceptual hashes' 64 bits differ."""
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+def _png_facts(path: Path) -> dict:
+    return {"sha256": store.sha256_file(path), "bytes": path.stat().st_size,
+            "phash": png_phash(path)}
 
 
 def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
@@ -399,7 +430,7 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
                                        if r["status"] == "error")),
         "renderer_restarts": restarts, "seconds": round(seconds, 2),
         "options": {"box": options.box, "alpha": options.alpha, "official": options.official,
-                    "name_filter": apply_name_filter},
+                    "render": render_setting(options), "name_filter": apply_name_filter},
     }
     if not waiting:
         store.write_stats(figures_dir, shard, stats)

@@ -43,7 +43,7 @@ from pipeline.contact_sheet import contact_sheet
 
 SPLITS = ("train", "val")
 MANIFEST_COLUMNS = ["paper_id", "img_name", "split", "sha256", "width", "height", "score", "version", "license",
-                    "source_url", "crawl_date", "year", "image_path"]
+                    "source_url", "crawl_date", "year", "image_path", "render", "phash"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 CROISSANT_CONTEXT = {
@@ -63,14 +63,33 @@ CROISSANT_CONTEXT = {
 _FIELD_TYPES = {"paper_id": "sc:Text", "img_name": "sc:Text", "split": "sc:Text", "sha256": "sc:Text",
                 "width": "sc:Integer", "height": "sc:Integer", "score": "sc:Float", "version": "sc:Integer",
                 "license": "sc:URL", "source_url": "sc:URL", "crawl_date": "sc:Date", "year": "sc:Integer",
-                "image_path": "sc:Text"}
+                "image_path": "sc:Text", "render": "sc:Text", "phash": "sc:Text"}
 _FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name (path in the e-print, / -> _)",
                "split": "train or val: a hash of paper_id and seed", "sha256": "sha256 of the rendered PNG",
                "width": "PNG width in pixels", "height": "PNG height in pixels",
                "score": "classifier's calibrated probability of a grid with a natural image",
                "version": "arXiv version the figure was extracted from", "license": "the paper's licence URL",
                "source_url": "where the figure's source was downloaded", "crawl_date": "date of the crawl",
-               "year": "year the paper was first published", "image_path": "PNG path under the image folder"}
+               "year": "year the paper was first published", "image_path": "PNG path under the image folder",
+               "render": "how the PNG was made: crop or media (PDF page box, rendered straight to size), official "
+                         "(the official downloader's settings), official-poppler (the same through pdftoppm), "
+                         "pdf-region (cut from the paper PDF); empty if not recorded. `pipeline.rebuild` follows it",
+               "phash": "64-bit perceptual hash of the PNG (hex, imagehash.phash): `pipeline.verify` accepts a copy "
+                        "whose pixels differ slightly (another renderer version) when it is within a few bits"}
+
+
+def with_figure_facts(root: Path, kept: pd.DataFrame) -> pd.DataFrame:
+    """`kept` with each figure's `render` and `phash` from its figure record (same paper, name and
+    PNG sha256); null where the record does not have them (written before `render` existed)."""
+    from pipeline.filter import _read_stage  # done figure shards, absent columns left out
+
+    facts = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "render", "phash"])
+    for col in ("render", "phash"):
+        if col not in facts:
+            facts[col] = None
+    facts = facts.drop_duplicates(["paper_id", "img_name", "sha256"])
+    kept = kept.drop(columns=[c for c in ("render", "phash") if c in kept])
+    return kept.merge(facts, on=["paper_id", "img_name", "sha256"], how="left")
 
 
 def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
@@ -238,6 +257,10 @@ near duplicates are kept and listed in the selection report.
 
 `train.parquet`, `val.parquet` (and `.jsonl`): `{'`, `'.join(MANIFEST_COLUMNS)}`.
 `df_train.csv`, `df_val.csv`: the official index format (`,paper_id,img_name`), read by existing tools unchanged.
+`render` says how each PNG was made (`crop`/`media`: our renderer with that PDF box; `official`: the official
+downloader's settings), so `python -m pipeline.rebuild --index val.parquet` makes the same pixels again;
+`phash` is the PNG's perceptual hash, by which `pipeline.verify` tells a copy whose pixels differ slightly
+(another PyMuPDF or Pillow version) from a different picture.
 Each row carries its paper's arXiv `version`, licence URL (`license`, when the crawl collected it),
 the `source_url` its figure was extracted from, and `crawl_date`, {crawl_note}
 `croissant.json`: Croissant 1.0 metadata with checksums. Check a copy with
@@ -288,6 +311,7 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
     kept = pq.read_table(sel / "selection.parquet").to_pandas()
     if kept.empty:
         raise ValueError("the selection is empty: nothing to publish (lower the threshold?)")
+    kept = with_figure_facts(root, kept)
     versions = report.get("model_version") or []
     card_path = root / "classifier" / versions[0] / "card.json" if versions else None
     card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None

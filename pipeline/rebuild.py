@@ -14,12 +14,18 @@ Records (the figure schema of `pipeline.extract`, `image_path` relative to `--ou
 of index duplicates, image duplicates and every listed image that could not be had, with the
 reason, go to `$CVF_DATA/rebuild/<split>/`. The index may be the official CSV (`,paper_id,img_name`)
 or any CSV/Parquet with `paper_id` and `img_name` columns, such as our own published manifests.
+
+An index with a `render` column (our manifests) says how each image was made, and each is
+rendered that way again (`crop`/`media`: our fast path with that PDF box; `official`;
+`official-poppler`), so rebuilding from our manifest gives our pixels and `pipeline.verify`
+passes. `pdf-region` (a region of the paper PDF, not in the e-print) and an empty or unknown
+value fall back to the official settings; the report counts them (`render_fallback`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
-import dataclasses
 import shutil
 import sys
 from collections import Counter
@@ -30,18 +36,19 @@ from tqdm import tqdm
 
 from pipeline import config, store
 from pipeline.archive import ArchiveError
-from pipeline.extract import FIGURE_SCHEMA, IsPaperPDF, extract_eprint, mark_duplicates
+from pipeline.extract import (FIGURE_SCHEMA, RENDER_SETTINGS, IsPaperPDF, extract_eprint,
+                              mark_duplicates)
 from pipeline.naming import output_name
-from pipeline.render import OFFICIAL, Renderer
+from pipeline.render import Renderer
 from pipeline.shards import shard_of_id
 
 
-def read_index(path: str | Path) -> list[tuple[str, str]]:
-    """(paper_id, img_name) rows of a CVF index or a manifest, duplicates kept, order kept."""
-    path = Path(path)
+def _index_rows(path: Path) -> list[dict]:
+    """The index's rows as dicts: `paper_id`, `img_name`, and `render` when it has that column."""
     if path.suffix == ".parquet":
-        table = pq.read_table(path, columns=["paper_id", "img_name"])
-        return list(zip(table["paper_id"].to_pylist(), table["img_name"].to_pylist()))
+        has_render = "render" in pq.read_schema(path).names
+        return pq.read_table(path, columns=["paper_id", "img_name"] + ["render"] * has_render
+                             ).to_pylist()
     with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is no column
         reader = csv.DictReader(f)
         missing = {"paper_id", "img_name"} - set(reader.fieldnames or ())
@@ -49,7 +56,34 @@ def read_index(path: str | Path) -> list[tuple[str, str]]:
             raise ValueError(f"{path}: no {', '.join(sorted(missing))} column "
                              f"(found {reader.fieldnames})")
         # Ids stay strings: read as numbers, 1001.1000 would become 1001.1.
-        return [(row["paper_id"].strip(), row["img_name"]) for row in reader]
+        return [{**row, "paper_id": row["paper_id"].strip()} for row in reader]
+
+
+def read_index(path: str | Path) -> list[tuple[str, str]]:
+    """(paper_id, img_name) rows of a CVF index or a manifest, duplicates kept, order kept."""
+    return [(r["paper_id"], r["img_name"]) for r in _index_rows(Path(path))]
+
+
+def read_render_settings(path: str | Path) -> dict[tuple[str, str], str | None]:
+    """(paper_id, img_name) -> the index's `render` value (None when empty); {} when the index
+    has no `render` column (the official CSV)."""
+    return {(r["paper_id"], r["img_name"]): r["render"] or None
+            for r in _index_rows(Path(path)) if "render" in r}
+
+
+def choose_settings(listed: list[tuple[str, str]], renders: dict, default: str
+                    ) -> tuple[dict[tuple[str, str], str], Counter]:
+    """Each listed image's RENDER_SETTINGS name: the index's, else `default`. The second value
+    counts images whose listed setting cannot be reproduced (`pdf-region`, unknown, empty) and
+    get `default` instead; images of an index without a `render` column are not counted."""
+    chosen, fallback = {}, Counter()
+    for key in listed:
+        setting = renders.get(key, default)
+        if setting not in RENDER_SETTINGS:
+            fallback[setting or "unknown"] += 1
+            setting = default
+        chosen[key] = setting
+    return chosen, fallback
 
 
 def fetch_eprint(paper_id: str, dest: Path, root: Path, fetcher, eprints_dir: Path | None,
@@ -83,6 +117,10 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
     records_dir = root / "rebuild" / split
     records_path = records_dir / "figures.parquet"
     listed = read_index(index)
+    # How to render each image: as the index says (our manifests), else the official settings.
+    settings, render_fallback = choose_settings(
+        list(dict.fromkeys(listed)), read_render_settings(index),
+        "official-poppler" if poppler else "official")
     wanted: dict[str, list[str]] = {}
     for paper_id, img_name in dict.fromkeys(listed):  # unique, first-seen order
         wanted.setdefault(paper_id, []).append(img_name)
@@ -100,9 +138,15 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
 
     fetcher = make_fetcher(root, delay)
     eprints_dir = Path(eprints_dir) if eprints_dir else None
-    options = dataclasses.replace(OFFICIAL, poppler=poppler)
     todo = [p for p in wanted if p not in done]
-    with Renderer(options) as renderer:
+    with contextlib.ExitStack() as stack:
+        renderers: dict[str, Renderer] = {}  # one child process per setting, started when needed
+
+        def renderer_for(setting: str) -> Renderer:
+            if setting not in renderers:
+                renderers[setting] = stack.enter_context(Renderer(RENDER_SETTINGS[setting]))
+            return renderers[setting]
+
         for i, paper_id in enumerate(tqdm(todo, desc=f"rebuild {split}", unit="paper",
                                           disable=not progress), 1):
             names = wanted[paper_id]
@@ -117,22 +161,27 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                 cannot_have(paper_id, names,
                             f"e-print {got['status']}: {got['error']}".rstrip(": ") + retry)
                 continue
+            by_setting: dict[str, list[str]] = {}
+            for name in names:
+                by_setting.setdefault(settings[(paper_id, name)], []).append(name)
             try:
-                paper_rows = extract_eprint(paper_id, eprint, out / split / paper_id, out,
-                                            renderer, apply_name_filter=False, only=set(names))
+                for setting, group in by_setting.items():
+                    paper_rows = extract_eprint(paper_id, eprint, out / split / paper_id, out,
+                                                renderer_for(setting), apply_name_filter=False,
+                                                only=set(group))
+                    # A paper-level problem (e.g. an archive corrupt after some members)
+                    # explains every listed name that did not come out.
+                    for row in paper_rows:
+                        if not row["img_name"]:
+                            cannot_have(paper_id, set(group) - {r["img_name"] for r in paper_rows},
+                                        f"e-print: {row['error']}")
+                    rows += [r for r in paper_rows if r["img_name"]]
             except IsPaperPDF:
                 cannot_have(paper_id, names, "e-print is the paper's PDF: no source figure files")
                 continue
             except ArchiveError as e:
                 cannot_have(paper_id, names, f"e-print: {e}")
                 continue
-            # A paper-level problem (e.g. an archive corrupt after some members) explains
-            # every listed name that did not come out.
-            for row in paper_rows:
-                if not row["img_name"]:
-                    cannot_have(paper_id, set(names) - {r["img_name"] for r in paper_rows},
-                                f"e-print: {row['error']}")
-            rows += [r for r in paper_rows if r["img_name"]]
             if i % checkpoint_every == 0:  # a killed run resumes from here
                 store.write_rows(records_path, rows, FIGURE_SCHEMA)
     by_key = {(r["paper_id"], r["img_name"]): r for r in rows}
@@ -155,6 +204,8 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
         "index_duplicates": index_dups, "papers": len(wanted), "images_listed": len(set(listed)),
         "images_written": written, "images_missing": len(missing_rows),
         "missing_by_reason": dict(Counter(m["reason"].split(":")[0] for m in missing_rows)),
+        "render_settings": dict(Counter(settings.values())),
+        "render_fallback": dict(render_fallback),
         "exact_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["dup_of"]]
                                    for r in rows if r["dup_of"]],
         "near_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["near_dup_of"]]
@@ -179,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
                     "index (df_train.csv / df_val.csv) or one of our manifests: fetch each "
                     "listed paper's e-print politely (reruns resume) and write exactly the "
                     "listed images, with the official file names and pixels, to OUT/SPLIT/"
-                    "<paper_id>/. A report of duplicates and of every image that could not "
+                    "<paper_id>/. A manifest's `render` column (val.parquet of `pipeline."
+                    "publish`) is followed, so the images match the manifest's sha256. A report of duplicates and of every image that could not "
                     "be had, with reasons, goes to $CVF_DATA/rebuild/SPLIT/.")
     parser.add_argument("--index", required=True,
                         help="CSV with paper_id,img_name columns (the official ,paper_id,img_name "
@@ -195,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--official-renderer", action="store_true",
                         help="render PDF figures with poppler's pdftoppm, as the official tool "
                              "did (bit-identical pixels, ~20x slower than the default PyMuPDF "
-                             "path, whose sizes are identical and pixels nearly so)")
+                             "path, whose sizes are identical and pixels nearly so); applies to "
+                             "every image of the official CSV, and to the images of a manifest "
+                             "whose `render` is empty or pdf-region")
     parser.add_argument("--delay", type=float, default=None,
                         help="seconds between requests to arXiv (default $CVF_ARXIV_DELAY or 3)")
     args = parser.parse_args(argv)
@@ -216,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{report['out']}; {report['images_missing']} missing {report['missing_by_reason']}; "
           f"{report['index_duplicate_rows']} duplicate index rows; report in "
           f"{config.data_root(args.root) / 'rebuild' / args.split}")
+    if report["render_fallback"]:
+        print(f"note: {sum(report['render_fallback'].values())} images were listed as made in a "
+              f"way the e-print cannot reproduce {report['render_fallback']} (pdf-region: cut "
+              f"from the paper PDF); they were rendered with the official settings, so their "
+              f"pixels will not match the manifest's")
     if report["missing_by_reason"].get("e-print pending"):
         sys.exit("some e-prints could not be fetched yet (see missing.csv): rerun to retry")
 

@@ -11,8 +11,14 @@
    `python -m pipeline.rebuild --out DIR` writes), `DIR/<paper_id>/<file>` and `DIR/<file>` (the
    official downloader's flat folder), `<file>` being the official output name. `--split val`
    checks one split only (e.g. after rebuilding only `df_val.csv`).
+3. An image whose sha256 differs but whose size matches is `near` when its perceptual hash
+   (computed as extraction does) is within extraction's near-duplicate distance of the
+   manifest's `phash`: the same picture, pixels differ slightly (another PyMuPDF or Pillow
+   version renders a few pixels differently). Near images are listed with their bit distance
+   and are not problems, unless `--strict` (byte-identical images required).
 
-Exit status 0 when everything matches, 1 when anything is missing or differs.
+Exit status 0 when everything matches (exactly or near), 1 when anything is missing or differs,
+2 when the manifest or image folder is not there.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import store
+from pipeline.extract import NEAR_DUP_BITS, phash_bits, png_phash
 from pipeline.naming import output_name
 
 SPLITS = ("train", "val")
@@ -58,12 +65,15 @@ def check_manifest_files(manifest: str) -> tuple[list[dict], dict]:
 
 
 def read_manifest_rows(manifest: str, splits: tuple[str, ...] = SPLITS) -> list[dict]:
+    """The manifest's figures; `phash` is None in manifests published before it was a column."""
     fs, root = fsspec.core.url_to_fs(manifest)
     rows = []
     for split in splits:
         with fs.open(f"{root}/{split}.parquet", "rb") as f:
-            table = pq.read_table(f, columns=["paper_id", "img_name", "sha256", "width", "height", "image_path"])
-            rows += [{**r, "split": split} for r in table.to_pylist()]
+            table = pq.read_table(f)
+        columns = ["paper_id", "img_name", "sha256", "width", "height", "image_path", "phash"]
+        table = table.select([c for c in columns if c in table.column_names])
+        rows += [{"phash": None, **r, "split": split} for r in table.to_pylist()]
     return rows
 
 
@@ -76,26 +86,47 @@ def locate(images: Path, row: dict) -> Path | None:
     return None
 
 
-def check_image(images: Path, row: dict) -> dict | None:
-    """None when the figure's PNG is there with the listed hash and size, else the problem."""
+NEAR_MEANING = "same picture, pixels differ slightly: another renderer version"
+
+
+def check_image(images: Path, row: dict, strict: bool = False) -> dict:
+    """How the figure's PNG in `images` compares with the manifest row: `result` is `ok` (same
+    sha256), `near` (same size, perceptual hash within NEAR_DUP_BITS: `bits` says how far) or
+    `problem` (with `problem` saying what; a near image is one under `strict`)."""
     key = f"{row['paper_id']}/{row['img_name']}"
     path = locate(images, row)
     if path is None:
-        return {"figure": key, "problem": "missing"}
+        return {"figure": key, "result": "problem", "problem": "missing"}
+    found = {"figure": key, "path": str(path)}
     try:
         with Image.open(path) as im:
             size = im.size
     except OSError as e:
-        return {"figure": key, "path": str(path), "problem": f"unreadable: {e}"}
+        return {**found, "result": "problem", "problem": f"unreadable: {e}"}
     if size != (row["width"], row["height"]):
-        return {"figure": key, "path": str(path), "problem": f"size {size[0]}x{size[1]}, listed {row['width']}x{row['height']}"}
-    if store.sha256_file(path) != row["sha256"]:
-        return {"figure": key, "path": str(path), "problem": "sha256 differs"}
-    return None
+        return {**found, "result": "problem", "problem": f"size {size[0]}x{size[1]}, listed {row['width']}x{row['height']}"}
+    if store.sha256_file(path) == row["sha256"]:
+        return {**found, "result": "ok"}
+    if not row.get("phash"):
+        return {**found, "result": "problem", "problem": "sha256 differs (the manifest has no phash to compare pixels)"}
+    try:
+        bits = phash_bits(png_phash(path), row["phash"])
+    except OSError as e:
+        return {**found, "result": "problem", "problem": f"unreadable: {e}"}
+    if bits > NEAR_DUP_BITS:
+        return {**found, "result": "problem", "bits": bits,
+                "problem": f"sha256 differs and so does the picture (perceptual hash {bits} bits away)"}
+    if strict:
+        return {**found, "result": "problem", "bits": bits,
+                "problem": f"sha256 differs; near ({NEAR_MEANING}; perceptual hash {bits} bits away), refused by --strict"}
+    return {**found, "result": "near", "bits": bits}
 
 
 def verify(manifest: str, images: str | Path | None = None, threads: int = 4,
-           splits: tuple[str, ...] = SPLITS) -> dict:
+           splits: tuple[str, ...] = SPLITS, strict: bool = False) -> dict:
+    """The report: `manifest_problems`; with `images`, `figures`, `ok` (same sha256), `near` (same
+    picture, pixels differ slightly; listed in `near_figures` with their bit distance) and
+    `image_problems`. `strict`: near images are problems. `ok_overall`: no problem at all."""
     problems, meta = check_manifest_files(manifest)
     report = {"manifest": manifest, "name": meta.get("name"), "manifest_problems": problems}
     if images is not None and not any(p["file"].endswith(".parquet") for p in problems):
@@ -104,10 +135,13 @@ def verify(manifest: str, images: str | Path | None = None, threads: int = 4,
             raise FileNotFoundError(f"image folder not found: {images}")
         rows = read_manifest_rows(manifest, splits)
         with ThreadPoolExecutor(threads) as pool:  # hashing releases the GIL
-            results = list(tqdm(pool.map(lambda r: check_image(images, r), rows), total=len(rows),
+            results = list(tqdm(pool.map(lambda r: check_image(images, r, strict), rows), total=len(rows),
                                 desc="verify images", unit="img", disable=None))
-        bad = [r for r in results if r]
-        report.update(images=str(images), figures=len(rows), ok=len(rows) - len(bad), image_problems=bad)
+        near = [{k: r[k] for k in ("figure", "path", "bits")} for r in results if r["result"] == "near"]
+        bad = [{k: v for k, v in r.items() if k != "result"} for r in results if r["result"] == "problem"]
+        report.update(images=str(images), figures=len(rows), strict=strict,
+                      ok=sum(r["result"] == "ok" for r in results), near=len(near), near_figures=near,
+                      near_means=NEAR_MEANING, image_problems=bad)
     report["ok_overall"] = not problems and not report.get("image_problems")
     return report
 
@@ -118,10 +152,14 @@ def main(argv=None) -> int:
     p.add_argument("manifest", help="manifest folder (path or fsspec URL), e.g. manifests/cvf-2026.11")
     p.add_argument("--images", help="folder of images to check against the manifest")
     p.add_argument("--split", choices=SPLITS, help="check the images of this split only (default: both)")
+    p.add_argument("--strict", action="store_true",
+                   help="require byte-identical images: a near image (same picture, pixels differ slightly, "
+                        "e.g. rendered by another PyMuPDF/Pillow version) counts as a mismatch")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = p.parse_args(argv)
     try:
-        report = verify(args.manifest, args.images, splits=(args.split,) if args.split else SPLITS)
+        report = verify(args.manifest, args.images, splits=(args.split,) if args.split else SPLITS,
+                        strict=args.strict)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -132,8 +170,13 @@ def main(argv=None) -> int:
             print(f"manifest file {prob['file']}: {prob['problem']}")
         for prob in report.get("image_problems", [])[:50]:
             print(f"image {prob['figure']}: {prob['problem']}")
+        for near in report.get("near_figures", [])[:50]:
+            print(f"image {near['figure']}: near, perceptual hash {near['bits']} bits away")
         if "figures" in report:
-            print(f"{report['ok']} of {report['figures']} images match")
+            print(f"{report['ok']} of {report['figures']} images match exactly")
+            if report["near"]:
+                print(f"{report['near']} images are near: {NEAR_MEANING} (a perceptual hash within "
+                      f"{NEAR_DUP_BITS} bits); not a mismatch unless --strict")
         print("OK" if report["ok_overall"] else "MISMATCHES FOUND")
     return 0 if report["ok_overall"] else 1
 
