@@ -12,6 +12,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -213,3 +214,108 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+# --- our manifests: publish -> rebuild -> verify round-trips ------------------------------------
+
+def _rgba_png() -> bytes:
+    """A half-transparent figure: ours composites it on white, the official tool drops alpha."""
+    rgba = np.zeros((120, 160, 4), np.uint8)
+    rgba[..., 0] = np.linspace(0, 255, 160, dtype=np.uint8)
+    rgba[:, 40:120, 3] = 255
+    return _png(Image.fromarray(rgba, "RGBA"))
+
+
+@pytest.fixture(scope="module")
+def published_manifest(testdata, tmp_path_factory):
+    """Real e-prints (PDF figures) and a crafted one (rasters, one with alpha), extracted with
+    the default settings (CropBox, straight to size), scored 1, filtered and published."""
+    from pipeline import filter as flt
+    from pipeline import publish
+    from pipeline.classify import SCORE_SCHEMA
+    from pipeline.extract import extract_shard
+    from pipeline.split import split_of
+    from pipeline.shards import shard_of_id
+    from test_extract import photo, tar_gz, write_papers
+
+    base = tmp_path_factory.mktemp("roundtrip")
+    root, eprints = base / "data", base / "eprints"
+    eprints.mkdir()
+    for paper_id in ("1904.03249", "2202.04200"):
+        (eprints / f"{paper_id}.tar.gz").symlink_to(testdata / "eprints" / f"{paper_id}.tar.gz")
+    (eprints / "2101.00001.tar.gz").write_bytes(tar_gz({"photo.png": photo(3, (300, 200)),
+                                                        "alpha.png": _rgba_png()}))
+    papers = sorted(p.name[: -len(".tar.gz")] for p in eprints.iterdir())
+    for paper_id in papers:
+        shard = shard_of_id(paper_id)
+        write_papers(root, shard, {paper_id: eprints / f"{paper_id}.tar.gz"})
+        extract_shard(shard, root, progress=False)
+        figures = [r for r in store.read_rows(root / "figures" / f"{shard}.parquet")
+                   if r["status"] == "ok"]
+        store.write_rows(root / "scores" / f"{shard}.parquet",
+                         [{"paper_id": r["paper_id"], "img_name": r["img_name"], "sha256": r["sha256"],
+                           "score": 1.0, "model_version": "m", "status": "ok", "error": ""}
+                          for r in figures], SCORE_SCHEMA)
+        store.write_stats(root / "scores", shard, {"model_version": "m"})
+    seed = next(s for s in range(100) if {split_of(p, s) for p in papers} == {"train", "val"})
+    flt.run(root, threshold=0.0, seed=seed)
+    publish.publish(root, "cvf-rt", out=str(base / "manifests"))
+    return root, eprints, base / "manifests" / "cvf-rt"
+
+
+def test_manifest_rebuilds_to_its_own_pixels(published_manifest, tmp_path, monkeypatch):
+    from pipeline import verify
+
+    root, eprints, manifest = published_manifest
+    monkeypatch.setenv("CVF_DATA", str(tmp_path / "rebuild-root"))
+    train = pq.read_table(manifest / "train.parquet").to_pylist()
+    val = pq.read_table(manifest / "val.parquet").to_pylist()
+    assert {r["render"] for r in train + val} == {"crop"} and all(len(r["phash"]) == 16 for r in train + val)
+    assert {r["img_name"] for r in train + val} >= {"photo.png", "alpha.png", "figures_vis.pdf"}
+    out = tmp_path / "rebuilt"
+    for split in ("train", "val"):
+        report = rebuild(manifest / f"{split}.parquet", split, out, eprints_dir=eprints, delay=0,
+                         progress=False)
+        assert report["images_missing"] == 0 and report["render_settings"] == {"crop": report["images_listed"]}
+        assert report["render_fallback"] == {}
+    result = verify.verify(str(manifest), out)
+    assert result["image_problems"] == [] and result["near"] == 0
+    assert result["ok"] == result["figures"] == len(train) + len(val)
+
+    # The official CSV of the same manifest rebuilds the official pixels, which are not ours:
+    # the PDFs (MediaBox at 200 DPI, then thumbnail) and the RGBA raster (alpha dropped).
+    official = tmp_path / "official"
+    for split in ("train", "val"):
+        rebuild(manifest / f"df_{split}.csv", split, official, eprints_dir=eprints, delay=0,
+                progress=False)
+    result = verify.verify(str(manifest), official)
+    exact = {r["figure"] for r in result["near_figures"] + result["image_problems"]}
+    paper_of_alpha = next(r["paper_id"] for r in train + val if r["img_name"] == "alpha.png")
+    assert f"{paper_of_alpha}/alpha.png" in exact and f"{paper_of_alpha}/photo.png" not in exact
+    assert any(name.endswith(".pdf") for name in exact)
+
+
+def test_render_settings_of_an_index(tmp_path):
+    """Each listed image gets the setting the index names; what the e-print cannot reproduce
+    (a PDF-fallback region, an empty or unknown value) falls back to the default, counted."""
+    import pyarrow as pa
+
+    from pipeline.rebuild import choose_settings, read_render_settings
+
+    rows = [("2101.00001", "a.pdf", "crop"), ("2101.00001", "b.pdf", "media"),
+            ("2101.00001", "c.pdf", "official"), ("2101.00001", "d.pdf", "official-poppler"),
+            ("2101.00002", "page3_fig1.png", "pdf-region"), ("2101.00002", "e.png", None),
+            ("2101.00002", "f.png", "sharpened")]
+    index = tmp_path / "val.parquet"
+    pq.write_table(pa.table({"paper_id": [r[0] for r in rows], "img_name": [r[1] for r in rows],
+                             "render": [r[2] for r in rows]}), index)
+    renders = read_render_settings(index)
+    chosen, fallback = choose_settings(read_index(index), renders, "official")
+    assert [chosen[r[:2]] for r in rows] == ["crop", "media", "official", "official-poppler",
+                                             "official", "official", "official"]
+    assert fallback == {"pdf-region": 1, "unknown": 1, "sharpened": 1}
+    csv_index = tmp_path / "df_val.csv"  # the official CSV: no render column, nothing counted
+    csv_index.write_text(",paper_id,img_name\n0,2101.00001,a.pdf\n")
+    assert read_render_settings(csv_index) == {}
+    assert choose_settings(read_index(csv_index), {}, "official-poppler") == (
+        {("2101.00001", "a.pdf"): "official-poppler"}, {})
