@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 from functools import partial
@@ -319,3 +320,39 @@ def test_render_settings_of_an_index(tmp_path):
     assert read_render_settings(csv_index) == {}
     assert choose_settings(read_index(csv_index), {}, "official-poppler") == (
         {("2101.00001", "a.pdf"): "official-poppler"}, {})
+
+
+def test_verify_tells_a_slightly_different_render_from_a_different_picture(published_manifest, tmp_path):
+    """Another PyMuPDF/Pillow can change a few pixels: same size, perceptual hash within
+    extraction's near-duplicate distance -> `near`, fine unless --strict. A different picture of
+    the same size is a problem either way."""
+    from pipeline import verify
+    from pipeline.extract import NEAR_DUP_BITS
+
+    root, _, manifest = published_manifest
+    images = shutil.copytree(root / "images", tmp_path / "images")
+    rows = {r["img_name"]: r for r in verify.read_manifest_rows(str(manifest))}
+    touched, other = images / rows["figures_vis.pdf"]["image_path"], images / rows["photo.png"]["image_path"]
+    pixels = np.asarray(Image.open(touched).convert("RGB")).copy()
+    pixels[:4, :4] = 255 - pixels[:4, :4]  # a few pixels off, as anti-aliasing changes would be
+    Image.fromarray(pixels).save(touched)
+    size = Image.open(other).size
+    Image.fromarray(np.random.default_rng(9).integers(0, 255, (size[1], size[0], 3), np.uint8)).save(other)
+
+    result = verify.verify(str(manifest), images)
+    vis = f"{rows['figures_vis.pdf']['paper_id']}/figures_vis.pdf"
+    assert [(n["figure"], n["bits"] <= NEAR_DUP_BITS) for n in result["near_figures"]] == [(vis, True)]
+    assert result["near"] == 1 and result["ok"] == result["figures"] - 2
+    [problem] = result["image_problems"]
+    assert problem["figure"].endswith("/photo.png") and "so does the picture" in problem["problem"]
+
+    strict = verify.verify(str(manifest), images, strict=True)
+    assert strict["near"] == 0 and {p["figure"] for p in strict["image_problems"]} == {vis, problem["figure"]}
+
+    Image.open(root / "images" / rows["photo.png"]["image_path"]).save(other)  # only the near one left
+    cli = [sys.executable, "-m", "pipeline.verify", str(manifest), "--images", str(images)]
+    ok = subprocess.run(cli, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "1 images are near: same picture, pixels differ slightly: another renderer version" in ok.stdout
+    refused = subprocess.run(cli + ["--strict"], capture_output=True, text=True)
+    assert refused.returncode == 1 and "refused by --strict" in refused.stdout
