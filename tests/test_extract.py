@@ -18,7 +18,7 @@ from pipeline import store
 from pipeline.archive import Limits
 from pipeline.crawl import PAPER_SCHEMA
 from pipeline.extract import (FIGURE_SCHEMA, dedup_corpus, extract_shard, is_included, latex_references,
-                              mark_duplicates, write_contact_sheet)
+                              mark_duplicates, png_phash, render_options, write_contact_sheet)
 from pipeline.replay.corpus import tar_gz
 from pipeline.shards import shard_of_id
 
@@ -284,6 +284,8 @@ def test_pdf_only_papers_go_to_the_pdf_fallback(tmp_path, testdata):
     assert figures and all(r["source_path"].startswith("page-") for r in figures)
     for r in figures:
         assert (root / r["image_path"]).exists() and r["sha256"] and r["phash"]
+        assert r["render"] == "pdf-region"  # cut from the paper PDF: no e-print file to rebuild
+        assert r["phash"] == png_phash(root / r["image_path"])
     # The same PDF as e-print and as fallback PDF gives the same figures, flagged as duplicates.
     for copy in ("2105.00002", "2105.00004"):  # the PDF beside a missing e-print; a gzip'd PDF
         same = [r for r in rows if r["paper_id"] == copy and r["status"] == "ok"]
@@ -344,6 +346,51 @@ def test_rerun_resumes_and_skips_done_shards(tmp_path):
     forced = extract_shard("2021-06", root, progress=False, force=True)
     assert forced["papers_resumed"] == 0
     assert store.read_rows(root / "figures" / "2021-06.parquet") == before
+
+
+def test_records_say_how_each_png_was_made(tmp_path):
+    """`render` names the settings (rasters too: their conversion differs between ours and the
+    official); a figure without a PNG has none. The phash is the saved PNG's."""
+    eprint = tar_gz({"p.png": photo(1), "f.pdf": one_page_pdf(), "broken.pdf": b"%PDF-1.4 junk",
+                     "arch.png": photo(2)})
+    for box, official, expected in (("crop", False, "crop"), ("media", False, "media"),
+                                    ("crop", True, "official")):
+        root = tmp_path / expected / "data"
+        write_papers(root, "2021-07", {"2107.00001": eprint})
+        stats = extract_shard("2021-07", root, options=render_options(box, official), progress=False)
+        assert stats["options"]["render"] == expected
+        rows = rows_by_name(root, "2021-07")
+        for name in ("p.png", "f.pdf"):
+            row = rows[("2107.00001", name)]
+            assert row["render"] == expected and row["phash"] == png_phash(root / row["image_path"])
+        assert rows[("2107.00001", "broken.pdf")]["status"] == "error"
+        assert rows[("2107.00001", "arch.png")]["status"] == "filtered"
+        assert rows[("2107.00001", "broken.pdf")]["render"] is rows[("2107.00001", "arch.png")]["render"] is None
+
+
+def test_figure_records_written_before_the_render_column_still_read(tmp_path):
+    """An old checkpoint (no `render` column) resumes: its rows keep render null, new rows get
+    it, and the corpus-wide duplicate pass rewrites old done shards without failing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "data"
+    write_papers(root, "2021-06", {f"2106.0000{i}": tar_gz({"p.png": photo(i)}) for i in range(1, 4)})
+    extract_shard("2021-06", root, progress=False)
+    path = root / "figures" / "2021-06.parquet"
+    old = pq.read_table(path).drop_columns(["render"]).slice(0, 1)
+    store.atomic_write_parquet(path, old)
+    (root / "figures" / "2021-06_stats.json").unlink()
+    assert extract_shard("2021-06", root, progress=False)["papers_resumed"] == 1
+    rows = store.read_rows(path)
+    assert [r["render"] for r in rows] == [None, "crop", "crop"]
+
+    rows[2]["sha256"] = rows[0]["sha256"]  # a duplicate for the corpus-wide pass to flag
+    old = pa.Table.from_pylist(rows, FIGURE_SCHEMA).drop_columns(["render"])  # a done old shard
+    store.atomic_write_parquet(path, old)
+    assert dedup_corpus(root)["shards_rewritten"] == 1
+    rows = store.read_rows(path)
+    assert rows[2]["dup_of"] == "2106.00001/p.png" and [r["render"] for r in rows] == [None] * 3
 
 
 def test_replay_corpus_every_true_figure_comes_out(tmp_path):
