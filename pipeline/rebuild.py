@@ -125,10 +125,13 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
     for paper_id, img_name in dict.fromkeys(listed):  # unique, first-seen order
         wanted.setdefault(paper_id, []).append(img_name)
 
-    # Resume: papers whose records are stored and whose listed images are all on disk are done.
+    # Resume: a paper is done when each listed image is on disk, made with the setting wanted
+    # now (a rebuild from the official CSV into the same folder is redone from our manifest).
     rows = store.read_rows(records_path) if records_path.exists() else []
+    made = {(r["paper_id"], r["img_name"]): r.get("render") for r in rows if r["status"] == "ok"}
     done = {p for p in {r["paper_id"] for r in rows} if p in wanted and all(
-        (out / split / p / output_name(p, n)).exists() for n in wanted[p])}
+        (out / split / p / output_name(p, n)).exists() and made.get((p, n)) == settings[(p, n)]
+        for n in wanted[p])}
     rows = [r for r in rows if r["paper_id"] in done]
     missing: dict[tuple[str, str], str] = {}  # (paper_id, img_name) -> why it could not be had
 
