@@ -34,7 +34,7 @@ from pipeline.split import split_of
 
 SELECTION_COLUMNS = ["paper_id", "img_name", "split", "year", "sha256", "width", "height", "score",
                      "model_version", "version", "license", "source_url", "crawl_date", "image_path",
-                     "near_dup_of"]
+                     "near_dup_of", "render", "phash"]
 
 
 def _read_stage(root: Path, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -83,13 +83,14 @@ def candidates(root: Path) -> pd.DataFrame:
         scores = scores[scores["status"].fillna("ok") == "ok"].drop(columns="status")
     scores = scores[scores["score"].notna()].rename(columns={"sha256": "scored_sha256"})
     figures = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "width", "height", "image_path",
-                                            "source_kind", "dup_of", "near_dup_of"])
+                                            "source_kind", "dup_of", "near_dup_of", "render", "phash"])
     df = scores.merge(figures, on=["paper_id", "img_name"], how="inner")
     df = df.merge(_papers(root), on="paper_id", how="left")
     scored = df.pop("scored_sha256").fillna("") if "scored_sha256" in df else ""
     now = df["sha256"].fillna("")
     df["stale_score"] = (scored != "") & (now != "") & (scored != now)
-    for col in ["dup_of", "near_dup_of", "license", "source_kind", "crawl_date", "crawl_date_from"]:
+    # render/phash: '' for figure records written before extraction kept them
+    for col in ["dup_of", "near_dup_of", "license", "source_kind", "crawl_date", "crawl_date_from", "render", "phash"]:
         df[col] = df[col].fillna("") if col in df else ""
     return df
 

@@ -78,20 +78,6 @@ _FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name 
                         "whose pixels differ slightly (another renderer version) when it is within a few bits"}
 
 
-def with_figure_facts(root: Path, kept: pd.DataFrame) -> pd.DataFrame:
-    """`kept` with each figure's `render` and `phash` from its figure record (same paper, name and
-    PNG sha256); null where the record does not have them (written before `render` existed)."""
-    from pipeline.filter import _read_stage  # done figure shards, absent columns left out
-
-    facts = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "render", "phash"])
-    for col in ("render", "phash"):
-        if col not in facts:
-            facts[col] = None
-    facts = facts.drop_duplicates(["paper_id", "img_name", "sha256"])
-    kept = kept.drop(columns=[c for c in ("render", "phash") if c in kept])
-    return kept.merge(facts, on=["paper_id", "img_name", "sha256"], how="left")
-
-
 def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
     """split -> the manifest table with stable column types (nullable ints for missing versions)."""
     kept = kept.sort_values(["paper_id", "img_name"], kind="stable")
@@ -311,7 +297,9 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
     kept = pq.read_table(sel / "selection.parquet").to_pandas()
     if kept.empty:
         raise ValueError("the selection is empty: nothing to publish (lower the threshold?)")
-    kept = with_figure_facts(root, kept)
+    for col in ("render", "phash"):  # a selection written before the filter carried them
+        if col not in kept:
+            kept[col] = ""
     versions = report.get("model_version") or []
     card_path = root / "classifier" / versions[0] / "card.json" if versions else None
     card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None

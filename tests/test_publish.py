@@ -61,14 +61,14 @@ def test_manifest_files_and_row_contents(published):
 
 
 def test_manifest_says_how_each_png_was_made_and_its_perceptual_hash(published):
-    """`render` and `phash` come from the figure records (this corpus predates `render`: null),
+    """`render` and `phash` come from the figure records (this corpus predates `render`: empty),
     in Parquet, JSONL, Croissant (typed, described) and the card; the official CSV keeps its 3 columns."""
     root, _, out, _ = published
     figures = {(r["paper_id"], r["img_name"]): r for p in (root / "figures").glob("*.parquet")
                for r in pq.read_table(p).to_pylist()}
     for split in ("train", "val"):
         for row in pq.read_table(out / f"{split}.parquet").to_pylist():
-            assert row["phash"] == figures[(row["paper_id"], row["img_name"])]["phash"] and row["render"] is None
+            assert row["phash"] == figures[(row["paper_id"], row["img_name"])]["phash"] and row["render"] == ""
         assert (out / f"df_{split}.csv").read_text().splitlines()[0] == ",paper_id,img_name"
     assert {"render", "phash"} <= set(json.loads((out / "val.jsonl").read_text().splitlines()[0]))
     fields = {f["name"]: f for f in json.loads((out / "croissant.json").read_text())["recordSet"][0]["field"]}
