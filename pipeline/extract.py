@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import config, store
@@ -358,17 +359,35 @@ def _bit_blocks(n: int) -> list[tuple[int, int]]:
     return out
 
 
+# What duplicate marking reads: the whole corpus is held in memory with these columns only.
+DEDUP_COLUMNS = ["paper_id", "img_name", "source_path", "status", "sha256", "phash", "dup_of", "near_dup_of"]
+
+
 def dedup_corpus(root: str | Path | None = None, near_bits: int = NEAR_DUP_BITS) -> dict:
-    """Flag duplicates across every done figure shard of the root (rewrites changed shards)."""
+    """Flag duplicates across every done figure shard of the root (rewrites changed shards).
+
+    Every shard's DEDUP_COLUMNS are held at once (a few hundred bytes a figure); a shard whose
+    flags change is then read whole and rewritten, one at a time, with only those two columns new.
+    """
     root = config.data_root(root)
     shards = sorted(p.name[: -len("_stats.json")] for p in (root / "figures").glob("*_stats.json"))
-    tables = {s: store.read_rows(root / "figures" / f"{s}.parquet") for s in shards}
+    tables = {s: pq.read_table(root / "figures" / f"{s}.parquet", columns=DEDUP_COLUMNS).to_pylist()
+              for s in shards}
     before = {s: [(r["dup_of"], r["near_dup_of"]) for r in rows] for s, rows in tables.items()}
     mark_duplicates([r for rows in tables.values() for r in rows], near_bits)
     changed = 0
     for s, rows in tables.items():
         if [(r["dup_of"], r["near_dup_of"]) for r in rows] != before[s]:
-            store.write_rows(root / "figures" / f"{s}.parquet", rows, FIGURE_SCHEMA)
+            path = root / "figures" / f"{s}.parquet"
+            table = pq.read_table(path)
+            for field in FIGURE_SCHEMA:  # a shard written before a column existed gets it, null
+                if field.name not in table.column_names:
+                    table = table.append_column(field, pa.nulls(len(table), field.type))
+            table = table.select(FIGURE_SCHEMA.names)
+            for col in ("dup_of", "near_dup_of"):
+                table = table.set_column(table.schema.get_field_index(col), col,
+                                         pa.array([r[col] for r in rows], pa.string()))
+            store.atomic_write_parquet(path, table)
             changed += 1
     all_rows = [r for rows in tables.values() for r in rows]
     # "figures" as in the shard stats: a paper-level row (no e-print, no figure) is no figure.
