@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import sys
 from pathlib import Path
 
@@ -189,8 +190,13 @@ def format_report(report: dict) -> str:
 
 
 def write_selection(root: Path, kept: pd.DataFrame, report: dict) -> Path:
+    """selection.parquet, per_year.csv, then report.json, which names the selection's sha256: a
+    run cut between its writes leaves a report that publish can tell is not this selection's."""
     out = root / "selection"
-    store.atomic_write_parquet(out / "selection.parquet", pa.Table.from_pandas(kept, preserve_index=False))
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(kept, preserve_index=False), buf, compression="zstd")
+    report = dict(report, selection_sha256=store.sha256_bytes(buf.getvalue()))
+    store.atomic_write_bytes(out / "selection.parquet", buf.getvalue())
     rows = ["year,train,val,total"] + [f"{y},{r['train']},{r['val']},{r['total']}" for y, r in report["per_year"].items()]
     store.atomic_write_text(out / "per_year.csv", "\n".join(rows) + "\n")
     store.atomic_write_json(out / "report.json", report)  # last: the selection is complete

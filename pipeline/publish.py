@@ -294,7 +294,11 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
         raise FileNotFoundError(f"no selection under {sel} (run `python -m pipeline.filter` first)")
     report = json.loads((sel / "report.json").read_text())
     report["per_year"] = {int(k): v for k, v in report["per_year"].items()}
-    kept = pq.read_table(sel / "selection.parquet").to_pandas()
+    selection = (sel / "selection.parquet").read_bytes()
+    if report.get("selection_sha256", store.sha256_bytes(selection)) != store.sha256_bytes(selection):
+        raise ValueError(f"{sel}/report.json is not the report of selection.parquet (a filter run stopped between "
+                         "its writes?): run `python -m pipeline.filter` again")
+    kept = pq.read_table(io.BytesIO(selection)).to_pandas()
     if kept.empty:
         raise ValueError("the selection is empty: nothing to publish (lower the threshold?)")
     for col in ("render", "phash"):  # a selection written before the filter carried them

@@ -184,6 +184,22 @@ def test_bad_name_and_empty_selection_publish_nothing(selected, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_a_report_of_another_selection_is_refused(selected, tmp_path):
+    """A filter run stopped between writing selection.parquet and report.json leaves the old
+    report beside a new selection: publish must not combine them."""
+    import shutil
+
+    root, _ = selected
+    copy = tmp_path / "data"
+    shutil.copytree(root / "selection", copy / "selection")
+    sel = copy / "selection" / "selection.parquet"
+    table = pq.read_table(sel)
+    pq.write_table(table.slice(0, table.num_rows - 1), sel)  # the new selection, report not yet written
+    with pytest.raises(ValueError, match="not the report of selection.parquet"):
+        publish.publish(copy, NAME, out=str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+
+
 def test_fsspec_url_output(selected):
     root, report = selected
     target, _ = publish.publish(root, NAME, out="memory://cvf-test/manifests", overwrite=True)
