@@ -332,6 +332,10 @@ def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path} holds no state_dict (expected {{'model': state_dict}} or a state_dict)")
+    # saved from a DistributedDataParallel or torch.compile wrapper by other training code
+    for wrapper in ("module.", "_orig_mod."):
+        if all(k.startswith(wrapper) for k in state):
+            state = {k[len(wrapper):]: v for k, v in state.items()}
     has_vae = any(k.startswith("vae.") for k in state)
     if has_vae:
         vqgan = VQModel(**vqgan_params(vqgan_config))

@@ -132,6 +132,13 @@ def test_checkpoint_in_the_legacy_format_loads(ref, tmp_path):
     check_reference_forward(load_checkpoint(path, ref["vqgan_config"], arch=ref["sizes"]), ref)
 
 
+@pytest.mark.parametrize("wrapper", ["module.", "_orig_mod."])
+def test_checkpoint_saved_from_a_ddp_or_compiled_wrapper_loads(ref, tmp_path, wrapper):
+    path = tmp_path / "wrapped.pth"
+    torch.save({"model": {wrapper + k: v for k, v in ref["full_state"].items()}}, path)
+    check_reference_forward(load_checkpoint(path, ref["vqgan_config"], arch=ref["sizes"]), ref)
+
+
 def test_checkpoint_sizes_from_a_config_section_and_the_position_table(ref, tmp_path):
     """The vectors' whole "mae"/"vqgan" sections (descriptive keys included) are accepted, and
     the image size comes from the checkpoint's position table when not given."""
