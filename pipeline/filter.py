@@ -35,7 +35,7 @@ from pipeline.split import split_of
 
 SELECTION_COLUMNS = ["paper_id", "img_name", "split", "year", "sha256", "width", "height", "score",
                      "model_version", "version", "license", "source_url", "crawl_date", "image_path",
-                     "near_dup_of", "render", "phash"]
+                     "near_dup_of", "render", "phash", "page", "bbox"]
 
 
 def _read_stage(root: Path, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -84,7 +84,8 @@ def candidates(root: Path) -> pd.DataFrame:
         scores = scores[scores["status"].fillna("ok") == "ok"].drop(columns="status")
     scores = scores[scores["score"].notna()].rename(columns={"sha256": "scored_sha256"})
     figures = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "width", "height", "image_path",
-                                            "source_kind", "dup_of", "near_dup_of", "render", "phash"])
+                                            "source_kind", "dup_of", "near_dup_of", "render", "phash",
+                                            "page", "bbox"])
     df = scores.merge(figures, on=["paper_id", "img_name"], how="inner")
     df = df.merge(_papers(root), on="paper_id", how="left")
     scored = df.pop("scored_sha256").fillna("") if "scored_sha256" in df else ""
@@ -93,7 +94,22 @@ def candidates(root: Path) -> pd.DataFrame:
     # render/phash: '' for figure records written before extraction kept them
     for col in ["dup_of", "near_dup_of", "license", "source_kind", "crawl_date", "crawl_date_from", "render", "phash"]:
         df[col] = df[col].fillna("") if col in df else ""
+    df["page"], df["bbox"] = pdf_region_columns(df)
     return df
+
+
+def pdf_region_columns(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """`page` (nullable int) and `bbox` (`"x0,y0,x1,y1"`, PDF points) of the PDF-fallback
+    figures (`render` pdf-region), so a rebuild can cut the same region again; null and ''
+    for the others and for figure records written before extraction kept them. Each number is
+    written as Python's shortest round-trip repr: read back, it is the same float."""
+    region = df["render"] == "pdf-region"
+    page = df["page"] if "page" in df else pd.Series(None, index=df.index, dtype="float64")
+    page = page.where(region).astype("Int64")
+    bbox = df["bbox"] if "bbox" in df else pd.Series(None, index=df.index, dtype=object)
+    text = [",".join(repr(float(v)) for v in b) if is_region and hasattr(b, "__len__") and len(b) == 4
+            else "" for b, is_region in zip(bbox, region)]  # a missing bbox may read as NaN
+    return page, pd.Series(text, index=df.index, dtype=object)
 
 
 def _year_of_id(paper_id: str) -> int:

@@ -30,6 +30,7 @@ from PIL import Image
 from pipeline.store import atomic_write_bytes
 
 MAX_SIDE = 1024  # the training format: longer side at most 1024 px
+DPI = 150  # figure regions are rendered at this resolution (a rebuild cuts them again at it)
 
 # `Figure 3:`, `Fig. 3.`, `FIGURE 3 |`, `Table IV:`, `Figure S2.`, `Fig 3` ...
 CAPTION_RE = re.compile(
@@ -505,7 +506,7 @@ def _assign(page, captions, images, graphics, canvases, labels, stops, claimed) 
     return regions
 
 
-def render_region(page: pymupdf.Page, bbox, dpi: int = 150) -> Image.Image:
+def render_region(page: pymupdf.Page, bbox, dpi: int = DPI) -> Image.Image:
     """The region as an RGB image at `dpi`, annotations off, shrunk to MAX_SIDE if larger."""
     pix = page.get_pixmap(dpi=dpi, clip=pymupdf.Rect(bbox), annots=False, alpha=False,
                           colorspace=pymupdf.csRGB)
@@ -519,6 +520,14 @@ def _png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def write_region(page: pymupdf.Page, bbox, png: Path, dpi: int = DPI) -> Image.Image:
+    """Render the region (`render_region`) and write it to `png` atomically; the image.
+    Extraction and `pipeline.rebuild` both write through here, so their bytes agree."""
+    img = render_region(page, bbox, dpi)
+    atomic_write_bytes(png, _png_bytes(img))
+    return img
 
 
 def _record(region: Region | None, **fields) -> dict:
@@ -540,7 +549,7 @@ def _img_name(region: Region, seen: Counter) -> str:
     return f"{stem}.png" if seen[stem] == 1 else f"{stem}_{seen[stem]}.png"
 
 
-def extract_pdf_figures(pdf_path, out_dir, dpi: int = 150, include_tables: bool = False) -> list[dict]:
+def extract_pdf_figures(pdf_path, out_dir, dpi: int = DPI, include_tables: bool = False) -> list[dict]:
     """Find the figures of a PDF and write each as `<out_dir>/<img_name>` (RGB PNG).
 
     Returns one dict per region: img_name (`page3_fig2.png`: 1-based page, caption number),
@@ -569,9 +578,8 @@ def extract_pdf_figures(pdf_path, out_dir, dpi: int = 150, include_tables: bool 
                 continue
             name = _img_name(region, seen)
             try:
-                img = render_region(doc[region.page], region.bbox, dpi)
                 png = out_dir / name
-                atomic_write_bytes(png, _png_bytes(img))
+                img = write_region(doc[region.page], region.bbox, png, dpi)
                 records.append(_record(region, img_name=name, png_path=str(png), width=img.width,
                                        height=img.height, status="ok"))
             except Exception as e:

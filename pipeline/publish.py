@@ -43,7 +43,7 @@ from pipeline.contact_sheet import contact_sheet
 
 SPLITS = ("train", "val")
 MANIFEST_COLUMNS = ["paper_id", "img_name", "split", "sha256", "width", "height", "score", "version", "license",
-                    "source_url", "crawl_date", "year", "image_path", "render", "phash"]
+                    "source_url", "crawl_date", "year", "image_path", "render", "phash", "page", "bbox"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 CROISSANT_CONTEXT = {
@@ -63,7 +63,8 @@ CROISSANT_CONTEXT = {
 _FIELD_TYPES = {"paper_id": "sc:Text", "img_name": "sc:Text", "split": "sc:Text", "sha256": "sc:Text",
                 "width": "sc:Integer", "height": "sc:Integer", "score": "sc:Float", "version": "sc:Integer",
                 "license": "sc:URL", "source_url": "sc:URL", "crawl_date": "sc:Date", "year": "sc:Integer",
-                "image_path": "sc:Text", "render": "sc:Text", "phash": "sc:Text"}
+                "image_path": "sc:Text", "render": "sc:Text", "phash": "sc:Text", "page": "sc:Integer",
+                "bbox": "sc:Text"}
 _FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name (path in the e-print, / -> _)",
                "split": "train or val: a hash of paper_id and seed", "sha256": "sha256 of the rendered PNG",
                "width": "PNG width in pixels", "height": "PNG height in pixels",
@@ -75,7 +76,10 @@ _FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name 
                          "(the official downloader's settings), official-poppler (the same through pdftoppm), "
                          "pdf-region (cut from the paper PDF); empty if not recorded. `pipeline.rebuild` follows it",
                "phash": "64-bit perceptual hash of the PNG (hex, imagehash.phash): `pipeline.verify` accepts a copy "
-                        "whose pixels differ slightly (another renderer version) when it is within a few bits"}
+                        "whose pixels differ slightly (another renderer version) when it is within a few bits",
+               "page": "pdf-region figures only (else null): the 0-based page of the paper PDF the figure was cut from",
+               "bbox": "pdf-region figures only (else empty): the region cut from `page`, \"x0,y0,x1,y1\" in PDF points "
+                       "(top-left origin) as exact decimals; `pipeline.rebuild` renders it again to the same sha256"}
 
 
 def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
@@ -87,6 +91,7 @@ def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
     for split in SPLITS:
         part = kept[kept["split"] == split][MANIFEST_COLUMNS].copy()
         part["version"] = part["version"].astype("Int64")
+        part["page"] = part["page"].astype("Int64")
         part["image_path"] = part["image_path"].str.removeprefix("images/")  # relative to the image folder
         out[split] = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
     return out
@@ -244,9 +249,11 @@ near duplicates are kept and listed in the selection report.
 `train.parquet`, `val.parquet` (and `.jsonl`): `{'`, `'.join(MANIFEST_COLUMNS)}`.
 `df_train.csv`, `df_val.csv`: the official index format (`,paper_id,img_name`), read by existing tools unchanged.
 `render` says how each PNG was made (`crop`/`media`: our renderer with that PDF box; `official`: the official
-downloader's settings), so `python -m pipeline.rebuild --index val.parquet` makes the same pixels again;
+downloader's settings; `pdf-region`: a region of the paper PDF), so `python -m pipeline.rebuild --index val.parquet` makes the same pixels again;
 `phash` is the PNG's perceptual hash, by which `pipeline.verify` tells a copy whose pixels differ slightly
-(another PyMuPDF or Pillow version) from a different picture.
+(another PyMuPDF or Pillow version) from a different picture. Figures of papers without LaTeX source are cut
+from the paper PDF (`render` `pdf-region`): `page` (0-based) and `bbox` (`x0,y0,x1,y1`, PDF points) say which
+region, and `pipeline.rebuild` cuts it again from the e-print (when it is the PDF) or the paper PDF.
 Each row carries its paper's arXiv `version`, licence URL (`license`, when the crawl collected it),
 the `source_url` its figure was extracted from, and `crawl_date`, {crawl_note}
 `croissant.json`: Croissant 1.0 metadata with checksums. Check a copy with
@@ -301,9 +308,11 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
     kept = pq.read_table(io.BytesIO(selection)).to_pandas()
     if kept.empty:
         raise ValueError("the selection is empty: nothing to publish (lower the threshold?)")
-    for col in ("render", "phash"):  # a selection written before the filter carried them
+    for col in ("render", "phash", "bbox"):  # a selection written before the filter carried them
         if col not in kept:
             kept[col] = ""
+    if "page" not in kept:
+        kept["page"] = None
     versions = report.get("model_version") or []
     card_path = root / "classifier" / versions[0] / "card.json" if versions else None
     card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None

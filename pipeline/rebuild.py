@@ -18,8 +18,12 @@ or any CSV/Parquet with `paper_id` and `img_name` columns, such as our own publi
 An index with a `render` column (our manifests) says how each image was made, and each is
 rendered that way again (`crop`/`media`: our fast path with that PDF box; `official`;
 `official-poppler`), so rebuilding from our manifest gives our pixels and `pipeline.verify`
-passes. `pdf-region` (a region of the paper PDF, not in the e-print) and an empty or unknown
-value fall back to the official settings; the report counts them (`render_fallback`).
+passes. A `pdf-region` figure (PDF fallback of a paper without LaTeX source) whose row gives its
+`page` and `bbox` is cut again from the paper PDF as extraction cut it (same function and DPI):
+the PDF is the e-print when the e-print is one, else `raw/<shard>/<id>.pdf`, downloaded like the
+crawl does (`--pdf-url`) unless the crawl left it there. A `pdf-region` row without page/bbox,
+and an empty or unknown value, fall back to the official settings; the report counts them
+(`render_fallback`), and the images cut from PDFs (`images_from_pdf`).
 """
 from __future__ import annotations
 
@@ -32,23 +36,25 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pymupdf
 from tqdm import tqdm
 
 from pipeline import config, store
-from pipeline.archive import ArchiveError
-from pipeline.extract import (FIGURE_SCHEMA, RENDER_SETTINGS, IsPaperPDF, extract_eprint,
-                              mark_duplicates)
+from pipeline.archive import ArchiveError, read_eprint
+from pipeline.extract import (FIGURE_SCHEMA, PDF_REGION, RENDER_SETTINGS, IsPaperPDF,
+                              extract_eprint, figure_row, mark_duplicates, png_phash)
 from pipeline.naming import output_name
 from pipeline.render import Renderer
 from pipeline.shards import shard_of_id
 
 
 def _index_rows(path: Path) -> list[dict]:
-    """The index's rows as dicts: `paper_id`, `img_name`, and `render` when it has that column."""
+    """The index's rows as dicts: `paper_id`, `img_name`, and `render`, `page`, `bbox` where it
+    has those columns."""
     if path.suffix == ".parquet":
-        has_render = "render" in pq.read_schema(path).names
-        return pq.read_table(path, columns=["paper_id", "img_name"] + ["render"] * has_render
-                             ).to_pylist()
+        names = pq.read_schema(path).names
+        optional = [c for c in ("render", "page", "bbox") if c in names]
+        return pq.read_table(path, columns=["paper_id", "img_name"] + optional).to_pylist()
     with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is no column
         reader = csv.DictReader(f)
         missing = {"paper_id", "img_name"} - set(reader.fieldnames or ())
@@ -69,6 +75,24 @@ def read_render_settings(path: str | Path) -> dict[tuple[str, str], str | None]:
     has no `render` column (the official CSV)."""
     return {(r["paper_id"], r["img_name"]): r["render"] or None
             for r in _index_rows(Path(path)) if "render" in r}
+
+
+def read_pdf_regions(path: str | Path) -> dict[tuple[str, str], tuple[object, str]]:
+    """(paper_id, img_name) -> (page, bbox) as the index gives them, for its `pdf-region` rows
+    that have both (our manifests since they carry them); they are checked when cut."""
+    return {(r["paper_id"], r["img_name"]): (r["page"], r["bbox"]) for r in _index_rows(Path(path))
+            if r.get("render") == PDF_REGION and r.get("page") not in (None, "") and r.get("bbox")}
+
+
+def parse_region(page, bbox: str) -> tuple[int, tuple[float, ...]]:
+    """An index's page and `"x0,y0,x1,y1"` as numbers; ValueError saying what is wrong."""
+    try:
+        page, box = int(page), tuple(float(v) for v in bbox.split(","))
+    except (TypeError, ValueError):
+        raise ValueError(f"bad page/bbox {page!r}/{bbox!r}") from None
+    if len(box) != 4 or page < 0 or not (box[0] < box[2] and box[1] < box[3]):
+        raise ValueError(f"bad page/bbox {page!r}/{bbox!r}: want a page >= 0 and x0<x1, y0<y1")
+    return page, box
 
 
 def choose_settings(listed: list[tuple[str, str]], renders: dict, default: str
@@ -105,9 +129,67 @@ def fetch_eprint(paper_id: str, dest: Path, root: Path, fetcher, eprints_dir: Pa
     return download_file(fetcher, url, dest, root)
 
 
+def paper_pdf(paper_id: str, eprint: Path | None, root: Path, fetcher, pdf_url: str | None
+              ) -> tuple[bytes | None, str]:
+    """The PDF extraction's fallback cut a paper's regions from, or None and why not: the
+    e-print when it is a PDF (gzip'd too), else the crawl's `raw/<shard>/<id>.pdf`, downloaded
+    from `pdf_url` (default $CVF_ARXIV_PDF_URL or arXiv's) unless it is already there."""
+    from pipeline.fetch import download_file
+
+    if eprint is not None:
+        try:
+            kind, members = read_eprint(eprint)
+            if kind == "pdf":
+                return next(members).data, ""
+        except ArchiveError:
+            pass  # not a readable source archive: extraction used the paper PDF too
+    dest = root / "raw" / shard_of_id(paper_id) / f"{paper_id}.pdf"
+    got = download_file(fetcher, (pdf_url or config.arxiv_pdf_url()).format(id=paper_id), dest, root)
+    if got["status"] != "ok":
+        retry = " (rerun to retry)" if got["status"] == "pending" else ""
+        return None, f"paper PDF {got['status']}: {got['error']}".rstrip(": ") + retry
+    return dest.read_bytes(), ""
+
+
+def cut_regions(paper_id: str, pdf: bytes, regions: dict[str, tuple], image_dir: Path,
+                out: Path) -> list[dict]:
+    """Figure records of the named regions ({img_name: (page, bbox)}), each cut from `pdf` into
+    `image_dir` exactly as the PDF fallback cut it (`pipeline.pdffigures.write_region`). A bad
+    page/bbox, a page the PDF lacks, or a render failure is that figure's `error`."""
+    from pipeline.pdffigures import write_region
+
+    rows = []
+    try:
+        doc = pymupdf.open(stream=pdf, filetype="pdf")
+    except Exception as e:  # pymupdf raises several types for broken files
+        return [figure_row(paper_id, img_name=name, source_kind="pdf", format="png",
+                           status="error", error=f"paper PDF unreadable: {type(e).__name__}: {e}")
+                for name in regions]
+    with doc:
+        for name, (page, bbox) in regions.items():
+            row = figure_row(paper_id, img_name=name, source_kind="pdf", format="png")
+            try:
+                page, box = parse_region(page, bbox)
+                row.update(source_path=f"page-{page + 1}", page=page, bbox=list(box))
+                if page >= doc.page_count:
+                    raise ValueError(f"page {page} out of range: the paper PDF has "
+                                     f"{doc.page_count} pages (0-based)")
+                png = image_dir / output_name(paper_id, name)
+                img = write_region(doc[page], box, png)
+            except Exception as e:  # one region's failure is that figure's, not the paper's
+                row.update(status="error", error=str(e) if isinstance(e, ValueError)
+                           else f"render failed: {type(e).__name__}: {e}")
+            else:
+                row.update(width=img.width, height=img.height, sha256=store.sha256_file(png),
+                           bytes=png.stat().st_size, phash=png_phash(png), render=PDF_REGION,
+                           image_path=png.relative_to(out).as_posix(), page_count=doc.page_count)
+            rows.append(row)
+    return rows
+
+
 def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | None = None, *,
             eprints_dir: str | Path | None = None, eprint_url: str | None = None,
-            delay: float | None = None, poppler: bool = False, progress: bool = True,
+            pdf_url: str | None = None, delay: float | None = None, poppler: bool = False, progress: bool = True,
             checkpoint_every: int = 20) -> dict:
     """Write the index's images under `out/<split>/`; returns the report (also stored).
     `poppler`: render PDFs with pdftoppm itself, for the official pixels to the bit."""
@@ -117,10 +199,13 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
     records_dir = root / "rebuild" / split
     records_path = records_dir / "figures.parquet"
     listed = read_index(index)
-    # How to render each image: as the index says (our manifests), else the official settings.
+    # How to render each image: as the index says (our manifests), else the official settings;
+    # PDF-fallback regions with their page and bbox are cut from the paper PDF again.
+    regions = read_pdf_regions(index)
     settings, render_fallback = choose_settings(
-        list(dict.fromkeys(listed)), read_render_settings(index),
+        [key for key in dict.fromkeys(listed) if key not in regions], read_render_settings(index),
         "official-poppler" if poppler else "official")
+    settings.update(dict.fromkeys(regions, PDF_REGION))
     wanted: dict[str, list[str]] = {}
     for paper_id, img_name in dict.fromkeys(listed):  # unique, first-seen order
         wanted.setdefault(paper_id, []).append(img_name)
@@ -150,23 +235,12 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                 renderers[setting] = stack.enter_context(Renderer(RENDER_SETTINGS[setting]))
             return renderers[setting]
 
-        for i, paper_id in enumerate(tqdm(todo, desc=f"rebuild {split}", unit="paper",
-                                          disable=not progress), 1):
-            names = wanted[paper_id]
-            try:
-                eprint = root / "raw" / shard_of_id(paper_id) / f"{paper_id}.eprint"
-            except ValueError as e:  # not an arXiv id: nothing to fetch
-                cannot_have(paper_id, names, f"bad paper_id: {e}")
-                continue
-            got = fetch_eprint(paper_id, eprint, root, fetcher, eprints_dir, eprint_url)
-            if got["status"] != "ok":
-                retry = " (rerun to retry)" if got["status"] == "pending" else ""
-                cannot_have(paper_id, names,
-                            f"e-print {got['status']}: {got['error']}".rstrip(": ") + retry)
-                continue
+        def from_eprint(paper_id: str, eprint: Path, names: list[str]) -> list[dict]:
+            """Records of the listed names rendered from the e-print, each with its setting."""
             by_setting: dict[str, list[str]] = {}
             for name in names:
                 by_setting.setdefault(settings[(paper_id, name)], []).append(name)
+            records = []
             try:
                 for setting, group in by_setting.items():
                     paper_rows = extract_eprint(paper_id, eprint, out / split / paper_id, out,
@@ -178,13 +252,39 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                         if not row["img_name"]:
                             cannot_have(paper_id, set(group) - {r["img_name"] for r in paper_rows},
                                         f"e-print: {row['error']}")
-                    rows += [r for r in paper_rows if r["img_name"]]
+                    records += [r for r in paper_rows if r["img_name"]]
             except IsPaperPDF:
                 cannot_have(paper_id, names, "e-print is the paper's PDF: no source figure files")
-                continue
             except ArchiveError as e:
                 cannot_have(paper_id, names, f"e-print: {e}")
+            return records
+
+        for i, paper_id in enumerate(tqdm(todo, desc=f"rebuild {split}", unit="paper",
+                                          disable=not progress), 1):
+            from_pdf = {n: regions[(paper_id, n)] for n in wanted[paper_id]
+                        if (paper_id, n) in regions}
+            names = [n for n in wanted[paper_id] if n not in from_pdf]  # from the e-print
+            try:
+                eprint = root / "raw" / shard_of_id(paper_id) / f"{paper_id}.eprint"
+            except ValueError as e:  # not an arXiv id: nothing to fetch
+                cannot_have(paper_id, wanted[paper_id], f"bad paper_id: {e}")
                 continue
+            got = fetch_eprint(paper_id, eprint, root, fetcher, eprints_dir, eprint_url)
+            if got["status"] != "ok":
+                retry = " (rerun to retry)" if got["status"] == "pending" else ""
+                why = f"e-print {got['status']}: {got['error']}".rstrip(": ") + retry
+                cannot_have(paper_id, names, why)
+                if got["status"] == "pending":  # it may be the very PDF to cut the regions from
+                    cannot_have(paper_id, from_pdf, why)
+            if from_pdf and got["status"] != "pending":
+                pdf, why = paper_pdf(paper_id, eprint if got["status"] == "ok" else None, root,
+                                     fetcher, pdf_url)
+                if pdf is None:
+                    cannot_have(paper_id, from_pdf, why)
+                else:
+                    rows += cut_regions(paper_id, pdf, from_pdf, out / split / paper_id, out)
+            if names and got["status"] == "ok":
+                rows += from_eprint(paper_id, eprint, names)
             if i % checkpoint_every == 0:  # a killed run resumes from here
                 store.write_rows(records_path, rows, FIGURE_SCHEMA)
     by_key = {(r["paper_id"], r["img_name"]): r for r in rows}
@@ -209,6 +309,7 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
         "missing_by_reason": dict(Counter(m["reason"].split(":")[0] for m in missing_rows)),
         "render_settings": dict(Counter(settings.values())),
         "render_fallback": dict(render_fallback),
+        "images_from_pdf": sum(r["status"] == "ok" and r["render"] == PDF_REGION for r in rows),
         "exact_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["dup_of"]]
                                    for r in rows if r["dup_of"]],
         "near_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["near_dup_of"]]
@@ -234,7 +335,8 @@ def main(argv: list[str] | None = None) -> None:
                     "listed paper's e-print politely (reruns resume) and write exactly the "
                     "listed images, with the official file names and pixels, to OUT/SPLIT/"
                     "<paper_id>/. A manifest's `render` column (val.parquet of `pipeline."
-                    "publish`) is followed, so the images match the manifest's sha256. A report of duplicates and of every image that could not "
+                    "publish`) is followed, so the images match the manifest's sha256; its "
+                    "pdf-region figures are cut from the paper PDF again. A report of duplicates and of every image that could not "
                     "be had, with reasons, goes to $CVF_DATA/rebuild/SPLIT/.")
     parser.add_argument("--index", required=True,
                         help="CSV with paper_id,img_name columns (the official ,paper_id,img_name "
@@ -247,12 +349,15 @@ def main(argv: list[str] | None = None) -> None:
                                           "<id>.eprint or <id>); others are downloaded")
     parser.add_argument("--eprint-url", help="e-print URL template with {id}, as for the crawl "
                                              "(default $CVF_ARXIV_EPRINT_URL or arXiv's)")
+    parser.add_argument("--pdf-url", help="paper PDF URL template with {id}, as for the crawl "
+                                          "(default $CVF_ARXIV_PDF_URL or arXiv's): for a "
+                                          "manifest's pdf-region figures whose e-print is no PDF")
     parser.add_argument("--official-renderer", action="store_true",
                         help="render PDF figures with poppler's pdftoppm, as the official tool "
                              "did (bit-identical pixels, ~20x slower than the default PyMuPDF "
                              "path, whose sizes are identical and pixels nearly so); applies to "
                              "every image of the official CSV, and to the images of a manifest "
-                             "whose `render` is empty or pdf-region")
+                             "whose `render` is empty, or pdf-region without page/bbox")
     parser.add_argument("--delay", type=float, default=None,
                         help="seconds between requests to arXiv (default $CVF_ARXIV_DELAY or 3)")
     args = parser.parse_args(argv)
@@ -264,22 +369,23 @@ def main(argv: list[str] | None = None) -> None:
         read_index(args.index)  # a wrong CSV is a one-line error, not a traceback
     except (ValueError, OSError) as e:
         parser.error(str(e))
-    if args.eprint_url and "{id}" not in args.eprint_url:
-        parser.error(f"--eprint-url {args.eprint_url}: no {{id}} placeholder")
+    for flag, url in (("--eprint-url", args.eprint_url), ("--pdf-url", args.pdf_url)):
+        if url and "{id}" not in url:
+            parser.error(f"{flag} {url}: no {{id}} placeholder")
     report = rebuild(args.index, args.split, args.out, args.root, eprints_dir=args.eprints,
-                     eprint_url=args.eprint_url, delay=args.delay,
+                     eprint_url=args.eprint_url, pdf_url=args.pdf_url, delay=args.delay,
                      poppler=args.official_renderer)
     print(f"{report['images_written']}/{report['images_listed']} images written to "
-          f"{report['out']}; {report['images_missing']} missing {report['missing_by_reason']}; "
+          f"{report['out']} ({report['images_from_pdf']} cut from paper PDFs); {report['images_missing']} missing {report['missing_by_reason']}; "
           f"{report['index_duplicate_rows']} duplicate index rows; report in "
           f"{config.data_root(args.root) / 'rebuild' / args.split}")
     if report["render_fallback"]:
         print(f"note: {sum(report['render_fallback'].values())} images were listed as made in a "
               f"way the e-print cannot reproduce {report['render_fallback']} (pdf-region: cut "
-              f"from the paper PDF); they were rendered with the official settings, so their "
+              f"from the paper PDF, but the index gives no page/bbox); they were rendered with the official settings, so their "
               f"pixels will not match the manifest's")
-    if report["missing_by_reason"].get("e-print pending"):
-        sys.exit("some e-prints could not be fetched yet (see missing.csv): rerun to retry")
+    if any(reason.endswith("pending") for reason in report["missing_by_reason"]):
+        sys.exit("some e-prints or PDFs could not be fetched yet (see missing.csv): rerun to retry")
 
 
 if __name__ == "__main__":

@@ -135,3 +135,23 @@ def test_cli_prints_and_writes_per_year_and_per_split(data_root):
 
     out = subprocess.run([sys.executable, "-m", "pipeline.filter", "--threshold", "2"], capture_output=True, text=True)
     assert out.returncode == 2 and "[0, 1]" in out.stderr
+
+
+def test_pdf_region_columns_carry_page_and_exact_bbox_text():
+    """PDF-fallback figures keep their page and bbox (text that reads back to the same floats);
+    other figures, and records written before extraction kept a region, get null and ''."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.filter import pdf_region_columns
+
+    box = [55.24, 50.54, 293.75, 1 / 3]
+    df = pd.DataFrame({"render": ["pdf-region", "crop", "pdf-region"],
+                       "page": [2.0, float("nan"), float("nan")],
+                       "bbox": [np.array(box), None, None]})
+    page, bbox = pdf_region_columns(df)
+    assert page.tolist()[0] == 2 and page.isna().tolist() == [False, True, True]
+    assert [float(v) for v in bbox[0].split(",")] == box and bbox.tolist()[1:] == ["", ""]
+    old = pd.DataFrame({"render": ["pdf-region", ""]})  # figure records without the columns
+    page, bbox = pdf_region_columns(old)
+    assert page.isna().all() and bbox.tolist() == ["", ""]

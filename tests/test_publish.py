@@ -77,6 +77,23 @@ def test_manifest_says_how_each_png_was_made_and_its_perceptual_hash(published):
     assert "`render`, `phash`" in (out / "README.md").read_text()
 
 
+def test_manifest_carries_the_pdf_region_columns(published):
+    """`page` and `bbox` (PDF-fallback figures' region, for the rebuild) are in Parquet, JSONL,
+    Croissant (typed, described) and the card's column list; null and '' for figures rendered
+    from e-print files, and for records written before extraction kept them (this corpus)."""
+    _, _, out, _ = published
+    table = pq.read_table(out / "val.parquet")
+    assert str(table.schema.field("page").type) == "int64" and str(table.schema.field("bbox").type) == "string"
+    assert {(r["page"], r["bbox"]) for r in table.to_pylist()} == {(None, "")}
+    first = json.loads((out / "val.jsonl").read_text().splitlines()[0])
+    assert first["page"] is None and first["bbox"] == ""
+    fields = {f["name"]: f for f in json.loads((out / "croissant.json").read_text())["recordSet"][0]["field"]}
+    assert fields["page"]["dataType"] == "sc:Integer" and fields["bbox"]["dataType"] == "sc:Text"
+    assert "0-based" in fields["page"]["description"] and "x0,y0,x1,y1" in fields["bbox"]["description"]
+    assert "`phash`, `page`, `bbox`" in (out / "README.md").read_text()
+    assert (out / "df_val.csv").read_text().splitlines()[0] == ",paper_id,img_name"
+
+
 def test_official_csv_format_reads_like_the_published_index(published, testdata):
     _, _, out, _ = published
     ours = (out / "df_val.csv").read_text().splitlines()

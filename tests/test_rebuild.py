@@ -356,3 +356,124 @@ def test_verify_tells_a_slightly_different_render_from_a_different_picture(publi
     assert "1 images are near: same picture, pixels differ slightly: another renderer version" in ok.stdout
     refused = subprocess.run(cli + ["--strict"], capture_output=True, text=True)
     assert refused.returncode == 1 and "refused by --strict" in refused.stdout
+
+
+# --- PDF-fallback figures: cut again from the paper PDF -----------------------------------------
+
+PDF_ONLY = {"2105.00001": "docbank_1805.05760_cataracts_black.pdf",  # the e-print is the PDF
+            "2105.00002": "pdffigures2_test_498bb0ef_open_ie.pdf"}   # no e-print; the crawled PDF
+
+
+@pytest.fixture(scope="module")
+def pdf_only_manifest(testdata, tmp_path_factory):
+    """Two papers without LaTeX source, extracted through the PDF fallback, scored 1, filtered
+    and published; a loopback arXiv serving the second one's PDF (and no e-print for it)."""
+    from pipeline import filter as flt
+    from pipeline import publish
+    from pipeline.classify import SCORE_SCHEMA
+    from pipeline.extract import extract_shard
+    from pipeline.split import split_of
+    from test_extract import write_papers
+
+    base = tmp_path_factory.mktemp("pdf-only")
+    root, eprints, served = base / "data", base / "eprints", base / "served"
+    pdf = {p: (testdata / "pdfs" / name).read_bytes() for p, name in PDF_ONLY.items()}
+    write_papers(root, "2021-05", {"2105.00001": pdf["2105.00001"], "2105.00002": None},
+                 pdfs={"2105.00002": pdf["2105.00002"]})
+    extract_shard("2021-05", root, progress=False)
+    figures = [r for r in store.read_rows(root / "figures" / "2021-05.parquet") if r["status"] == "ok"]
+    store.write_rows(root / "scores" / "2021-05.parquet",
+                     [{"paper_id": r["paper_id"], "img_name": r["img_name"], "sha256": r["sha256"],
+                       "score": 1.0, "model_version": "m", "status": "ok", "error": ""}
+                      for r in figures], SCORE_SCHEMA)
+    store.write_stats(root / "scores", "2021-05", {"model_version": "m"})
+    seed = next(s for s in range(100) if {split_of(p, s) for p in PDF_ONLY} == {"train", "val"})
+    flt.run(root, threshold=0.0, seed=seed)
+    publish.publish(root, "cvf-pdf", out=str(base / "manifests"))
+
+    eprints.mkdir()
+    (eprints / "2105.00001").write_bytes(pdf["2105.00001"])
+    (served / "pdf").mkdir(parents=True)
+    (served / "pdf" / "2105.00002").write_bytes(pdf["2105.00002"])
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    urls = {"eprint_url": f"http://127.0.0.1:{server.server_port}/e-print/{{id}}",
+            "pdf_url": f"http://127.0.0.1:{server.server_port}/pdf/{{id}}"}
+    yield {"figures": figures, "eprints": eprints, "urls": urls, "server": server,
+           "manifest": base / "manifests" / "cvf-pdf"}
+    server.shutdown()
+    server.server_close()
+
+
+def test_pdf_region_figures_rebuild_exactly_from_the_manifest(pdf_only_manifest, tmp_path,
+                                                              monkeypatch):
+    """extract (PDF fallback) -> filter -> publish -> rebuild from the manifest's Parquet ->
+    verify: every figure is cut again to the same sha256, from the e-print that is a PDF and
+    from the paper PDF fetched like the crawl does; nothing missing, nothing falls back."""
+    from pipeline import verify
+
+    m = pdf_only_manifest
+    manifest = m["manifest"]
+    rows = [r for split in ("train", "val") for r in pq.read_table(manifest / f"{split}.parquet").to_pylist()]
+    assert {r["paper_id"] for r in rows} == set(PDF_ONLY) and len(rows) == len(m["figures"])
+    extracted = {(f["paper_id"], f["img_name"]): f for f in m["figures"]}
+    for r in rows:  # the manifest says which region: bbox's text reads back to the record's floats
+        f = extracted[(r["paper_id"], r["img_name"])]
+        assert r["render"] == "pdf-region" and r["page"] == f["page"]
+        assert [float(v) for v in r["bbox"].split(",")] == f["bbox"]
+
+    root = tmp_path / "rebuild-root"
+    monkeypatch.setenv("CVF_DATA", str(root))
+    out = tmp_path / "rebuilt"
+    reports = [rebuild(manifest / f"{split}.parquet", split, out, eprints_dir=m["eprints"], delay=0,
+                       progress=False, **m["urls"]) for split in ("train", "val")]
+    for report in reports:
+        assert report["images_missing"] == 0 and report["render_fallback"] == {}
+        assert report["images_from_pdf"] == report["images_written"] == report["images_listed"]
+        assert report["render_settings"] == {"pdf-region": report["images_listed"]}
+    assert (root / "raw" / "2021-05" / "2105.00002.pdf").exists()  # where the crawl keeps it
+    result = verify.verify(str(manifest), out)
+    assert result["image_problems"] == [] and result["near"] == 0
+    assert result["ok"] == result["figures"] == len(rows)
+
+    # A rerun resumes: nothing to fetch or cut again, the same report.
+    m["server"].shutdown()
+    try:
+        again = [rebuild(manifest / f"{split}.parquet", split, out, eprints_dir=m["eprints"],
+                         delay=0, progress=False, **m["urls"]) for split in ("train", "val")]
+    finally:
+        threading.Thread(target=m["server"].serve_forever, daemon=True).start()
+    assert again == reports
+
+
+def test_a_region_that_cannot_be_cut_is_missing_with_its_reason(pdf_only_manifest, tmp_path,
+                                                               data_root):
+    """A page the PDF lacks, a malformed bbox, no PDF anywhere: each listed figure gets its own
+    line in missing.csv; a pdf-region row without page/bbox keeps the official fallback."""
+    import pyarrow as pa
+
+    m = pdf_only_manifest
+    index = tmp_path / "val.parquet"
+    rows = [("2105.00001", "page3_fig1.png", 2, "55.24,50.54,293.75,223.89"),  # fine
+            ("2105.00001", "page99_fig9.png", 98, "10.0,10.0,100.0,100.0"),     # no such page
+            ("2105.00001", "page3_fig7.png", 2, "10.0,10.0,100.0"),             # three numbers
+            ("2105.00003", "page1_fig1.png", 0, "10.0,10.0,100.0,100.0"),       # no e-print, no PDF
+            ("2105.00001", "page4_fig3.png", None, "")]                         # no region given
+    pq.write_table(pa.table({"paper_id": [r[0] for r in rows], "img_name": [r[1] for r in rows],
+                             "render": ["pdf-region"] * len(rows),
+                             "page": pa.array([r[2] for r in rows], pa.int64()),
+                             "bbox": [r[3] for r in rows]}), index)
+    report = rebuild(index, "val", tmp_path / "out", eprints_dir=m["eprints"], delay=0,
+                     progress=False, **m["urls"])
+    missing = {(r["paper_id"], r["img_name"]): r["reason"] for r in
+               csv.DictReader(open(data_root / "rebuild" / "val" / "missing.csv"))}
+    assert "page 98 out of range" in missing[("2105.00001", "page99_fig9.png")]
+    assert "bad page/bbox" in missing[("2105.00001", "page3_fig7.png")]
+    assert "paper PDF missing" in missing[("2105.00003", "page1_fig1.png")]
+    assert "e-print is the paper's PDF" in missing[("2105.00001", "page4_fig3.png")]
+    assert ("2105.00001", "page3_fig1.png") not in missing
+    assert report["images_from_pdf"] == report["images_written"] == 1
+    assert report["render_fallback"] == {"pdf-region": 1}
+    assert (tmp_path / "out" / "val" / "2105.00001" / "page3_fig1.png").exists()
