@@ -170,8 +170,10 @@ def harvest(url: str, root: Path, fetcher: PoliteFetcher, *, set_spec: str = "cs
         write_checkpoint(path, rows, state)
 
     restarts = 0  # in this run: a server whose tokens expire faster than we page must not loop forever
+    # a run stopped after storing the last page but before its stats: nothing is left to ask
+    listed_to_the_end = state["pages"] > 0 and state["token"] is None
     try:
-        while True:
+        while not listed_to_the_end:
             page_url = url + "?" + urlencode({"verb": "ListRecords", "resumptionToken": state["token"]}) \
                 if state["token"] else first
             resp = fetcher.get(page_url)  # politeness, Retry-After on 503, retries: TransientError at last

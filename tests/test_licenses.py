@@ -110,6 +110,18 @@ def test_a_stopped_harvest_goes_on_from_its_token(server, corpus, data_root):
     assert stats["pages"] == _pages(listed) and stats["restarts"] == 0
 
 
+def test_a_harvest_stopped_after_its_last_page_asks_nothing_again(server, corpus, data_root):
+    url = server.endpoints()["CVF_ARXIV_OAI_URL"]
+    stats = harvest(url, data_root, _fetcher(data_root))
+    store.stats_path(data_root / "licenses", "cs").unlink()  # killed between the last page and the stats
+
+    n = len(server.replay.log)
+    again = harvest(url, data_root, _fetcher(data_root))
+    assert len(server.replay.log) == n, "the whole list was stored: no page is asked for again"
+    assert again["pages"] == stats["pages"] and again["records"] == stats["records"]
+    assert store.shard_done(data_root / "licenses", "cs") and _harvested(data_root) == _truth(corpus)
+
+
 def test_sigkill_mid_harvest_then_rerun_resumes(server, corpus, tmp_path):
     root = tmp_path / "data"
     url = server.endpoints()["CVF_ARXIV_OAI_URL"]
