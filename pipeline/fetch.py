@@ -65,7 +65,8 @@ def sniff_kind(data: bytes) -> str:
         if _is_tar(head):
             return "tar.gz"
         text = head.lstrip()[:200]
-        if text.startswith((b"%PDF-", b"%!")):  # a gzip'd PDF or PostScript file, not TeX
+        # a gzip'd PDF or PostScript file, not TeX (but `%!TEX program = ...` is a TeX magic comment)
+        if text.startswith((b"%PDF-", b"%!PS")):
             return "gz"
         if text.startswith((b"\\", b"%")) or b"\\document" in head or b"\\begin" in head:
             return "gz-tex"

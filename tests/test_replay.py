@@ -260,6 +260,7 @@ def test_sniff_kind_reads_bytes_not_names():
     assert sniff_kind(gzip.compress(b"%!PS-Adobe-2.0\n%%Title: paper.dvi\n")) == "gz"
     assert sniff_kind(gzip.compress(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")) == "gz"
     assert sniff_kind(gzip.compress(b"%% a comment first\n\\documentclass{article}\n")) == "gz-tex"
+    assert sniff_kind(gzip.compress(b"%!TEX program = pdflatex\n\\documentclass{article}\n")) == "gz-tex"
     assert sniff_kind(b"%PDF-1.5\n...") == "pdf"
     assert sniff_kind(b"PK\x03\x04rest") == "zip"
     assert sniff_kind(b"  <!DOCTYPE html><html></html>") == "html"
