@@ -211,8 +211,9 @@ def write_selection(root: Path, kept: pd.DataFrame, report: dict) -> Path:
     out = root / "selection"
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(kept, preserve_index=False), buf, compression="zstd")
-    report = dict(report, selection_sha256=store.sha256_bytes(buf.getvalue()))
-    store.atomic_write_bytes(out / "selection.parquet", buf.getvalue())
+    selection = buf.getvalue()
+    report = dict(report, selection_sha256=store.sha256_bytes(selection))
+    store.atomic_write_bytes(out / "selection.parquet", selection)
     rows = ["year,train,val,total"] + [f"{y},{r['train']},{r['val']},{r['total']}" for y, r in report["per_year"].items()]
     store.atomic_write_text(out / "per_year.csv", "\n".join(rows) + "\n")
     store.atomic_write_json(out / "report.json", report)  # last: the selection is complete

@@ -302,7 +302,8 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
     report = json.loads((sel / "report.json").read_text())
     report["per_year"] = {int(k): v for k, v in report["per_year"].items()}
     selection = (sel / "selection.parquet").read_bytes()
-    if report.get("selection_sha256", store.sha256_bytes(selection)) != store.sha256_bytes(selection):
+    sha256 = store.sha256_bytes(selection)
+    if report.get("selection_sha256", sha256) != sha256:  # reports from before it was written match any
         raise ValueError(f"{sel}/report.json is not the report of selection.parquet (a filter run stopped between "
                          "its writes?): run `python -m pipeline.filter` again")
     kept = pq.read_table(io.BytesIO(selection)).to_pandas()
