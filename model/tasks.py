@@ -128,10 +128,16 @@ def nearest_supports(pairs, features: dict, n_episodes: int = 1000, shots: int =
     for i in range(n_episodes):
         query, cls = queries[i % len(queries)]
         candidates = [s for s in dict.fromkeys(by_class[cls]) if s != query]
-        sims = torch.stack([features[s] for s in candidates]) @ features[query]
-        order = torch.argsort(sims, descending=True, stable=True)[:shots]
-        episodes.append(Episode(query, tuple(candidates[j] for j in order.tolist()), cls))
+        picked = most_similar(features, query, candidates, shots)
+        episodes.append(Episode(query, tuple(candidates[j] for j in picked), cls))
     return episodes
+
+
+def most_similar(features: dict, query, candidates: list, shots: int) -> list[int]:
+    """Indices of the `shots` candidates whose (L2-normalised) features have the highest cosine
+    similarity to the query's, most similar first (ties: the earlier candidate)."""
+    sims = torch.stack([features[c] for c in candidates]) @ features[query]
+    return torch.argsort(sims, descending=True, stable=True)[:shots].tolist()
 
 
 def binary_mask(class_mask: np.ndarray, cls: int) -> Image.Image:
@@ -178,8 +184,7 @@ def detection_episodes(queries: list[voc.VocObject], supports: list[voc.VocObjec
         if features is None:
             picked = rng.choice(len(candidates), shots, replace=False)
         else:
-            sims = torch.stack([features[s.image_id] for s in candidates]) @ features[query.image_id]
-            picked = torch.argsort(sims, descending=True, stable=True)[:shots].tolist()
+            picked = most_similar(features, query.image_id, [s.image_id for s in candidates], shots)
         episodes.append(Episode(query, tuple(candidates[j] for j in picked), query.cls))
     return episodes
 
