@@ -48,9 +48,10 @@ from pipeline.render import Renderer
 from pipeline.shards import shard_of_id
 
 
-def _index_rows(path: Path) -> list[dict]:
+def index_rows(path: str | Path) -> list[dict]:
     """The index's rows as dicts: `paper_id`, `img_name`, and `render`, `page`, `bbox` where it
     has those columns."""
+    path = Path(path)
     if path.suffix == ".parquet":
         names = pq.read_schema(path).names
         optional = [c for c in ("render", "page", "bbox") if c in names]
@@ -67,20 +68,19 @@ def _index_rows(path: Path) -> list[dict]:
 
 def read_index(path: str | Path) -> list[tuple[str, str]]:
     """(paper_id, img_name) rows of a CVF index or a manifest, duplicates kept, order kept."""
-    return [(r["paper_id"], r["img_name"]) for r in _index_rows(Path(path))]
+    return [(r["paper_id"], r["img_name"]) for r in index_rows(path)]
 
 
-def read_render_settings(path: str | Path) -> dict[tuple[str, str], str | None]:
-    """(paper_id, img_name) -> the index's `render` value (None when empty); {} when the index
-    has no `render` column (the official CSV)."""
-    return {(r["paper_id"], r["img_name"]): r["render"] or None
-            for r in _index_rows(Path(path)) if "render" in r}
+def render_settings(rows: list[dict]) -> dict[tuple[str, str], str | None]:
+    """(paper_id, img_name) -> the index rows' `render` value (None when empty); {} when the
+    index has no `render` column (the official CSV)."""
+    return {(r["paper_id"], r["img_name"]): r["render"] or None for r in rows if "render" in r}
 
 
-def read_pdf_regions(path: str | Path) -> dict[tuple[str, str], tuple[object, str]]:
-    """(paper_id, img_name) -> (page, bbox) as the index gives them, for its `pdf-region` rows
-    that have both (our manifests since they carry them); they are checked when cut."""
-    return {(r["paper_id"], r["img_name"]): (r["page"], r["bbox"]) for r in _index_rows(Path(path))
+def pdf_regions(rows: list[dict]) -> dict[tuple[str, str], tuple[object, str]]:
+    """(paper_id, img_name) -> (page, bbox) as the index rows give them, for the `pdf-region`
+    rows that have both (our manifests since they carry them); they are checked when cut."""
+    return {(r["paper_id"], r["img_name"]): (r["page"], r["bbox"]) for r in rows
             if r.get("render") == PDF_REGION and r.get("page") not in (None, "") and r.get("bbox")}
 
 
@@ -198,12 +198,13 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
     root, out = config.data_root(root), Path(out).resolve()
     records_dir = root / "rebuild" / split
     records_path = records_dir / "figures.parquet"
-    listed = read_index(index)
+    index_table = index_rows(index)  # read once: it can be the whole corpus
+    listed = [(r["paper_id"], r["img_name"]) for r in index_table]
     # How to render each image: as the index says (our manifests), else the official settings;
     # PDF-fallback regions with their page and bbox are cut from the paper PDF again.
-    regions = read_pdf_regions(index)
+    regions = pdf_regions(index_table)
     settings, render_fallback = choose_settings(
-        [key for key in dict.fromkeys(listed) if key not in regions], read_render_settings(index),
+        [key for key in dict.fromkeys(listed) if key not in regions], render_settings(index_table),
         "official-poppler" if poppler else "official")
     settings.update(dict.fromkeys(regions, PDF_REGION))
     wanted: dict[str, list[str]] = {}

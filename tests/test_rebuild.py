@@ -301,7 +301,7 @@ def test_render_settings_of_an_index(tmp_path):
     (a PDF-fallback region, an empty or unknown value) falls back to the default, counted."""
     import pyarrow as pa
 
-    from pipeline.rebuild import choose_settings, read_render_settings
+    from pipeline.rebuild import choose_settings, index_rows, render_settings
 
     rows = [("2101.00001", "a.pdf", "crop"), ("2101.00001", "b.pdf", "media"),
             ("2101.00001", "c.pdf", "official"), ("2101.00001", "d.pdf", "official-poppler"),
@@ -310,14 +310,14 @@ def test_render_settings_of_an_index(tmp_path):
     index = tmp_path / "val.parquet"
     pq.write_table(pa.table({"paper_id": [r[0] for r in rows], "img_name": [r[1] for r in rows],
                              "render": [r[2] for r in rows]}), index)
-    renders = read_render_settings(index)
+    renders = render_settings(index_rows(index))
     chosen, fallback = choose_settings(read_index(index), renders, "official")
     assert [chosen[r[:2]] for r in rows] == ["crop", "media", "official", "official-poppler",
                                              "official", "official", "official"]
     assert fallback == {"pdf-region": 1, "unknown": 1, "sharpened": 1}
     csv_index = tmp_path / "df_val.csv"  # the official CSV: no render column, nothing counted
     csv_index.write_text(",paper_id,img_name\n0,2101.00001,a.pdf\n")
-    assert read_render_settings(csv_index) == {}
+    assert render_settings(index_rows(csv_index)) == {}
     assert choose_settings(read_index(csv_index), {}, "official-poppler") == (
         {("2101.00001", "a.pdf"): "official-poppler"}, {})
 
