@@ -145,14 +145,20 @@ def binary_mask(class_mask: np.ndarray, cls: int) -> Image.Image:
     return Image.fromarray(np.where(class_mask == cls, 255, 0).astype(np.uint8))
 
 
-class SegmentationTask(PromptTask):
-    """Pascal-5i foreground segmentation canvases (images and masks bicubic to the cell)."""
+class VocTask(PromptTask):
+    """Canvases from a VOC root, which must hold JPEGImages/ and the subclass's `targets` folder."""
+    targets = ""
 
     def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",),
                  shots: int = 1):
         super().__init__(episodes, size, layouts, shots)
         self.root = voc.voc_root(data)
-        voc.require(self.root, "JPEGImages", "SegmentationClassAug")
+        voc.require(self.root, "JPEGImages", self.targets)
+
+
+class SegmentationTask(VocTask):
+    """Pascal-5i foreground segmentation canvases (images and masks bicubic to the cell)."""
+    targets = "SegmentationClassAug"
 
     def load(self, image_id: str, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         side = (self.side, self.side)
@@ -189,14 +195,9 @@ def detection_episodes(queries: list[voc.VocObject], supports: list[voc.VocObjec
     return episodes
 
 
-class DetectionTask(PromptTask):
+class DetectionTask(VocTask):
     """Single-object detection canvases: the target is the box, white on black (bilinear)."""
-
-    def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",),
-                 shots: int = 1):
-        super().__init__(episodes, size, layouts, shots)
-        self.root = voc.voc_root(data)
-        voc.require(self.root, "JPEGImages", "Annotations")
+    targets = "Annotations"
 
     def load(self, obj: voc.VocObject, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         side = (self.side, self.side)
