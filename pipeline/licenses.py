@@ -12,7 +12,10 @@ OAI `from`/`until` select by datestamp, the last change of a record's metadata, 
 date: a month of submissions cannot be cut out by a date window. So the harvest takes the set
 (optionally the changes since a date) and the crawl keeps what matches its papers.
 
-Writes `<root>/licenses/<set>.parquet` (`arxiv_id`, `license` URL or '', `datestamp`, `created`)
+Writes `<root>/licenses/<set>.parquet` (`arxiv_id`, `license` URL or '', `datestamp`, `created`, and
+the rest of each record's arXiv metadata: `updated`, `categories` (space-separated, primary first),
+`title`, `authors`, `abstract`, `comments`, `journal_ref`, `doi`; `python -m pipeline.bulk` selects
+papers from them)
 after every page, atomically, with the next resumptionToken in the file's metadata: a killed
 harvest run again goes on from its last page. A token the server no longer knows
 (`badResumptionToken`: tokens expire) restarts the list from the beginning, keeping the rows; a
@@ -49,7 +52,13 @@ log = logging.getLogger("cvf.licenses")
 
 DEFAULT_OAI_URL = "https://oaipmh.arxiv.org/oai"
 LICENSE_SCHEMA = pa.schema([("arxiv_id", pa.string()), ("license", pa.string()),
-                            ("datestamp", pa.string()), ("created", pa.string())])
+                            ("datestamp", pa.string()), ("created", pa.string()),
+                            # the record's other metadata (null in tables harvested before these columns)
+                            ("updated", pa.string()), ("categories", pa.string()), ("title", pa.string()),
+                            ("authors", pa.list_(pa.string())), ("abstract", pa.string()),
+                            ("comments", pa.string()), ("journal_ref", pa.string()), ("doi", pa.string())])
+_TEXT_FIELDS = {"updated": "updated", "categories": "categories", "title": "title", "abstract": "abstract",
+                "comments": "comments", "journal_ref": "journal-ref", "doi": "doi"}
 _STATE_KEY = b"cvf_harvest"  # Parquet metadata key of the checkpoint: next token, pages, requests, ...
 
 
@@ -98,6 +107,11 @@ def parse_page(content: bytes) -> dict:
         row["arxiv_id"] = meta.findtext("arXiv:id", row["arxiv_id"], OAI_NS).strip()
         row["license"] = meta.findtext("arXiv:license", "", OAI_NS).strip()
         row["created"] = meta.findtext("arXiv:created", "", OAI_NS).strip()
+        for column, element in _TEXT_FIELDS.items():
+            row[column] = " ".join(meta.findtext(f"arXiv:{element}", "", OAI_NS).split())
+        row["authors"] = [" ".join(" ".join(a.findtext(f"arXiv:{part}", "", OAI_NS).split()
+                                            for part in ("forenames", "keyname", "suffix")).split())
+                          for a in meta.iterfind("arXiv:authors/arXiv:author", OAI_NS)]
         page["records"].append(row)
     if (token := root.find("oai:ListRecords/oai:resumptionToken", OAI_NS)) is not None:
         page["token"] = (token.text or "").strip() or None

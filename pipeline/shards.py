@@ -5,6 +5,8 @@ import re
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _NEW_ID = re.compile(r"^(\d{2})(\d{2})\.\d{4,5}$")
+# old-style ids (before 2007-04): archive, optional subject class, then YYMMNNN: cs/0112017, math.AG/0101001
+_OLD_ID = re.compile(r"^[a-z-]+(?:\.[A-Za-z-]{2,})?/(\d{2})(\d{2})\d{3}$")
 
 
 def parse_month(month: str) -> tuple[int, int]:
@@ -28,9 +30,11 @@ def month_range(start: str, end: str) -> list[str]:
 
 
 def shard_of_id(arxiv_id: str) -> str:
-    """The month shard of a new-style arXiv id (YYMM.NNNNN, with or without version)."""
-    base = arxiv_id.split("v")[0] if "v" in arxiv_id and "/" not in arxiv_id else arxiv_id
-    m = _NEW_ID.match(base)
-    if not m:
-        raise ValueError(f"not a new-style arXiv id: {arxiv_id!r}")
-    return f"20{m.group(1)}-{m.group(2)}"
+    """The month shard of an arXiv id: new-style (YYMM.NNNNN, with or without version) or
+    old-style (cs/0112017: arXiv began in 1991, so YY of 91-99 is 19YY)."""
+    base = re.sub(r"v\d+$", "", arxiv_id)
+    if m := _NEW_ID.match(base):
+        return f"20{m.group(1)}-{m.group(2)}"
+    if m := _OLD_ID.match(base):
+        return f"{'19' if int(m.group(1)) >= 91 else '20'}{m.group(1)}-{m.group(2)}"
+    raise ValueError(f"not an arXiv id: {arxiv_id!r}")
