@@ -96,9 +96,10 @@ def item_name(arxiv_id: str) -> str:
 
 
 def item_key(item: str) -> tuple:
-    """A sort key for manifest items: new-style by (yymm, number), so 4- and 5-digit numbers
-    compare as numbers; old-style by (archive, number), the order of the old tars' ranges."""
-    if m := _NEW_ITEM.match(item):
+    """A sort key for manifest items: new-style by (yymm, number), numbers 4 digits long up to 1412
+    and 5 from 1501 (anything else is no id); old-style by (archive, number), the order of the
+    old tars' ranges."""
+    if (m := _NEW_ITEM.match(item)) and len(m.group(2)) == (5 if m.group(1) >= "1501" else 4):
         return (1, m.group(1), int(m.group(2)))
     if m := _OLD_ITEM.match(item):
         return (0, m.group(1), int(m.group(2)))
@@ -348,7 +349,7 @@ def plan(tars: list[SourceTar], picked: dict[str, list[Paper]], root: Path,
         # inside the region transfer is free: only the GETs (one per tar, plus the manifest)
         "usd_in_us_east_1": round((len(todo) + 1) / 1000 * USD_PER_1000_GETS, 4),
         "bandwidth_mb_s": bandwidth_mb_s,
-        "hours": round(todo_bytes / (bandwidth_mb_s * 1e6) / 3600, 2),
+        "hours": todo_bytes / (bandwidth_mb_s * 1e6) / 3600,
         # one tar on disk per worker at a time (deleted when done) besides what is kept
         "disk_peak_bytes_per_worker": max((t.size for t in todo), default=0),
     }

@@ -1,0 +1,291 @@
+"""The bulk S3 route against moto's S3 server (a real S3 API on 127.0.0.1) holding a bucket in
+arXiv's layout (`src/arXiv_src_<yymm>_<nnn>.tar` + `src/arXiv_src_manifest.xml`) built from the
+real e-prints in ../shared/testdata/eprints, plus a few made-up papers of other categories."""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pymupdf
+import pytest
+
+from pipeline import bulk, store
+from pipeline.bulk import SourceTar, item_key, item_name
+from pipeline.extract import extract_shard
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+REAL = ["1710.10473", "1801.04461", "1904.03249", "1906.11713", "2002.06483", "2202.04200"]
+
+
+def gz_tex(text: str) -> bytes:
+    return gzip.compress(f"\\documentclass{{article}}\\begin{{document}}{text}\\end{{document}}\n".encode(), mtime=0)
+
+
+def one_page_pdf() -> bytes:
+    doc = pymupdf.open()
+    doc.new_page(width=200, height=100).insert_text((20, 50), "a PDF-only submission")
+    return doc.tobytes()
+
+
+def snapshot_line(arxiv_id: str, categories: str, versions=("Mon, 2 Apr 2018 19:18:42 GMT",)) -> str:
+    return json.dumps({
+        "id": arxiv_id, "submitter": "A. Person", "authors": "Ada Lovelace and Alan Turing",
+        "title": f"Paper {arxiv_id}\n  on two lines", "comments": "9 pages", "journal-ref": None, "doi": None,
+        "report-no": None, "categories": categories, "license": "http://creativecommons.org/licenses/by/4.0/",
+        "abstract": "  We study figures.\n", "versions": [{"version": f"v{i}", "created": c} for i, c in enumerate(versions, 1)],
+        "update_date": "2020-01-01", "authors_parsed": [["Lovelace", "Ada", ""], ["Turing", "Alan", ""]]})
+
+
+def tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_500_000_000
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def manifest_xml(entries: list[dict]) -> bytes:
+    files = "".join(
+        "<file>" + "".join(f"<{k}>{v}</{k}>" for k, v in e.items()) + "</file>\n" for e in entries)
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<arXivSRC>\n{files}</arXivSRC>\n'.encode()
+
+
+def build_layout(eprints: Path) -> tuple[dict[str, bytes], dict[str, bytes], list[str]]:
+    """(objects by key, e-print bytes by id, snapshot lines): arXiv's bucket layout in miniature."""
+    content = {i: (eprints / f"{i}.tar.gz").read_bytes() for i in REAL}
+    content |= {"1904.00001": gz_tex("cross-listed"), "1904.00002": gz_tex("algebra"),
+                "1906.00005": one_page_pdf(), "2002.00003": gz_tex("a single gzip'd tex"),
+                "1512.00042": gz_tex("first month"), "1511.00001": gz_tex("before the range")}
+    # tar name -> (first_item, last_item, members); 1906 has two tars, 2002.09999 is wanted but absent
+    layout = {
+        "1511_001": ("1511.00001", "1511.09999", ["1511.00001"]),
+        "1512_001": ("1512.00001", "1512.09999", ["1512.00042"]),
+        "1710_001": ("1710.00001", "1710.11999", ["1710.10473"]),
+        "1801_001": ("1801.00001", "1801.09999", ["1801.04461"]),
+        "1904_001": ("1904.00001", "1904.09999", ["1904.00001", "1904.00002", "1904.03249"]),
+        "1906_001": ("1906.00001", "1906.05000", ["1906.00005"]),
+        "1906_002": ("1906.05001", "1906.11713", ["1906.11713"]),
+        "2002_001": ("2002.00001", "2002.09999", ["2002.00003", "2002.06483"]),
+        "2202_001": ("2202.00001", "2202.09999", ["2202.04200"]),
+    }
+    objects, entries = {}, []
+    for name, (first, last, ids) in layout.items():
+        yymm = name[:4]
+        data = tar_bytes({f"{yymm}/{i}{'.pdf' if content[i][:5] == b'%PDF-' else '.gz'}": content[i] for i in ids})
+        key = f"src/arXiv_src_{name}.tar"
+        objects[key] = data
+        entries.append({"content_md5sum": "0" * 32, "filename": key, "first_item": first, "last_item": last,
+                        "md5sum": hashlib.md5(data).hexdigest(), "num_items": len(ids), "seq_num": int(name[-3:]),
+                        "size": len(data), "timestamp": "2022-03-01 00:00:00", "yymm": yymm})
+    objects[bulk.MANIFEST_KEY] = manifest_xml(entries)
+    lines = [snapshot_line(i, "cs.CV cs.LG") for i in REAL + ["1906.00005", "2002.00003", "1512.00042", "1511.00001",
+                                                                "2002.09999"]]
+    lines += [snapshot_line("1904.00001", "cs.LG cs.CV"), snapshot_line("1904.00002", "math.AG")]
+    # a revision after the tars were made: the stored e-print is v1, and the record says so
+    lines[REAL.index("1801.04461")] = snapshot_line("1801.04461", "cs.CV", ("Mon, 15 Jan 2018 10:00:00 GMT",
+                                                                            "Tue, 1 Nov 2022 10:00:00 GMT"))
+    return objects, content, lines
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (a free port) with test credentials; stopped after the module."""
+    mp = pytest.MonkeyPatch()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}.items():
+        mp.setenv(k, v)
+    mp.delenv("AWS_ENDPOINT_URL", raising=False)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+    mp.undo()
+
+
+def make_bucket(endpoint: str, name: str, objects: dict[str, bytes]):
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=name)
+    for key, data in objects.items():
+        s3.put_object(Bucket=name, Key=key, Body=data)
+    return s3
+
+
+@pytest.fixture(scope="module")
+def layout(testdata, tmp_path_factory):
+    objects, content, lines = build_layout(testdata / "eprints")
+    snapshot = tmp_path_factory.mktemp("meta") / "snapshot.json"
+    snapshot.write_text("\n".join(lines) + "\n")
+    return objects, content, snapshot
+
+
+def files_under(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): store.sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+EXPECTED = {"1710.10473", "1801.04461", "1904.03249", "1906.11713", "2002.06483", "1906.00005", "2002.00003",
+            "1512.00042"}  # primary cs.CV, 2015-12..2020-04, in a tar
+
+
+def test_the_bulk_route_stores_exactly_the_primary_cs_cv_papers(s3_server, layout, testdata, tmp_path, capsys):
+    objects, content, snapshot = layout
+    s3 = make_bucket(s3_server, "arxiv", objects)
+    root = tmp_path / "data"
+    argv = ["--metadata", str(snapshot), "--from", "2015-12", "--to", "2020-04", "--endpoint-url", s3_server,
+            "--data", str(root)]
+
+    assert bulk.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "7/7 tars done" in out  # 1511 and 2202 are out of range
+    stored = {p.name[: -len(".eprint")]: p for p in (root / "raw").rglob("*.eprint")}
+    assert set(stored) == EXPECTED
+    for arxiv_id, path in stored.items():  # byte for byte, in the crawl's place for it
+        assert path.read_bytes() == content[arxiv_id], arxiv_id
+        assert path.parent.name == bulk.shard_of_id(arxiv_id)
+    records = {r["arxiv_id"]: r for p in (root / "papers").glob("*.parquet") for r in store.read_rows(p)}
+    assert set(records) == EXPECTED | {"2002.09999"}
+    assert records["2002.09999"]["eprint_status"] == "missing"
+    assert "not in src/arXiv_src_2002_001.tar" in records["2002.09999"]["eprint_error"]
+    kinds = {i: records[i]["eprint_kind"] for i in EXPECTED}
+    assert kinds["1906.00005"] == "pdf" and kinds["2002.00003"] == "gz-tex" and kinds["1904.03249"] == "tar.gz"
+    for i in EXPECTED:
+        r = records[i]
+        assert r["eprint_status"] == "ok" and r["pdf_status"] == "skipped"
+        assert r["eprint_sha256"] == hashlib.sha256(content[i]).hexdigest() and r["eprint_bytes"] == len(content[i])
+        assert r["eprint_path"] == f"raw/{bulk.shard_of_id(i)}/{i}.eprint"
+        assert r["primary_category"] == "cs.CV" and r["authors"] == ["Ada Lovelace", "Alan Turing"]
+        assert r["title"] == f"Paper {i} on two lines" and r["crawled_at"] is not None
+    assert records["1801.04461"]["version"] == 1  # v2 came after the tar was made
+    for month in {bulk.shard_of_id(i) for i in EXPECTED}:
+        stats = store.read_stats(root / "papers", month)
+        assert stats["done"] and stats["params"]["source"] == "s3"
+    assert not list((root / "bulk" / "tars").glob("*.tar*"))  # done tars are not kept
+
+    # pipeline.extract runs unchanged on what the bulk route stored
+    fig = extract_shard("2019-04", root, progress=False)
+    assert fig["done"] and fig["papers"] == 1
+    rows = {r["img_name"]: r for r in store.read_rows(root / "figures" / "2019-04.parquet")}
+    candidates = csv.DictReader(open(testdata / "eprints" / "CANDIDATES.tsv"), delimiter="\t")
+    listed = {c["cvf_style_name"] for c in candidates if c["arxiv_id"] == "1904.03249" and c["in_cvf"] == "1"}
+    assert listed and all(rows[name]["status"] == "ok" for name in listed)
+
+    # the done tars gone from the bucket: a rerun reads the manifest only, and changes nothing
+    before = files_under(root)
+    for key in objects:
+        if key != bulk.MANIFEST_KEY:
+            s3.delete_object(Bucket="arxiv", Key=key)
+    assert bulk.main(argv) == 0
+    assert files_under(root) == before
+
+
+def test_cross_lists_are_taken_when_asked_and_requests_pay(s3_server, layout, tmp_path):
+    objects, content, snapshot = layout
+    make_bucket(s3_server, "arxiv-cross", objects)
+    client = bulk.s3_client(s3_server)
+    sent = []
+    client.meta.events.register("before-send.s3.*", lambda request, **kw: sent.append(request))
+    root = tmp_path / "data"
+    result = bulk.run(snapshot, "2019-04", "2019-04", root, bucket="arxiv-cross", include_cross_lists=True, s3=client)
+    assert [t["tar"] for t in result["tars"]] == ["arXiv_src_1904_001"]
+    assert {p.name for p in (root / "raw").rglob("*.eprint")} == {"1904.03249.eprint", "1904.00001.eprint"}
+    assert (root / "raw" / "2019-04" / "1904.00001.eprint").read_bytes() == content["1904.00001"]
+    assert sent and all(r.headers.get("x-amz-request-payer") == b"requester" for r in sent)
+
+
+def test_plan_prints_tars_bytes_cost_and_time_and_downloads_nothing(s3_server, layout, tmp_path, capsys, monkeypatch):
+    objects, _, snapshot = layout
+    make_bucket(s3_server, "arxiv-plan", objects)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # boto3's own variable, no flag
+    root = tmp_path / "data"
+    assert bulk.main(["--metadata", str(snapshot), "--from", "2015-12", "--to", "2020-04", "--bucket", "arxiv-plan",
+                      "--data", str(root), "--plan", "--bandwidth", "0.001"]) == 0
+    out = capsys.readouterr().out
+    picked = ["1512_001", "1710_001", "1801_001", "1904_001", "1906_001", "1906_002", "2002_001"]
+    for name in picked:
+        assert f"fetch src/arXiv_src_{name}.tar" in out
+    assert "1511_001" not in out and "2202_001" not in out
+    size = sum(len(objects[f"src/arXiv_src_{n}.tar"]) for n in picked)
+    assert f"to fetch: 7 tars, {size / 1e9:.2f} GB" in out
+    assert f"cost out of AWS ~${size / 1e9 * 0.09:.2f}" in out
+    assert f"~{size / 1e3 / 3600:.1f} h at 0.001 MB/s" in out
+    assert not (root / "raw").exists() and not list((root / "bulk").glob("*.parquet"))
+
+
+def test_corrupt_tar_is_refused_and_fetched_again_on_rerun(s3_server, layout, tmp_path, capsys):
+    objects, content, snapshot = layout
+    key = "src/arXiv_src_1904_001.tar"
+    broken = bytearray(objects[key])
+    broken[-2000] ^= 0xFF  # same size, other bytes: only the md5 can tell
+    s3 = make_bucket(s3_server, "arxiv-corrupt", {bulk.MANIFEST_KEY: objects[bulk.MANIFEST_KEY], key: bytes(broken)})
+    root = tmp_path / "data"
+    argv = ["--metadata", str(snapshot), "--from", "2019-04", "--to", "2019-04", "--endpoint-url", s3_server,
+            "--bucket", "arxiv-corrupt", "--data", str(root)]
+    assert bulk.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "arXiv_src_1904_001.tar: md5" in err and "differs from the manifest's" in err
+    failed = json.loads((root / "bulk" / "arXiv_src_1904_001_failed.json").read_text())
+    assert "md5" in failed["error"] and failed["attempts"] == 1
+    record = store.read_rows(root / "papers" / "2019-04.parquet")[0]
+    assert record["eprint_status"] == "pending" and "md5" in record["eprint_error"]
+    assert not (root / "raw").exists() and not store.shard_done(root / "papers", "2019-04")
+    assert not list((root / "bulk" / "tars").glob("*.tar*"))  # the bad download is gone
+
+    s3.put_object(Bucket="arxiv-corrupt", Key=key, Body=objects[key])  # arXiv fixed it
+    assert bulk.main(argv) == 0
+    assert (root / "raw" / "2019-04" / "1904.03249.eprint").read_bytes() == content["1904.03249"]
+    assert not (root / "bulk" / "arXiv_src_1904_001_failed.json").exists()
+    assert store.shard_done(root / "papers", "2019-04")
+
+
+def test_an_interrupted_download_resumes_with_a_ranged_get(s3_server, layout, tmp_path):
+    objects, content, snapshot = layout
+    key = "src/arXiv_src_1710_001.tar"  # ~26 MB
+    make_bucket(s3_server, "arxiv-resume", {bulk.MANIFEST_KEY: objects[bulk.MANIFEST_KEY], key: objects[key]})
+    root = tmp_path / "data"
+    half = len(objects[key]) // 2
+    part = root / "bulk" / "tars" / "arXiv_src_1710_001.tar.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(objects[key][:half])  # what a run killed midway leaves
+    client = bulk.s3_client(s3_server)
+    ranges = []
+    client.meta.events.register("before-send.s3.GetObject",
+                                lambda request, **kw: ranges.append(request.headers.get("Range")))
+    result = bulk.run(snapshot, "2017-10", "2017-10", root, bucket="arxiv-resume", s3=client)
+    (stats,) = result["tars"]
+    assert ranges[-1] == f"bytes={half}-{len(objects[key]) - 1}".encode()
+    assert (stats["resumed_from"], stats["bytes_downloaded"]) == (half, len(objects[key]) - half)
+    assert (root / "raw" / "2017-10" / "1710.10473.eprint").read_bytes() == content["1710.10473"]
+
+
+def test_manifest_items_old_style_and_four_or_five_digit_numbers():
+    assert item_name("cs/0112017") == "cs0112017" and item_name("math.AG/0101001") == "math0101001"
+    assert item_name("1501.00001") == "1501.00001"
+    assert item_key("1412.9999") < item_key("1501.00001") and item_key("1501.00002") < item_key("1501.10000")
+    tar = SourceTar("src/arXiv_src_1501_001.tar", "1501", 1, "1501.00001", "1501.00999", 999, 1, "x", "")
+    assert tar.can_hold("1501.00999") and not tar.can_hold("1501.01000") and not tar.can_hold("1501.0999")
+    old = SourceTar("src/arXiv_src_0112_001.tar", "0112", 1, "astro-ph0112001", "math0112500", 5, 1, "x", "")
+    assert old.month == "2001-12" and old.can_hold("cs0112017") and not old.can_hold("physics0112001")
+    assert SourceTar("src/arXiv_src_9108_001.tar", "9108", 1, "a", "b", 1, 1, "x", "").month == "1991-08"
+
+
+def test_bad_input_is_one_error_line(s3_server, layout, tmp_path, capsys):
+    objects, _, snapshot = layout
+    bad = tmp_path / "bad.json"
+    bad.write_text(snapshot.read_text().splitlines()[0] + "\n{not json\n")
+    base = ["--from", "2019-04", "--to", "2019-04", "--endpoint-url", s3_server, "--data", str(tmp_path / "d")]
+    assert bulk.main(["--metadata", str(bad), *base]) == 1
+    assert capsys.readouterr().err.strip().startswith(f"error: {bad} line 2: not JSON")
+    assert bulk.main(["--metadata", str(tmp_path / "absent.json"), *base]) == 1
+    assert "error: no metadata file" in capsys.readouterr().err
+    assert bulk.main(["--metadata", str(snapshot), *base, "--bucket", "no-such-bucket"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot read s3://no-such-bucket/src/arXiv_src_manifest.xml")
