@@ -109,7 +109,7 @@ def parse_page(content: bytes) -> dict:
         row["created"] = meta.findtext("arXiv:created", "", OAI_NS).strip()
         for column, element in _TEXT_FIELDS.items():
             row[column] = " ".join(meta.findtext(f"arXiv:{element}", "", OAI_NS).split())
-        row["authors"] = [" ".join(" ".join(a.findtext(f"arXiv:{part}", "", OAI_NS).split()
+        row["authors"] = [" ".join(" ".join(a.findtext(f"arXiv:{part}", "", OAI_NS)
                                             for part in ("forenames", "keyname", "suffix")).split())
                           for a in meta.iterfind("arXiv:authors/arXiv:author", OAI_NS)]
         page["records"].append(row)

@@ -201,6 +201,34 @@ def test_cross_lists_are_taken_when_asked_and_requests_pay(s3_server, layout, tm
     assert sent and all(r.headers.get("x-amz-request-payer") == b"requester" for r in sent)
 
 
+def test_the_projects_oai_harvest_serves_as_metadata(s3_server, layout, tmp_path):
+    from pipeline.licenses import merge, parse_page, table_path, write_checkpoint
+
+    objects, content, _ = layout
+    key = "src/arXiv_src_1904_001.tar"
+    make_bucket(s3_server, "arxiv-oai", {bulk.MANIFEST_KEY: objects[bulk.MANIFEST_KEY], key: objects[key]})
+    root = tmp_path / "data"
+    records = "".join(
+        f"<record><header><identifier>oai:arXiv.org:{i}</identifier><datestamp>2022-01-01</datestamp>"
+        f'<setSpec>cs</setSpec></header><metadata><arXiv xmlns="http://arxiv.org/OAI/arXiv/"><id>{i}</id>'
+        "<created>2019-04-07</created><updated>2019-05-01</updated><authors><author><keyname>Lovelace</keyname>"
+        f"<forenames>Ada</forenames></author></authors><title>Paper {i}</title><categories>{cats}</categories>"
+        "<license>http://creativecommons.org/licenses/by/4.0/</license><abstract> x </abstract></arXiv></metadata>"
+        "</record>" for i, cats in [("1904.03249", "cs.CV cs.LG"), ("1904.00001", "cs.LG cs.CV"),
+                                    ("1904.00002", "math.AG")])
+    page = parse_page(('<?xml version="1.0"?><OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/">'
+                       f"<ListRecords>{records}</ListRecords></OAI-PMH>").encode())
+    rows: dict = {}
+    merge(rows, page)
+    write_checkpoint(table_path(root, "cs"), rows, {})
+    bulk.run(table_path(root, "cs"), "2019-04", "2019-04", root, bucket="arxiv-oai", endpoint_url=s3_server)
+    (record,) = store.read_rows(root / "papers" / "2019-04.parquet")
+    assert record["arxiv_id"] == "1904.03249" and record["eprint_status"] == "ok"
+    assert (root / record["eprint_path"]).read_bytes() == content["1904.03249"]
+    assert (record["title"], record["authors"], record["version"]) == ("Paper 1904.03249", ["Ada Lovelace"], None)
+    assert record["license"] == "http://creativecommons.org/licenses/by/4.0/"
+
+
 def test_plan_prints_tars_bytes_cost_and_time_and_downloads_nothing(s3_server, layout, tmp_path, capsys, monkeypatch):
     objects, _, snapshot = layout
     make_bucket(s3_server, "arxiv-plan", objects)
@@ -289,3 +317,27 @@ def test_bad_input_is_one_error_line(s3_server, layout, tmp_path, capsys):
     assert bulk.main(["--metadata", str(snapshot), *base, "--bucket", "no-such-bucket"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot read s3://no-such-bucket/src/arXiv_src_manifest.xml")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_prefect_flow_runs_tars_in_parallel_on_dask(s3_server, layout, tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.bulk import bulk_arxiv
+
+    objects, content, snapshot = layout
+    make_bucket(s3_server, "arxiv-flow", objects)
+    single, parallel = tmp_path / "single", tmp_path / "dask"
+    bulk.run(snapshot, "2019-04", "2020-04", single, bucket="arxiv-flow", endpoint_url=s3_server)
+    with prefect_test_harness(server_startup_timeout=120):
+        result = bulk_arxiv(str(snapshot), "2019-04", "2020-04", bucket="arxiv-flow", endpoint_url=s3_server,
+                            data_root=str(parallel), workers=2)
+    assert sorted(t["tar"] for t in result["tars"]) == [
+        "arXiv_src_1904_001", "arXiv_src_1906_001", "arXiv_src_1906_002", "arXiv_src_2002_001"]
+    for month in ("2019-04", "2019-06", "2020-02"):
+        a, b = (store.read_rows(r / "papers" / f"{month}.parquet") for r in (single, parallel))
+        strip = lambda rows: [{k: v for k, v in r.items() if k != "crawled_at"} for r in rows]  # noqa: E731
+        assert strip(a) == strip(b) and store.shard_done(parallel / "papers", month)
+    raw = lambda r: {p.relative_to(r).as_posix(): p.read_bytes() for p in (r / "raw").rglob("*.eprint")}  # noqa: E731
+    assert raw(parallel) == raw(single) and len(raw(single)) == 5

@@ -339,10 +339,14 @@ def test_harvests_a_documentation_faithful_imitation(imitation, data_root):
     stats = harvest(imitation, data_root, _fetcher(data_root))
     assert [q.get("resumptionToken") for q in OaiImitation.requests] == [None, TOKEN]
     rows, _ = read_checkpoint(table_path(data_root, "cs"))
+    metadata = {"updated": "2011-05-06", "categories": "cs.CV math-ph", "title": "A paper & its figures",
+                "authors": ["Ada Lovelace"], "abstract": "We study things.", "comments": "9 pages", "journal_ref": "",
+                "doi": ""}  # the rest of the record, for python -m pipeline.bulk
     assert rows == {
         "1003.01234": {"arxiv_id": "1003.01234", "license": "http://arxiv.org/licenses/nonexclusive-distrib/1.0/",
-                       "datestamp": "2011-05-06", "created": "2010-03-04"},
-        "cs/0112017": {"arxiv_id": "cs/0112017", "license": "", "datestamp": "2009-01-01", "created": "2010-03-04"}}
+                       "datestamp": "2011-05-06", "created": "2010-03-04", **metadata},
+        "cs/0112017": {"arxiv_id": "cs/0112017", "license": "", "datestamp": "2009-01-01", "created": "2010-03-04",
+                       **metadata}}
     assert (stats["pages"], stats["deleted"], stats["complete_list_size"]) == (2, 1, 3)
 
     OaiImitation.error = True
