@@ -6,14 +6,17 @@ Deployed by prefect.yaml as `bulk-arxiv/cs-cv-2010-2022`:
     prefect deployment run 'bulk-arxiv/cs-cv-2010-2022' -p start=2021-01 -p end=2021-01 \\
         -p endpoint_url=http://127.0.0.1:5000 -p workers=4 --watch
 
-The metadata and the manifest are read once, in the flow; each picked tar is one task
-`tar-<name>` (fetch, md5 check, keep the wanted members) on a local Dask cluster of `workers`
+The metadata and the manifest are read once, in the flow, and the picked papers' ids written to
+`bulk/selection-<hash>.parquet`; each picked tar is one task `tar-<name>` (fetch, md5 check, keep
+the wanted members) on a local Dask cluster of `workers`
 processes, or an existing cluster at `scheduler_address`. Downloads are network-bound, so more
 workers than cores pays, up to the bandwidth; each holds one tar on disk at a time. Then the month
 shards are written in the crawl's contract. A rerun skips done tars; a tar that still fails after
 its task retries fails the flow run once every tar has been tried.
 """
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
@@ -27,21 +30,25 @@ class TarsOpen(Exception):
 
 
 # The tar's own files are its durable result (a rerun reads them), so no Prefect cache.
-@task(task_run_name="tar-{tar.name}", cache_policy=NONE, retries=2, retry_delay_seconds=60)
-def bulk_tar_task(tar: bulk.SourceTar, papers: list[bulk.Paper], root: str, bucket: str,
-                  endpoint_url: str | None, keep_tars: bool) -> dict:
-    stats = bulk.process_tar(tar, papers, root, bucket, endpoint_url, keep_tars=keep_tars)
+@task(task_run_name="tar-{name}", cache_policy=NONE, retries=2, retry_delay_seconds=60)
+def bulk_tar_task(name: str, tar: dict, selection: str, root: str, bucket: str, endpoint_url: str | None,
+                  keep_tars: bool) -> dict:
+    stats = bulk.process_tar(bulk.SourceTar(**tar), bulk.read_selection(selection, name), root, bucket,
+                             endpoint_url, keep_tars=keep_tars)
     if not stats["done"]:
         raise TarsOpen(stats["error"])
     return stats
 
 
 @flow(name="bulk-tars")
-def bulk_tars_flow(tars: list[bulk.SourceTar], picked: dict[str, list[bulk.Paper]], root: str, bucket: str,
-                   endpoint_url: str | None, keep_tars: bool) -> list[dict]:
-    futures = [bulk_tar_task.submit(t, picked[t.name], root, bucket, endpoint_url, keep_tars) for t in tars]
-    results = [(t, f.result(raise_on_failure=False)) for t, f in zip(tars, futures)]
-    return [r if isinstance(r, dict) else {"tar": t.name, "done": False, "error": str(r)} for t, r in results]
+def bulk_tars_flow(tars: list[dict], selection: str, root: str, bucket: str, endpoint_url: str | None,
+                   keep_tars: bool) -> list[dict]:
+    """One task per tar (manifest entries as dicts; the papers each looks for are in `selection`)."""
+    names = [bulk.SourceTar(**t).name for t in tars]
+    futures = [bulk_tar_task.submit(n, t, selection, root, bucket, endpoint_url, keep_tars)
+               for n, t in zip(names, tars)]
+    results = [(n, f.result(raise_on_failure=False)) for n, f in zip(names, futures)]
+    return [r if isinstance(r, dict) else {"tar": n, "done": False, "error": str(r)} for n, r in results]
 
 
 @flow(name="bulk-arxiv", log_prints=True)
@@ -61,9 +68,10 @@ def bulk_arxiv(metadata: str | None = None, start: str = "2010-01", end: str = "
                                         category=category, include_cross_lists=include_cross_lists)
     summary = bulk.plan(tars, picked, root, bandwidth_mb_s)
     print(bulk.format_plan(summary))
-    chosen = [t for t in tars if t.name in picked]
+    chosen = [asdict(t) for t in tars if t.name in picked]
+    selection = str(bulk.write_selection(root, picked))
     on_dask = bulk_tars_flow.with_options(task_runner=dask_runner(scheduler_address, workers))
-    tar_stats = on_dask(chosen, picked, str(root), bucket, endpoint_url, keep_tars) if chosen else []
+    tar_stats = on_dask(chosen, selection, str(root), bucket, endpoint_url, keep_tars) if chosen else []
     months = bulk.write_months(tars, papers, root, bulk.selection_params(bucket, category, include_cross_lists))
     open_tars = [s for s in tar_stats if not s["done"]]
     log = get_run_logger()

@@ -48,7 +48,7 @@ import sys
 import tarfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
@@ -60,7 +60,7 @@ from lxml import etree
 from pipeline import config, store
 from pipeline.archive import Limits, safe_member_path
 from pipeline.arxiv_api import strict_xml
-from pipeline.crawl import DOWNLOADS, PAPER_SCHEMA, _empty_downloads, shard_stats
+from pipeline.crawl import PAPER_SCHEMA, _empty_downloads, shard_stats
 from pipeline.fetch import SOURCE_KINDS, _row as download_row, sniff_kind, verify
 from pipeline.licenses import licenses_for
 from pipeline.shards import month_range, shard_of_id
@@ -426,14 +426,14 @@ class Md5Mismatch(Exception):
 
 def download_tar(s3, bucket: str, tar: SourceTar, dest: Path, attempts: int = 5,
                  chunk: int = 1 << 20) -> dict:
-    """Fetch `tar` to `dest`, verified against the manifest's md5. Bytes go to `<dest>.part` first;
-    a run killed midway leaves it, and the next one asks only for the rest (a ranged GET).
-    Returns {resumed_from, bytes_downloaded, requests}. Raises Md5Mismatch (the part is deleted),
-    or the S3 error when the tar cannot be had."""
-    part = dest.with_name(dest.name + ".part")
+    """Fetch `tar` to `dest`, verified against the manifest's md5. Bytes go to a part file named
+    by that md5 first; a run killed midway leaves it, and the next one asks only for the rest (a
+    ranged GET). Returns {resumed_from, bytes_downloaded, requests}. Raises Md5Mismatch (the part is
+    deleted), TimeoutError (the transfer kept breaking; the part stays) or the S3 error."""
+    part = dest.with_name(f"{dest.name}.{tar.md5sum}.part")  # a tar arXiv replaced never resumes an old part
     part.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
-    if have > tar.size:  # not this tar's beginning: start over
+    if have > tar.size:  # cannot be this tar's beginning: start over
         part.unlink()
         have = 0
     resumed_from, received, requests = have, 0, 0
@@ -454,18 +454,22 @@ def download_tar(s3, bucket: str, tar: SourceTar, dest: Path, attempts: int = 5,
         except _transient_errors() as e:  # a cut body: what arrived stays, the next GET goes on from there
             log.warning("%s: transfer cut at %d of %d bytes (%s); going on", tar.name, have, tar.size, e)
             time.sleep(min(30.0, 2.0 ** attempt))
-    if have != tar.size:
-        raise Md5Mismatch(f"got {have} of {tar.size} bytes after {attempts} tries") if have > tar.size else \
-            TimeoutError(f"got {have} of {tar.size} bytes after {attempts} tries; rerun to go on")
-    md5 = hashlib.md5()
-    with open(part, "rb") as f:
-        while block := f.read(1 << 20):
-            md5.update(block)
-    if md5.hexdigest() != tar.md5sum:
+    if have < tar.size:
+        raise TimeoutError(f"got {have} of {tar.size} bytes after {attempts} tries; rerun to go on")
+    if (md5 := file_md5(part)) != tar.md5sum:
         part.unlink()
-        raise Md5Mismatch(f"md5 {md5.hexdigest()} of the downloaded tar differs from the manifest's {tar.md5sum}")
+        raise Md5Mismatch(f"md5 {md5} of the downloaded tar differs from the manifest's {tar.md5sum}; "
+                          "the download was discarded")
     os.replace(part, dest)
     return {"resumed_from": resumed_from, "bytes_downloaded": received, "requests": requests}
+
+
+def file_md5(path: Path) -> str:
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            md5.update(block)
+    return md5.hexdigest()
 
 
 # --- one tar -----------------------------------------------------------------------------------
@@ -560,7 +564,9 @@ def process_tar(tar: SourceTar, papers: list[Paper], root: str | os.PathLike, bu
     try:
         s3 = s3 or s3_client(endpoint_url)
         transfer = {"resumed_from": 0, "bytes_downloaded": 0, "requests": 0}
-        if not dest.exists():  # a verified tar left by a run killed while reading it is reused
+        if dest.exists() and file_md5(dest) != tar.md5sum:  # kept from an older manifest's tar
+            dest.unlink()
+        if not dest.exists():  # a verified tar left by a run killed while reading it (or kept) is reused
             transfer = download_tar(s3, bucket, tar, dest)
         rows = read_members(dest, {p.item: p for p in papers}, root, tar, member_cap)
     except (Md5Mismatch, TimeoutError, BulkError, *_s3_errors()) as e:
@@ -602,12 +608,16 @@ def month_records(month: str, papers: list[Paper], tars: list[SourceTar], root: 
                   params: dict) -> tuple[list[dict], dict]:
     """The paper records of one month from its tars' results: (records, shard stats)."""
     candidates = {p.record["arxiv_id"]: [t for t in tars if t.month == month and t.can_hold(p.item)] for p in papers}
-    names = sorted({t.name for ts in candidates.values() for t in ts})
-    order = {t.name: (t.timestamp, t.seq_num) for t in tars}
+    holders_of_month = {t.name: t for ts in candidates.values() for t in ts}
+    done = {}  # tar name -> the ids it looked for, for the done tars of this month (stats read once)
+    for name, t in holders_of_month.items():
+        stats = store.read_stats(bulk_dir(root), name)
+        if stats and stats.get("md5sum") == t.md5sum:
+            done[name] = set(stats["looked_for"])
     found: dict[str, dict] = {}
-    for name in sorted(names, key=order.get):  # a later tar's copy wins
-        found.update((r["arxiv_id"], r) for r in _tar_rows(root, name))
-    failed = {n: json.loads(p.read_text())["error"] for n in names
+    for name in sorted(done, key=lambda n: (holders_of_month[n].timestamp, holders_of_month[n].seq_num)):
+        found.update((r["arxiv_id"], r) for r in _tar_rows(root, name))  # a later tar's copy wins
+    failed = {n: json.loads(p.read_text())["error"] for n in holders_of_month
               if (p := bulk_dir(root) / f"{n}_failed.json").exists()}
     harvested = licenses_for(root, [p.record["arxiv_id"] for p in papers if not p.record["license"]])
     records = []
@@ -616,7 +626,7 @@ def month_records(month: str, papers: list[Paper], tars: list[SourceTar], root: 
         record = _empty_downloads(dict(paper.record), ("eprint",))
         record["license"] = record["license"] or harvested.get(arxiv_id, "")
         holders = candidates[arxiv_id]
-        waiting = [t for t in holders if not tar_done(root, t, [paper])]
+        waiting = [t for t in holders if arxiv_id not in done.get(t.name, ())]
         if arxiv_id in found:
             r = found[arxiv_id]
             record.update({k: v for k, v in r.items() if k.startswith("eprint_")}, crawled_at=r["crawled_at"],
@@ -632,9 +642,9 @@ def month_records(month: str, papers: list[Paper], tars: list[SourceTar], root: 
             record["eprint_error"] = "; ".join(failed[t.name] for t in waiting if t.name in failed) or \
                 f"waiting for {', '.join(t.filename for t in waiting)}"
         records.append(record)
-    requests = sum((store.read_stats(bulk_dir(root), n) or {}).get("requests", 0) for n in names)
+    requests = sum((store.read_stats(bulk_dir(root), n) or {}).get("requests", 0) for n in done)
     stats = shard_stats(month, records, params, 0.0, requests)
-    stats["tars"] = names
+    stats["tars"] = sorted(holders_of_month)
     return records, stats
 
 
@@ -670,6 +680,32 @@ def write_month(month: str, papers: list[Paper], tars: list[SourceTar], root: Pa
 
 
 # --- the whole run ---------------------------------------------------------------------------
+
+SELECTION_SCHEMA = pa.schema([("tar", pa.string()), ("arxiv_id", pa.string()),
+                              ("version_numbers", pa.list_(pa.int32())),
+                              ("version_dates", pa.list_(pa.timestamp("us", tz="UTC")))])
+
+
+def write_selection(root: Path, picked: dict[str, list[Paper]]) -> Path:
+    """The picked papers of every tar (ids and version dates: all a tar's worker needs), as
+    `bulk/selection-<hash>.parquet`: workers read their tar's part instead of every paper's metadata
+    travelling through the flow's parameters. Named by its content, so concurrent runs never clash."""
+    rows = sorted(({"tar": name, "arxiv_id": p.record["arxiv_id"], "version_numbers": [n for n, _ in p.versions],
+                    "version_dates": [d for _, d in p.versions]} for name, ps in picked.items() for p in ps),
+                  key=lambda r: (r["tar"], r["arxiv_id"]))
+    digest = hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()[:16]
+    path = bulk_dir(root) / f"selection-{digest}.parquet"
+    if not path.exists():
+        store.write_rows(path, rows, SELECTION_SCHEMA)
+    return path
+
+
+def read_selection(path: str | os.PathLike, tar_name: str) -> list[Paper]:
+    """The papers `write_selection` stored for one tar (their id and versions; no other metadata)."""
+    table = pq.read_table(path, filters=[("tar", "=", tar_name)])
+    return [Paper({"arxiv_id": r["arxiv_id"]}, list(zip(r["version_numbers"], r["version_dates"])),
+                  shard_of_id(r["arxiv_id"]), item_name(r["arxiv_id"])) for r in table.to_pylist()]
+
 
 def selection_params(bucket: str, category: str, include_cross_lists: bool) -> dict:
     """What a month shard written by this stage was made with (its stats' `params`)."""

@@ -280,7 +280,7 @@ def test_an_interrupted_download_resumes_with_a_ranged_get(s3_server, layout, tm
     make_bucket(s3_server, "arxiv-resume", {bulk.MANIFEST_KEY: objects[bulk.MANIFEST_KEY], key: objects[key]})
     root = tmp_path / "data"
     half = len(objects[key]) // 2
-    part = root / "bulk" / "tars" / "arXiv_src_1710_001.tar.part"
+    part = root / "bulk" / "tars" / f"arXiv_src_1710_001.tar.{hashlib.md5(objects[key]).hexdigest()}.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(objects[key][:half])  # what a run killed midway leaves
     client = bulk.s3_client(s3_server)
