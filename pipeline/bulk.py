@@ -250,12 +250,19 @@ def paper_from_harvest(row: dict) -> Paper:
     return Paper(record, [], shard_of_id(row["arxiv_id"]), item_name(row["arxiv_id"]))
 
 
-def _snapshot_entries(path: Path) -> Iterator[tuple[int, dict]]:
+def _snapshot_entries(path: Path, needle: str = "") -> Iterator[tuple[int, dict]]:
+    """The JSON objects of a snapshot's lines that contain `needle`. Only those are parsed (a
+    category's name is in every line that lists it; ~20x faster over the 4 GB snapshot); the others
+    must still look like one JSON object each, so a truncated or foreign file is refused."""
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     with (gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")) as lines:
         for number, line in enumerate(lines, 1):
-            if not line.strip():
+            if not (text := line.strip()):
+                continue
+            if needle not in line:
+                if not (text.startswith("{") and text.endswith("}")):
+                    raise BulkError(f"{path} line {number}: not JSON (not one object per line)")
                 continue
             try:
                 entry = json.loads(line)
@@ -298,7 +305,7 @@ def read_metadata(path: str | os.PathLike, start: str, end: str, category: str =
             if row.get("categories") and wanted(row["categories"].split(), row["arxiv_id"]):
                 papers[row["arxiv_id"]] = paper_from_harvest(row)
         return papers
-    for number, entry in _snapshot_entries(path):
+    for number, entry in _snapshot_entries(path, category):
         if not wanted(_text(entry.get("categories")).split(), _text(entry.get("id"))):
             continue
         try:

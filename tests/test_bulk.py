@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -341,3 +342,23 @@ def test_the_prefect_flow_runs_tars_in_parallel_on_dask(s3_server, layout, tmp_p
         assert strip(a) == strip(b) and store.shard_done(parallel / "papers", month)
     raw = lambda r: {p.relative_to(r).as_posix(): p.read_bytes() for p in (r / "raw").rglob("*.eprint")}  # noqa: E731
     assert raw(parallel) == raw(single) and len(raw(single)) == 5
+
+
+def test_members_are_read_confined_and_capped(tmp_path):
+    """Straight from a tar on disk: only wanted members are stored; a broken one or one over the
+    cap is an `error` record; a path that climbs out of the tar is never taken."""
+    good, broken = gz_tex("fine"), b"\x1f\x8b" + b"\x00" * 40
+    big = gzip.compress(b"%" + bytes(range(256)) * 20 + os.urandom(3000))  # ~3 KB even compressed
+    path = tmp_path / "t.tar"
+    path.write_bytes(tar_bytes({"2101/2101.00001.gz": good, "2101/2101.00002.gz": broken, "2101/2101.00003.gz": big,
+                                "../2101/2101.00004.gz": good, "2101/2101.00005.gz": good}))
+    papers = {i: bulk.Paper({"arxiv_id": i}, [], "2021-01", i)
+              for i in ("2101.00001", "2101.00002", "2101.00003", "2101.00004")}
+    tar = SourceTar("src/arXiv_src_2101_001.tar", "2101", 1, "2101.00001", "2101.00005", 5, 1, "x", "")
+    root = tmp_path / "data"
+    rows = {r["arxiv_id"]: r for r in bulk.read_members(path, papers, root, tar, member_cap=1000)}
+    assert set(rows) == {"2101.00001", "2101.00002", "2101.00003"}
+    assert rows["2101.00001"]["eprint_status"] == "ok" and rows["2101.00001"]["eprint_kind"] == "gz-tex"
+    assert rows["2101.00002"]["eprint_status"] == "error" and "corrupt" in rows["2101.00002"]["eprint_error"]
+    assert rows["2101.00003"]["eprint_status"] == "error" and "over the" in rows["2101.00003"]["eprint_error"]
+    assert [p.name for p in (root / "raw" / "2021-01").iterdir()] == ["2101.00001.eprint"]
