@@ -113,7 +113,7 @@ def pdf_region_columns(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 
 def _year_of_id(paper_id: str) -> int:
-    """The submission year from a new-style id, for papers without a record (0 if unknown)."""
+    """The submission year from an arXiv id, for papers without a record (0 if unknown)."""
     try:
         return int(shard_of_id(paper_id)[:4])
     except ValueError:
