@@ -17,7 +17,7 @@ optionally gzip'd) or the OAI-PMH harvest table of `python -m pipeline.licenses`
 
 A tar is picked when its month is in range and its `first_item..last_item` can hold a wanted
 id. Each is fetched with `RequestPayer=requester` through ranged GETs into
-`bulk/tars/<tar>.tar.part` (a killed download resumes where it stopped), checked against the
+`bulk/tars/<tar>.tar.<md5>.part` (a killed download resumes where it stopped), checked against the
 manifest's md5 (a mismatch is discarded and recorded in `bulk/<tar>_failed.json`; a rerun fetches
 it again), then streamed: only the wanted papers' members (`<yymm>/<id>.gz`, a gzip'd tar or a
 gzip'd single .tex, or `<yymm>/<id>.pdf`) are read, each capped in size, and stored as the crawl
@@ -28,9 +28,8 @@ tar again (unless it must now look for papers it did not look for), and the tar 
 deleted once done (`--keep-tars` keeps it). A month's `papers/<shard>_stats.json` is written when
 every tar that can hold its papers is done; a wanted paper no tar holds is `missing`.
 
-Credentials come from boto3's usual chain (environment, ~/.aws, instance role); the bucket's
-owner charges the requester for transfer (about $0.09 per GB out of AWS, nothing inside
-us-east-1). `--plan` prints the tars, bytes, cost and time before anything is downloaded.
+Credentials come from boto3's usual chain (environment, ~/.aws, instance role); the requester
+pays the transfer (about $0.09 per GB out of AWS, nothing inside us-east-1) and the GETs. `--plan` prints the tars, bytes, cost and time before anything is downloaded.
 Exit status: 0 when every picked tar is done, 1 otherwise (or on bad input: one `error:` line).
 """
 from __future__ import annotations
