@@ -35,8 +35,10 @@ Exit status: 0 when every picked tar is done, 1 otherwise (or on bad input: one 
 from __future__ import annotations
 
 import argparse
+import bisect
 import email.utils
 import fcntl
+import functools
 import gzip
 import hashlib
 import json
@@ -94,6 +96,7 @@ def item_name(arxiv_id: str) -> str:
     return arxiv_id
 
 
+@functools.lru_cache(maxsize=1 << 18)  # every tar's range is compared with every paper of its month
 def item_key(item: str) -> tuple:
     """A sort key for manifest items: new-style by (yymm, number), numbers 4 digits long up to 1412
     and 5 from 1501 (anything else is no id); old-style by (archive, number), the order of the
@@ -317,15 +320,31 @@ def read_metadata(path: str | os.PathLike, start: str, end: str, category: str =
 
 # --- which tars -----------------------------------------------------------------------------
 
-def pick_tars(tars: Iterable[SourceTar], papers: dict[str, Paper]) -> dict[str, list[Paper]]:
-    """{tar name: the wanted papers it can hold} for the tars that can hold any (manifest order)."""
-    by_month: dict[str, list[Paper]] = {}
-    for p in papers.values():
-        by_month.setdefault(p.month, []).append(p)
+def _valid_key(item: str) -> tuple | None:
+    try:
+        return item_key(item)
+    except ValueError:
+        return None
+
+
+def pick_tars(tars: Iterable[SourceTar], papers: Iterable[Paper]) -> dict[str, list[Paper]]:
+    """{tar name: the wanted papers it can hold} for the tars that can hold any (manifest order).
+    Each month's papers are sorted once and every tar's range is found by bisection."""
+    by_month: dict[str, list[tuple[tuple, Paper]]] = {}
+    for p in papers.values() if isinstance(papers, dict) else papers:
+        if (key := _valid_key(p.item)) is not None:
+            by_month.setdefault(p.month, []).append((key, p))
+    for held in by_month.values():
+        held.sort(key=lambda kp: kp[0])
+    keys = {m: [k for k, _ in held] for m, held in by_month.items()}
     picked = {}
     for tar in tars:
-        if held := [p for p in by_month.get(tar.month, ()) if tar.can_hold(p.item)]:
-            picked[tar.name] = held
+        first, last = _valid_key(tar.first_item), _valid_key(tar.last_item)
+        if tar.month not in by_month or first is None or last is None:
+            continue
+        lo, hi = bisect.bisect_left(keys[tar.month], first), bisect.bisect_right(keys[tar.month], last)
+        if hi > lo:
+            picked[tar.name] = [p for _, p in by_month[tar.month][lo:hi]]
     return picked
 
 
@@ -613,7 +632,11 @@ def _tar_rows(root: Path, name: str) -> list[dict]:
 def month_records(month: str, papers: list[Paper], tars: list[SourceTar], root: Path,
                   params: dict) -> tuple[list[dict], dict]:
     """The paper records of one month from its tars' results: (records, shard stats)."""
-    candidates = {p.record["arxiv_id"]: [t for t in tars if t.month == month and t.can_hold(p.item)] for p in papers}
+    candidates: dict[str, list[SourceTar]] = {p.record["arxiv_id"]: [] for p in papers}
+    by_name = {t.name: t for t in tars}
+    for name, held in pick_tars([t for t in tars if t.month == month], papers).items():
+        for p in held:
+            candidates[p.record["arxiv_id"]].append(by_name[name])
     holders_of_month = {t.name: t for ts in candidates.values() for t in ts}
     done = {}  # tar name -> the ids it looked for, for the done tars of this month (stats read once)
     for name, t in holders_of_month.items():
@@ -730,10 +753,14 @@ def prepare(metadata: str | os.PathLike, start: str, end: str, root: Path, *, bu
 
 
 def write_months(tars: list[SourceTar], papers: dict[str, Paper], root: Path, params: dict) -> list[dict]:
+    """Write every month shard of `papers` (`write_month`), each with its own month's tars."""
     by_month: dict[str, list[Paper]] = {}
     for p in papers.values():
         by_month.setdefault(p.month, []).append(p)
-    return [write_month(m, ps, tars, root, params) for m, ps in sorted(by_month.items())]
+    tars_of: dict[str, list[SourceTar]] = {}
+    for t in tars:
+        tars_of.setdefault(t.month, []).append(t)
+    return [write_month(m, ps, tars_of.get(m, []), root, params) for m, ps in sorted(by_month.items())]
 
 
 def run(metadata: str | os.PathLike, start: str, end: str, root: str | os.PathLike | None = None, *,

@@ -310,6 +310,15 @@ def test_manifest_items_old_style_and_four_or_five_digit_numbers():
     old = SourceTar("src/arXiv_src_0112_001.tar", "0112", 1, "astro-ph0112001", "math0112500", 5, 1, "x", "")
     assert old.month == "2001-12" and old.can_hold("cs0112017") and not old.can_hold("physics0112001")
     assert SourceTar("src/arXiv_src_9108_001.tar", "9108", 1, "a", "b", 1, 1, "x", "").month == "1991-08"
+    # pick_tars (bisection over sorted keys) agrees: 4-digit numbers up to 1412, 5-digit after
+    tars = [SourceTar("src/arXiv_src_1412_001.tar", "1412", 1, "1412.0001", "1412.5000", 1, 1, "x", ""),
+            SourceTar("src/arXiv_src_1412_002.tar", "1412", 2, "1412.5001", "1412.9999", 1, 1, "x", ""),
+            SourceTar("src/arXiv_src_1501_001.tar", "1501", 1, "1501.00001", "1501.00999", 1, 1, "x", ""), old]
+    papers = [bulk.Paper({"arxiv_id": i}, [], bulk.shard_of_id(i), item_name(i))
+              for i in ("1412.0999", "1412.7000", "1501.00998", "1501.01000", "cs/0112017")]
+    picked = {name: [p.record["arxiv_id"] for p in ps] for name, ps in bulk.pick_tars(tars, papers).items()}
+    assert picked == {"arXiv_src_1412_001": ["1412.0999"], "arXiv_src_1412_002": ["1412.7000"],
+                      "arXiv_src_1501_001": ["1501.00998"], "arXiv_src_0112_001": ["cs/0112017"]}
 
 
 def test_bad_input_is_one_error_line(s3_server, layout, tmp_path, capsys):
