@@ -254,8 +254,8 @@ def paper_from_harvest(row: dict) -> Paper:
 
 def _snapshot_entries(path: Path, needle: str = "") -> Iterator[tuple[int, dict]]:
     """The JSON objects of a snapshot's lines that contain `needle`. Only those are parsed (a
-    category's name is in every line that lists it; ~20x faster over the 4 GB snapshot); the others
-    must still look like one JSON object each, so a truncated or foreign file is refused."""
+    category's name is in every line that lists it, and most of the 4 GB snapshot lists others); the
+    others must still look like one JSON object each, so a truncated or foreign file is refused."""
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     with (gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")) as lines:
