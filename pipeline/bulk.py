@@ -331,7 +331,7 @@ def pick_tars(tars: Iterable[SourceTar], papers: Iterable[Paper]) -> dict[str, l
     """{tar name: the wanted papers it can hold} for the tars that can hold any (manifest order).
     Each month's papers are sorted once and every tar's range is found by bisection."""
     by_month: dict[str, list[tuple[tuple, Paper]]] = {}
-    for p in papers.values() if isinstance(papers, dict) else papers:
+    for p in papers:
         if (key := _valid_key(p.item)) is not None:
             by_month.setdefault(p.month, []).append((key, p))
     for held in by_month.values():
@@ -457,6 +457,9 @@ def download_tar(s3, bucket: str, tar: SourceTar, dest: Path, attempts: int = 5,
     deleted), TimeoutError (the transfer kept breaking; the part stays) or the S3 error."""
     part = dest.with_name(f"{dest.name}.{tar.md5sum}.part")  # a tar arXiv replaced never resumes an old part
     part.parent.mkdir(parents=True, exist_ok=True)
+    for stale in part.parent.glob(f"{dest.name}.*.part"):  # parts of the replaced tar
+        if stale != part:
+            stale.unlink(missing_ok=True)
     have = part.stat().st_size if part.exists() else 0
     if have > tar.size:  # cannot be this tar's beginning: start over
         part.unlink()
@@ -549,7 +552,7 @@ def read_members(tar_path: Path, papers: dict[str, Paper], root: Path, tar: Sour
                         dl = download_row(root, dest, "ok", data, kind)
                         row["crawled_at"] = datetime.now(timezone.utc)
                 rows.append(dict(row, **{f"eprint_{k}": v for k, v in dl.items()}))
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, EOFError) as e:  # (a full disk is an OSError: that stops the run)
         raise BulkError(f"{tar.name}: unreadable tar although its md5 matched: {e}") from None
     return sorted({r["arxiv_id"]: r for r in rows}.values(), key=lambda r: r["arxiv_id"])
 
@@ -595,7 +598,8 @@ def process_tar(tar: SourceTar, papers: list[Paper], root: str | os.PathLike, bu
             transfer = download_tar(s3, bucket, tar, dest)
         rows = read_members(dest, {p.item: p for p in papers}, root, tar, member_cap)
     except (Md5Mismatch, TimeoutError, BulkError, *_s3_errors()) as e:
-        error = f"{tar.filename}: {_describe(e) if not isinstance(e, (Md5Mismatch, TimeoutError, BulkError)) else e}"
+        ours = isinstance(e, (Md5Mismatch, TimeoutError, BulkError))  # their message says it all
+        error = f"{tar.filename}: {e if ours else _describe(e)}"
         record = {"tar": tar.name, "key": tar.filename, "md5sum": tar.md5sum, "error": error,
                   "attempts": previous.get("attempts", 0) + 1, "at": datetime.now(timezone.utc).isoformat()}
         store.atomic_write_json(failed_path, record)
@@ -749,7 +753,7 @@ def prepare(metadata: str | os.PathLike, start: str, end: str, root: Path, *, bu
     papers = read_metadata(metadata, start, end, category, include_cross_lists)
     s3 = s3 or s3_client(endpoint_url)
     tars = [t for t in fetch_manifest(s3, bucket, root) if start <= t.month <= end]
-    return tars, pick_tars(tars, papers), papers
+    return tars, pick_tars(tars, papers.values()), papers
 
 
 def write_months(tars: list[SourceTar], papers: dict[str, Paper], root: Path, params: dict) -> list[dict]:
