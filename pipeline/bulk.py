@@ -303,8 +303,12 @@ def read_metadata(path: str | os.PathLike, start: str, end: str, category: str =
         if "categories" not in table.column_names:
             raise BulkError(f"{path}: no `categories` column (not a harvest of pipeline.licenses, or one "
                             "made before categories were kept: run python -m pipeline.licenses again)")
-        for row in table.to_pylist():
-            if row.get("categories") and wanted(row["categories"].split(), row["arxiv_id"]):
+        rows = table.to_pylist()
+        if lacking := sum(not row.get("categories") for row in rows):
+            raise BulkError(f"{path}: {lacking} of {len(rows)} records have no categories (harvested before "
+                            "they were kept): run python -m pipeline.licenses again")
+        for row in rows:
+            if wanted(row["categories"].split(), row["arxiv_id"]):
                 papers[row["arxiv_id"]] = paper_from_harvest(row)
         return papers
     for number, entry in _snapshot_entries(path, category):

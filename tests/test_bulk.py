@@ -235,6 +235,11 @@ def test_the_projects_oai_harvest_serves_as_metadata(s3_server, layout, tmp_path
     assert (record["title"], record["authors"], record["version"]) == ("Paper 1904.03249", ["Ada Lovelace"], None)
     assert record["license"] == "http://creativecommons.org/licenses/by/4.0/"
 
+    rows["1904.09000"] = {"arxiv_id": "1904.09000", "license": "", "datestamp": "2015-01-01", "created": "2019-04-02"}
+    write_checkpoint(table_path(root, "cs"), rows, {})  # a record kept before categories were
+    with pytest.raises(bulk.BulkError, match="1 of 4 records have no categories"):
+        bulk.read_metadata(table_path(root, "cs"), "2019-04", "2019-04")
+
 
 def test_plan_prints_tars_bytes_cost_and_time_and_downloads_nothing(s3_server, layout, tmp_path, capsys, monkeypatch):
     objects, _, snapshot = layout
