@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from pipeline import config, store
 from pipeline.archive import ArchiveError, Limits, read_eprint
+from pipeline.latex import figure_texts
 from pipeline.naming import cvf_name, figure_format, official_name_filter, output_name
 from pipeline.render import OFFICIAL, Renderer, RenderOptions
 
@@ -59,10 +60,19 @@ FIGURE_SCHEMA = pa.schema([
     ("page_count", pa.int32()),
     ("mediabox", pa.list_(pa.float64())),
     ("cropbox", pa.list_(pa.float64())),
-    # PDF fallback only: page (0-based) and region (PDF points) of the figure, its caption.
+    # PDF fallback only: page (0-based) and region (PDF points) of the figure.
     ("page", pa.int32()),
     ("bbox", pa.list_(pa.float64())),
+    # The figure's words (`pipeline.latex`; the PDF fallback: the caption it anchors on):
+    # caption as text, as LaTeX, the graphic's sub-caption, the float's label, the float's
+    # graphics and this one's place among them (from 0), and why the caption is empty.
     ("caption", pa.string()),
+    ("caption_latex", pa.string()),
+    ("subcaption", pa.string()),
+    ("figure_label", pa.string()),
+    ("n_panels", pa.int32()),
+    ("panel_index", pa.int32()),
+    ("caption_error", pa.string()),
     # How the PNG was made (a key of RENDER_SETTINGS, or PDF_REGION); null in records written
     # before the column existed, and for figures without a PNG.
     ("render", pa.string()),
@@ -234,7 +244,17 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
     for row in rows.values():
         if row["source_path"]:
             row["included"] = is_included(row["source_path"], references)
+    add_figure_texts(list(rows.values()), tex)
     return list(rows.values())
+
+
+def add_figure_texts(rows: list[dict], tex: dict[str, str]) -> None:
+    """Fill the caption columns of an e-print's figure records from its LaTeX `tex`."""
+    paths = sorted({r["source_path"] for r in rows if r["source_path"]})
+    texts = figure_texts(tex, paths)
+    for row in rows:
+        if row["source_path"] in texts:
+            row.update(texts[row["source_path"]].columns())
 
 
 def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path) -> list[dict]:
@@ -253,13 +273,17 @@ def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path) -> list[d
     if not found:
         return [figure_row(paper_id, source_kind="pdf", status="skipped",
                            error="PDF fallback: no captioned figures found")]
+    from pipeline.pdffigures import caption_parts
+
     for fig in found:
+        label, caption = caption_parts(fig.get("caption") or "")
         row = figure_row(paper_id, source_kind="pdf", format="png",
                          img_name=fig.get("img_name", ""), source_path=fig.get("source_path", ""),
                          status=fig.get("status", "ok"), error=fig.get("error", "") or "",
                          width=fig.get("width"), height=fig.get("height"), page=fig.get("page"),
                          bbox=list(fig["bbox"]) if fig.get("bbox") is not None else None,
-                         caption=fig.get("caption"))
+                         caption=caption, figure_label=label,
+                         caption_error="" if caption else "PDF fallback: no caption text")
         png = fig.get("png_path")
         if row["status"] == "ok" and png and Path(png).exists():
             row.update(_png_facts(Path(png)), image_path=Path(png).resolve().relative_to(root)

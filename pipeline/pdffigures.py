@@ -127,6 +127,16 @@ def _starts_caption(line: dict, previous: dict) -> bool:
             or abs(line["bbox"][0] - previous["bbox"][0]) > 2 * height)
 
 
+def caption_parts(text: str) -> tuple[str, str]:
+    """("Figure 3", the caption's words) of a caption block's text; ("", text) without a label."""
+    text = " ".join(text.split())
+    m = CAPTION_RE.match(text)
+    if not m:
+        return "", text
+    kind = "Table" if m.group("kind").lower() == "table" else "Figure"
+    return f"{kind} {m.group('num')}", text[m.end():].strip()
+
+
 def _caption(block: TextBlock) -> Caption | None:
     m = CAPTION_RE.match(block.text)
     if not m:

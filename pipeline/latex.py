@@ -1,0 +1,742 @@
+"""The words a paper's LaTeX gives each of its figure files: caption, sub-caption, label, panels.
+
+For every figure file a `\\includegraphics` (or `\\epsfig`, `overpic`, ...) of the paper names,
+`figure_texts` finds the enclosing float (`figure`, `figure*`, `wrapfigure`, a `table` holding a
+graphic, or any environment with a `\\captionof`), its long `\\caption` (the optional short one
+is skipped; before or after the graphics and the label alike), the float's `\\label`, the
+graphic's sub-caption (`subfigure`/`subtable` environments, `\\subfloat`, `\\subfigure[...]{...}`,
+`\\subcaptionbox`, `\\subcaption`), how many graphics the float holds (`n_panels`) and this
+one's place among them (`panel_index`, from 0).
+
+The source tree is read as TeX would: from each root document, `\\input`, `\\include`,
+`\\subfile` and `\\import`/`\\subimport` are followed (with or without `.tex`), comments,
+`verbatim`-like environments, `\\verb` and `\\iffalse` blocks are dropped, `\\graphicspath` and
+references without an extension are resolved against the archive's files, and the paper's
+simple `\\newcommand`/`\\def` macros are expanded in captions and graphic paths. Captions become
+text through pylatexenc, inline math kept as `$...$`; the raw LaTeX is kept too.
+
+Everything is bounded, since the sources are a stranger's: inputs nest at most
+`MAX_INPUT_DEPTH` deep and a loop is cut, the flattened document is capped at `MAX_DOCUMENT_CHARS`,
+macro expansion stops after `MAX_EXPANSIONS` steps, and a caption's braces are matched within
+`MAX_CAPTION_CHARS`. What cannot be read leaves the caption empty with the reason in
+`caption_error`; nothing raises.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import PurePosixPath
+
+MAX_INPUT_DEPTH = 24
+MAX_DOCUMENT_CHARS = 16_000_000
+MAX_EXPANSIONS = 2_000
+MAX_EXPANDED_CHARS = 50_000
+MAX_CAPTION_CHARS = 20_000
+MAX_BODY_CHARS = 200_000  # the body of a \subfloat / \subcaptionbox
+
+# Floats whose caption is a figure's (a table holding a graphic included).
+FLOAT_ENVS = {"figure", "figure*", "wrapfigure", "wrapfigure*", "table", "table*", "wraptable",
+              "SCfigure", "SCfigure*", "sidewaysfigure", "sidewaysfigure*", "sidewaystable",
+              "floatingfigure", "teaserfigure", "marginfigure", "figwindow"}
+SUB_ENVS = {"subfigure", "subfigure*", "subtable", "subtable*"}
+SUB_COMMANDS = {"subfloat", "subfigure", "sidesubfloat", "subtable"}
+# Where a graphic's path comes from: its graphicx-like command and the extensions pdfLaTeX tries.
+GRAPHIC_COMMANDS = {"includegraphics", "includesvg", "epsfbox", "epsffile", "adjincludegraphics"}
+EXTENSION_ORDER = (".pdf", ".png", ".jpg", ".jpeg", ".eps", ".ps", ".gif", ".bmp", ".tif", ".tiff")
+# Macros most papers get from their conference's style file rather than define themselves.
+STYLE_MACROS = {"eg": "e.g.", "ie": "i.e.", "etal": "et al.", "etc": "etc.", "wrt": "w.r.t.",
+                "vs": "vs.", "cf": "cf.", "Eg": "E.g.", "Ie": "I.e.", "Cf": "Cf.", "dof": "d.o.f.",
+                "aka": "a.k.a.", "iid": "i.i.d.", "xspace": ""}
+# Commands this module reads itself: a paper redefining one of them is not expanded.
+_STRUCTURE = {"caption", "captionof", "subcaption", "subcaptionbox", "label", "begin", "end",
+              "input", "include", "subfile", "import", "subimport"} | SUB_COMMANDS | GRAPHIC_COMMANDS
+
+
+@dataclasses.dataclass
+class FigureText:
+    """What the LaTeX says about one figure file."""
+    caption: str = ""          # the long caption as text, inline math as $...$
+    caption_latex: str = ""    # the same as written in the source (comments dropped)
+    subcaption: str = ""       # the graphic's sub-caption as text
+    figure_label: str = ""     # the float's \label
+    n_panels: int | None = None     # graphics in the float (or in the caption's minipage)
+    panel_index: int | None = None  # this graphic's place among them, from 0
+    float_env: str = ""        # figure, figure*, table, wrapfigure, center (\captionof), ...
+    caption_error: str = ""    # why the caption is empty; '' when there is one
+
+    def columns(self) -> dict:
+        """The figure-record columns (`pipeline.extract.FIGURE_SCHEMA`)."""
+        return {k: getattr(self, k) for k in CAPTION_COLUMNS}
+
+
+CAPTION_COLUMNS = ("caption", "caption_latex", "subcaption", "figure_label", "n_panels",
+                   "panel_index", "caption_error")
+
+
+# --- reading the text -----------------------------------------------------------------------------
+
+_VERBATIM_ENVS = r"(?:verbatim\*?|Verbatim\*?|lstlisting|minted|comment|filecontents\*?|alltt)"
+_VERBATIM = re.compile(r"\\begin\s*\{(" + _VERBATIM_ENVS + r")\}.*?\\end\s*\{\1\}", re.S)
+_VERB = re.compile(r"\\verb\*?([^A-Za-z\s*])(?:(?!\1).)*?\1")
+_IF_TOKEN = re.compile(r"\\(iffalse|if[A-Za-z@]*|fi)(?![A-Za-z@])")
+
+
+def strip_comments(text: str) -> str:
+    """`text` without TeX comments (an escaped `\\%` stays, `\\\\%` starts a comment), without
+    `verbatim`-like environments, `\\verb|...|` and `\\iffalse ... \\fi` blocks, cut at `\\endinput`."""
+    out = []
+    for line in text.split("\n"):
+        i = line.find("%")
+        while i >= 0:
+            slashes = len(line[:i]) - len(line[:i].rstrip("\\"))
+            if slashes % 2 == 0:
+                line = line[:i]
+                break
+            i = line.find("%", i + 1)
+        out.append(line)
+    text = "\n".join(out)
+    text = _VERBATIM.sub(" ", text)
+    text = _VERB.sub(" ", text)
+    text = _drop_iffalse(text)
+    end = re.search(r"\\endinput(?![A-Za-z@])", text)
+    return text[: end.start()] if end else text
+
+
+def _drop_iffalse(text: str) -> str:
+    """Remove `\\iffalse ... \\fi` (nested conditionals counted; unclosed: to the end)."""
+    if "\\iffalse" not in text:
+        return text
+    out, pos, depth, start = [], 0, 0, 0
+    for m in _IF_TOKEN.finditer(text):
+        name = m.group(1)
+        if depth == 0:
+            if name == "iffalse":
+                out.append(text[pos:m.start()])
+                depth, start = 1, m.start()
+            continue
+        if name == "fi":
+            depth -= 1
+            if depth == 0:
+                pos = m.end()
+        elif name.startswith("if") and name != "ifthenelse":
+            depth += 1
+    if depth:
+        return "".join(out)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def match_brace(text: str, i: int, limit: int = MAX_CAPTION_CHARS) -> int:
+    """Index just past the `}` closing the `{` at `text[i]`, or -1 (unbalanced within `limit`)."""
+    depth, end = 0, min(len(text), i + limit)
+    j = i
+    while j < end:
+        c = text[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    return -1
+
+
+def _match_bracket(text: str, i: int, limit: int = MAX_CAPTION_CHARS) -> int:
+    """Index just past the `]` closing the `[` at `text[i]` (braces may hold `]`), or -1."""
+    depth, end, j = 0, min(len(text), i + limit), i + 1
+    while j < end:
+        c = text[j]
+        if c == "\\":
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        elif c == "]" and depth <= 0:
+            return j + 1
+        j += 1
+    return -1
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+class _Args:
+    """Parse a command's arguments from `pos`: `optional()` and `mandatory()` return the inside
+    of `[...]` / `{...}` (None when absent or unbalanced) and move on."""
+
+    def __init__(self, text: str, pos: int, limit: int = MAX_CAPTION_CHARS):
+        self.text, self.pos, self.limit, self.broken = text, pos, limit, False
+
+    def optional(self) -> str | None:
+        i = _skip_space(self.text, self.pos)
+        if i < len(self.text) and self.text[i] == "[":
+            j = _match_bracket(self.text, i, self.limit)
+            if j < 0:
+                self.broken = True
+                return None
+            self.pos = j
+            return self.text[i + 1: j - 1]
+        return None
+
+    def mandatory(self) -> str | None:
+        i = _skip_space(self.text, self.pos)
+        if i >= len(self.text):
+            self.broken = True
+            return None
+        if self.text[i] == "{":
+            j = match_brace(self.text, i, self.limit)
+            if j < 0:
+                self.broken = True
+                return None
+            self.pos = j
+            return self.text[i + 1: j - 1]
+        m = re.compile(r"\\[A-Za-z@]+|[^\s{}%]").match(self.text, i)  # a single-token argument
+        if not m:
+            self.broken = True
+            return None
+        self.pos = m.end()
+        return m.group(0)
+
+
+# --- following \input & co ----------------------------------------------------------------------
+
+_INPUT = re.compile(
+    r"\\(input|include|subfile|import|subimport|inputfrom|subinputfrom|includefrom|subincludefrom)"
+    r"(?![A-Za-z@])\s*")
+_DOCUMENT = re.compile(r"\\begin\s*\{document\}(.*?)(?:\\end\s*\{document\}|$)", re.S)
+MARK_DIR = "\\CVFgraphicsdir"   # marks where graphics start resolving against another folder
+MARK_FILE = "\\CVFsourcefile"   # marks which file the following text comes from
+
+
+def normalise(path: str) -> str:
+    """A POSIX path without `.`, empty parts and resolvable `..`."""
+    parts: list[str] = []
+    for part in path.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." and parts:
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
+
+
+def _folder(path: str) -> str:
+    parent = str(PurePosixPath(path).parent)
+    return "" if parent == "." else parent
+
+
+def _join(folder: str, name: str) -> str:
+    return normalise(f"{folder}/{name}" if folder else name)
+
+
+def _find_tex(name: str, folders: list[str], files: dict[str, str]) -> str | None:
+    name = name.strip().strip('"').strip()
+    for folder in folders:
+        for candidate in (name, name + ".tex"):
+            path = _join(folder, candidate)
+            if path in files:
+                return path
+    return None
+
+
+@dataclasses.dataclass
+class _Flattening:
+    files: dict[str, str]          # comment-stripped sources
+    problems: list[str]
+    size: int = 0
+
+
+def flatten(root: str, files: dict[str, str], problems: list[str]) -> str:
+    """The document `root` with every `\\input`/`\\include`/`\\subfile`/`\\import` replaced by the
+    file it names (`files`: comment-stripped sources by archive path). Loops, missing files and
+    oversize documents are noted in `problems` and skipped."""
+    state = _Flattening(files, problems)
+    base = _folder(root)
+    return _flatten(root, base, base, [root], state)
+
+
+def _flatten(path: str, cwd: str, graphics_dir: str, stack: list[str], state: _Flattening) -> str:
+    text = state.files[path]
+    out = [f"{MARK_FILE}{{{path}}}{MARK_DIR}{{{graphics_dir}}}"]
+    pos = 0
+    for m in _INPUT.finditer(text):
+        if m.start() < pos:
+            continue
+        command = m.group(1)
+        args = _Args(text, m.end(), limit=2000)
+        if command in ("input",) and m.end() < len(text) and text[m.end()] != "{":
+            plain = re.compile(r"[^\s{}\\%]+").match(text, m.end())  # \input file (TeX syntax)
+            if not plain:
+                continue
+            names, end = [plain.group(0)], plain.end()
+        else:
+            first = args.mandatory()
+            if first is None:
+                continue
+            names = [first]
+            if command not in ("input", "include", "subfile"):
+                second = args.mandatory()
+                if second is None:
+                    continue
+                names.append(second)
+            end = args.pos
+        out.append(text[pos:m.start()])
+        pos = end
+        here = _folder(path)
+        if len(names) == 2:  # \import{dir}{file}: the file and its graphics live in dir
+            folder = _join(here if command.startswith("sub") else cwd, names[0])
+            target = _find_tex(names[1], [folder], state.files)
+            child_cwd = child_graphics = folder
+            shown = f"{names[0]}{names[1]}"
+        else:
+            target = _find_tex(names[0], [cwd, here], state.files)
+            child_cwd, child_graphics, shown = cwd, graphics_dir, names[0]
+        if target is None:
+            state.problems.append(f"\\{command}{{{shown}}} names a file the archive lacks")
+            continue
+        if target in stack:
+            state.problems.append(f"\\{command} loop: {' -> '.join(stack + [target])}")
+            continue
+        if len(stack) >= MAX_INPUT_DEPTH:
+            state.problems.append(f"\\{command} nested deeper than {MAX_INPUT_DEPTH}")
+            continue
+        state.size += len(state.files[target])
+        if state.size > MAX_DOCUMENT_CHARS:
+            state.problems.append(f"document over {MAX_DOCUMENT_CHARS} characters: "
+                                  f"{target} and later inputs skipped")
+            continue
+        child = _flatten(target, child_cwd, child_graphics, stack + [target], state)
+        if command == "subfile":  # a standalone document: its body only
+            body = _DOCUMENT.search(child)
+            child = f"{MARK_FILE}{{{target}}}{MARK_DIR}{{{child_graphics}}}" + (
+                body.group(1) if body else child)
+        out.append(child)
+        out.append(f"{MARK_FILE}{{{path}}}{MARK_DIR}{{{graphics_dir}}}")
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def root_documents(files: dict[str, str]) -> list[str]:
+    """The tree's documents to read, best first: files no other file includes, those with a
+    `\\documentclass` and `\\begin{document}` first, then those with more graphics."""
+    included = set()
+    for path, text in files.items():
+        for m in _INPUT.finditer(text):
+            args = _Args(text, m.end(), limit=2000)
+            names = [args.mandatory(), args.mandatory()] if "import" in m.group(1) or \
+                "from" in m.group(1) else [args.mandatory()]
+            if m.group(1) == "input" and m.end() < len(text) and text[m.end()] != "{":
+                plain = re.compile(r"[^\s{}\\%]+").match(text, m.end())
+                names = [plain.group(0)] if plain else []
+            if None in names or not names:
+                continue
+            if len(names) == 2:
+                folder = _join(_folder(path), names[0])
+                target = _find_tex(names[1], [folder, names[0]], files)
+            else:
+                target = _find_tex(names[0], [_folder(path), ""], files)
+            if target and target != path:
+                included.add(target)
+    roots = [p for p in files if p not in included]
+
+    def rank(path: str):
+        text = files[path]
+        full = "\\documentclass" in text and "\\begin{document}" in text.replace(" ", "")
+        return (not full, -text.count("\\includegraphics"), path)
+    return sorted(roots, key=rank)
+
+
+# --- macros ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Macro:
+    n_args: int
+    body: str
+    default: str | None = None  # the first argument's default (it is then optional)
+
+
+_DEFINITION = re.compile(
+    r"\\(newcommand|renewcommand|providecommand|DeclareRobustCommand|def|gdef|edef|xdef)\*?\s*")
+
+
+def collect_macros(text: str) -> dict[str, Macro]:
+    """The simple macros `text` defines: `\\newcommand` & co (with arguments and an optional
+    first-argument default) and `\\def\\name#1#2{...}` (undelimited parameters only)."""
+    macros: dict[str, Macro] = {}
+    for m in _DEFINITION.finditer(text):
+        kind, i = m.group(1), m.end()
+        braced = i < len(text) and text[i] == "{"
+        name_m = re.compile(r"\{?\s*\\([A-Za-z@]+|.)\s*\}?" if braced else r"\\([A-Za-z@]+|.)")\
+            .match(text, i)
+        if not name_m:
+            continue
+        name, i = name_m.group(1), name_m.end()
+        if kind.endswith("def"):
+            params = re.compile(r"((?:#\d)*)\s*").match(text, i)
+            if params is None or (i + len(params.group(0)) < len(text)
+                                  and text[params.end()] != "{"):
+                continue  # delimited parameters: not a simple macro
+            args = _Args(text, params.end(), limit=MAX_EXPANDED_CHARS)
+            body = args.mandatory()
+            n_args, default = len(params.group(1)) // 2, None
+        else:
+            args = _Args(text, i, limit=MAX_EXPANDED_CHARS)
+            count = args.optional()
+            default = args.optional()
+            body = args.mandatory()
+            try:
+                n_args = int(count) if count is not None else 0
+            except ValueError:
+                continue
+        if body is None or name in _STRUCTURE or not 0 <= n_args <= 9:
+            continue
+        if kind == "providecommand" and name in macros:
+            continue
+        macros[name] = Macro(n_args, body, default)
+    return macros
+
+
+class ExpansionError(Exception):
+    """A macro expands forever (or past the bounds)."""
+
+
+_CONTROL_WORD = re.compile(r"\\([A-Za-z@]+)")
+
+
+def expand_macros(latex: str, macros: dict[str, Macro]) -> str:
+    """`latex` with the paper's macros expanded, at most MAX_EXPANSIONS steps and
+    MAX_EXPANDED_CHARS characters (ExpansionError beyond)."""
+    if not macros:
+        return latex
+    steps, pos = 0, 0
+    while True:
+        m = _CONTROL_WORD.search(latex, pos)
+        if m is None:
+            return latex
+        macro = macros.get(m.group(1))
+        if macro is None:
+            pos = m.end()
+            continue
+        steps += 1
+        if steps > MAX_EXPANSIONS:
+            raise ExpansionError(f"macro expansion did not end after {MAX_EXPANSIONS} steps "
+                                 f"(\\{m.group(1)} recursive?)")
+        args = _Args(latex, m.end(), limit=MAX_EXPANDED_CHARS)
+        values = []
+        for k in range(macro.n_args):
+            value = args.optional() if k == 0 and macro.default is not None else None
+            if k == 0 and macro.default is not None:
+                value = macro.default if value is None else value
+            else:
+                value = args.mandatory()
+            if value is None:
+                value = ""
+            values.append(value)
+        body = re.sub(r"#(\d)", lambda a: values[int(a.group(1)) - 1]
+                      if 0 < int(a.group(1)) <= len(values) else "", macro.body)
+        end = args.pos if macro.n_args else m.end()
+        if not macro.n_args and latex[end:end + 1] == " " and body[-1:].isalpha():
+            body += " "  # a control word eats the space after it; its expansion must not
+        latex = latex[:m.start()] + body + latex[end:]
+        if len(latex) > MAX_EXPANDED_CHARS:
+            raise ExpansionError(f"macro expansion past {MAX_EXPANDED_CHARS} characters")
+        pos = m.start()
+
+
+# --- caption LaTeX to text ------------------------------------------------------------------------
+
+_LABEL = re.compile(r"\\label\s*\{[^{}]*\}")
+_INLINE_MATH = re.compile(r"\\\((.*?)\\\)", re.S)
+_DROP = re.compile(r"\\(?:vspace|hspace|vskip|hskip)\*?\s*\{[^{}]*\}|\\(?:centering|small|footnotesize|"
+                   r"scriptsize|tiny|normalsize|large|Large|noindent|par|protect|bfseries|itshape)"
+                   r"(?![A-Za-z@])")
+_converter = None
+
+
+def latex_to_text(latex: str) -> str:
+    """Readable text of a caption's LaTeX (pylatexenc), inline math kept as `$...$`."""
+    global _converter
+    from pylatexenc.latex2text import LatexNodes2Text
+
+    if _converter is None:
+        _converter = LatexNodes2Text(math_mode="verbatim", strict_latex_spaces=True)
+    latex = _LABEL.sub("", latex)
+    latex = _INLINE_MATH.sub(lambda m: f"${m.group(1)}$", latex)
+    latex = _DROP.sub(" ", latex)
+    latex = _CONTROL_WORD.sub(lambda m: STYLE_MACROS.get(m.group(1), m.group(0)), latex)
+    try:
+        text = _converter.latex_to_text(latex)
+    except Exception:  # pylatexenc fails on some malformed input: a plain fallback
+        text = re.sub(r"\\[A-Za-z@]+\*?|[{}]", " ", latex).replace("~", " ")
+    return " ".join(text.replace("\xa0", " ").split())
+
+
+# --- floats and their graphics --------------------------------------------------------------------
+
+@dataclasses.dataclass(eq=False)
+class _Frame:
+    name: str                     # environment or command name
+    is_float: bool = False
+    is_sub: bool = False
+    end: int = -1                 # for command frames (\subfloat{...}): where the body ends
+    captions: list = dataclasses.field(default_factory=list)   # (latex or None, error)
+    subcaptions: list = dataclasses.field(default_factory=list)
+    labels: list = dataclasses.field(default_factory=list)
+    graphics: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Graphic:
+    """One graphics command of a document, with where its path resolves from."""
+    ref: str
+    folders: list[str]
+    source: str
+    text: FigureText
+
+
+_EVENT = re.compile(
+    r"\\(begin|end)\s*\{([^{}]*)\}|\\(includegraphics|includesvg|epsfbox|epsffile|epsfig|psfig|"
+    r"adjincludegraphics|caption|captionof|figcaption|subcaption|subcaptionbox|subfloat|subfigure|"
+    r"sidesubfloat|subtable|label|graphicspath|CVFgraphicsdir|CVFsourcefile)(?![A-Za-z@])(\*?)")
+_EPSFIG_FILE = re.compile(r"(?:file|figure)\s*=\s*([^,}]+)")
+
+
+def document_graphics(document: str, macros: dict[str, Macro]) -> tuple[list[Graphic], list[str]]:
+    """Every graphic of a flattened document with the words of its float; and the
+    `\\graphicspath` folders it sets."""
+    stack: list[_Frame] = []
+    raw: list[tuple[str, str, str, list[_Frame]]] = []  # ref, graphics folder, file, frames
+    graphicspath: list[str] = []
+    graphics_dir, source = "", ""
+    for m in _EVENT.finditer(document):
+        while stack and stack[-1].end >= 0 and stack[-1].end <= m.start():
+            stack.pop()
+        begin_end, env, command = m.group(1), (m.group(2) or "").strip(), m.group(3)
+        args = _Args(document, m.end())
+        if begin_end == "begin":
+            frame = _Frame(env, is_float=env in FLOAT_ENVS, is_sub=env in SUB_ENVS)
+            stack.append(frame)
+            if env == "overpic":
+                args.optional()
+                ref = args.mandatory()
+                if ref is not None:
+                    _add(raw, ref, graphics_dir, source, stack)
+            continue
+        if begin_end == "end":
+            for k in range(len(stack) - 1, -1, -1):
+                if stack[k].name == env and stack[k].end < 0:
+                    del stack[k:]
+                    break
+            continue
+        if command == "CVFgraphicsdir":
+            graphics_dir = args.mandatory() or ""
+        elif command == "CVFsourcefile":
+            source = args.mandatory() or ""
+        elif command == "graphicspath":
+            inner = args.mandatory() or ""
+            graphicspath += re.findall(r"\{([^{}]*)\}", inner) or [inner]
+        elif command in GRAPHIC_COMMANDS:
+            while args.optional() is not None:
+                pass
+            ref = args.mandatory()
+            if ref is not None:
+                _add(raw, ref, graphics_dir, source, stack)
+        elif command in ("epsfig", "psfig"):
+            found = _EPSFIG_FILE.search(args.mandatory() or "")
+            if found:
+                _add(raw, found.group(1), graphics_dir, source, stack)
+        elif command == "label":
+            label = args.mandatory()
+            if label is not None and stack:
+                stack[-1].labels.append(label.strip())
+        elif command in ("caption", "figcaption", "captionof", "subcaption"):
+            kind = args.mandatory() if command == "captionof" else None
+            args.optional()
+            caption = args.mandatory()
+            error = ""
+            if caption is None or re.search(r"\\(?:begin|end)\s*\{(?:figure|table|document)", caption):
+                caption, error = None, f"unbalanced braces in \\{command}"
+            if not stack:
+                continue
+            if command == "subcaption" or (kind or "").strip().startswith("sub"):
+                stack[-1].subcaptions.append((caption, error))
+            else:
+                stack[-1].captions.append((caption, error))
+        elif command in SUB_COMMANDS or command == "subcaptionbox":
+            if command == "subcaptionbox":
+                args.optional()
+                caption = args.mandatory()
+                args.optional(), args.optional()
+            else:
+                first, second = args.optional(), args.optional()
+                caption = second if second is not None else first
+            body_start = _skip_space(document, args.pos)
+            if body_start >= len(document) or document[body_start] != "{":
+                continue
+            body_end = match_brace(document, body_start, MAX_BODY_CHARS)
+            if body_end < 0:
+                continue
+            frame = _Frame(command, is_sub=True, end=body_end)
+            if caption is not None:
+                frame.subcaptions.append((caption, ""))
+            stack.append(frame)
+    graphics = [Graphic(ref, [folder], src, _words(frames, k, macros))
+                for k, (ref, folder, src, frames) in enumerate(raw)]
+    return graphics, graphicspath
+
+
+def _add(raw: list, ref: str, graphics_dir: str, source: str, stack: list[_Frame]) -> None:
+    """Note a graphic: every frame around it counts it (its panels)."""
+    for frame in stack:
+        frame.graphics.append(len(raw))
+    raw.append((ref, graphics_dir, source, list(stack)))
+
+
+def _words(frames: list[_Frame], k: int, macros: dict[str, Macro]) -> FigureText:
+    """The FigureText of graphic number `k`, inside `frames` (outermost first)."""
+    words = FigureText()
+    float_i = next((k for k in range(len(frames) - 1, -1, -1) if frames[k].is_float), None)
+    inner = frames[float_i:] if float_i is not None else frames
+    sub = next((f for f in reversed(inner) if f.is_sub), None)
+    if sub is not None:
+        cap = next((c for c in sub.subcaptions + sub.captions if c[0] is not None), None)
+        if cap is not None:
+            words.subcaption = _text_or_empty(cap[0], macros)
+    # the caption scope: the innermost frame with a (non-sub) caption, within the float
+    scope = None
+    for frame in reversed(inner):
+        if frame.is_sub:
+            continue
+        if frame.captions:
+            scope = frame
+            break
+    if scope is not None and not scope.is_float and float_i is not None and \
+            frames[float_i].captions:
+        # a minipage's \caption inside a float with a caption of its own is a sub-caption
+        if not words.subcaption and scope.captions[0][0] is not None:
+            words.subcaption = _text_or_empty(scope.captions[0][0], macros)
+        scope = frames[float_i]
+    if scope is None:
+        scope = frames[float_i] if float_i is not None else None
+    if scope is None:
+        words.caption_error = "the graphic is not in a figure float or a captioned environment"
+        return words
+    words.float_env = scope.name
+    if k in scope.graphics:
+        words.n_panels, words.panel_index = len(scope.graphics), scope.graphics.index(k)
+    labels = scope.labels or (frames[float_i].labels if float_i is not None else [])
+    words.figure_label = labels[0] if labels else ""
+    if not scope.captions:
+        words.caption_error = f"the {scope.name} has no \\caption"
+        return words
+    latex, error = scope.captions[0]
+    if latex is None:
+        words.caption_error = error
+        return words
+    words.caption_latex = latex.strip()
+    try:
+        words.caption = latex_to_text(expand_macros(latex, macros))
+    except ExpansionError as e:
+        words.caption_error = str(e)
+    if not words.caption and not words.caption_error:
+        words.caption_error = "the \\caption is empty"
+    return words
+
+
+def _text_or_empty(latex: str, macros: dict[str, Macro]) -> str:
+    try:
+        return latex_to_text(expand_macros(latex, macros))
+    except ExpansionError:
+        return ""
+
+
+# --- matching graphics to the archive's files -----------------------------------------------------
+
+def _stem(path: str) -> str:
+    path = re.sub(r"-(?i:eps|ps)-converted-to\.pdf$", "", path)
+    suffix = PurePosixPath(path).suffix
+    return path[: -len(suffix)] if suffix.lower() in EXTENSION_ORDER else path
+
+
+def resolve_graphic(ref: str, folders: list[str], figure_paths: list[str],
+                    _index: dict | None = None) -> list[str]:
+    """The archive's figure files a graphics reference names: as written, or without its
+    extension (every file with that stem: `x.pdf` and `x.eps` alike), tried in each folder;
+    failing that, with leading folders dropped (a tree compiled from its parent)."""
+    index = _index if _index is not None else _figure_index(figure_paths)
+    ref = ref.replace("{", "").replace("}", "").strip().strip('"').strip()
+    if not ref or "#" in ref or "\\" in ref:
+        return []
+    parts = normalise(ref).split("/")
+    for drop in range(0, min(len(parts), 4)):
+        tail = "/".join(parts[drop:])
+        for folder in folders:
+            path = _join(folder, tail)
+            if path in index["exact"]:
+                return [path]
+            found = index["stem"].get(path) or index["stem"].get(_stem(path))
+            if found:
+                return sorted(found, key=_extension_rank)
+    return []
+
+
+def _extension_rank(path: str):
+    suffix = PurePosixPath(path).suffix.lower()
+    return (EXTENSION_ORDER.index(suffix) if suffix in EXTENSION_ORDER else len(EXTENSION_ORDER),
+            path)
+
+
+def _figure_index(figure_paths: list[str]) -> dict:
+    stems: dict[str, list[str]] = {}
+    for path in figure_paths:
+        stems.setdefault(_stem(path), []).append(path)
+    return {"exact": set(figure_paths), "stem": stems}
+
+
+# --- the whole paper ------------------------------------------------------------------------------
+
+def figure_texts(tex_files: dict[str, str], figure_paths: list[str]) -> dict[str, FigureText]:
+    """What the LaTeX says about each of `figure_paths` (archive paths). `tex_files`: the
+    e-print's LaTeX sources by archive path. Every path gets an entry; one no graphic names
+    (or the LaTeX cannot be read) has an empty caption and the reason in `caption_error`."""
+    if not tex_files:
+        return {p: FigureText(caption_error="no LaTeX source in the e-print") for p in figure_paths}
+    files = {path: strip_comments(text) for path, text in tex_files.items()}
+    index = _figure_index(figure_paths)
+    found: dict[str, FigureText] = {}
+    problems: list[str] = []
+    for root in root_documents(files):
+        document = flatten(root, files, problems)
+        macros = collect_macros(document)
+        graphics, graphicspath = document_graphics(document, macros)
+        for graphic in graphics:
+            folders = []
+            for base in graphic.folders + [_folder(root)]:
+                folders += [base] + [_join(base, g) for g in graphicspath]
+            folders.append(_folder(graphic.source))
+            for path in resolve_graphic(graphic.ref, list(dict.fromkeys(folders)), figure_paths,
+                                        index):
+                known = found.get(path)
+                if known is None or (not known.caption and graphic.text.caption):
+                    found[path] = graphic.text
+    problems = list(dict.fromkeys(problems))
+    out = {}
+    for path in figure_paths:
+        text = found.get(path)
+        if text is None:
+            why = "no \\includegraphics of the LaTeX names this file"
+            if problems:
+                why += "; LaTeX problems: " + "; ".join(problems[:3])
+            text = FigureText(caption_error=why)
+        out[path] = text
+    return out
