@@ -30,12 +30,13 @@ import pyarrow.parquet as pq
 
 from pipeline import store
 from pipeline.config import data_root
+from pipeline.latex import PANEL_COLUMNS, TEXT_COLUMNS
 from pipeline.shards import shard_of_id
 from pipeline.split import split_of
 
 SELECTION_COLUMNS = ["paper_id", "img_name", "split", "year", "sha256", "width", "height", "score",
                      "model_version", "version", "license", "source_url", "crawl_date", "image_path",
-                     "near_dup_of", "render", "phash", "page", "bbox"]
+                     "near_dup_of", "render", "phash", "page", "bbox"] + TEXT_COLUMNS + PANEL_COLUMNS
 
 
 def _read_stage(root: Path, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -85,7 +86,7 @@ def candidates(root: Path) -> pd.DataFrame:
     scores = scores[scores["score"].notna()].rename(columns={"sha256": "scored_sha256"})
     figures = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "width", "height", "image_path",
                                             "source_kind", "dup_of", "near_dup_of", "render", "phash",
-                                            "page", "bbox"])
+                                            "page", "bbox"] + TEXT_COLUMNS + PANEL_COLUMNS)
     df = scores.merge(figures, on=["paper_id", "img_name"], how="inner")
     df = df.merge(_papers(root), on="paper_id", how="left")
     scored = df.pop("scored_sha256").fillna("") if "scored_sha256" in df else ""
@@ -95,6 +96,11 @@ def candidates(root: Path) -> pd.DataFrame:
     for col in ["dup_of", "near_dup_of", "license", "source_kind", "crawl_date", "crawl_date_from", "render", "phash"]:
         df[col] = df[col].fillna("") if col in df else ""
     df["page"], df["bbox"] = pdf_region_columns(df)
+    # caption columns: '' and null for figure records written before extraction read them
+    for col in TEXT_COLUMNS:
+        df[col] = df[col].fillna("") if col in df else ""
+    for col in PANEL_COLUMNS:
+        df[col] = (df[col] if col in df else pd.Series(None, index=df.index, dtype="float64")).astype("Int32")
     return df
 
 

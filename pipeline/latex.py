@@ -24,6 +24,7 @@ macro expansion stops after `MAX_EXPANSIONS` steps, and a caption's braces are m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import PurePosixPath
 
@@ -71,6 +72,9 @@ class FigureText:
 
 CAPTION_COLUMNS = ("caption", "caption_latex", "subcaption", "figure_label", "n_panels",
                    "panel_index", "caption_error")
+# What the selection and every manifest carry of them (the reason stays in the figure records).
+TEXT_COLUMNS = ["caption", "caption_latex", "subcaption", "figure_label"]
+PANEL_COLUMNS = ["n_panels", "panel_index"]
 
 
 # --- reading the text -----------------------------------------------------------------------------
@@ -347,13 +351,13 @@ def root_documents(files: dict[str, str]) -> list[str]:
                 target = _find_tex(names[0], [_folder(path), ""], files)
             if target and target != path:
                 included.add(target)
-    roots = [p for p in files if p not in included]
 
-    def rank(path: str):
+    def full(path: str) -> bool:
         text = files[path]
-        full = "\\documentclass" in text and "\\begin{document}" in text.replace(" ", "")
-        return (not full, -text.count("\\includegraphics"), path)
-    return sorted(roots, key=rank)
+        return "\\documentclass" in text and "\\begin{document}" in text.replace(" ", "")
+    # a full document is a root even where a file (in a loop) includes it back
+    roots = [p for p in files if p not in included or full(p)]
+    return sorted(roots, key=lambda p: (not full(p), -files[p].count("\\includegraphics"), p))
 
 
 # --- macros ---------------------------------------------------------------------------------------
@@ -463,6 +467,7 @@ _DROP = re.compile(r"\\(?:vspace|hspace|vskip|hskip)\*?\s*\{[^{}]*\}|\\(?:center
 _converter = None
 
 
+@functools.lru_cache(maxsize=4096)  # a float's caption serves each of its graphics
 def latex_to_text(latex: str) -> str:
     """Readable text of a caption's LaTeX (pylatexenc), inline math kept as `$...$`."""
     global _converter
@@ -590,8 +595,9 @@ def document_graphics(document: str, macros: dict[str, Macro]) -> tuple[list[Gra
             if caption is not None:
                 frame.subcaptions.append((caption, ""))
             stack.append(frame)
-    graphics = [Graphic(ref, [folder], src, _words(frames, k, macros))
-                for k, (ref, folder, src, frames) in enumerate(raw)]
+    refs = [_expand_path(r[0], macros) for r in raw]
+    graphics = [Graphic(refs[k], [folder], src, _words(frames, k, refs, macros))
+                for k, (_, folder, src, frames) in enumerate(raw)]
     return graphics, graphicspath
 
 
@@ -602,7 +608,21 @@ def _add(raw: list, ref: str, graphics_dir: str, source: str, stack: list[_Frame
     raw.append((ref, graphics_dir, source, list(stack)))
 
 
-def _words(frames: list[_Frame], k: int, macros: dict[str, Macro]) -> FigureText:
+def _expand_path(ref: str, macros: dict[str, Macro]) -> str:
+    """A graphic's path with the paper's macros expanded (`\\figdir/a`); as written if that fails."""
+    if "\\" not in ref:
+        return ref
+    try:
+        return expand_macros(ref, macros)
+    except ExpansionError:
+        return ref
+
+
+def _panel_key(ref: str) -> str:
+    return normalise(ref.replace("{", "").replace("}", "").strip().strip('"'))
+
+
+def _words(frames: list[_Frame], k: int, all_refs: list[str], macros: dict[str, Macro]) -> FigureText:
     """The FigureText of graphic number `k`, inside `frames` (outermost first)."""
     words = FigureText()
     float_i = next((k for k in range(len(frames) - 1, -1, -1) if frames[k].is_float), None)
@@ -632,8 +652,9 @@ def _words(frames: list[_Frame], k: int, macros: dict[str, Macro]) -> FigureText
         words.caption_error = "the graphic is not in a figure float or a captioned environment"
         return words
     words.float_env = scope.name
-    if k in scope.graphics:
-        words.n_panels, words.panel_index = len(scope.graphics), scope.graphics.index(k)
+    if k in scope.graphics:  # panels are files: a multi-page graphic included thrice is one
+        panels = list(dict.fromkeys(_panel_key(all_refs[j]) for j in scope.graphics))
+        words.n_panels, words.panel_index = len(panels), panels.index(_panel_key(all_refs[k]))
     labels = scope.labels or (frames[float_i].labels if float_i is not None else [])
     words.figure_label = labels[0] if labels else ""
     if not scope.captions:

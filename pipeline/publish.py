@@ -40,10 +40,12 @@ import pyarrow.parquet as pq
 from pipeline import store
 from pipeline.config import data_root
 from pipeline.contact_sheet import contact_sheet
+from pipeline.latex import PANEL_COLUMNS, TEXT_COLUMNS
 
 SPLITS = ("train", "val")
 MANIFEST_COLUMNS = ["paper_id", "img_name", "split", "sha256", "width", "height", "score", "version", "license",
-                    "source_url", "crawl_date", "year", "image_path", "render", "phash", "page", "bbox"]
+                    "source_url", "crawl_date", "year", "image_path", "render", "phash", "page", "bbox"
+                    ] + TEXT_COLUMNS + PANEL_COLUMNS
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 CROISSANT_CONTEXT = {
@@ -64,7 +66,8 @@ _FIELD_TYPES = {"paper_id": "sc:Text", "img_name": "sc:Text", "split": "sc:Text"
                 "width": "sc:Integer", "height": "sc:Integer", "score": "sc:Float", "version": "sc:Integer",
                 "license": "sc:URL", "source_url": "sc:URL", "crawl_date": "sc:Date", "year": "sc:Integer",
                 "image_path": "sc:Text", "render": "sc:Text", "phash": "sc:Text", "page": "sc:Integer",
-                "bbox": "sc:Text"}
+                "bbox": "sc:Text", "caption": "sc:Text", "caption_latex": "sc:Text", "subcaption": "sc:Text",
+                "figure_label": "sc:Text", "n_panels": "sc:Integer", "panel_index": "sc:Integer"}
 _FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name (path in the e-print, / -> _)",
                "split": "train or val: a hash of paper_id and seed", "sha256": "sha256 of the rendered PNG",
                "width": "PNG width in pixels", "height": "PNG height in pixels",
@@ -79,7 +82,19 @@ _FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name 
                         "whose pixels differ slightly (another renderer version) when it is within a few bits",
                "page": "pdf-region figures only (else null): the 0-based page of the paper PDF the figure was cut from",
                "bbox": "pdf-region figures only (else empty): the region cut from `page`, \"x0,y0,x1,y1\" in PDF points "
-                       "(top-left origin) as exact decimals; `pipeline.rebuild` renders it again to the same sha256"}
+                       "(top-left origin) as exact decimals; `pipeline.rebuild` renders it again to the same sha256",
+               "caption": "the figure's caption as text (the long \\caption of its float in the LaTeX, inline math kept "
+                          "as $...$; for pdf-region figures the caption the PDF figure finder anchored on, without its "
+                          "'Figure N' label); empty when none was found",
+               "caption_latex": "the same caption as LaTeX, as written in the source (comments dropped, macros not "
+                                "expanded); empty for pdf-region figures",
+               "subcaption": "the figure file's own sub-caption (subfigure, subfloat, \\subcaptionbox, ...) as text; "
+                             "empty when it has none",
+               "figure_label": "the \\label of the figure's float (LaTeX), or 'Figure N' / 'Table N' as printed "
+                               "(pdf-region figures); empty when none",
+               "n_panels": "how many graphics the figure's float includes (null when the file sits in no float or "
+                           "for pdf-region figures)",
+               "panel_index": "this file's place among the float's graphics, from 0 (null like n_panels)"}
 
 
 def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
@@ -91,7 +106,8 @@ def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
     for split in SPLITS:
         part = kept[kept["split"] == split][MANIFEST_COLUMNS].copy()
         part["version"] = part["version"].astype("Int64")
-        part["page"] = part["page"].astype("Int64")
+        for col in ["page"] + PANEL_COLUMNS:
+            part[col] = part[col].astype("Int64")
         part["image_path"] = part["image_path"].str.removeprefix("images/")  # relative to the image folder
         out[split] = pa.Table.from_pandas(part, schema=schema, preserve_index=False)
     return out
@@ -189,6 +205,51 @@ def year_histogram(report: dict) -> bytes:
     return buf.getvalue()
 
 
+def caption_statistics(tables: dict[str, pa.Table], examples: int = 3) -> dict:
+    """Share of figures with a caption, sub-caption and label, caption lengths (words), a few examples."""
+    rows = [r for s in SPLITS for r in tables[s].select(["paper_id", "img_name", "caption", "subcaption",
+                                                             "figure_label"]).to_pylist()]
+    words = np.array([len((r["caption"] or "").split()) for r in rows if r["caption"]], dtype=int)
+    share = {c: (sum(bool(r[c]) for r in rows) / len(rows) if rows else 0.0)
+             for c in ("caption", "subcaption", "figure_label")}
+    bins = [1, 11, 26, 51, 101, 201]
+    counts = [int(((words >= lo) & (words < hi)).sum()) for lo, hi in zip(bins, bins[1:] + [10 ** 9])]
+    # examples: spread over the captioned figures, picked by a fixed stride (reproducible)
+    captioned = [r for r in rows if r["caption"]]
+    step = max(1, len(captioned) // max(1, examples))
+    return {"figures": len(rows), "share": share,
+            "words": ({"min": int(words.min()), "median": float(np.median(words)), "mean": float(words.mean()),
+                       "p90": float(np.percentile(words, 90)), "max": int(words.max())} if len(words) else {}),
+            "histogram": {f"{lo}-{hi - 1}" if hi < 10 ** 9 else f"{lo}+": n
+                          for lo, hi, n in zip(bins, bins[1:] + [10 ** 9], counts)},
+            "examples": captioned[::step][:examples]}
+
+
+def _caption_section(stats: dict) -> str:
+    share = stats["share"]
+    if not stats["words"]:
+        return (f"None of the {stats['figures']} figures has a caption (records extracted before captions were read, "
+                "or papers without LaTeX figures floats).")
+    w = stats["words"]
+    hist = "\n".join(f"| {k} | {v} |" for k, v in stats["histogram"].items())
+    examples = "\n".join(
+        f"* `{r['paper_id']}/{r['img_name']}`"
+        + (f" ({r['figure_label']})" if r["figure_label"] else "")
+        + f": {r['caption'][:300].replace('|', '/')}{'...' if len(r['caption']) > 300 else ''}"
+        + (f" Sub-caption: {r['subcaption'][:120]}" if r["subcaption"] else "") for r in stats["examples"])
+    return f"""{share['caption']:.1%} of the figures have a caption, {share['subcaption']:.1%} a sub-caption of
+their own and {share['figure_label']:.1%} a label. Caption length in words: median {w['median']:.0f}, mean
+{w['mean']:.1f}, 90th percentile {w['p90']:.0f}, range {w['min']}-{w['max']}.
+
+| caption words | figures |
+| --- | --- |
+{hist}
+
+Examples:
+
+{examples}"""
+
+
 def dataset_card(name: str, report: dict, card: dict | None, tables: dict[str, pa.Table], sheets: list[str]) -> str:
     split_rows = "\n".join(f"| {s} | {tables[s].num_rows} | {len(set(tables[s]['paper_id'].to_pylist()))} |" for s in SPLITS)
     year_rows = "\n".join(f"| {y} | {r['train']} | {r['val']} | {r['total']} |" for y, r in sorted(report["per_year"].items()))
@@ -243,6 +304,16 @@ candidates); {report['dropped_exact_duplicates']} exact duplicates were dropped 
 near duplicates are kept and listed in the selection report.
 
 {model}
+
+## Captions
+
+Each figure carries the words its paper gives it, read from the LaTeX (`pipeline.latex`): `caption` (the long
+`\\caption` of its float as text, inline math as `$...$`), `caption_latex` (as written), `subcaption` (its own
+sub-figure's caption), `figure_label` (the float's `\\label`), `n_panels` (graphics in the float) and
+`panel_index` (this one's place among them, from 0). Figures cut from a PDF carry the caption the figure finder
+anchored on and its printed label (`Figure 3`).
+
+{_caption_section(caption_statistics(tables))}
 
 ## Files
 
@@ -312,8 +383,12 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
     for col in ("render", "phash", "bbox"):  # a selection written before the filter carried them
         if col not in kept:
             kept[col] = ""
-    if "page" not in kept:
-        kept["page"] = None
+    for col in TEXT_COLUMNS:  # ... or the caption columns
+        if col not in kept:
+            kept[col] = ""
+    for col in ["page"] + PANEL_COLUMNS:
+        if col not in kept:
+            kept[col] = None
     versions = report.get("model_version") or []
     card_path = root / "classifier" / versions[0] / "card.json" if versions else None
     card = json.loads(card_path.read_text()) if card_path and card_path.exists() else None
