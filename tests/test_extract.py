@@ -119,6 +119,26 @@ def test_every_cvf_listed_figure_comes_out(real_root, testdata):
     assert multi["status"] == "skipped" and multi["page_count"] == 3
 
 
+def test_cvf_listed_figures_carry_their_caption_label_and_subcaption(real_root):
+    """After extraction, the figure records hold what the LaTeX says (tests/test_latex.py's
+    table, read from the trees by hand)."""
+    from test_latex import EXPECTED, EXPECTED_SUBFIGURES
+
+    root, shards = real_root
+    rows = {(r["paper_id"], r["source_path"]): r for s in shards
+            for r in store.read_rows(root / "figures" / f"{s}.parquet")}
+    for key, (phrase, label, sub) in EXPECTED.items():
+        row = rows[key]
+        assert row["status"] == "ok" and (phrase in row["caption"]), (key, row["caption"])
+        assert (row["figure_label"], row["subcaption"]) == (label, sub), key
+        if phrase:
+            assert row["caption_latex"] and (row["n_panels"], row["panel_index"]) == (1, 0)
+        else:
+            assert row["caption"] == "" and row["caption_error"]
+    for key, (sub, n, i) in EXPECTED_SUBFIGURES.items():
+        assert (rows[key]["subcaption"], rows[key]["n_panels"], rows[key]["panel_index"]) == (sub, n, i)
+
+
 def test_included_agrees_with_latex(real_root):
     root, shards = real_root
     rows = {(r["paper_id"], r["img_name"]): r for s in shards
@@ -290,6 +310,9 @@ def test_pdf_only_papers_go_to_the_pdf_fallback(tmp_path, testdata):
     for copy in ("2105.00002", "2105.00004"):  # the PDF beside a missing e-print; a gzip'd PDF
         same = [r for r in rows if r["paper_id"] == copy and r["status"] == "ok"]
         assert len(same) == len(figures) and all(r["dup_of"].startswith("2105.00001/") for r in same)
+    # the caption the finder anchored on, without its printed label, which becomes figure_label
+    assert all(r["caption"] and r["figure_label"].split()[0] in ("Figure", "Table") for r in figures)
+    assert not any(r["caption"].lower().startswith(("figure", "fig.")) for r in figures)
     blank = [r for r in rows if r["paper_id"] == "2105.00003"]
     assert len(blank) == 1 and "no captioned figures" in blank[0]["error"]
 

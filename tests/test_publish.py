@@ -9,11 +9,12 @@ import subprocess
 import sys
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import classify, filter as flt, publish, verify
+from pipeline import classify, filter as flt, publish, store, verify
 from pipeline.naming import output_name
 from test_features import make_corpus
 
@@ -25,11 +26,37 @@ def selected(tmp_path_factory):
     """A corpus trained on replay truth, scored and filtered: ready to publish."""
     root = tmp_path_factory.mktemp("pub") / "data"
     make_corpus(root, n_papers=20, figures_per_paper=4, seed=2)
+    add_captions(root)
     classify.train(root, folds=3, version="clf-pub")
     classify.score(root)
     _, report = flt.run(root, threshold=0.3)
     assert report["kept"] > 10 and report["per_split"]["val"]["figures"] > 0
     return root, report
+
+
+def caption_of(paper_id: str, img_name: str) -> dict:
+    """Caption columns as extraction writes them: every third figure has none, sub-figures of two."""
+    n = sum(map(ord, paper_id + img_name))
+    if n % 3 == 0:
+        return {"caption": "", "caption_latex": "", "subcaption": "", "figure_label": "", "n_panels": None,
+                "panel_index": None, "caption_error": "the figure has no \\caption"}
+    sub = n % 2 == 0
+    return {"caption": f"Qualitative results on {img_name}: ours vs. $x^2$ baselines.",
+            "caption_latex": f"\\textbf{{Qualitative}} results on {img_name}: ours vs. $x^2$ baselines.",
+            "subcaption": "Input" if sub else "", "figure_label": f"fig:{n}", "n_panels": 2 if sub else 1,
+            "panel_index": 0, "caption_error": ""}
+
+
+def add_captions(root):
+    """Give make_corpus's figure records the caption columns of pipeline.latex."""
+    for path in sorted((root / "figures").glob("*.parquet")):
+        rows = store.read_rows(path)
+        for r in rows:
+            r.update(caption_of(r["paper_id"], r["img_name"]))
+        schema = pa.Table.from_pylist(rows).schema
+        schema = schema.set(schema.get_field_index("n_panels"), pa.field("n_panels", pa.int32()))
+        schema = schema.set(schema.get_field_index("panel_index"), pa.field("panel_index", pa.int32()))
+        store.write_rows(path, rows, schema)
 
 
 @pytest.fixture
@@ -94,6 +121,30 @@ def test_manifest_carries_the_pdf_region_columns(published):
     assert (out / "df_val.csv").read_text().splitlines()[0] == ",paper_id,img_name"
 
 
+def test_manifests_carry_the_caption_columns(published):
+    root, report, out, files = published
+    for split in ("train", "val"):
+        rows = pq.read_table(out / f"{split}.parquet").to_pylist()
+        jsonl = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+        assert jsonl == rows
+        for r in rows:
+            expected = caption_of(r["paper_id"], r["img_name"])
+            for col in ("caption", "caption_latex", "subcaption", "figure_label", "n_panels", "panel_index"):
+                assert r[col] == expected[col], (col, r)
+    selection = pq.read_table(root / "selection" / "selection.parquet").column_names
+    assert {"caption", "caption_latex", "subcaption", "figure_label", "n_panels", "panel_index"} <= set(selection)
+    croissant = json.loads((out / "croissant.json").read_text())
+    fields = {f["name"]: f for f in croissant["recordSet"][0]["field"]}
+    assert fields["caption"]["dataType"] == "sc:Text" and "caption" in fields["caption"]["description"]
+    assert fields["n_panels"]["dataType"] == "sc:Integer" and fields["panel_index"]["description"]
+    # the card: share with a caption, length distribution, examples
+    captioned = [r for s in ("train", "val") for r in pq.read_table(out / f"{s}.parquet").to_pylist()]
+    share = sum(bool(r["caption"]) for r in captioned) / len(captioned)
+    card = (out / "README.md").read_text()
+    assert "## Captions" in card and f"{share:.1%} of the figures have a caption" in card
+    assert "| caption words | figures |" in card and "Qualitative results on" in card
+
+
 def test_official_csv_format_reads_like_the_published_index(published, testdata):
     _, _, out, _ = published
     ours = (out / "df_val.csv").read_text().splitlines()
@@ -145,6 +196,11 @@ def test_croissant_validates_and_loads_with_mlcroissant(published):
         mine = [r for r in records if r["figures/split"].decode() == split]
         assert len(mine) == table.num_rows
         assert {r["figures/paper_id"].decode() for r in mine} == set(table["paper_id"].to_pylist())
+        by_key = {(r["paper_id"], r["img_name"]): r for r in table.to_pylist()}
+        for r in mine:  # the caption columns come through mlcroissant as published
+            row = by_key[(r["figures/paper_id"].decode(), r["figures/img_name"].decode())]
+            assert (r["figures/caption"] or b"").decode() == row["caption"]
+            assert (r["figures/subcaption"] or b"").decode() == row["subcaption"]
 
 
 def test_parquet_loads_with_datasets_offline(published, tmp_path, monkeypatch):
@@ -158,6 +214,7 @@ def test_parquet_loads_with_datasets_offline(published, tmp_path, monkeypatch):
     assert ds["train"].num_rows + ds["val"].num_rows == report["kept"]
     assert set(publish.MANIFEST_COLUMNS) == set(ds["val"].column_names)
     assert set(ds["val"]["split"]) == {"val"} and ds["train"][0]["source_url"].startswith("https://arxiv.org/")
+    assert any(ds["train"]["caption"]) and ds["train"].features["n_panels"].dtype == "int64"
     # The folder itself (or a hub repo made from it): the card's header says which file is which
     # split, so the JSONL and official CSV beside the Parquet files are not read as data.
     folder = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
