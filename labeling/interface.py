@@ -2,7 +2,8 @@
 
 The question the labels answer (and the classifier learns) is the CVF positive class: a
 grid-like figure holding at least one natural image. The task data fields named here
-(`image`, `paper_id`, `img_name`, `source_path`) are what `labeling.push` uploads.
+(`image`, `caption` and `subcaption` shown under it, `paper_id`, `img_name`, `source_path`) are what
+`labeling.push` uploads. (A project created before the caption was shown keeps its interface.)
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ LABEL_CONFIG = f"""
   <View style="display: flex; gap: 1em; align-items: flex-start">
     <View style="flex: 4">
       <Image name="{TO_NAME}" value="$image" maxWidth="100%" zoom="true" zoomControl="true"/>
+      <Text name="caption" value="$caption"/>
+      <Text name="subcaption" value="$subcaption"/>
     </View>
     <View style="flex: 1; min-width: 16em">
       <Header value="Grid-like figure with a natural image?" size="4"/>

@@ -59,12 +59,24 @@ def prediction(score: dict, threshold: float) -> dict:
             "result": interface.choice_result(interface.CHOICE_OF_LABEL[int(p >= threshold)])}
 
 
+def caption_shown(figure: dict) -> str:
+    """The caption line under the figure: label and caption, or why there is none."""
+    caption = figure.get("caption") or ""
+    if not caption:
+        return "(no caption found" + (f": {figure['caption_error']})" if figure.get("caption_error") else ")")
+    label = figure.get("figure_label") or ""  # a printed "Figure 3" helps a person; "fig:x" does not
+    return f"{label}: {caption}" if label.startswith(("Figure ", "Table ")) else caption
+
+
 def task(figure: dict, root: Path, docroot: Path, score: dict | None, threshold: float) -> dict:
     data = {
         "image": image_url(root, docroot, figure["image_path"]),
         "paper_id": figure["paper_id"],
         "img_name": figure["img_name"],
         "source_path": figure.get("source_path") or "",
+        # the paper's words for the figure, shown under it (pipeline.latex; the PDF fallback's caption)
+        "caption": caption_shown(figure),
+        "subcaption": f"Sub-caption: {figure['subcaption']}" if figure.get("subcaption") else "",
         "source_kind": figure.get("source_kind") or "",
         "sha256": figure["sha256"],
         "shard": figure["shard"],

@@ -172,13 +172,22 @@ def test_interface_has_hotkeys_large_figure_context_and_keeps_unsure():
     assert image.get("name") == interface.TO_NAME and image.get("maxWidth") == "100%"
     assert image.get("zoom") == "true"
     shown = {t.get("value") for t in view.iter("Text")}
-    assert shown == {"$paper_id", "$img_name", "$source_path"}
+    assert shown == {"$paper_id", "$img_name", "$source_path", "$caption", "$subcaption"}
+    # the caption sits under the figure, in the image's column
+    column = next(v for v in view.iter("View") if v.find("Image") is not None)
+    assert [c.tag for c in column] == ["Image", "Text", "Text"] and column[1].get("value") == "$caption"
     # Every variable the interface shows is a field push uploads with each task.
     variables = set(re.findall(r'value="\$(\w+)"', interface.LABEL_CONFIG))
     data = push.task({"image_path": "images/2012-01/p/a.png", "paper_id": "p", "img_name": "a.png",
                       "source_path": "figs/a.png", "sha256": "x", "shard": "2012-01", "round": 0, "rule": "r"},
                      Path("/d"), Path("/d"), None, 0.5)["data"]
-    assert variables == {"image", "paper_id", "img_name", "source_path"} <= set(data)
+    assert variables == {"image", "paper_id", "img_name", "source_path", "caption", "subcaption"} <= set(data)
+    assert data["caption"] == "(no caption found)" and data["subcaption"] == ""
+    captioned = push.task({"image_path": "images/2012-01/p/a.png", "paper_id": "p", "img_name": "a.png",
+                           "sha256": "x", "shard": "2012-01", "round": 0, "rule": "r",
+                           "caption": "Qualitative results.", "figure_label": "Figure 3", "subcaption": "Input"},
+                          Path("/d"), Path("/d"), None, 0.5)["data"]
+    assert (captioned["caption"], captioned["subcaption"]) == ("Figure 3: Qualitative results.", "Sub-caption: Input")
     # The instruction names positive and negative examples; unsure stays unsure (null label).
     text = interface.INSTRUCTION.lower()
     for example in ["image grids of photos", "qualitative result grids", "segmentation", "depth",
