@@ -44,7 +44,7 @@ from tqdm import tqdm
 from pipeline import labels as labels_mod
 from pipeline import store
 from pipeline.config import data_root
-from pipeline.features import FEATURE_NAMES, layout_features
+from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, caption_features, layout_features
 
 WEIGHTS_ENV = "CVF_BACKBONE_WEIGHTS"
 DEFAULT_ARCH = "resnet50"
@@ -282,9 +282,37 @@ def scorable(fig: dict) -> bool:
     return fig.get("status") == "ok" and bool(fig.get("image_path"))
 
 
+def figure_caption_features(figures: list[dict]) -> np.ndarray:
+    """The caption features (`pipeline.features.caption_features`) of figure records."""
+    return np.stack([caption_features(f.get("caption"), f.get("subcaption"), f.get("n_panels"))
+                     for f in figures]) if figures else np.zeros((0, len(CAPTION_FEATURE_NAMES)), np.float32)
+
+
+def caption_ablation(x, xc, y, groups, head: str, folds: int, seed: int, mode: str) -> tuple[bool, dict]:
+    """Whether to use the caption features `xc` beside `x`, and the card's account of it: grouped CV
+    with and without them (same folds). `mode` on/off decides; auto uses them when the
+    out-of-fold PR-AUC is higher with them."""
+    captioned = int(xc[:, 0].sum()) if len(xc) else 0
+    report = {"mode": mode, "names": CAPTION_FEATURE_NAMES, "labelled_with_caption": captioned}
+    if mode == "off":
+        return False, dict(report, used=False, reason="turned off (--captions off)")
+    if captioned == 0:
+        return False, dict(report, used=False, reason="no labelled figure has a caption: not measured")
+    measured = {}
+    for name, features in (("without", x), ("with", np.concatenate([x, xc], axis=1))):
+        prob, _, _ = cross_validate(features, y, groups, head, folds, seed)
+        measured[name] = metrics(y, prob, best_threshold(y, prob))
+    helps = measured["with"]["pr_auc"] > measured["without"]["pr_auc"]
+    used = mode == "on" or helps
+    return used, dict(report, used=used, helps=helps, cv_without=measured["without"], cv_with=measured["with"],
+                      reason=("they help" if helps else "they do not help") + " in grouped CV (out-of-fold PR-AUC "
+                      f"{measured['with']['pr_auc']:.3f} with, {measured['without']['pr_auc']:.3f} without)")
+
+
 def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf_index=(), head="logreg",
-          folds=5, seed=0, version=None, batch_size=32, workers=0) -> Path:
-    """Gather labels, featurize the labelled figures, cross-validate, fit, write classifier/<version>/."""
+          folds=5, seed=0, version=None, batch_size=32, workers=0, captions="auto") -> Path:
+    """Gather labels, featurize the labelled figures, cross-validate, fit, write classifier/<version>/.
+    `captions`: auto (use the caption features when grouped CV says they help), on, off."""
     root = data_root(root)
     weights = resolve_weights(weights)
     if weights is None:
@@ -325,6 +353,11 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
     y = np.array([r["label"] for r in labels])[good]
     groups = np.array([r["paper_id"] for r in labels])[good]
     featurize_s = time.time() - t0
+    record_of = {(f["paper_id"], f["img_name"]): f for f in ok}
+    xc = figure_caption_features([record_of[(r["paper_id"], r["img_name"])] for r in labels])[good]
+    use_captions, caption_card = caption_ablation(x, xc, y, groups, head, folds, seed, captions)
+    if use_captions:
+        x = np.concatenate([x, xc], axis=1)
 
     prob, decision, n_folds = cross_validate(x, y, groups, head, folds, seed)
     threshold = best_threshold(y, prob)
@@ -347,6 +380,7 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
                       "weights_sha256": backbone.weights_sha256} if backbone else None),
         "features": int(x.shape[1]),
         "layout_features": FEATURE_NAMES,
+        "caption_features": caption_card,
         "head": head,
         "calibration": "Platt scaling on out-of-fold decision values",
         "labels": label_report,
@@ -362,6 +396,21 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
     store.atomic_write_text(out / "card.md", card_markdown(card))
     store.atomic_write_text(root / "classifier" / "LATEST", version + "\n")
     return out
+
+
+def _caption_line(card: dict) -> str:
+    c = card.get("caption_features") or {}
+    if not c:
+        return "not used (a model from before caption features)."
+    line = (f"{'Used' if c['used'] else 'Not used'}: {c['reason']}; {c['labelled_with_caption']} labelled figures "
+            f"have a caption. Features: has caption, length, sub-caption, panels, math, and cue words "
+            f"({', '.join(n[4:] for n in c['names'] if n.startswith('cue_'))}).")
+    if "cv_with" in c:
+        w, wo = c["cv_with"], c["cv_without"]
+        line += ("\n\n| grouped CV | ROC-AUC | PR-AUC | balanced accuracy |\n| --- | --- | --- | --- |\n"
+                 f"| without captions | {wo['roc_auc']:.3f} | {wo['pr_auc']:.3f} | {wo['balanced_accuracy']:.3f} |\n"
+                 f"| with captions | {w['roc_auc']:.3f} | {w['pr_auc']:.3f} | {w['balanced_accuracy']:.3f} |")
+    return line
 
 
 def card_markdown(card: dict) -> str:
@@ -381,6 +430,8 @@ def card_markdown(card: dict) -> str:
 **Labels.** {lab['labels']} ({lab['positives']} positive, {lab['negatives']} negative), by source:
 {', '.join(f'{k}: {v}' for k, v in lab['by_source'].items())}. Left out: labels for figures that do not exist
 ({lab['labels_for_missing_figures']}), labels of images re-extracted since ({lab.get('labels_for_changed_images', 0)}).
+
+**Captions.** {_caption_line(card)}
 
 **Evaluation.** {card['cv']['scheme']}, {card['cv']['folds']} folds over {card['cv']['papers']} papers;
 every probability comes from a head and a calibrator that never saw the figure's paper.
@@ -444,7 +495,10 @@ def score(root=None, version=None, weights=None, batch_size=64, workers=0, shard
         rows = []
         batches = featurize(root, [f["image_path"] for f in figures], backbone, batch_size, workers, desc=f"score {shard}")
         start = 0
+        with_captions = (card.get("caption_features") or {}).get("used", False)
         for x, errors in batches:
+            if with_captions:
+                x = np.concatenate([x, figure_caption_features(figures[start:start + len(errors)])], axis=1)
             prob = calibrated(model["calibrator"], model["head"].decision_function(x))
             for f, p, err in zip(figures[start:start + len(errors)], prob, errors):
                 rows.append({"paper_id": f["paper_id"], "img_name": f["img_name"], "sha256": f.get("sha256", ""),
@@ -491,6 +545,10 @@ def main(argv=None) -> int:
     t.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by paper (default 5)")
     t.add_argument("--seed", type=int, default=0, help="seed of the folds and the head (default 0)")
     t.add_argument("--version", help="name of the model (default clf-<UTC time>)")
+    t.add_argument("--captions", choices=["auto", "on", "off"], default="auto",
+                   help="caption features (cue words such as 'qualitative', 'comparison'; length; sub-caption): "
+                        "auto (default) uses them when grouped CV with them beats CV without; the model card "
+                        "reports both")
 
     s = sub.add_parser("score", parents=[common], help="score every extracted figure -> scores/<shard>.parquet",
                        description="Score every extracted figure with a trained classifier, one month shard at a "
@@ -503,7 +561,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "train":
             out = train(args.root, args.weights, args.arch, args.labels, args.truth, args.cvf_index, args.head,
-                        args.folds, args.seed, args.version, args.batch_size, args.workers)
+                        args.folds, args.seed, args.version, args.batch_size, args.workers, args.captions)
             card = joblib.load(out / "model.joblib")["card"]
             m = card["cv"]["at_threshold"]
             print(f"classifier {card['version']} -> {out}\n  grouped CV over {card['cv']['papers']} papers: "

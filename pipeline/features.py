@@ -153,3 +153,28 @@ def layout_features(image: Image.Image) -> np.ndarray:
 def layout_features_of_file(path) -> np.ndarray:
     with Image.open(path) as im:
         return layout_features(im)
+
+
+# --- the figure's words -----------------------------------------------------------------------
+
+# Cue words of captions: the first group says "a grid of photos" (qualitative results shown side
+# by side), the second "a plot or a diagram". A word counts when a caption word starts with it.
+CAPTION_CUES = [
+    "qualitative", "example", "comparison", "visual", "result", "input", "ground", "sample", "image",
+    "photo", "frame", "scene", "predict", "segmentation", "depth", "mask", "failure", "generated",
+    "plot", "curve", "accuracy", "performance", "architecture", "pipeline", "overview", "diagram",
+    "framework", "module", "network", "table", "loss", "ablation", "distribution", "training",
+]
+CAPTION_FEATURE_NAMES = ["has_caption", "caption_log_words", "has_subcaption", "n_panels_log",
+                         "caption_has_math"] + [f"cue_{w}" for w in CAPTION_CUES]
+
+
+def caption_features(caption: str | None, subcaption: str | None = None,
+                     n_panels: int | None = None) -> np.ndarray:
+    """One float vector in the order of CAPTION_FEATURE_NAMES: whether the figure has a caption,
+    its length, a sub-caption, the float's panel count, math, and which cue words it uses."""
+    caption, subcaption = caption or "", subcaption or ""
+    words = [w.strip(".,;:()[]{}\"'").lower() for w in f"{caption} {subcaption}".split()]
+    cues = [float(any(w.startswith(cue) for w in words)) for cue in CAPTION_CUES]
+    return np.array([float(bool(caption)), np.log1p(len(caption.split())), float(bool(subcaption)),
+                     np.log1p(n_panels or 0), float("$" in caption)] + cues, dtype=np.float32)

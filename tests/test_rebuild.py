@@ -101,6 +101,15 @@ def test_rebuild_writes_the_official_names_and_pixels(eprint_server, testdata, t
     rows = store.read_rows(data_root / "rebuild" / "val" / "figures.parquet")
     assert {(r["paper_id"], r["img_name"]) for r in rows if r["status"] == "ok"} <= set(official)
     assert (data_root / "raw" / "2018-01" / "1801.04461.eprint").exists()
+    # ... with the words of each figure, as extraction writes them (tests/test_latex.py's table)
+    from test_latex import EXPECTED
+    by_source = {(r["paper_id"], r["source_path"]): r for r in rows if r["status"] == "ok"}
+    checked = [key for key in EXPECTED if key in by_source]
+    assert len(checked) >= 8
+    for key in checked:
+        phrase, label, sub = EXPECTED[key]
+        row = by_source[key]
+        assert phrase in row["caption"] and (row["figure_label"], row["subcaption"]) == (label, sub), key
 
 
 def test_rebuild_resumes_without_refetching(eprint_server, testdata, tmp_path, data_root):
