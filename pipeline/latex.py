@@ -369,6 +369,7 @@ class Macro:
     default: str | None = None  # the first argument's default (it is then optional)
 
 
+_GRAPHIC_IN_BODY = re.compile(r"\\(?:includegraphics|includesvg|epsfig|psfig|epsfbox)(?![A-Za-z@])")
 _DEFINITION = re.compile(
     r"\\(newcommand|renewcommand|providecommand|DeclareRobustCommand|def|gdef|edef|xdef)\*?\s*")
 
@@ -417,44 +418,77 @@ class ExpansionError(Exception):
 _CONTROL_WORD = re.compile(r"\\([A-Za-z@]+)")
 
 
-def expand_macros(latex: str, macros: dict[str, Macro]) -> str:
-    """`latex` with the paper's macros expanded, at most MAX_EXPANSIONS steps and
-    MAX_EXPANDED_CHARS characters (ExpansionError beyond)."""
+MAX_NESTING = 64  # macros expanding inside macros
+_DEFINING = re.compile(r"\\(?:newcommand|renewcommand|providecommand|DeclareRobustCommand|[gex]?def)"
+                       r"\*?\s*\{?\s*$")
+
+
+def expand_macros(latex: str, macros: dict[str, Macro], max_steps: int = MAX_EXPANSIONS,
+                  max_chars: int = MAX_EXPANDED_CHARS) -> str:
+    """`latex` with the paper's macros expanded, in one pass (an expansion's own macros
+    expanded inside it), at most `max_steps` expansions, MAX_NESTING deep and `max_chars`
+    characters out (ExpansionError beyond). A macro's name in its own definition stays."""
     if not macros:
         return latex
-    steps, pos = 0, 0
+    budget = [max_steps, max_chars]
+    return _expand(latex, macros, budget, 0)
+
+
+def _expand(text: str, macros: dict[str, Macro], budget: list[int], depth: int) -> str:
+    out, pos = [], 0
     while True:
-        m = _CONTROL_WORD.search(latex, pos)
+        m = _CONTROL_WORD.search(text, pos)
         if m is None:
-            return latex
+            break
         macro = macros.get(m.group(1))
-        if macro is None:
+        if macro is None or _DEFINING.search(text, max(0, m.start() - 40), m.start()):
+            out.append(text[pos:m.end()])
             pos = m.end()
             continue
-        steps += 1
-        if steps > MAX_EXPANSIONS:
-            raise ExpansionError(f"macro expansion did not end after {MAX_EXPANSIONS} steps "
-                                 f"(\\{m.group(1)} recursive?)")
-        args = _Args(latex, m.end(), limit=MAX_EXPANDED_CHARS)
+        budget[0] -= 1
+        if budget[0] < 0 or depth >= MAX_NESTING:
+            raise ExpansionError(f"macro expansion did not end (\\{m.group(1)} recursive?)")
+        args = _Args(text, m.end(), limit=MAX_EXPANDED_CHARS)
         values = []
         for k in range(macro.n_args):
-            value = args.optional() if k == 0 and macro.default is not None else None
             if k == 0 and macro.default is not None:
+                value = args.optional()
                 value = macro.default if value is None else value
             else:
                 value = args.mandatory()
-            if value is None:
-                value = ""
-            values.append(value)
+            values.append(value or "")
         body = re.sub(r"#(\d)", lambda a: values[int(a.group(1)) - 1]
                       if 0 < int(a.group(1)) <= len(values) else "", macro.body)
         end = args.pos if macro.n_args else m.end()
-        if not macro.n_args and latex[end:end + 1] == " " and body[-1:].isalpha():
+        body = _expand(body, macros, budget, depth + 1)
+        if not macro.n_args and text[end:end + 1] == " " and body[-1:].isalpha():
             body += " "  # a control word eats the space after it; its expansion must not
-        latex = latex[:m.start()] + body + latex[end:]
-        if len(latex) > MAX_EXPANDED_CHARS:
-            raise ExpansionError(f"macro expansion past {MAX_EXPANDED_CHARS} characters")
-        pos = m.start()
+        out.append(text[pos:m.start()])
+        out.append(body)
+        budget[1] -= len(body)
+        if budget[1] < 0:
+            raise ExpansionError("macro expansion past its size limit")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def expand_graphic_macros(document: str, macros: dict[str, Macro]) -> str:
+    """`document` with the uses of macros that draw a graphic (`\\newcommand{\\fig}[1]{...
+    \\includegraphics{#1}...}`) expanded, so the graphics they place are seen in their floats."""
+    drawing = {name: m for name, m in macros.items() if _GRAPHIC_IN_BODY.search(m.body)}
+    for _ in range(MAX_NESTING):  # ... and the macros that call those
+        callers = {name: m for name, m in macros.items() if name not in drawing and
+                   any(n in drawing for n in _CONTROL_WORD.findall(m.body))}
+        if not callers:
+            break
+        drawing.update(callers)
+    if not drawing:
+        return document
+    try:
+        return expand_macros(document, drawing, max_steps=50_000, max_chars=MAX_DOCUMENT_CHARS)
+    except ExpansionError:
+        return document
 
 
 # --- caption LaTeX to text ------------------------------------------------------------------------
@@ -739,6 +773,7 @@ def figure_texts(tex_files: dict[str, str], figure_paths: list[str]) -> dict[str
     for root in root_documents(files):
         document = flatten(root, files, problems)
         macros = collect_macros(document)
+        document = expand_graphic_macros(document, macros)
         graphics, graphicspath = document_graphics(document, macros)
         for graphic in graphics:
             folders = []

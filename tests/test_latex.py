@@ -317,3 +317,13 @@ def test_pathological_sources_finish_quickly():
 def test_no_latex_at_all():
     out = texts_of({}, ["a.png"])
     assert out["a.png"].caption == "" and "no LaTeX" in out["a.png"].caption_error
+
+
+def test_a_macro_that_places_the_graphic():
+    tex = {"main.tex": (
+        "\\documentclass{article}\n\\newcommand{\\fig}[2][.5]{\\includegraphics[width=#1\\linewidth]{figs/#2}}\n"
+        "\\newcommand{\\row}[1]{\\fig{#1_a}\\fig[.3]{#1_b}}\n\\begin{document}\n"
+        "\\begin{figure}\\row{cat}\\caption{Cats.}\\label{f:cats}\\end{figure}\n\\end{document}")}
+    out = texts_of(tex, ["figs/cat_a.png", "figs/cat_b.png"])
+    assert [(t.caption, t.figure_label, t.n_panels, t.panel_index) for t in out.values()] == [
+        ("Cats.", "f:cats", 2, 0), ("Cats.", "f:cats", 2, 1)]
