@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from pipeline import config, store
 from pipeline.archive import ArchiveError, Limits, read_eprint
-from pipeline.latex import figure_texts
+from pipeline.latex import decode_tex, figure_texts
 from pipeline.naming import cvf_name, figure_format, official_name_filter, output_name
 from pipeline.render import OFFICIAL, Renderer, RenderOptions
 
@@ -199,7 +199,7 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
     try:
         for member in members:
             if _is_tex(member.path) and member.data is not None:
-                tex[member.path] = member.data.decode("utf-8", "replace")
+                tex[member.path] = decode_tex(member.data)
                 continue
             fmt = figure_format(member.path)
             if fmt is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import time
 from pathlib import PurePosixPath
 
 MAX_INPUT_DEPTH = 24
@@ -34,6 +35,7 @@ MAX_EXPANSIONS = 2_000
 MAX_EXPANDED_CHARS = 50_000
 MAX_CAPTION_CHARS = 20_000
 MAX_BODY_CHARS = 200_000  # the body of a \subfloat / \subcaptionbox
+TIME_BUDGET_S = 20.0  # per paper: past it, the graphics read so far are kept and the rest noted
 
 # Floats whose caption is a figure's (a table holding a graphic included).
 FLOAT_ENVS = {"figure", "figure*", "wrapfigure", "wrapfigure*", "table", "table*", "wraptable",
@@ -78,6 +80,14 @@ PANEL_COLUMNS = ["n_panels", "panel_index"]
 
 
 # --- reading the text -----------------------------------------------------------------------------
+
+def decode_tex(data: bytes) -> str:
+    """A LaTeX source's text: UTF-8, else Latin-1 (older papers' usual `inputenc`), never failing."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
 
 _VERBATIM_ENVS = r"(?:verbatim\*?|Verbatim\*?|lstlisting|minted|comment|filecontents\*?|alltt)"
 _VERBATIM = re.compile(r"\\begin\s*\{(" + _VERBATIM_ENVS + r")\}.*?\\end\s*\{\1\}", re.S)
@@ -130,22 +140,20 @@ def _drop_iffalse(text: str) -> str:
     return "".join(out)
 
 
+_BRACE = re.compile(r"\\.|[{}]", re.S)
+
+
 def match_brace(text: str, i: int, limit: int = MAX_CAPTION_CHARS) -> int:
     """Index just past the `}` closing the `{` at `text[i]`, or -1 (unbalanced within `limit`)."""
-    depth, end = 0, min(len(text), i + limit)
-    j = i
-    while j < end:
-        c = text[j]
-        if c == "\\":
-            j += 2
-            continue
+    depth = 0
+    for m in _BRACE.finditer(text, i, min(len(text), i + limit)):
+        c = m.group(0)
         if c == "{":
             depth += 1
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return j + 1
-        j += 1
+                return m.end()
     return -1
 
 
@@ -550,14 +558,21 @@ _EVENT = re.compile(
 _EPSFIG_FILE = re.compile(r"(?:file|figure)\s*=\s*([^,}]+)")
 
 
-def document_graphics(document: str, macros: dict[str, Macro]) -> tuple[list[Graphic], list[str]]:
+class OutOfTime(Exception):
+    """Reading a paper's LaTeX ran past its time budget."""
+
+
+def document_graphics(document: str, macros: dict[str, Macro],
+                      deadline: float = float("inf")) -> tuple[list[Graphic], list[str]]:
     """Every graphic of a flattened document with the words of its float; and the
-    `\\graphicspath` folders it sets."""
+    `\\graphicspath` folders it sets. OutOfTime past `deadline` (time.monotonic())."""
     stack: list[_Frame] = []
     raw: list[tuple[str, str, str, list[_Frame]]] = []  # ref, graphics folder, file, frames
     graphicspath: list[str] = []
     graphics_dir, source = "", ""
-    for m in _EVENT.finditer(document):
+    for n, m in enumerate(_EVENT.finditer(document)):
+        if time.monotonic() > deadline:
+            raise OutOfTime
         while stack and stack[-1].end >= 0 and stack[-1].end <= m.start():
             stack.pop()
         begin_end, env, command = m.group(1), (m.group(2) or "").strip(), m.group(3)
@@ -569,7 +584,7 @@ def document_graphics(document: str, macros: dict[str, Macro]) -> tuple[list[Gra
                 args.optional()
                 ref = args.mandatory()
                 if ref is not None:
-                    _add(raw, ref, graphics_dir, source, stack)
+                    _add(raw, ref, graphics_dir, source, stack, m.start())
             continue
         if begin_end == "end":
             for k in range(len(stack) - 1, -1, -1):
@@ -589,15 +604,15 @@ def document_graphics(document: str, macros: dict[str, Macro]) -> tuple[list[Gra
                 pass
             ref = args.mandatory()
             if ref is not None:
-                _add(raw, ref, graphics_dir, source, stack)
+                _add(raw, ref, graphics_dir, source, stack, m.start())
         elif command in ("epsfig", "psfig"):
             found = _EPSFIG_FILE.search(args.mandatory() or "")
             if found:
-                _add(raw, found.group(1), graphics_dir, source, stack)
+                _add(raw, found.group(1), graphics_dir, source, stack, m.start())
         elif command == "label":
             label = args.mandatory()
             if label is not None and stack:
-                stack[-1].labels.append(label.strip())
+                stack[-1].labels.append((label.strip(), m.start()))
         elif command in ("caption", "figcaption", "captionof", "subcaption"):
             kind = args.mandatory() if command == "captionof" else None
             args.optional()
@@ -608,9 +623,9 @@ def document_graphics(document: str, macros: dict[str, Macro]) -> tuple[list[Gra
             if not stack:
                 continue
             if command == "subcaption" or (kind or "").strip().startswith("sub"):
-                stack[-1].subcaptions.append((caption, error))
+                stack[-1].subcaptions.append((caption, error, m.start()))
             else:
-                stack[-1].captions.append((caption, error))
+                stack[-1].captions.append((caption, error, m.start()))
         elif command in SUB_COMMANDS or command == "subcaptionbox":
             if command == "subcaptionbox":
                 args.optional()
@@ -627,19 +642,20 @@ def document_graphics(document: str, macros: dict[str, Macro]) -> tuple[list[Gra
                 continue
             frame = _Frame(command, is_sub=True, end=body_end)
             if caption is not None:
-                frame.subcaptions.append((caption, ""))
+                frame.subcaptions.append((caption, "", m.start()))
             stack.append(frame)
     refs = [_expand_path(r[0], macros) for r in raw]
-    graphics = [Graphic(refs[k], [folder], src, _words(frames, k, refs, macros))
-                for k, (_, folder, src, frames) in enumerate(raw)]
+    positions = [r[4] for r in raw]
+    graphics = [Graphic(refs[k], [folder], src, _words(frames, k, refs, positions, macros))
+                for k, (_, folder, src, frames, _) in enumerate(raw)]
     return graphics, graphicspath
 
 
-def _add(raw: list, ref: str, graphics_dir: str, source: str, stack: list[_Frame]) -> None:
+def _add(raw: list, ref: str, graphics_dir: str, source: str, stack: list[_Frame], pos: int) -> None:
     """Note a graphic: every frame around it counts it (its panels)."""
     for frame in stack:
         frame.graphics.append(len(raw))
-    raw.append((ref, graphics_dir, source, list(stack)))
+    raw.append((ref, graphics_dir, source, list(stack), pos))
 
 
 def _expand_path(ref: str, macros: dict[str, Macro]) -> str:
@@ -656,7 +672,14 @@ def _panel_key(ref: str) -> str:
     return normalise(ref.replace("{", "").replace("}", "").strip().strip('"'))
 
 
-def _words(frames: list[_Frame], k: int, all_refs: list[str], macros: dict[str, Macro]) -> FigureText:
+def _caption_of(captions: list, pos: int) -> int:
+    """Which of a float's captions is a graphic's at `pos`: the first after it, else the last
+    (a float with several \\caption holds several figures, each caption below its graphics)."""
+    return next((i for i, c in enumerate(captions) if c[2] > pos), len(captions) - 1)
+
+
+def _words(frames: list[_Frame], k: int, all_refs: list[str], positions: list[int],
+           macros: dict[str, Macro]) -> FigureText:
     """The FigureText of graphic number `k`, inside `frames` (outermost first)."""
     words = FigureText()
     float_i = next((k for k in range(len(frames) - 1, -1, -1) if frames[k].is_float), None)
@@ -686,15 +709,24 @@ def _words(frames: list[_Frame], k: int, all_refs: list[str], macros: dict[str, 
         words.caption_error = "the graphic is not in a figure float or a captioned environment"
         return words
     words.float_env = scope.name
-    if k in scope.graphics:  # panels are files: a multi-page graphic included thrice is one
-        panels = list(dict.fromkeys(_panel_key(all_refs[j]) for j in scope.graphics))
+    mine = _caption_of(scope.captions, positions[k]) if scope.captions else 0
+    group = [j for j in scope.graphics
+             if not scope.captions or _caption_of(scope.captions, positions[j]) == mine]
+    if k in group:  # panels are files: a multi-page graphic included thrice is one
+        panels = list(dict.fromkeys(_panel_key(all_refs[j]) for j in group))
         words.n_panels, words.panel_index = len(panels), panels.index(_panel_key(all_refs[k]))
     labels = scope.labels or (frames[float_i].labels if float_i is not None else [])
-    words.figure_label = labels[0] if labels else ""
+    if len(scope.captions) > 1:  # the label written with this caption: after it, else before it
+        here = scope.captions[mine][2]
+        low = scope.captions[mine - 1][2] if mine else -1
+        high = scope.captions[mine + 1][2] if mine + 1 < len(scope.captions) else 1 << 62
+        labels = ([lb for lb in labels if here <= lb[1] < high]
+                  or [lb for lb in labels if low < lb[1] < here] or labels)
+    words.figure_label = labels[0][0] if labels else ""
     if not scope.captions:
         words.caption_error = f"the {scope.name} has no \\caption"
         return words
-    latex, error = scope.captions[0]
+    latex, error, _ = scope.captions[mine]
     if latex is None:
         words.caption_error = error
         return words
@@ -760,7 +792,8 @@ def _figure_index(figure_paths: list[str]) -> dict:
 
 # --- the whole paper ------------------------------------------------------------------------------
 
-def figure_texts(tex_files: dict[str, str], figure_paths: list[str]) -> dict[str, FigureText]:
+def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
+                 time_budget_s: float = TIME_BUDGET_S) -> dict[str, FigureText]:
     """What the LaTeX says about each of `figure_paths` (archive paths). `tex_files`: the
     e-print's LaTeX sources by archive path. Every path gets an entry; one no graphic names
     (or the LaTeX cannot be read) has an empty caption and the reason in `caption_error`."""
@@ -770,11 +803,19 @@ def figure_texts(tex_files: dict[str, str], figure_paths: list[str]) -> dict[str
     index = _figure_index(figure_paths)
     found: dict[str, FigureText] = {}
     problems: list[str] = []
+    deadline = time.monotonic() + time_budget_s
     for root in root_documents(files):
+        if time.monotonic() > deadline:
+            problems.append(f"reading the LaTeX stopped after {time_budget_s:g} s (time budget)")
+            break
         document = flatten(root, files, problems)
         macros = collect_macros(document)
         document = expand_graphic_macros(document, macros)
-        graphics, graphicspath = document_graphics(document, macros)
+        try:
+            graphics, graphicspath = document_graphics(document, macros, deadline)
+        except OutOfTime:
+            problems.append(f"reading {root} stopped after {time_budget_s:g} s (time budget)")
+            break
         for graphic in graphics:
             folders = []
             for base in graphic.folders + [_folder(root)]:

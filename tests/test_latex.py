@@ -327,3 +327,28 @@ def test_a_macro_that_places_the_graphic():
     out = texts_of(tex, ["figs/cat_a.png", "figs/cat_b.png"])
     assert [(t.caption, t.figure_label, t.n_panels, t.panel_index) for t in out.values()] == [
         ("Cats.", "f:cats", 2, 0), ("Cats.", "f:cats", 2, 1)]
+
+
+def test_a_float_with_two_captions_holds_two_figures():
+    tex = {"main.tex": MAIN % (
+        "\\begin{figure}\\includegraphics{figs/a}\\includegraphics{figs/b}\\caption{First.}\\label{f:1}"
+        "\\includegraphics{figs/c}\\caption{Second.}\\label{f:2}\\end{figure}")}
+    out = texts_of(tex, ["figs/a.png", "figs/b.png", "figs/c.png"])
+    assert [(t.caption, t.figure_label, t.n_panels, t.panel_index) for t in out.values()] == [
+        ("First.", "f:1", 2, 0), ("First.", "f:1", 2, 1), ("Second.", "f:2", 1, 0)]
+
+
+def test_a_paper_that_takes_too_long_stops_at_its_time_budget():
+    # thousands of \subfloat bodies that never close: each is searched for its end
+    slow = "\\begin{figure}" + "\\subfloat[x]{" * 20_000 + "\\includegraphics{figs/a}"
+    start = time.monotonic()
+    out = figure_texts({"main.tex": MAIN % slow}, ["figs/a.png"], time_budget_s=1.0)
+    assert time.monotonic() - start < 5
+    assert out["figs/a.png"].caption == "" and "time budget" in out["figs/a.png"].caption_error
+
+
+def test_latin1_sources_read_as_latin1():
+    from pipeline.latex import decode_tex
+
+    source = (MAIN % "\\begin{figure}\\includegraphics{figs/a}\\caption{Caf\xe9 r\xe9sum\xe9.}\\end{figure}")
+    assert decode_tex(source.encode("latin-1")) == source == decode_tex(source.encode("utf-8"))
