@@ -277,32 +277,35 @@ def flatten(root: str, files: dict[str, str], problems: list[str]) -> str:
     return _flatten(root, base, base, [root], state)
 
 
+_PLAIN_NAME = re.compile(r"[^\s{}\\%]+")
+
+
+def _inputs(text: str):
+    """(start, end, command, names) of each `\\input`-like command of `text`: one name, or
+    (folder, file) for `\\import` and its kin; `\\input file` without braces too."""
+    for m in _INPUT.finditer(text):
+        command = m.group(1)
+        if command == "input" and m.end() < len(text) and text[m.end()] != "{":
+            plain = _PLAIN_NAME.match(text, m.end())  # \input file (TeX's own syntax)
+            if plain:
+                yield m.start(), plain.end(), command, [plain.group(0)]
+            continue
+        args = _Args(text, m.end(), limit=2000)
+        names = [args.mandatory()]
+        if command not in ("input", "include", "subfile"):
+            names.append(args.mandatory())
+        if None not in names:
+            yield m.start(), args.pos, command, names
+
+
 def _flatten(path: str, cwd: str, graphics_dir: str, stack: list[str], state: _Flattening) -> str:
     text = state.files[path]
     out = [f"{MARK_FILE}{{{path}}}{MARK_DIR}{{{graphics_dir}}}"]
     pos = 0
-    for m in _INPUT.finditer(text):
-        if m.start() < pos:
+    for start, end, command, names in _inputs(text):
+        if start < pos:
             continue
-        command = m.group(1)
-        args = _Args(text, m.end(), limit=2000)
-        if command in ("input",) and m.end() < len(text) and text[m.end()] != "{":
-            plain = re.compile(r"[^\s{}\\%]+").match(text, m.end())  # \input file (TeX syntax)
-            if not plain:
-                continue
-            names, end = [plain.group(0)], plain.end()
-        else:
-            first = args.mandatory()
-            if first is None:
-                continue
-            names = [first]
-            if command not in ("input", "include", "subfile"):
-                second = args.mandatory()
-                if second is None:
-                    continue
-                names.append(second)
-            end = args.pos
-        out.append(text[pos:m.start()])
+        out.append(text[pos:start])
         pos = end
         here = _folder(path)
         if len(names) == 2:  # \import{dir}{file}: the file and its graphics live in dir
@@ -343,18 +346,9 @@ def root_documents(files: dict[str, str]) -> list[str]:
     `\\documentclass` and `\\begin{document}` first, then those with more graphics."""
     included = set()
     for path, text in files.items():
-        for m in _INPUT.finditer(text):
-            args = _Args(text, m.end(), limit=2000)
-            names = [args.mandatory(), args.mandatory()] if "import" in m.group(1) or \
-                "from" in m.group(1) else [args.mandatory()]
-            if m.group(1) == "input" and m.end() < len(text) and text[m.end()] != "{":
-                plain = re.compile(r"[^\s{}\\%]+").match(text, m.end())
-                names = [plain.group(0)] if plain else []
-            if None in names or not names:
-                continue
+        for _, _, _, names in _inputs(text):
             if len(names) == 2:
-                folder = _join(_folder(path), names[0])
-                target = _find_tex(names[1], [folder, names[0]], files)
+                target = _find_tex(names[1], [_join(_folder(path), names[0]), names[0]], files)
             else:
                 target = _find_tex(names[0], [_folder(path), ""], files)
             if target and target != path:
