@@ -14,8 +14,10 @@ from pipeline.config import data_root
 
 
 @task(name="train")
-def train_task(root: str, weights: str | None, truth: str | None, cvf_index: list[str], head: str, version: str | None) -> str:
-    return str(classify.train(root, weights=weights, truth=truth, cvf_index=cvf_index, head=head, version=version))
+def train_task(root: str, weights: str | None, truth: str | None, cvf_index: list[str], head: str, version: str | None,
+               captions: str = "auto") -> str:
+    return str(classify.train(root, weights=weights, truth=truth, cvf_index=cvf_index, head=head, version=version,
+                              captions=captions))
 
 
 @task(name="score-shard", retries=1)
@@ -38,8 +40,9 @@ def publish_task(root: str, name: str, out: str, overwrite: bool, hf_repo: str |
 
 @flow(name="train-classifier")
 def train_classifier(root: str | None = None, weights: str | None = None, truth: str | None = None,
-                     cvf_index: list[str] | None = None, head: str = "logreg", version: str | None = None) -> str:
-    out = train_task(str(data_root(root)), weights, truth, cvf_index or [], head, version)
+                     cvf_index: list[str] | None = None, head: str = "logreg", version: str | None = None,
+                     captions: str = "auto") -> str:
+    out = train_task(str(data_root(root)), weights, truth, cvf_index or [], head, version, captions)
     get_run_logger().info(f"classifier -> {out}")
     return out
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from pipeline import config, store
 from pipeline.archive import ArchiveError, Limits, read_eprint
-from pipeline.latex import decode_tex, figure_texts
+from pipeline.latex import decode_tex, figure_texts, normalise
 from pipeline.naming import cvf_name, figure_format, official_name_filter, output_name
 from pipeline.render import OFFICIAL, Renderer, RenderOptions
 
@@ -137,20 +137,8 @@ def latex_references(tex_files: dict[str, str]) -> set[str]:
             continue
         for folder in folders:
             folder = folder if not folder or folder.endswith("/") else folder + "/"
-            out.add(_normalise(folder + ref))
+            out.add(normalise(folder + ref))
     return out
-
-
-def _normalise(path: str) -> str:
-    parts: list[str] = []
-    for part in path.replace("\\", "/").split("/"):
-        if part in ("", "."):
-            continue
-        if part == ".." and parts:
-            parts.pop()
-        else:
-            parts.append(part)
-    return "/".join(parts)
 
 
 def is_included(member_path: str, references: set[str]) -> bool:
