@@ -552,6 +552,16 @@ _EVENT = re.compile(
 _EPSFIG_FILE = re.compile(r"(?:file|figure)\s*=\s*([^,}]+)")
 
 
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+def _paragraph(document: str, start: int, end: int) -> tuple[int, int]:
+    """Where the paragraph around document[start:end] begins and ends (blank lines)."""
+    before = document.rfind("\n\n", max(0, start - MAX_BODY_CHARS), start)
+    after = _BLANK_LINE.search(document, end, end + MAX_BODY_CHARS)
+    return before, after.start() if after else len(document)
+
+
 class OutOfTime(Exception):
     """Reading a paper's LaTeX ran past its time budget."""
 
@@ -561,10 +571,10 @@ def document_graphics(document: str, macros: dict[str, Macro],
     """Every graphic of a flattened document with the words of its float; and the
     `\\graphicspath` folders it sets. OutOfTime past `deadline` (time.monotonic())."""
     stack: list[_Frame] = []
-    raw: list[tuple[str, str, str, list[_Frame]]] = []  # ref, graphics folder, file, frames
+    raw: list[tuple] = []  # (ref, graphics folder, source file, frames around it, position)
     graphicspath: list[str] = []
     graphics_dir, source = "", ""
-    for n, m in enumerate(_EVENT.finditer(document)):
+    for m in _EVENT.finditer(document):
         if time.monotonic() > deadline:
             raise OutOfTime
         while stack and stack[-1].end >= 0 and stack[-1].end <= m.start():
@@ -618,8 +628,8 @@ def document_graphics(document: str, macros: dict[str, Macro],
                 continue
             if command == "subcaption" or (kind or "").strip().startswith("sub"):
                 stack[-1].subcaptions.append((caption, error, m.start()))
-            else:
-                stack[-1].captions.append((caption, error, m.start()))
+            else:  # with its paragraph, for a \captionof outside any environment
+                stack[-1].captions.append((caption, error, m.start()) + _paragraph(document, m.start(), args.pos))
         elif command in SUB_COMMANDS or command == "subcaptionbox":
             if command == "subcaptionbox":
                 args.optional()
@@ -666,10 +676,14 @@ def _panel_key(ref: str) -> str:
     return normalise(ref.replace("{", "").replace("}", "").strip().strip('"'))
 
 
-def _caption_of(captions: list, pos: int) -> int:
-    """Which of a float's captions is a graphic's at `pos`: the first after it, else the last
-    (a float with several \\caption holds several figures, each caption below its graphics)."""
-    return next((i for i, c in enumerate(captions) if c[2] > pos), len(captions) - 1)
+def _caption_of(frame: _Frame, pos: int) -> int | None:
+    """Which of a frame's captions is a graphic's at `pos`. In a float: the first after it, else
+    the last (a float with several \\caption holds several figures, each caption below its
+    graphics). In the document itself (a `\\captionof` in a brace group): only one after it in
+    the same paragraph."""
+    if frame.name == "document":
+        return next((i for i, c in enumerate(frame.captions) if c[3] < pos < c[2]), None)
+    return next((i for i, c in enumerate(frame.captions) if c[2] > pos), len(frame.captions) - 1)
 
 
 def _words(frames: list[_Frame], k: int, all_refs: list[str], positions: list[int],
@@ -688,6 +702,9 @@ def _words(frames: list[_Frame], k: int, all_refs: list[str], positions: list[in
     for frame in reversed(inner):
         if frame.is_sub:
             continue
+        if frame.name == "document":
+            scope = frame if _caption_of(frame, positions[k]) is not None else None
+            break
         if frame.captions:
             scope = frame
             break
@@ -703,14 +720,15 @@ def _words(frames: list[_Frame], k: int, all_refs: list[str], positions: list[in
         words.caption_error = "the graphic is not in a figure float or a captioned environment"
         return words
     words.float_env = scope.name
-    mine = _caption_of(scope.captions, positions[k]) if scope.captions else 0
-    group = [j for j in scope.graphics
-             if not scope.captions or _caption_of(scope.captions, positions[j]) == mine]
+    mine = _caption_of(scope, positions[k]) if scope.captions else 0
+    group = [j for j in scope.graphics if not scope.captions or _caption_of(scope, positions[j]) == mine]
     if k in group:  # panels are files: a multi-page graphic included thrice is one
         panels = list(dict.fromkeys(_panel_key(all_refs[j]) for j in group))
         words.n_panels, words.panel_index = len(panels), panels.index(_panel_key(all_refs[k]))
     labels = scope.labels or (frames[float_i].labels if float_i is not None else [])
-    if len(scope.captions) > 1:  # the label written with this caption: after it, else before it
+    if scope.name == "document":  # the document's labels: only one in the caption's paragraph
+        labels = [lb for lb in labels if scope.captions[mine][3] < lb[1] < scope.captions[mine][4]]
+    elif len(scope.captions) > 1:  # the label written with this caption: after it, else before it
         here = scope.captions[mine][2]
         low = scope.captions[mine - 1][2] if mine else -1
         high = scope.captions[mine + 1][2] if mine + 1 < len(scope.captions) else 1 << 62
@@ -720,7 +738,7 @@ def _words(frames: list[_Frame], k: int, all_refs: list[str], positions: list[in
     if not scope.captions:
         words.caption_error = f"the {scope.name} has no \\caption"
         return words
-    latex, error, _ = scope.captions[mine]
+    latex, error = scope.captions[mine][:2]
     if latex is None:
         words.caption_error = error
         return words

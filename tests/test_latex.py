@@ -352,3 +352,13 @@ def test_latin1_sources_read_as_latin1():
 
     source = (MAIN % "\\begin{figure}\\includegraphics{figs/a}\\caption{Caf\xe9 r\xe9sum\xe9.}\\end{figure}")
     assert decode_tex(source.encode("latin-1")) == source == decode_tex(source.encode("utf-8"))
+
+
+def test_captionof_in_a_group_outside_any_environment():
+    tex = {"main.tex": MAIN % (
+        "\\section{Intro}\\label{sec:intro}\n\n{\\centering\\includegraphics{figs/a}\n"
+        "\\captionof{figure}{Teaser.}\\label{fig:teaser}}\n\nText.\n\n\\includegraphics{figs/logo}\n")}
+    out = texts_of(tex, ["figs/a.png", "figs/logo.png"])
+    assert (out["figs/a.png"].caption, out["figs/a.png"].figure_label) == ("Teaser.", "fig:teaser")
+    logo = out["figs/logo.png"]  # the document's other labels and captions are not its
+    assert logo.caption == logo.figure_label == "" and "not in a figure float" in logo.caption_error
