@@ -455,6 +455,7 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
                               and r["status"] == "error"}),
         "figures": len(figures), "by_status": dict(Counter(r["status"] for r in figures)),
         "by_format": dict(Counter(r["format"] for r in figures)),
+        "with_caption": sum(bool(r["caption"]) for r in figures),
         "exact_duplicates": sum(bool(r["dup_of"]) for r in rows),
         "near_duplicates": sum(bool(r["near_dup_of"]) for r in rows),
         "errors_by_kind": dict(Counter(r["error"].split(":")[0][:60] for r in rows

@@ -229,7 +229,7 @@ def _caption_section(stats: dict) -> str:
     share = stats["share"]
     if not stats["words"]:
         return (f"None of the {stats['figures']} figures has a caption (records extracted before captions were read, "
-                "or papers without LaTeX figures floats).")
+                "or papers whose LaTeX puts no figure in a captioned float).")
     w = stats["words"]
     hist = "\n".join(f"| {k} | {v} |" for k, v in stats["histogram"].items())
     examples = "\n".join(
