@@ -227,6 +227,7 @@ def test_label_studio_labels_table_flows_into_training(tmp_path):
     assert classify.score(root)["scored"] == len(truth)
 
 
+@pytest.mark.slow
 def test_caption_features_measured_with_and_without_in_grouped_cv(tmp_path):
     """Captions that carry the cue words: the card reports grouped CV with and without them,
     auto mode uses them when they help, and scoring reads them from the figure records."""
