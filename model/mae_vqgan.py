@@ -11,6 +11,8 @@ so its weights are `vae.*`), written with `F.scaled_dot_product_attention` and n
   Patch i is token i because the patch size equals the VQGAN's downsampling factor (16).
 
 `target="pixels"` turns it into the plain MAE baseline (pixel regression, no VQGAN).
+`load_checkpoint` loads either kind (told apart by the checkpoint's own shapes), and
+`model.prompting.inpaint` inpaints canvases with either.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import torch.nn.functional as F
 from model.vqgan import VQModel, load_vqgan, vqgan_params
 
 ARCHS = {
-    "mae_vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6,
+    # 12 heads as released (models_mae.py line 221), not the 6 of DeiT-S.
+    "mae_vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=12,
                                   decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
     "mae_vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12,
                                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
@@ -219,14 +222,25 @@ class MaeVqgan(nn.Module):
         """Inference on a fixed mask ([N, L], 1 = hidden): codebook logits for ALL positions."""
         return self.predict(imgs, mask=mask)[0]
 
+    def patchify(self, imgs):
+        """[N, C, H, W] -> [N, L, p*p*C] patch values, raster order (MAE's patchify)."""
+        p = self.patch_embed.patch_size
+        n, c, h, w = imgs.shape
+        return imgs.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(n, -1, p * p * c)
+
+    def unpatchify(self, x):
+        """[N, L, p*p*C] patch values -> [N, C, H, W] (MAE's unpatchify)."""
+        p, g = self.patch_embed.patch_size, self.patch_embed.grid_size
+        n = x.shape[0]
+        x = x.reshape(n, g, g, p, p, -1).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(n, -1, g * p, g * p)
+
     # loss --------------------------------------------------------------------------------
     def targets(self, imgs):
         """What the model regresses: VQGAN tokens [N, L], or (normalised) pixel patches."""
         if self.target == "tokens":
             return self.vae.tokenize(imgs)
-        p = self.patch_embed.patch_size
-        n, c, h, w = imgs.shape
-        x = imgs.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(n, -1, p * p * c)
+        x = self.patchify(imgs)
         if self.norm_pix_loss:
             x = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + 1e-6) ** 0.5
         return x
@@ -287,6 +301,17 @@ def build(arch="mae_vit_large_patch16", vqgan: VQModel | None = None, img_size: 
     return MaeVqgan(vqgan, **sizes)
 
 
+def arch_from_state(state: dict) -> str | None:
+    """The released arch whose encoder width, depth and patch the state_dict holds, if one."""
+    if "cls_token" not in state or "patch_embed.proj.weight" not in state:
+        return None
+    shape = (state["cls_token"].shape[-1],
+             len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+             state["patch_embed.proj.weight"].shape[-1])
+    names = [n for n, a in ARCHS.items() if (a["embed_dim"], a["depth"], a["patch_size"]) == shape]
+    return names[0] if names else None
+
+
 def describe_state(state: dict) -> str:
     """What encoder a state_dict holds, naming the matching released arch if any."""
     if "cls_token" not in state or "patch_embed.proj.weight" not in state:
@@ -294,10 +319,9 @@ def describe_state(state: dict) -> str:
     dim = state["cls_token"].shape[-1]
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     patch = state["patch_embed.proj.weight"].shape[-1]
-    names = [n for n, a in ARCHS.items()
-             if (a["embed_dim"], a["depth"], a["patch_size"]) == (dim, depth, patch)]
+    name = arch_from_state(state)
     return (f"encoder width {dim}, depth {depth}, patch {patch}, {state_img_size(state, patch)} px"
-            + (f" ({names[0]})" if names else ""))
+            + (f" ({name})" if name else ""))
 
 
 def state_img_size(state: dict, patch_size: int) -> int | None:
@@ -308,26 +332,53 @@ def state_img_size(state: dict, patch_size: int) -> int | None:
     return grid * patch_size
 
 
-def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt=None,
+def checkpoint_kind(state: dict, path, vqgan_config=None, vqgan_ckpt=None) -> str:
+    """'tokens' (MAE-VQGAN) or 'pixels' (plain MAE), from the checkpoint's own shapes.
+
+    `vae.*` weights or a given VQGAN (config and weights) mean tokens; a `decoder_pred` of
+    patch*patch*channels outputs without a VQGAN means pixels. Anything else is refused with
+    the shapes found.
+    """
+    if any(k.startswith("vae.") for k in state):
+        return "tokens"
+    pred, proj = state.get("decoder_pred.weight"), state.get("patch_embed.proj.weight")
+    pixel_out = proj.shape[-1] * proj.shape[-2] * proj.shape[1] if proj is not None and proj.dim() == 4 else None
+    if pred is not None and pixel_out is not None and pred.shape[0] == pixel_out and vqgan_ckpt is None:
+        return "pixels"
+    if vqgan_config is not None and vqgan_ckpt is not None:
+        return "tokens"
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in
+                       (("decoder_pred.weight", pred), ("patch_embed.proj.weight", proj)) if v is not None)
+    raise ValueError(
+        f"cannot tell what {path} predicts: it holds {shapes or 'no decoder_pred / patch_embed weights'} "
+        f"and no vae.* weights. A pixel MAE's decoder_pred has patch*patch*3 = "
+        f"{pixel_out if pixel_out else 'patch*patch*3'} outputs; an MAE-VQGAN without vae.* weights "
+        f"needs its VQGAN: --vqgan-config model.yaml and --vqgan-ckpt last.ckpt")
+
+
+def load_checkpoint(path, vqgan_config=None, arch="mae_vit_large_patch16", vqgan_ckpt=None,
                     img_size: int | None = None, map_location="cpu") -> MaeVqgan:
-    """Load a released (or our) `checkpoint-*.pth` into an eval-mode MaeVqgan.
+    """Load a checkpoint, pixel MAE or MAE-VQGAN (token head), into an eval-mode MaeVqgan.
+
+    Released, cvf's own (`python -m model.train`, either `--target`) and the public MAE
+    checkpoints' `{'model': state_dict}` layout all load; `model.target` says which kind it is
+    ('tokens' or 'pixels', see `checkpoint_kind`), and `model.norm_pix_loss` is what the
+    checkpoint's `args` record (default False).
 
     `arch`: a name of ARCHS, a dict of the constructor's sizes, or None: the sizes the
-    checkpoint's own `args` record (else mae_vit_large_patch16). `vqgan_config`: taming's
-    `model.yaml` (path) or its content (dict). The VQGAN weights come from the checkpoint's
-    `vae.*` keys, or from `vqgan_ckpt` (taming's `last.ckpt`) when it has none. `img_size`:
-    by default the arch dict's, else the one the checkpoint's position table was built for.
-    Loading is `weights_only`, allowing only `argparse.Namespace`. A checkpoint of another
-    architecture or VQGAN is a ValueError naming what does not fit.
+    checkpoint's own `args` record, else the released arch its encoder shapes match, else
+    mae_vit_large_patch16. `vqgan_config` (tokens only): taming's `model.yaml` (path) or its
+    content (dict). The VQGAN weights come from the checkpoint's `vae.*` keys, or from
+    `vqgan_ckpt` (taming's `last.ckpt`) when it has none. `img_size`: by default the arch
+    dict's, else the one the checkpoint's position table was built for. Loading is
+    `weights_only`, allowing only `argparse.Namespace`. A checkpoint of another architecture
+    or VQGAN is a ValueError naming what does not fit.
     """
     from model.checkpoint import load_safely, mismatches
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"MAE-VQGAN checkpoint not found: {path}")
-    if vqgan_config is None:
-        raise ValueError("vqgan_config is needed: the path of taming's VQGAN model.yaml (or its "
-                         "content as a dict) that the checkpoint was trained with")
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt = load_safely(path, map_location=map_location)
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
     if not isinstance(state, dict) or not state:
@@ -336,22 +387,24 @@ def load_checkpoint(path, vqgan_config, arch="mae_vit_large_patch16", vqgan_ckpt
     for wrapper in ("module.", "_orig_mod."):
         if all(k.startswith(wrapper) for k in state):
             state = {k[len(wrapper):]: v for k, v in state.items()}
+    recorded = ckpt.get("args") if isinstance(ckpt, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else vars(recorded) if recorded is not None else {}
+    kind = checkpoint_kind(state, path, vqgan_config, vqgan_ckpt)
     has_vae = any(k.startswith("vae.") for k in state)
-    if has_vae:
-        vqgan = VQModel(**vqgan_params(vqgan_config))
-    elif vqgan_ckpt is not None:
-        vqgan = load_vqgan(vqgan_config, vqgan_ckpt)
-    else:
-        raise ValueError(f"{path} holds no `vae.*` weights; pass vqgan_ckpt= (taming's last.ckpt)")
+    vqgan = None
+    if kind == "tokens":
+        if vqgan_config is None:
+            raise ValueError(f"{path} is an MAE-VQGAN (token head): pass the path of taming's VQGAN "
+                             "model.yaml it was trained with (--vqgan-config)")
+        vqgan = VQModel(**vqgan_params(vqgan_config)) if has_vae else load_vqgan(vqgan_config, vqgan_ckpt)
     if arch is None:
-        recorded = ckpt.get("args") if isinstance(ckpt, dict) else None
-        arch = arch_from_args(recorded) or "mae_vit_large_patch16"
+        arch = arch_from_args(recorded) or arch_from_state(state) or "mae_vit_large_patch16"
     sizes = arch_sizes(arch)
     if img_size is not None:
         sizes["img_size"] = img_size
     sizes.setdefault("img_size", state_img_size(state, sizes.get("patch_size", 16)) or 224)
-    model = MaeVqgan(vqgan, **sizes)
-    if not has_vae:
+    model = MaeVqgan(vqgan, **sizes, target=kind, norm_pix_loss=bool(recorded.get("norm_pix_loss")))
+    if kind == "tokens" and not has_vae:
         state = {**state, **{"vae." + k: v for k, v in vqgan.state_dict().items()}}
     wrong = mismatches(model, state)
     if wrong:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from model.vqgan import imagenet_mean_std
 
@@ -44,7 +43,8 @@ def round_image(img, options=(WHITE, BLACK), wraparound: bool = True) -> torch.T
     return colours[sq.float().mean(-1).argmin(-1)].to(torch.uint8)
 
 
-def _is(img: torch.Tensor, colour) -> torch.Tensor:
+def is_colour(img: torch.Tensor, colour) -> torch.Tensor:
+    """Bool [...,H,W]: the pixels of `img` [...,H,W,3] that are exactly `colour`."""
     return (img == torch.tensor(colour, dtype=img.dtype, device=img.device)).all(-1)
 
 
@@ -61,18 +61,18 @@ def segmentation_scores(ours, target, fg=WHITE, bg=BLACK) -> dict[str, torch.Ten
     """Released `_calc_metric` on rounded crops: white-pixel IoU, colour-blind IoU, accuracy.
 
     colour-blind: the prediction is every pixel that is not background. accuracy is the share
-    of equal channel values (the release compares all three channels separately).
+    of pixels whose three channels all match (`.all(axis=2)`, as released).
     """
     ours, target = _tensor(ours), _tensor(target)
     if ours.dim() == 3:
         ours, target = ours[None], target[None]
-    seg_target, seg_ours = _is(target, fg), _is(ours, fg)
-    blind_ours = ~_is(ours, bg)
+    seg_target, seg_ours = is_colour(target, fg), is_colour(ours, fg)
+    blind_ours = ~is_colour(ours, bg)
     return {
         "iou": _ratio(_per_episode(seg_target & seg_ours), _per_episode(seg_target | seg_ours)),
         "color_blind_iou": _ratio(_per_episode(seg_target & blind_ours),
                                   _per_episode(seg_target | blind_ours)),
-        "accuracy": _ratio(_per_episode(ours == target), torch.tensor(target[0].numel())),
+        "accuracy": _ratio(_per_episode((ours == target).all(-1)), torch.tensor(target[0, ..., 0].numel())),
     }
 
 
@@ -93,12 +93,12 @@ def synthetic_scores(ours, target, colour=None, background=WHITE) -> dict[str, t
         c = colour
         if c is None:
             colours, counts = torch.unique(t.reshape(-1, 3), dim=0, return_counts=True)
-            keep = ~_is(colours, background)
+            keep = ~is_colour(colours, background)
             if not keep.any():
                 raise ValueError("the synthetic target holds only the background colour")
             c = colours[keep][counts[keep].argmax()].tolist()
-        seg_t, seg_o = _is(t, c), _is(o, c)
-        blind_o = ~_is(o, background)
+        seg_t, seg_o = is_colour(t, c), is_colour(o, c)
+        blind_o = ~is_colour(o, background)
         scores["iou"].append(_ratio((seg_t & seg_o).sum(), (seg_t | seg_o).sum()))
         scores["color_blind_iou"].append(_ratio((seg_t & blind_o).sum(), (seg_t | blind_o).sum()))
         scores["accuracy"].append(_ratio((o == t).all(-1).sum(), torch.tensor(seg_t.numel())))
@@ -108,15 +108,22 @@ def synthetic_scores(ours, target, colour=None, background=WHITE) -> dict[str, t
 def largest_component_box(binary: np.ndarray) -> np.ndarray:
     """Keep the largest 8-connected True component and replace it by its filled bounding box.
 
-    This is the released detection post-processing (`to_rectangle`); all False stays all False.
+    The released detection post-processing (`box_ops.to_rectangle`), with its own calls:
+    `cv2.connectedComponents`, components ranked by `np.argsort(sizes)[::-1]` (of tied largest
+    ones, the last label), the first ranked one that is foreground boxed. All False stays all
+    False.
     """
-    labels, n = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
-    box = np.zeros_like(binary, dtype=bool)
-    if n == 0:
-        return box
-    sizes = np.bincount(labels.ravel())[1:]
-    ys, xs = np.nonzero(labels == 1 + int(sizes.argmax()))
-    box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    import cv2
+
+    n, labels = cv2.connectedComponents(binary.astype(np.uint8) * 255)
+    box = np.zeros(binary.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=n)
+    for label in np.argsort(sizes)[::-1]:
+        ys, xs = np.nonzero(labels == label)
+        if len(ys) == 0 or not binary[ys[0], xs[0]]:      # the background's label
+            continue
+        box[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+        break
     return box
 
 
@@ -125,7 +132,7 @@ def to_box(rounded, fg=WHITE, bg=BLACK) -> torch.Tensor:
     rounded = _tensor(rounded)
     out = torch.empty_like(rounded)
     for i, img in enumerate(rounded):
-        box = torch.from_numpy(largest_component_box(_is(img, fg).cpu().numpy())).to(img.device)
+        box = torch.from_numpy(largest_component_box(is_colour(img, fg).cpu().numpy())).to(img.device)
         out[i] = torch.where(box[..., None], torch.tensor(fg, dtype=img.dtype, device=img.device),
                              torch.tensor(bg, dtype=img.dtype, device=img.device))
     return out
@@ -136,7 +143,7 @@ def fg_bg_areas(ours, target, fg=WHITE) -> torch.Tensor:
     ours, target = _tensor(ours), _tensor(target)
     if ours.dim() == 3:
         ours, target = ours[None], target[None]
-    p, t = _is(ours, fg), _is(target, fg)
+    p, t = is_colour(ours, fg), is_colour(target, fg)
     areas = []
     for pred, true in ((~p, ~t), (p, t)):
         areas.append(torch.stack([_per_episode(pred & true), _per_episode(pred | true)], -1))

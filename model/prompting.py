@@ -227,14 +227,54 @@ def paste(model, canvases: torch.Tensor, tokens: torch.Tensor, mask: torch.Tenso
 
 
 @torch.no_grad()
+def predict_pixels(model, canvases: torch.Tensor, mask: torch.Tensor | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A pixel MAE's prediction for the whole canvas, ImageNet-normalised [B,3,H,W] float64.
+
+    With `model.norm_pix_loss` the model predicts each patch standardised; the hidden patches'
+    own mean and variance are the answer, so they are restored with the visible patches'
+    average patch mean and variance (per canvas).
+    """
+    B, _, H, _ = canvases.shape
+    if mask is None:
+        mask = quadrant_mask(H, _patch_size(model))
+    hidden = mask.to(canvases.device).expand(B, -1)
+    pred = predict_logits(model, canvases, mask, dtype).double()          # [B,L,p*p*3]
+    if model.norm_pix_loss:
+        patches = model.patchify(canvases.double())
+        visible = (~hidden.bool()).double()[..., None]
+        mean = (patches.mean(-1, keepdim=True) * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True)
+        var = (patches.var(-1, keepdim=True) * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True)
+        pred = pred * (var + 1e-6) ** 0.5 + mean
+    return model.unpatchify(pred)
+
+
+def paste_pixels(model, canvases: torch.Tensor, predicted: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Paste the hidden patches of a normalised prediction [B,3,H,W] into the canvases, both
+    de-normalised as the release de-normalises canvases: uint8 [B,H,W,3]."""
+    B, _, H, W = canvases.shape
+    patch = _patch_size(model)
+    if mask is None:
+        mask = quadrant_mask(H, patch)
+    hidden = patch_mask_to_pixels(mask.to(canvases.device), H, patch).expand(B, H, W)
+    return torch.where(hidden[..., None], to_uint8(predicted), to_uint8(canvases))
+
+
+@torch.no_grad()
 def inpaint(model, canvases: torch.Tensor, mask: torch.Tensor | None = None,
             dtype: torch.dtype | None = None) -> torch.Tensor:
-    """ImageNet-normalised canvases [B,3,H,W] -> the canvases with the answer painted in.
+    """ImageNet-normalised canvases [B,3,H,W] -> the canvases with the answer painted in,
+    uint8 [B,H,W,3], by either kind of model `model.mae_vqgan.load_checkpoint` loads.
 
-    Argmax token at every position, VQGAN decode of the whole grid, only the hidden patches
-    pasted, pixels truncated to uint8: the released `generate_image`, batched. Returns uint8
-    [B,H,W,3]. Pass float64 canvases (from `normalize`) to match the release bit for bit.
+    MAE-VQGAN (`model.target == "tokens"`): argmax token at every position, VQGAN decode of
+    the whole grid, only the hidden patches pasted, pixels truncated to uint8: the released
+    `generate_image`, batched. Pixel MAE: the unpatchified prediction of the hidden patches,
+    de-normalised like the canvas. Pass float64 canvases (from `normalize`) to match the
+    release bit for bit.
     """
+    if getattr(model, "target", "tokens") == "pixels":
+        return paste_pixels(model, canvases, predict_pixels(model, canvases, mask, dtype), mask)
     tokens = predict_logits(model, canvases, mask, dtype).argmax(-1)
     return paste(model, canvases, tokens, mask, dtype)
 
@@ -246,9 +286,65 @@ def inpaint_ensemble(model, canvases: torch.Tensor, mask: torch.Tensor | None = 
 
     The K prompts (other supports, the flipped layout, ...) share the hidden answer cell; their
     token probabilities are averaged (the release's 'sum' ensemble) and the result is pasted
-    into the first prompt.
+    into the first prompt. A pixel MAE's K predictions are averaged instead.
     """
     B, K = canvases.shape[:2]
+    if getattr(model, "target", "tokens") == "pixels":
+        pred = predict_pixels(model, canvases.flatten(0, 1), mask, dtype)
+        return paste_pixels(model, canvases[:, 0], pred.view(B, K, *pred.shape[1:]).mean(1), mask)
     logits = predict_logits(model, canvases.flatten(0, 1), mask, dtype)
     probs = logits.softmax(-1).view(B, K, *logits.shape[1:]).mean(1)
     return paste(model, canvases[:, 0], probs.argmax(-1), mask, dtype)
+
+
+# ----------------------------------------------------------------------------- attention
+
+@torch.no_grad()
+def decoder_attention(model, canvases: torch.Tensor, mask: torch.Tensor | None = None,
+                      layer: int = -1) -> torch.Tensor:
+    """The decoder's attention in block `layer`, averaged over heads: [B, L, L] between patch
+    positions (the cls token left out), row i = where patch i looks. As the release's
+    `generate_decoder_attention_maps` (softmax(q k^T * scale)), in fp32."""
+    B, _, H, _ = canvases.shape
+    if mask is None:
+        mask = quadrant_mask(H, _patch_size(model))
+    ids_shuffle, len_keep = model.masking_order(B, 0.0, mask=mask.to(canvases.device).expand(B, -1))
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    latent = model.forward_encoder(canvases.float(), ids_shuffle, len_keep)
+    x = model.decoder_embed(latent)
+    L = ids_restore.shape[1]
+    x_ = torch.cat([x[:, 1:], model.mask_token.expand(B, L + 1 - x.shape[1], -1)], 1)
+    x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[2]))
+    x = torch.cat([x[:, :1], x_], 1) + model.decoder_pos_embed
+    blocks = list(model.decoder_blocks)
+    target = blocks[layer]
+    for block in blocks:
+        if block is target:
+            attn = block.attn
+            y = block.norm1(x)
+            b, n, c = y.shape
+            q, k, _ = attn.qkv(y).view(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+            weights = ((q @ k.transpose(-2, -1)) * (c // attn.num_heads) ** -0.5).softmax(-1)
+            return weights.mean(1)[:, 1:, 1:]
+        x = block(x)
+    raise AssertionError("unreachable")
+
+
+def attention_overlay(canvas_uint8: torch.Tensor, weights: torch.Tensor, patch_index: int,
+                      patch: int) -> torch.Tensor:
+    """The canvas [H,W,3] uint8 darkened where the attention row [L] is low, red where high,
+    the chosen patch outlined in green: uint8 [H,W,3]."""
+    H = canvas_uint8.shape[0]
+    g = H // patch
+    heat = weights.float().reshape(g, g)
+    heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-12)
+    heat = heat.repeat_interleave(patch, 0).repeat_interleave(patch, 1)[..., None]
+    img = canvas_uint8.float() * (0.35 + 0.65 * heat)
+    img[..., 0] = img[..., 0] + (255 - img[..., 0]) * heat[..., 0] * 0.6
+    out = img.clamp(0, 255).to(torch.uint8)
+    r, c = divmod(patch_index, g)
+    green = torch.tensor((0, 255, 0), dtype=torch.uint8)
+    top, left = r * patch, c * patch
+    out[top, left:left + patch] = out[top + patch - 1, left:left + patch] = green
+    out[top:top + patch, left] = out[top:top + patch, left + patch - 1] = green
+    return out

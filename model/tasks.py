@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from model import voc
-from model.metrics import BLACK, BLUE, GREEN, WHITE
+from model.metrics import BLACK, BLUE, GREEN, PURPLE, WHITE, YELLOW
 from model.prompting import (cell_size, make_canvas, make_grid_canvas, make_rows_canvas,
                              rows_figure_size)
 
@@ -48,38 +48,88 @@ def as_uint8(canvas01: torch.Tensor) -> torch.Tensor:
     return (canvas01 * 255).round().to(torch.uint8)
 
 
-class PromptTask(Dataset):
-    """Episodes -> canvases. Subclasses say how to `load(item, episode)` an (input, target)
-    pair at `self.side` pixels; this builds the prompts of one episode:
+MASK_STYLES = ("bw", "purple", "texture", "edges")
+# The release's 4-canvas ensemble (DatasetPASCAL(ensemble=True)): both orders, each with the
+# white-on-black and the purple/yellow support mask; the query's answer cell stays white-on-black.
+RELEASED_ENSEMBLE = (("default", "bw"), ("flip", "bw"), ("default", "purple"), ("flip", "purple"))
 
-    shots == 1: one released 2x2 canvas per support and layout (K = supports x layouts);
+
+class PromptTask(Dataset):
+    """Episodes -> canvases. Subclasses say how to `load(item, episode, style)` an (input,
+    target) pair at `self.side` pixels, the target drawn in mask `style`; this builds the
+    prompts of one episode:
+
+    shots == 1: one released 2x2 canvas per support and variant (K = supports x variants);
+                a variant is (layout, support mask style), by default each of `layouts` with
+                `mask_style`;
     shots  > 1: the supports in groups of `shots`, each group one n-shot rows canvas
                 (white background, `shots` example rows above the query row).
     """
 
     def __init__(self, episodes: list[Episode], size: int = 224, layouts=("default",),
-                 shots: int = 1):
-        self.episodes, self.size, self.layouts, self.shots = episodes, size, tuple(layouts), shots
+                 shots: int = 1, mask_style: str = "bw", variants=None):
+        if mask_style not in MASK_STYLES:
+            raise ValueError(f"mask style must be one of {MASK_STYLES}, got {mask_style!r}")
+        self.episodes, self.size, self.shots, self.mask_style = episodes, size, shots, mask_style
+        self.variants = tuple(variants) if variants else tuple((l, mask_style) for l in layouts)
+        self.layouts = tuple(layout for layout, _ in self.variants)
         self.side = cell_size(size) if shots == 1 else rows_figure_size(size, shots + 1)
 
     def __len__(self):
         return len(self.episodes)
 
-    def load(self, item, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, item, episode: Episode, style: str = "bw") -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def __getitem__(self, i):
         ep = self.episodes[i]
-        query_img, query_target = self.load(ep.query, ep)
-        supports = [self.load(s, ep) for s in ep.supports]
+        query_img, query_target = self.load(ep.query, ep, self.mask_style)
+        styles = dict.fromkeys(style for _, style in self.variants)
+        supports = {st: [self.load(s, ep, st) for s in ep.supports] for st in styles}
         if self.shots == 1:
             canvases = [make_canvas(s_img, s_target, query_img, query_target, size=self.size,
                                     flip=layout == "flip")
-                        for s_img, s_target in supports for layout in self.layouts]
+                        for k in range(len(ep.supports)) for layout, style in self.variants
+                        for s_img, s_target in [supports[style][k]]]
         else:
-            canvases = [make_grid_canvas(supports[k:k + self.shots], query_img, query_target, self.size)
-                        for k in range(0, len(supports), self.shots)]
+            pairs = supports[self.mask_style]
+            canvases = [make_grid_canvas(pairs[k:k + self.shots], query_img, query_target, self.size)
+                        for k in range(0, len(pairs), self.shots)]
         return {"canvas": as_uint8(torch.stack(canvases)), "class_id": ep.class_id, "index": i}
+
+
+def style_colours(style: str) -> tuple[list, tuple]:
+    """(colours a prediction is rounded to, background colour) of a mask style."""
+    return {"bw": ([WHITE, BLACK], BLACK), "purple": ([YELLOW, PURPLE], PURPLE),
+            "texture": ([WHITE, BLUE, BLACK], BLACK), "edges": ([WHITE, BLACK], BLACK)}[style]
+
+
+def styled_target(binary: np.ndarray, style: str, side: int) -> torch.Tensor:
+    """A foreground mask (bool [H,W], image resolution) as a [0,1] target cell in `style`.
+
+    bw: white on black (1 channel, bicubic, as released); purple: the release's yellow on
+    purple (drawn at image resolution, then bicubic); texture: the bw cell's foreground a
+    4-pixel white/blue checkerboard; edges: only the bw cell's foreground boundary (2 px).
+    """
+    if style == "purple":
+        colour = np.where(binary[..., None], np.array(YELLOW, np.uint8), np.array(PURPLE, np.uint8))
+        return to_tensor(Image.fromarray(colour).resize((side, side), Image.BICUBIC))
+    bw = Image.fromarray(np.where(binary, 255, 0).astype(np.uint8)).resize((side, side), Image.BICUBIC)
+    if style == "bw":
+        return to_tensor(bw)
+    fg = np.asarray(bw) >= 128
+    out = np.zeros((side, side, 3), np.uint8)
+    if style == "texture":
+        yy, xx = np.mgrid[:side, :side]
+        checker = ((yy // 4 + xx // 4) % 2 == 0)[..., None]
+        out[fg] = np.where(checker, np.array(WHITE, np.uint8), np.array(BLUE, np.uint8))[fg]
+    else:   # edges: morphological gradient of the cell's mask
+        import cv2
+
+        kernel = np.ones((3, 3), np.uint8)
+        fg8 = fg.astype(np.uint8)
+        out[(cv2.dilate(fg8, kernel) - cv2.erode(fg8, kernel)) > 0] = WHITE
+    return to_tensor(Image.fromarray(out))
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -120,14 +170,20 @@ def random_supports(pairs, n_episodes: int = 1000, seed: int = 0, shots: int = 1
     return episodes
 
 
-def nearest_supports(pairs, features: dict, n_episodes: int = 1000, shots: int = 1) -> list[Episode]:
+def nearest_supports(pairs, features: dict, n_episodes: int = 1000, shots: int = 1,
+                     pool=None) -> list[Episode]:
     """Supports chosen by feature similarity (UnsupPR): the `shots` images of the same class
-    whose (L2-normalised) features have the highest cosine similarity to the query's."""
-    by_class, queries = _by_class(pairs), usable_queries(pairs, shots)
+    whose (L2-normalised) features have the highest cosine similarity to the query's, taken
+    from `pool` (e.g. the fold's trn list, as UnsupPR) or, without it, from `pairs` itself."""
+    queries = usable_queries(pairs, shots) if pool is None else pairs
+    by_class = _by_class(pairs if pool is None else pool)
     episodes = []
     for i in range(n_episodes):
         query, cls = queries[i % len(queries)]
-        candidates = [s for s in dict.fromkeys(by_class[cls]) if s != query]
+        candidates = [s for s in dict.fromkeys(by_class.get(cls, [])) if s != query]
+        if len(candidates) < shots:
+            raise ValueError(f"the support pool has {len(candidates)} image(s) of class {cls} "
+                             f"besides {query}; {shots} needed")
         picked = most_similar(features, query, candidates, shots)
         episodes.append(Episode(query, tuple(candidates[j] for j in picked), cls))
     return episodes
@@ -140,18 +196,13 @@ def most_similar(features: dict, query, candidates: list, shots: int) -> list[in
     return torch.argsort(sims, descending=True, stable=True)[:shots].tolist()
 
 
-def binary_mask(class_mask: np.ndarray, cls: int) -> Image.Image:
-    """Class `cls` white on black (the 255 boundary is not ignored, as in the release)."""
-    return Image.fromarray(np.where(class_mask == cls, 255, 0).astype(np.uint8))
-
-
 class VocTask(PromptTask):
     """Canvases from a VOC root, which must hold JPEGImages/ and the subclass's `targets` folder."""
     targets = ""
 
     def __init__(self, data, episodes: list[Episode], size: int = 224, layouts=("default",),
-                 shots: int = 1):
-        super().__init__(episodes, size, layouts, shots)
+                 shots: int = 1, mask_style: str = "bw", variants=None):
+        super().__init__(episodes, size, layouts, shots, mask_style, variants)
         self.root = voc.voc_root(data)
         voc.require(self.root, "JPEGImages", self.targets)
 
@@ -160,11 +211,12 @@ class SegmentationTask(VocTask):
     """Pascal-5i foreground segmentation canvases (images and masks bicubic to the cell)."""
     targets = "SegmentationClassAug"
 
-    def load(self, image_id: str, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, image_id: str, episode: Episode, style: str = "bw") -> tuple[torch.Tensor, torch.Tensor]:
         side = (self.side, self.side)
         img = voc.read_image(self.root, image_id).resize(side, Image.BICUBIC)
-        mask = binary_mask(voc.read_mask(self.root, image_id), episode.class_id)
-        return to_tensor(img), to_tensor(mask.resize(side, Image.BICUBIC))
+        # the 255 boundary is not ignored, as in the release
+        binary = voc.read_mask(self.root, image_id) == episode.class_id
+        return to_tensor(img), styled_target(binary, style, self.side)
 
 
 # ----------------------------------------------------------------------------- detection
@@ -195,11 +247,57 @@ def detection_episodes(queries: list[voc.VocObject], supports: list[voc.VocObjec
     return episodes
 
 
+def released_detection_episodes(queries: list[voc.VocObject], supports: list[voc.VocObject],
+                                index: list[tuple[int, int]], n_episodes: int | None = None,
+                                seed: int = 0) -> list[Episode]:
+    """The released detection draws (`evaluate_detection/canvas_ds.py` over `voc_orig.py`).
+
+    `queries`/`supports`: the single-object val/train sets in list order; `index`: the
+    release's `2012_val_flattened_set.pth` pairs. Episode i's query is queries[index[i][0]]
+    (both datasets index their images through that file); its class is drawn with
+    `np.random.choice` among the query's labels; the train indices are shuffled with
+    `np.random.shuffle` and the first whose image, supports[index[j][0]], holds the class is
+    the support. One stream seeded with `seed`, as the release's `np.random.seed(seed)`.
+    """
+    check_detection_index(index, len(queries), len(supports))
+    rng = np.random.RandomState(seed)
+    n_episodes = len(queries) if n_episodes is None else n_episodes
+    episodes = []
+    for i in range(n_episodes):
+        query = queries[index[i % len(queries)][0]]
+        label = int(rng.choice(np.array([query.cls])))
+        order = np.arange(len(supports))
+        rng.shuffle(order)
+        support = next((supports[index[j][0]] for j in order if supports[index[j][0]].cls == label), None)
+        if support is None:
+            raise ValueError(f"no single-object train image of class {voc.VOC_CLASSES[label - 1]} "
+                             f"is reachable through the detection index (query {query.image_id})")
+        episodes.append(Episode(query, (support,), label))
+    return episodes
+
+
+def check_detection_index(index, n_val: int, n_train: int, name: str = "the detection index") -> None:
+    """The release reads index[i][0] as an image of the val set for i < n_val and of the train
+    set for i < n_train; an index made for another VOC tree points past them."""
+    need = max(n_val, n_train)
+    if len(index) < need:
+        raise ValueError(f"{name} has {len(index)} entries but the VOC tree's single-object sets "
+                         f"need {need} ({n_val} val, {n_train} train): it does not match this tree")
+    for n, what in ((n_val, "val"), (n_train, "train")):
+        bad = [i for i in range(n) if not 0 <= index[i][0] < n]
+        if bad:
+            raise ValueError(f"{name} does not match the VOC tree: entry {bad[0]} points at image "
+                             f"{index[bad[0]][0]} of the {what} single-object set, which holds {n} "
+                             f"images ({len(bad)} such entries)")
+
+
 class DetectionTask(VocTask):
     """Single-object detection canvases: the target is the box, white on black (bilinear)."""
     targets = "Annotations"
 
-    def load(self, obj: voc.VocObject, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, obj: voc.VocObject, episode: Episode, style: str = "bw") -> tuple[torch.Tensor, torch.Tensor]:
+        if style != "bw":
+            raise ValueError("detection targets are white boxes on black (mask style bw)")
         side = (self.side, self.side)
         img = voc.read_image(self.root, obj.image_id).resize(side, Image.BILINEAR)
         return to_tensor(img), to_tensor(voc.box_target(obj).resize(side, Image.BILINEAR))
@@ -246,11 +344,11 @@ class ColorizationTask(PromptTask):
     """Grey centre crop -> colour centre crop, ImageNet val."""
 
     def __init__(self, files: list[Path], episodes: list[Episode], size: int = 224,
-                 layouts=("default",), shots: int = 1):
-        super().__init__(episodes, size, layouts, shots)
+                 layouts=("default",), shots: int = 1, variants=None):
+        super().__init__(episodes, size, layouts, shots, variants=variants)
         self.files = files
 
-    def load(self, index: int, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int, episode: Episode, style: str = "bw") -> tuple[torch.Tensor, torch.Tensor]:
         try:
             with Image.open(self.files[index]) as img:
                 crop = center_crop(img.convert("RGB"), self.side)

@@ -6,14 +6,17 @@ A VOC root is either `VOCdevkit/VOC2012` itself or a folder holding it (the rele
 every Pascal-5i paper), `Annotations/` (XML, detection), `ImageSets/Segmentation/val.txt` and
 `ImageSets/Main/{train,val}.txt`.
 
-Pascal-5i fold k holds classes 5k+1..5k+5. Its val list is every (image, class) pair of a
-VOC 2012 segmentation-val image whose mask holds at least 2*32*32 pixels of that class (the
-rule of PFENet's list maker; smaller objects are absent from the standard lists, e.g. the
-601-pixel bottle of 2011_000003, and VOC's own per-class counts, 440 images for fold 0's
-classes, exceed the list's 346). We derive the lists from the data and check them against the
-standard ones (`python -m model.voc --check DIR`).
+Pascal-5i fold k holds classes 5k+1..5k+5. Its lists are the standard ones by default: the
+released `evaluate/splits/pascal/{trn,val}/fold{k}.txt` ship with this package
+(`model/splits/pascal/`, byte-identical; they are lists of VOC ids and classes). The released
+sampler walks the val list in order, so only these lists give the released episodes.
+`splits="derived"` instead derives the val list from the masks: every (image, class) pair of a
+VOC 2012 segmentation-val image whose mask holds at least 2*32*32 pixels of that class (PFENet's
+rule; it misses or adds a few pairs per fold against the standard lists, which
+`python -m model.voc --check DIR` reports). `splits=DIR` reads DIR/{trn,val}/fold{k}.txt.
 
-    python -m model.voc --data /data/pascal --write-splits splits/ --check ../shared/testdata/pascal5i_splits
+    python -m model.voc --data /data/pascal --write-splits splits/ --check model/splits/pascal
+
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ VOC_CLASSES = (
 )
 N_FOLDS = 4
 MIN_PIXELS = 2 * 32 * 32
+# The released Pascal-5i lists, shipped as package data.
+STANDARD_SPLITS = Path(__file__).resolve().parent / "splits" / "pascal"
 # Released code keeps single objects covering under 20% of the image; the paper's text says
 # objects over 50% were filtered.
 MAX_OBJECT_AREA = {"code": 0.2, "paper": 0.5}
@@ -154,10 +159,54 @@ def pascal5i_val_list(data: str | Path, fold: int) -> list[tuple[str, int]]:
 def read_fold_file(path: str | Path) -> list[tuple[str, int]]:
     """A standard Pascal-5i list ('2007_000033__01' per line)."""
     pairs = []
-    for line in Path(path).read_text().splitlines():
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.strip():
-            image_id, cls = line.strip().split("__")
-            pairs.append((image_id, int(cls)))
+            try:
+                image_id, cls = line.strip().split("__")
+                pairs.append((image_id, int(cls)))
+            except ValueError:
+                raise VocError(f"{path} line {n}: {line.strip()!r} is not '<voc id>__<class>'") from None
+    return pairs
+
+
+def split_file(splits: str | Path, split: str, fold: int) -> Path:
+    """DIR/{trn,val}/fold{k}.txt of a splits folder, or a VocError naming the missing file."""
+    fold_classes(fold)                       # checks the fold
+    path = Path(splits) / split / f"fold{fold}.txt"
+    if not path.is_file():
+        raise VocError(f"the splits folder {splits} has no {split}/fold{fold}.txt (a Pascal-5i "
+                       f"splits folder holds trn/ and val/ with fold0.txt .. fold3.txt, lines "
+                       f"'<voc id>__<class>')")
+    return path
+
+
+def check_split_dir(splits: str | Path) -> None:
+    """Every val fold file of a --splits DIR is there (checked before any fold runs)."""
+    for fold in range(N_FOLDS):
+        split_file(splits, "val", fold)
+
+
+def fold_list(data: str | Path | None, fold: int, split: str = "val",
+              splits: str | Path = "standard") -> list[tuple[str, int]]:
+    """(image id, class) pairs of Pascal-5i fold `fold`, in the list's order.
+
+    splits 'standard': the released lists shipped with cvf; 'derived': the val list derived
+    from the masks under `data` (no trn list can be derived); a folder: its own lists.
+    """
+    if split not in ("val", "trn"):
+        raise ValueError(f"split must be val or trn, got {split!r}")
+    if str(splits) == "derived":
+        if split != "val":
+            raise VocError("--splits derived derives only the val lists; the trn pool needs the "
+                           "standard lists (--splits standard or a folder)")
+        return pascal5i_val_list(data, fold)
+    folder = STANDARD_SPLITS if str(splits) == "standard" else Path(splits)
+    pairs = read_fold_file(split_file(folder, split, fold))
+    allowed = set(fold_classes(fold))
+    strangers = sorted({c for _, c in pairs} - allowed)
+    if strangers:
+        raise VocError(f"{split_file(folder, split, fold)} holds classes {strangers}, not of fold "
+                       f"{fold} (classes {sorted(allowed)})")
     return pairs
 
 
@@ -254,8 +303,9 @@ def main(argv=None) -> int:
                         help="VOC root (VOCdevkit/VOC2012 or a folder holding VOCdevkit/)")
     parser.add_argument("--write-splits", metavar="DIR",
                         help="write DIR/val/fold{0..3}.txt in the standard format")
-    parser.add_argument("--check", metavar="DIR",
-                        help="standard lists (DIR/val/fold{0..3}.txt) to compare with")
+    parser.add_argument("--check", metavar="DIR", nargs="?", const=str(STANDARD_SPLITS),
+                        help="standard lists (DIR/val/fold{0..3}.txt) to compare with (without "
+                             "DIR: the released lists shipped with cvf)")
     args = parser.parse_args(argv)
     try:
         return check_folds(args)
@@ -274,7 +324,7 @@ def check_folds(args) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(format_fold_list(derived))
         if args.check:
-            diff = compare_fold_lists(derived, read_fold_file(Path(args.check) / "val" / f"fold{fold}.txt"))
+            diff = compare_fold_lists(derived, read_fold_file(split_file(args.check, "val", fold)))
             line += f", {len(diff['missing'])} missing, {len(diff['extra'])} extra vs the standard list"
             mismatched += bool(diff["missing"] or diff["extra"])
         print(line)

@@ -240,8 +240,10 @@ class VQModel(nn.Module):
     # MAE-VQGAN convenience ---------------------------------------------------------------
     def map_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised -> [-1, 1]; in float64 like the reference's numpy constants."""
-        x64 = x.double() * self.std.double() + self.mean.double()
-        return (2 * x64 - 1).to(x.dtype)
+        # The constants are float64 from the start (a float32 buffer widened afterwards differs
+        # in the last bits, which flips near-tie tokens of the real VQGAN).
+        mean, std = imagenet_mean_std(torch.float64, x.device)
+        return (2 * (x.double() * std + mean) - 1).to(x.dtype)
 
     @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,7 @@ def read(out):
 def test_segmentation_end_to_end(checkpoint, voc_root, tmp_path):
     out = tmp_path / "seg"
     code = evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data",
-                                  str(voc_root), "--fold", "0", "--episodes", "6",
+                                  str(voc_root), "--splits", "derived", "--fold", "0", "--episodes", "6",
                                   "--seeds", "0", "1"))
     assert code == 0
     res = read(out)
@@ -92,8 +92,9 @@ def test_segmentation_end_to_end(checkpoint, voc_root, tmp_path):
 def test_segmentation_better_prompts(checkpoint, voc_root, tmp_path):
     out = tmp_path / "nearest"
     code = evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data",
-                                  str(voc_root), "--fold", "2", "--episodes", "4",
-                                  "--support", "nearest", "--layouts", "default", "flip",
+                                  str(voc_root), "--splits", "derived", "--fold", "2", "--episodes", "4",
+                                  "--support", "nearest", "--support-pool", "val",
+                                  "--layouts", "default", "flip",
                                   "--workers", "1"))
     assert code == 0
     res = read(out)
@@ -104,6 +105,7 @@ def test_segmentation_better_prompts(checkpoint, voc_root, tmp_path):
 def test_detection_end_to_end(checkpoint, voc_root, tmp_path):
     out = tmp_path / "det"
     code = evaluate.main(args_for(checkpoint, out, "--task", "detection", "--data", str(voc_root),
+                                  "--protocol", "clean",
                                   "--area-filter", "none", "--episodes", "2", "--true-rounding"))
     assert code == 0
     res = read(out)
@@ -113,7 +115,8 @@ def test_detection_end_to_end(checkpoint, voc_root, tmp_path):
 
 def test_detection_filter_that_keeps_nothing_says_what_to_try(checkpoint, voc_root, tmp_path, capsys):
     # the fixture's aeroplanes are large: none passes the released "<20% of the image" filter
-    code = evaluate.main(args_for(checkpoint, tmp_path, "--task", "detection", "--data", str(voc_root)))
+    code = evaluate.main(args_for(checkpoint, tmp_path, "--task", "detection", "--data", str(voc_root),
+                                  "--protocol", "clean"))
     assert code == 2 and "try --area-filter paper or none" in capsys.readouterr().err
 
 
@@ -300,7 +303,7 @@ def test_set_b_sizes_end_to_end(voc_root, tmp_path):
     out = tmp_path / "seg"
     code = evaluate.main(["--task", "segmentation", "--checkpoint", str(tmp_path / "checkpoint.pth"),
                           "--vqgan-config", str(tmp_path / "model.yaml"), "--arch", json.dumps(sizes),
-                          "--data", str(voc_root), "--episodes", "3", "--batch-size", "2",
+                          "--data", str(voc_root), "--splits", "derived", "--episodes", "3", "--batch-size", "2",
                           "--device", "cpu", "--out", str(out)])
     assert code == 0 and read(out)["size"] == 96
     assert 0 <= read(out)["per_seed"][0]["metrics"]["iou"] <= 1
@@ -312,7 +315,7 @@ def test_every_reference_set_end_to_end(testdata, voc_root, tmp_path, name):
     """Each set's weights and sizes through the CLI, the image size read from the checkpoint."""
     ckpt = released_checkpoint(set_dir(testdata, name), tmp_path)
     args = args_for(ckpt, tmp_path / "seg", "--task", "segmentation", "--data", str(voc_root),
-                    "--episodes", "2")
+                    "--splits", "derived", "--episodes", "2")
     size_at = args.index("--size")
     assert evaluate.main(args[:size_at] + args[size_at + 2:]) == 0
     assert read(tmp_path / "seg")["size"] == ckpt["size"]
@@ -335,6 +338,7 @@ def test_detection_nearest_supports_pick_the_most_similar():
 def test_detection_with_nearest_supports_end_to_end(checkpoint, voc_root, tmp_path):
     out = tmp_path / "det-nearest"
     code = evaluate.main(args_for(checkpoint, out, "--task", "detection", "--data", str(voc_root),
+                                  "--protocol", "clean",
                                   "--area-filter", "none", "--episodes", "2", "--support", "nearest"))
     assert code == 0 and read(out)["support"] == "nearest"
     assert (out / "episodes.csv").read_text().splitlines()[1].split(",")[3] == "2008_004630"
@@ -372,6 +376,6 @@ def test_bad_voc_images_fail_before_any_episode_with_a_plain_message(checkpoint,
         small.save(mask)
         expected = "2008_004630.png is 499x333 but its image is 500x333"
     code = evaluate.main(args_for(checkpoint, tmp_path / "out", "--task", "segmentation",
-                                  "--data", str(root), "--workers", "2"))
+                                  "--data", str(root), "--splits", "derived", "--workers", "2"))
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err

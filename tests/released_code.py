@@ -1,0 +1,78 @@
+"""The released evaluation code (../shared/reference/visual_prompting, unmodified), imported with
+the shims its README lists, for tests that compare cvf with it side by side. Skips with the
+reason where the code or one of its dependencies is absent."""
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "visual_prompting"
+SPLITS = REFERENCE.parent.parent / "testdata" / "pascal5i_splits"
+DETECTION_INDEX = REFERENCE / "evaluate_detection" / "2012_val_flattened_set.pth"
+
+
+def require_reference() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"the released code is not at {REFERENCE} (see shared/reference/README.md)")
+    return REFERENCE
+
+
+def _shim() -> None:
+    """numpy.float, Lightning, omegaconf, torchvision's functional_tensor (README's list)."""
+    np.float = float
+    if "pytorch_lightning" not in sys.modules:
+        try:
+            import pytorch_lightning  # noqa: F401
+        except ImportError:
+            sys.modules["pytorch_lightning"] = types.SimpleNamespace(LightningModule=torch.nn.Module)
+    try:
+        import omegaconf  # noqa: F401
+    except ImportError:
+        sys.modules["omegaconf"] = types.SimpleNamespace(OmegaConf=None)
+    import torchvision.transforms.functional as tvf
+
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", tvf)
+
+
+def import_released(tmp_root: Path):
+    """A copy of the released code under `tmp_root` (outside the repository) with the standard
+    Pascal-5i lists at evaluate/splits/pascal/, where its sampler reads them (the release ships
+    them there; ../shared keeps them in testdata/ - byte-identical), on sys.path, shimmed.
+    Returns the root of the copy."""
+    require_reference()
+    pytest.importorskip("timm", reason="the released models_mae.py imports timm")
+    copy = tmp_root / "visual_prompting"
+    if not copy.is_dir():
+        shutil.copytree(REFERENCE, copy)
+        shutil.copytree(SPLITS, copy / "evaluate" / "splits" / "pascal")
+    _shim()
+    for path in (str(copy), str(copy / "evaluate")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return copy
+
+
+def tiny_vqgan_factory(vqgan_module, params: dict, state: dict | None):
+    """`vqgan.get_vq_model` replaced: the released VQModel with the given config and weights."""
+    def get_vq_model(*_, **__):
+        model = vqgan_module.VQModel(ddconfig=params["ddconfig"], lossconfig=None, n_embed=params["n_embed"],
+                                     embed_dim=params["embed_dim"])
+        if state is not None:
+            model.load_state_dict(state, strict=True)
+        return model.eval()
+    return get_vq_model
+
+
+def unload_released() -> None:
+    """Forget the released modules (their names - vqgan, models_mae, evaluate - are generic)."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("models_mae", "vqgan", "mae_utils", "pascal_dataloader",
+                                  "evaluate", "evaluate_detection", "util", "viz_utils",
+                                  "segmentation_utils", "reasoning_dataloader"):
+            del sys.modules[name]
