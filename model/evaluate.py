@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model import metrics, tasks, voc
+from model.vqgan import exact_attention
 from model.prompting import (attention_overlay, cell_size, compile_for_inference, decoder_attention,
                              inpaint, inpaint_ensemble, normalize, quadrant_mask, rows_answer_box,
                              rows_mask, to_uint8)
@@ -235,8 +236,6 @@ def default_detection_index(data) -> Path:
 def read_detection_index(path) -> list[tuple[int, int]]:
     """The release's `2012_val_flattened_set.pth`: a list of (image index, class) pairs, read
     confined (`weights_only`, size-bounded)."""
-    from model.checkpoint import load_safely
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--detection-index {path} does not exist")
@@ -244,11 +243,19 @@ def read_detection_index(path) -> list[tuple[int, int]]:
         raise ValueError(f"{path} is {path.stat().st_size} bytes; the released {DETECTION_INDEX} "
                          f"is 141 kB (not a detection index?)")
     try:
-        pairs = load_safely(path, allow_namespace=False)
+        # its classes are numpy int64 scalars: allow exactly those, nothing else
+        allowed = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype,
+                   type(np.dtype(np.int64))]
+        with torch.serialization.safe_globals(allowed):
+            pairs = torch.load(path, map_location="cpu", weights_only=True)
         return [(int(i), int(c)) for i, c in pairs]
     except Exception as e:   # not a pickle, a refused global, or not (index, class) pairs
+        import re
+
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = f"it references {refused.group(1)}" if refused else type(e).__name__
         raise ValueError(f"{path} is not a detection index like the released {DETECTION_INDEX} "
-                         f"(a list of (index, class) pairs): {str(e).splitlines()[0][:200]}") from None
+                         f"(a list of (index, class) pairs): {why}") from None
 
 
 def support_features(args, model, image_ids, device, dtype) -> dict:
@@ -453,23 +460,30 @@ def _atomic(path: Path, write) -> None:
 
 class ExactArithmetic:
     """fp32 as written: TF32 off for matmuls and cuDNN convolutions while evaluating (the
-    release ran before TF32 defaults), the previous settings restored after."""
+    release ran before TF32 defaults) and, with `attention`, attention computed op for op as
+    released (`exact_attention`); the previous settings restored after."""
+
+    def __init__(self, attention: bool = True):
+        self.attention = exact_attention(attention)
 
     def __enter__(self):
         self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
                       torch.get_float32_matmul_precision())
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
+        self.attention.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self.attention.__exit__(*exc)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, precision = self.saved
         torch.set_float32_matmul_precision(precision)
 
 
 def run(args, model=None) -> dict:
-    """Evaluate one task variant (one fold / one synthetic task) over all seeds; write outputs."""
-    with ExactArithmetic():
+    """Evaluate one task variant (one fold / one synthetic task) over all seeds; write outputs.
+    fp32 runs are exact (`ExactArithmetic`); --dtype bf16 keeps the fused kernels."""
+    with ExactArithmetic(attention=args.dtype != "bf16"):
         return _run(args, model)
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.vqgan import VQModel, load_vqgan, vqgan_params
+from model.vqgan import EXACT, VQModel, load_vqgan, vqgan_params
 
 ARCHS = {
     # 12 heads as released (models_mae.py line 221), not the 6 of DeiT-S.
@@ -64,7 +64,11 @@ class Attention(nn.Module):
     def forward(self, x):
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)
+        if EXACT.on:     # timm 0.3.2's Attention, as released
+            weights = ((q @ k.transpose(-2, -1)) * (c // self.num_heads) ** -0.5).softmax(dim=-1)
+            x = weights @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
@@ -335,9 +339,9 @@ def state_img_size(state: dict, patch_size: int) -> int | None:
 def checkpoint_kind(state: dict, path, vqgan_config=None, vqgan_ckpt=None) -> str:
     """'tokens' (MAE-VQGAN) or 'pixels' (plain MAE), from the checkpoint's own shapes.
 
-    `vae.*` weights or a given VQGAN (config and weights) mean tokens; a `decoder_pred` of
-    patch*patch*channels outputs without a VQGAN means pixels. Anything else is refused with
-    the shapes found.
+    `vae.*` weights mean tokens; a `decoder_pred` of patch*patch*channels outputs without a
+    VQGAN checkpoint means pixels; otherwise a given VQGAN config means tokens. Anything else
+    is refused with the shapes found.
     """
     if any(k.startswith("vae.") for k in state):
         return "tokens"
@@ -345,7 +349,7 @@ def checkpoint_kind(state: dict, path, vqgan_config=None, vqgan_ckpt=None) -> st
     pixel_out = proj.shape[-1] * proj.shape[-2] * proj.shape[1] if proj is not None and proj.dim() == 4 else None
     if pred is not None and pixel_out is not None and pred.shape[0] == pixel_out and vqgan_ckpt is None:
         return "pixels"
-    if vqgan_config is not None and vqgan_ckpt is not None:
+    if vqgan_config is not None:
         return "tokens"
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in
                        (("decoder_pred.weight", pred), ("patch_embed.proj.weight", proj)) if v is not None)
@@ -394,8 +398,11 @@ def load_checkpoint(path, vqgan_config=None, arch="mae_vit_large_patch16", vqgan
     vqgan = None
     if kind == "tokens":
         if vqgan_config is None:
-            raise ValueError(f"{path} is an MAE-VQGAN (token head): pass the path of taming's VQGAN "
-                             "model.yaml it was trained with (--vqgan-config)")
+            raise ValueError(f"{path} is an MAE-VQGAN (token head), so vqgan_config is needed: the "
+                             "path of taming's VQGAN model.yaml it was trained with (--vqgan-config)")
+        if not has_vae and vqgan_ckpt is None:
+            raise ValueError(f"{path} holds no `vae.*` weights; pass vqgan_ckpt= (taming's last.ckpt, "
+                             "--vqgan-ckpt)")
         vqgan = VQModel(**vqgan_params(vqgan_config)) if has_vae else load_vqgan(vqgan_config, vqgan_ckpt)
     if arch is None:
         arch = arch_from_args(recorded) or arch_from_state(state) or "mae_vit_large_patch16"

@@ -11,10 +11,16 @@ Two conventions matter for MAE-VQGAN:
   is configured for 256 and fed 224 crops).
 * The MAE consumes ImageNet-normalised images; `tokenize` maps them back to the VQGAN's
   [-1, 1] range first, and `decode_tokens` returns images in [0, 1].
+
+Attention runs fused (`scaled_dot_product_attention`) unless `exact_attention()` is on: then
+it is written out as the released code computes it (taming's bmm/softmax here, timm 0.3.2's
+`(q @ k^T) * scale` in the MAE), so evaluation reproduces the release's pixels bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from pathlib import Path
 
 import torch
@@ -58,6 +64,23 @@ class ResnetBlock(nn.Module):
         return x + h
 
 
+class _Exact(threading.local):
+    on = False
+
+
+EXACT = _Exact()
+
+
+@contextlib.contextmanager
+def exact_attention(on: bool = True):
+    """Within the block (this thread), attention is computed op for op as released."""
+    saved, EXACT.on = EXACT.on, on
+    try:
+        yield
+    finally:
+        EXACT.on = saved
+
+
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H*W positions, with 1x1-conv projections."""
 
@@ -72,6 +95,12 @@ class AttnBlock(nn.Module):
     def forward(self, x):
         b, c, h, w = x.shape
         y = self.norm(x)
+        if EXACT.on:     # taming's own ops, in its order
+            q, k, v = self.q(y).reshape(b, c, h * w).permute(0, 2, 1), self.k(y).reshape(b, c, h * w), \
+                self.v(y).reshape(b, c, h * w)
+            weights = F.softmax(torch.bmm(q, k) * (int(c) ** (-0.5)), dim=2)
+            y = torch.bmm(v, weights.permute(0, 2, 1)).reshape(b, c, h, w)
+            return x + self.proj_out(y)
         # [B, C, H, W] -> [B, 1 head, HW, C]; SDPA scales by C**-0.5 like taming does.
         q, k, v = (t(y).reshape(b, 1, c, h * w).transpose(2, 3) for t in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(q, k, v)
