@@ -120,14 +120,30 @@ def episodes_csv(path):
         return [(r["query"], r["supports"], int(r["class_id"])) for r in csv.DictReader(f)]
 
 
+@pytest.fixture(scope="module")
+def pixel_checkpoint(tmp_path_factory):
+    """A tiny random pixel MAE (no VQGAN to decode: the episodes are the point here)."""
+    from model.mae_vqgan import MaeVqgan
+
+    tmp = tmp_path_factory.mktemp("pixel")
+    sizes = dict(patch_size=16, embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=24,
+                 decoder_depth=1, decoder_num_heads=3, mlp_ratio=2.0)
+    torch.manual_seed(0)
+    torch.save({"model": MaeVqgan(None, img_size=64, target="pixels", **sizes).state_dict()},
+               tmp / "mae.pth")
+    return ["--checkpoint", str(tmp / "mae.pth"), "--arch", json.dumps(sizes), "--device", "cpu",
+            "--batch-size", "100", "--picture-rows", "0"]
+
+
 @pytest.mark.slow
-def test_evaluate_writes_the_released_episodes_on_a_tiny_mask_tree(checkpoint, tiny_mask_voc, tmp_path):
+def test_evaluate_writes_the_released_episodes_on_a_tiny_mask_tree(pixel_checkpoint, tiny_mask_voc,
+                                                                    tmp_path):
     """The issue's "done when": `model.evaluate --task segmentation --fold K --seeds 0` on a VOC
     tree whose masks are tiny writes exactly the released queries and supports, every fold."""
     for fold in range(4):
         out = tmp_path / f"fold{fold}"
         assert evaluate.main(["--task", "segmentation", "--data", str(tiny_mask_voc), "--fold",
-                              str(fold), "--seeds", "0", "--out", str(out), *checkpoint]) == 0
+                              str(fold), "--seeds", "0", "--out", str(out), *pixel_checkpoint]) == 0
         assert episodes_csv(out / "episodes.csv") == released_segmentation_episodes(fold, 0), fold
     # the derived rule keeps nothing of this tree: only the shipped lists give these episodes
     assert voc.pascal5i_val_list(tiny_mask_voc, 0) == []
