@@ -466,18 +466,20 @@ class ExactArithmetic:
     def __init__(self, attention: bool = True):
         self.attention = exact_attention(attention)
 
+    # torch's TF32 switches (its new API; mixing it with allow_tf32 is an error in torch >= 2.9)
+    SWITCHES = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+
     def __enter__(self):
-        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-                      torch.get_float32_matmul_precision())
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        torch.set_float32_matmul_precision("highest")
+        self.saved = [s.fp32_precision for s in self.SWITCHES]
+        for switch in self.SWITCHES:
+            switch.fp32_precision = "ieee"
         self.attention.__enter__()
         return self
 
     def __exit__(self, *exc):
         self.attention.__exit__(*exc)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, precision = self.saved
-        torch.set_float32_matmul_precision(precision)
+        for switch, value in zip(self.SWITCHES, self.saved):
+            switch.fp32_precision = value
 
 
 def run(args, model=None) -> dict:

@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from model import evaluate, tasks, voc
+from model import evaluate, metrics, tasks, voc
 from reference_vectors import SETS, config, full_state, set_dir, vqgan_params
 
 SIZES = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
@@ -379,3 +379,258 @@ def test_bad_voc_images_fail_before_any_episode_with_a_plain_message(checkpoint,
                                   "--data", str(root), "--splits", "derived", "--workers", "2"))
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- issue 11
+
+TINY = dict(patch_size=16, embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=24,
+            decoder_depth=1, decoder_num_heads=3, mlp_ratio=2.0)
+
+
+def pixel_mae(path, args=None, out_dim=None):
+    """A tiny random pixel MAE saved as cvf's trainer does (`args`) or as the public MAE
+    checkpoints are ({'model': ...} only)."""
+    import argparse
+
+    from model.mae_vqgan import MaeVqgan
+
+    torch.manual_seed(0)
+    model = MaeVqgan(None, img_size=64, target="pixels", **TINY)
+    state = model.state_dict()
+    if out_dim:                                   # a head that is neither pixels nor this VQGAN
+        state["decoder_pred.weight"] = torch.zeros(out_dim, TINY["decoder_embed_dim"])
+        state["decoder_pred.bias"] = torch.zeros(out_dim)
+    ckpt = {"model": state}
+    if args is not None:
+        ckpt["args"] = argparse.Namespace(**args)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["cvf --target pixels --norm-pix-loss", "public MAE"])
+def test_pixel_mae_baseline_evaluates_without_a_vqgan(voc_root, tmp_path, layout):
+    args = {"arch": None, "target": "pixels", "norm_pix_loss": True} if layout.startswith("cvf") else None
+    ckpt = pixel_mae(tmp_path / "mae.pth", args)
+    out = tmp_path / "out"
+    code = evaluate.main(["--task", "segmentation", "--checkpoint", str(ckpt), "--arch", json.dumps(TINY),
+                          "--data", str(voc_root), "--splits", "derived", "--episodes", "3",
+                          "--device", "cpu", "--out", str(out), "--layouts", "default", "flip"])
+    assert code == 0
+    res = read(out)
+    assert res["model"] == f"pixel MAE (norm_pix_loss {layout.startswith('cvf')})"
+    assert 0 <= res["per_seed"][0]["metrics"]["iou"] <= 1
+
+
+def test_pixel_prediction_is_pasted_unpatchified_and_denormalised(tmp_path):
+    """The hidden quadrant is the model's own prediction, unpatchified, de-normalised as the
+    release de-normalises canvases; the visible part is the canvas."""
+    from model.mae_vqgan import load_checkpoint
+    from model.prompting import inpaint, normalize, predict_logits, quadrant_mask, to_uint8
+
+    model = load_checkpoint(pixel_mae(tmp_path / "mae.pth"), arch=TINY, img_size=64)
+    assert model.target == "pixels" and not model.norm_pix_loss
+    canvases = normalize(torch.rand(2, 3, 64, 64))
+    mask = quadrant_mask(64, 16)
+    pasted = inpaint(model, canvases, mask)
+    pred = predict_logits(model, canvases, mask).double()          # [B, 16, 768]
+    expected = to_uint8(model.unpatchify(pred))
+    assert torch.equal(pasted[:, 32:, 32:], expected[:, 32:, 32:])
+    assert torch.equal(pasted[:, :32], to_uint8(canvases)[:, :32])
+    # patch 15 (bottom-right) is pred[:, 15] laid out as (row, column, channel)
+    patch = pred[0, 15].view(16, 16, 3)
+    assert torch.equal(to_uint8(model.unpatchify(pred))[0, 48:, 48:],
+                       to_uint8(patch.permute(2, 0, 1)[None])[0])
+
+
+def test_checkpoint_whose_head_cannot_be_told_is_refused_with_its_shapes(tmp_path, capsys):
+    ckpt = pixel_mae(tmp_path / "odd.pth", out_dim=100)
+    code = evaluate.main(["--task", "synthetic", "--checkpoint", str(ckpt), "--arch", json.dumps(TINY),
+                          "--device", "cpu", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot tell what") and "Traceback" not in err
+    assert "decoder_pred.weight (100, 24)" in err and "patch_embed.proj.weight (32, 3, 16, 16)" in err
+
+
+def test_splits_folder_without_a_fold_file_names_it(checkpoint, voc_root, tmp_path, capsys):
+    splits = tmp_path / "splits"
+    for fold in (0, 1, 3):
+        (splits / "val").mkdir(parents=True, exist_ok=True)
+        (splits / "val" / f"fold{fold}.txt").write_text("2007_000033__01\n")
+    code = evaluate.main(args_for(checkpoint, tmp_path / "out", "--task", "segmentation",
+                                  "--data", str(voc_root), "--splits", str(splits)))
+    err = capsys.readouterr().err
+    assert code == 2 and "has no val/fold2.txt" in err and str(splits) in err
+
+
+def test_splits_folder_is_used(checkpoint, voc_root, tmp_path):
+    splits = tmp_path / "splits"
+    (splits / "val").mkdir(parents=True)
+    for fold in range(4):
+        (splits / "val" / f"fold{fold}.txt").write_text(
+            "2008_004630__01\n2007_000033__01\n" if fold == 0 else "2007_000033__06\n")
+    out = tmp_path / "out"
+    assert evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data", str(voc_root),
+                                  "--splits", str(splits), "--episodes", "2")) == 0
+    rows = (out / "episodes.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[2:4] for r in rows] == [["2008_004630", "2007_000033"],
+                                                 ["2007_000033", "2008_004630"]]
+    assert read(out)["splits"] == str(splits)
+
+
+def test_standard_lists_on_a_partial_voc_copy_say_what_to_do(checkpoint, voc_root, tmp_path, capsys):
+    code = evaluate.main(args_for(checkpoint, tmp_path / "out", "--task", "segmentation",
+                                  "--data", str(voc_root)))
+    err = capsys.readouterr().err
+    assert code == 2 and "--splits derived" in err and "standard Pascal-5i list" in err
+
+
+@pytest.mark.parametrize("case", ["out of range", "missing", "not an index"])
+def test_detection_index_that_does_not_fit_is_one_error_line(checkpoint, voc_root, tmp_path, capsys, case):
+    index = tmp_path / "2012_val_flattened_set.pth"
+    extra = ["--detection-index", str(index)]
+    if case == "out of range":
+        torch.save([(3, 0)], index)
+    elif case == "not an index":
+        index.write_bytes(b"not a pickle")
+    else:
+        extra = []
+    code = evaluate.main(args_for(checkpoint, tmp_path / "out", "--task", "detection", "--data",
+                                  str(voc_root), "--area-filter", "none", *extra))
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert {"out of range": "does not match the VOC tree: entry 0 points at image 3 of the val",
+            "missing": "2012_val_flattened_set.pth",
+            "not an index": "is not a detection index"}[case] in err
+    if case == "missing":
+        assert "--protocol clean" in err and str(voc_root) in err
+
+
+def test_detection_index_beside_the_voc_root_is_found(checkpoint, voc_root, tmp_path):
+    # the fixture has one single-object image in each list; the index points at it
+    torch.save([(0, 0)], voc_root / "2012_val_flattened_set.pth")
+    try:
+        out = tmp_path / "out"
+        assert evaluate.main(args_for(checkpoint, out, "--task", "detection", "--data", str(voc_root),
+                                      "--area-filter", "none")) == 0
+        assert read(out)["protocol"] == "released"
+        assert (out / "episodes.csv").read_text().splitlines()[1].split(",")[2:4] == \
+            ["2007_000033", "2008_004630"]
+    finally:
+        (voc_root / "2012_val_flattened_set.pth").unlink()
+
+
+def test_prompt_engineering_study_one_table_per_fold(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "study"
+    code = evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data", str(voc_root),
+                                  "--splits", "derived", "--fold", "0", "--episodes", "2",
+                                  "--layout", "horizontal", "vertical",
+                                  "--mask-style", "bw", "purple", "texture", "edges"))
+    assert code == 0
+    study = (out / "study.md").read_text()
+    assert "## fold 0" in study and "| mask style | horizontal | vertical |" in study
+    for style in tasks.MASK_STYLES:
+        assert f"| {style} | " in study
+        for layout in ("horizontal", "vertical"):
+            res = read(out / "fold-0" / f"{layout}-{style}")
+            assert res["mask_style"] == style
+            assert res["layouts"] == [evaluate.STUDY_LAYOUTS[layout]]
+    assert len(json.loads((out / "study.json").read_text())["cells"]) == 8
+
+
+@pytest.mark.parametrize("style", tasks.MASK_STYLES)
+def test_mask_styles_draw_what_they_say(style):
+    binary = np.zeros((40, 40), bool)
+    binary[10:30, 10:30] = True
+    cell = (tasks.styled_target(binary, style, 20) * 255).round().to(torch.uint8).expand(3, -1, -1)
+    pixels = {tuple(p) for p in cell.permute(1, 2, 0).reshape(-1, 3).tolist()}
+    colours, bg = tasks.style_colours(style)
+    if style == "purple":
+        assert tuple(cell[:, 10, 10].tolist()) == metrics.YELLOW and tuple(cell[:, 0, 0].tolist()) == metrics.PURPLE
+    else:
+        assert tuple(cell[:, 0, 0].tolist()) == bg
+    if style == "texture":
+        assert {metrics.WHITE, metrics.BLUE, metrics.BLACK} <= pixels
+    if style == "edges":
+        assert tuple(cell[:, 10, 10].tolist()) == bg and tuple(cell[:, 5, 10].tolist()) == metrics.WHITE
+
+
+def test_released_ensemble_is_four_canvases(testdata):
+    episodes = [tasks.Episode("2007_000033", ("2008_004630",), 1)]
+    task = tasks.SegmentationTask(testdata / "voc", episodes, size=64, variants=tasks.RELEASED_ENSEMBLE)
+    canvas = task[0]["canvas"]
+    assert canvas.shape == (4, 3, 64, 64)
+    top_right = canvas[:, :, :31, -31:]
+    # purple support masks in canvases 2 and 3 (top-right of the default order)
+    assert (top_right[2] != top_right[0]).any() and torch.equal(canvas[0, :, -31:, -31:], canvas[2, :, -31:, -31:])
+    assert torch.equal(canvas[1, :, :31, -31:], canvas[3, :, :31, -31:])       # flipped: query image
+
+
+def test_released_ensemble_end_to_end(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "ens"
+    assert evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data", str(voc_root),
+                                  "--splits", "derived", "--episodes", "2", "--released-ensemble")) == 0
+    res = read(out)
+    assert res["released_ensemble"] and res["layouts"] == ["default", "flip", "default", "flip"]
+
+
+def test_attention_maps_are_drawn(checkpoint, voc_root, tmp_path):
+    out = tmp_path / "attn"
+    assert evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data", str(voc_root),
+                                  "--splits", "derived", "--episodes", "3", "--attention-maps")) == 0
+    img = Image.open(out / "attention.png")
+    size = checkpoint["size"]
+    assert img.size == (2 * size + 4, 3 * (size + 4))
+
+
+def test_decoder_attention_rows_are_distributions(testdata, tmp_path):
+    from model.mae_vqgan import load_checkpoint
+    from model.prompting import decoder_attention, normalize, quadrant_mask
+
+    model = load_checkpoint(pixel_mae(tmp_path / "m.pth"), arch=TINY, img_size=64)
+    weights = decoder_attention(model, normalize(torch.rand(2, 3, 64, 64)), quadrant_mask(64, 16))
+    assert weights.shape == (2, 16, 16)
+    # the cls column is left out, so rows sum to at most one
+    assert (weights.sum(-1) <= 1 + 1e-6).all() and (weights >= 0).all()
+
+
+def test_nearest_supports_from_the_trn_pool_with_a_torchvision_backbone(checkpoint, voc_root, tmp_path):
+    import torchvision
+
+    splits = tmp_path / "splits"
+    for split, line in (("val", "2007_000033__01\n"), ("trn", "2008_004630__01\n2007_000033__01\n")):
+        (splits / split).mkdir(parents=True)
+        for fold in range(4):
+            (splits / split / f"fold{fold}.txt").write_text(line if fold == 0 else "")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
+    out = tmp_path / "out"
+    assert evaluate.main(args_for(checkpoint, out, "--task", "segmentation", "--data", str(voc_root),
+                                  "--splits", str(splits), "--episodes", "2", "--support", "nearest",
+                                  "--support-features", "resnet18",
+                                  "--support-weights", str(tmp_path / "resnet18.pth"))) == 0
+    res = read(out)
+    assert (res["support_pool"], res["support_features"]) == ("trn", "resnet18")
+    # the query itself is in the trn list: never its own support
+    assert (out / "episodes.csv").read_text().splitlines()[1].split(",")[2:4] == ["2007_000033", "2008_004630"]
+
+
+def test_support_weights_that_are_not_the_backbone_are_refused(checkpoint, voc_root, tmp_path, capsys):
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "w.pth")
+    code = evaluate.main(args_for(checkpoint, tmp_path / "o", "--task", "segmentation", "--data",
+                                  str(voc_root), "--splits", "derived", "--support", "nearest",
+                                  "--support-pool", "val", "--support-features", "resnet50",
+                                  "--support-weights", str(tmp_path / "w.pth")))
+    assert code == 2 and "is not torchvision resnet50 weights" in capsys.readouterr().err
+
+
+def test_fp32_by_default_with_tf32_off_and_bf16_recorded(checkpoint, tmp_path):
+    from model.vqgan import EXACT
+
+    before = [s.fp32_precision for s in evaluate.ExactArithmetic.SWITCHES]
+    with evaluate.ExactArithmetic():
+        assert [s.fp32_precision for s in evaluate.ExactArithmetic.SWITCHES] == ["ieee"] * 3 and EXACT.on
+    assert [s.fp32_precision for s in evaluate.ExactArithmetic.SWITCHES] == before and not EXACT.on
+    assert evaluate.parser().parse_args(["--task", "synthetic", "--checkpoint", "x"]).dtype == "fp32"
+    out = tmp_path / "bf16"
+    assert evaluate.main(args_for(checkpoint, out, "--task", "synthetic", "--episodes", "2",
+                                  "--dtype", "bf16")) == 0
+    assert read(out)["dtype"] == "bf16" and "bf16" in (out / "results.md").read_text()
