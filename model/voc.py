@@ -297,8 +297,9 @@ def main(argv=None) -> int:
                     "derived and, with --check, how many standard pairs are missing and how many are\n"
                     "extra. Exits 1 when any fold differs, 2 on a bad root or list.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  python -m model.voc --data /data/pascal --check splits/pascal "
-               "--write-splits /tmp/derived")
+        epilog="example:\n  python -m model.voc --data /data/pascal --check "
+               "--write-splits /tmp/derived\n(--check alone compares with the released lists shipped "
+               "with cvf)")
     parser.add_argument("--data", required=True,
                         help="VOC root (VOCdevkit/VOC2012 or a folder holding VOCdevkit/)")
     parser.add_argument("--write-splits", metavar="DIR",

@@ -130,3 +130,40 @@ def test_small_objects_are_left_out_as_in_the_standard_lists(testdata):
     # 2011_000003 holds a 601-pixel bottle (class 5): absent from trn fold 0
     assert voc.derive_fold_list(root, 0, ["2011_000003"]) == []
     assert voc.derive_fold_list(root, 0, ["2011_000003"], min_pixels=0) == [("2011_000003", 5)]
+
+
+def test_standard_lists_ship_with_the_package(testdata):
+    for split in ("trn", "val"):
+        for fold in range(4):
+            name = f"{split}/fold{fold}.txt"
+            assert (voc.STANDARD_SPLITS / name).read_bytes() == (testdata / "pascal5i_splits" / name).read_bytes()
+    pairs = voc.fold_list(None, 0)               # no VOC root needed: the list is a fact
+    assert len(pairs) == 346 and pairs[0] == ("2007_000033", 1)
+    assert len(voc.fold_list(None, 2, "trn")) == 5883
+
+
+def test_fold_list_sources(tmp_path, testdata):
+    make_root(tmp_path, testdata)
+    assert voc.fold_list(tmp_path, 0, splits="derived") == [("2007_000033", 1), ("2010_002030", 2)]
+    with pytest.raises(voc.VocError, match="derives only the val lists"):
+        voc.fold_list(tmp_path, 0, "trn", splits="derived")
+    own = tmp_path / "own"
+    (own / "val").mkdir(parents=True)
+    (own / "val" / "fold1.txt").write_text("2007_000033__06\n")
+    assert voc.fold_list(None, 1, splits=own) == [("2007_000033", 6)]
+    with pytest.raises(voc.VocError, match=r"has no val/fold0\.txt"):
+        voc.fold_list(None, 0, splits=own)
+    with pytest.raises(voc.VocError, match=r"has no val/fold0\.txt"):
+        voc.check_split_dir(own)
+    (own / "val" / "fold3.txt").write_text("2007_000033__02\n")
+    with pytest.raises(voc.VocError, match="not of fold 3"):
+        voc.fold_list(None, 3, splits=own)
+    (own / "val" / "fold0.txt").write_text("2007_000033-01\n")
+    with pytest.raises(voc.VocError, match="line 1"):
+        voc.fold_list(None, 0, splits=own)
+
+
+def test_cli_checks_against_the_shipped_lists_by_default(tmp_path, testdata, capsys):
+    make_root(tmp_path, testdata)
+    assert voc.main(["--data", str(tmp_path), "--check"]) == 1
+    assert "missing" in capsys.readouterr().out
