@@ -143,3 +143,14 @@ def test_inpaint_derives_everything_from_sizes():
     truth = to_uint8(canvases)
     assert torch.equal(pasted[:, :48], truth[:, :48]) and torch.equal(pasted[:, :, :48], truth[:, :, :48])
     assert not torch.equal(pasted[:, 48:, 48:], truth[:, 48:, 48:])
+
+
+def test_inpaint_under_exact_attention_is_the_reference_pixel_for_pixel(ref):
+    """With attention written out as released (fp32 evaluation's default), the stored
+    `generate_image` output is reproduced exactly, decoded pixels included."""
+    from model.vqgan import exact_attention
+
+    model, _, _, io, vq = ref
+    with exact_attention():
+        pasted = inpaint(model, vq["x_imagenet_norm"])
+    assert torch.equal(pasted, io["im_paste"])
