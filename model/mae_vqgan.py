@@ -360,7 +360,7 @@ def checkpoint_kind(state: dict, path, vqgan_config=None, vqgan_ckpt=None) -> st
         f"needs its VQGAN: --vqgan-config model.yaml and --vqgan-ckpt last.ckpt")
 
 
-def load_checkpoint(path, vqgan_config=None, arch="mae_vit_large_patch16", vqgan_ckpt=None,
+def load_checkpoint(path, vqgan_config=None, arch=None, vqgan_ckpt=None,
                     img_size: int | None = None, map_location="cpu") -> MaeVqgan:
     """Load a checkpoint, pixel MAE or MAE-VQGAN (token head), into an eval-mode MaeVqgan.
 

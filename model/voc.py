@@ -198,7 +198,7 @@ def fold_list(data: str | Path | None, fold: int, split: str = "val",
     if str(splits) == "derived":
         if split != "val":
             raise VocError("--splits derived derives only the val lists; the trn pool needs the "
-                           "standard lists (--splits standard or a folder)")
+                           "standard lists (--splits standard or a folder), or use --support-pool val")
         return pascal5i_val_list(data, fold)
     folder = STANDARD_SPLITS if str(splits) == "standard" else Path(splits)
     pairs = read_fold_file(split_file(folder, split, fold))
