@@ -664,7 +664,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-layer", type=int, default=-1,
                    help="decoder block of the attention maps (default the last)")
     p.add_argument("--area-filter", default="code", choices=("code", "paper", "none"),
-                   help="detection: objects <20%% of the image (code) or <=50%% (paper text)")
+                   help="detection: objects <20%% of the image (code) or <=50%% (paper text); "
+                        "paper and none with --protocol clean")
     p.add_argument("--true-rounding", action="store_true",
                    help="round pixels to the truly nearest colour; the released code computes "
                         "the distances in uint8, which wrap modulo 256 (default, as published)")
@@ -778,6 +779,9 @@ def main(argv=None) -> int:
                                    or args.mask_styles or args.layouts != ["default"]):
         parser().error("--released-ensemble is the release's 4 segmentation canvases: not with "
                        "--shots, --layout(s) or --mask-style")
+    if args.task == "detection" and args.protocol == "released" and args.area_filter != "code":
+        parser().error("the released detection episodes keep objects under 20% of the image; "
+                       "--area-filter paper|none goes with --protocol clean")
     if args.support_weights and args.support_features == "encoder":
         parser().error("--support-weights goes with --support-features resnet18|resnet50")
     args.mask_style = "bw"            # the study's variants set their own

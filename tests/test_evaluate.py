@@ -484,8 +484,27 @@ def test_standard_lists_on_a_partial_voc_copy_say_what_to_do(checkpoint, voc_roo
     assert code == 2 and "--splits derived" in err and "standard Pascal-5i list" in err
 
 
+@pytest.fixture
+def small_objects_voc(testdata, tmp_path):
+    """One val and one train image, each one small aeroplane (kept by the released <20% filter)."""
+    root = tmp_path / "pascal" / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / folder).mkdir(parents=True)
+    for split, image_id in (("val", "2007_000033"), ("train", "2008_004630")):
+        (root / "JPEGImages" / f"{image_id}.jpg").symlink_to(testdata / "voc" / "JPEGImages" / f"{image_id}.jpg")
+        with Image.open(root / "JPEGImages" / f"{image_id}.jpg") as img:
+            w, h = img.size
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><size><width>{w}</width><height>{h}</height></size><object><name>aeroplane"
+            f"</name><difficult>0</difficult><bndbox><xmin>11</xmin><ymin>21</ymin><xmax>60</xmax>"
+            f"<ymax>70</ymax></bndbox></object></annotation>")
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text(image_id + "\n")
+    return tmp_path / "pascal"
+
+
 @pytest.mark.parametrize("case", ["out of range", "missing", "not an index"])
-def test_detection_index_that_does_not_fit_is_one_error_line(checkpoint, voc_root, tmp_path, capsys, case):
+def test_detection_index_that_does_not_fit_is_one_error_line(checkpoint, small_objects_voc, tmp_path,
+                                                             capsys, case):
     index = tmp_path / "2012_val_flattened_set.pth"
     extra = ["--detection-index", str(index)]
     if case == "out of range":
@@ -495,28 +514,31 @@ def test_detection_index_that_does_not_fit_is_one_error_line(checkpoint, voc_roo
     else:
         extra = []
     code = evaluate.main(args_for(checkpoint, tmp_path / "out", "--task", "detection", "--data",
-                                  str(voc_root), "--area-filter", "none", *extra))
+                                  str(small_objects_voc), *extra))
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert {"out of range": "does not match the VOC tree: entry 0 points at image 3 of the val",
             "missing": "2012_val_flattened_set.pth",
             "not an index": "is not a detection index"}[case] in err
     if case == "missing":
-        assert "--protocol clean" in err and str(voc_root) in err
+        assert "--protocol clean" in err and str(small_objects_voc) in err
 
 
-def test_detection_index_beside_the_voc_root_is_found(checkpoint, voc_root, tmp_path):
-    # the fixture has one single-object image in each list; the index points at it
-    torch.save([(0, 0)], voc_root / "2012_val_flattened_set.pth")
-    try:
-        out = tmp_path / "out"
-        assert evaluate.main(args_for(checkpoint, out, "--task", "detection", "--data", str(voc_root),
-                                      "--area-filter", "none")) == 0
-        assert read(out)["protocol"] == "released"
-        assert (out / "episodes.csv").read_text().splitlines()[1].split(",")[2:4] == \
-            ["2007_000033", "2008_004630"]
-    finally:
-        (voc_root / "2012_val_flattened_set.pth").unlink()
+def test_detection_index_beside_the_voc_root_is_found(checkpoint, small_objects_voc, tmp_path):
+    torch.save([(0, 0)], small_objects_voc / "2012_val_flattened_set.pth")
+    out = tmp_path / "out"
+    assert evaluate.main(args_for(checkpoint, out, "--task", "detection", "--data",
+                                  str(small_objects_voc))) == 0
+    assert read(out)["protocol"] == "released"
+    assert (out / "episodes.csv").read_text().splitlines()[1].split(",")[2:4] == \
+        ["2007_000033", "2008_004630"]
+
+
+def test_released_detection_protocol_refuses_another_area_filter(checkpoint, voc_root, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(args_for(checkpoint, tmp_path, "--task", "detection", "--data", str(voc_root),
+                               "--area-filter", "paper"))
+    assert "--protocol clean" in capsys.readouterr().err
 
 
 def test_prompt_engineering_study_one_table_per_fold(checkpoint, voc_root, tmp_path):
