@@ -145,26 +145,28 @@ def _block_sign(row: dict) -> str:
 
 
 class BlockWatch:
-    """Per host, the downloads in a row whose result looks like a refusal. When they span
-    `block_after` papers the host is taken to block the crawl: those downloads are put back as
-    never tried and HostBlocked is raised. Fewer stay what they were: that paper's own failure."""
+    """Per host and download kind, the downloads in a row whose result looks like a refusal.
+    When one such streak spans `block_after` papers the host is taken to block the crawl: every
+    refused download of that host is put back as never tried, and HostBlocked is raised. A
+    shorter streak stays what it was: those papers' own failures."""
 
     def __init__(self, block_after: int = BLOCK_AFTER):
         self.block_after = block_after  # 0: never stop
-        self.streaks: dict[str, list[tuple[dict, dict]]] = {}  # host -> [(record, its fields before)]
+        # (host, "eprint"|"pdf") -> [(record, its download fields before the request)]
+        self.streaks: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
 
-    def see(self, url: str, record: dict, before: dict, row: dict) -> None:
+    def see(self, url: str, what: str, record: dict, before: dict, row: dict) -> None:
         host = urlsplit(url).netloc or url
         if not (sign := _block_sign(row)) or self.block_after <= 0:
-            self.streaks.pop(host, None)
+            self.streaks.pop((host, what), None)
             return
-        streak = self.streaks.setdefault(host, [])
+        streak = self.streaks.setdefault((host, what), [])
         streak.append((record, before))
         papers = list(dict.fromkeys(r["arxiv_id"] for r, _ in streak))
         if len(papers) >= self.block_after:
-            for r, fields in streak:
-                r.update(fields)  # pending again, the attempt not counted
-            del self.streaks[host]
+            for key in [k for k in self.streaks if k[0] == host]:
+                for r, fields in self.streaks.pop(key):
+                    r.update(fields)  # pending again, the attempt not counted
             raise HostBlocked(host, f"{sign} for {len(papers)} papers in a row ({papers[0]}..{papers[-1]})")
 
 
@@ -294,7 +296,7 @@ def crawl_shard(month: str, root: Path, fetcher: PoliteFetcher, *, api_url: str 
                 before = {k: record[k] for k in (*(f"{what}_{f}" for f in DOWNLOAD_FIELDS), f"{what}_attempts")}
                 row = _download(record, what, url, root / "raw" / month / f"{arxiv_id}.{what}", root, fetcher,
                                 max_attempts)
-                watch.see(url, record, before, row)
+                watch.see(url, what, record, before, row)
             if time.time() - last_checkpoint > checkpoint_s:
                 store.write_rows(shard_file, records, PAPER_SCHEMA)
                 last_checkpoint = time.time()
