@@ -221,8 +221,10 @@ def _satisfies(done: dict, params: dict, max_papers: int | None) -> bool:
     had = dict(done.get("params") or {})
     had.setdefault("pdfs", "all" if "pdf" in had.get("downloads", ()) else "none")
     rank = {"none": 0, "auto": 1, "all": 2}
-    return ({k: v for k, v in had.items() if k != "pdfs"} == {k: v for k, v in params.items() if k != "pdfs"}
-            and rank.get(had["pdfs"], -1) >= rank[params["pdfs"]]
+
+    def besides_pdfs(p: dict) -> dict:
+        return dict(p, pdfs=None, downloads=[d for d in p.get("downloads", ()) if d != "pdf"])
+    return (besides_pdfs(had) == besides_pdfs(params) and rank.get(had["pdfs"], -1) >= rank[params["pdfs"]]
             and (cap is None or (max_papers is not None and max_papers <= cap)))
 
 

@@ -204,7 +204,7 @@ def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_crawl(server, 
     env = dict(os.environ, CVF_DATA=str(killed))
     # a slowed-down crawl (0.1 s between requests) killed at several points of its progress:
     # while listing, between and during downloads and checkpoints, then run to the end
-    for requests_before_kill, pause in ((1, 0.0), (4, 0.05), (6, 0.0), (9, 0.05)):
+    for requests_before_kill, pause in ((1, 0.0), (3, 0.05), (2, 0.0), (4, 0.05)):
         start = len(server.replay.log)
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.crawl", *_cli_args(server, killed, delay=0.1)],
                                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -295,20 +295,19 @@ def test_a_block_stops_the_run_and_the_same_command_finishes_every_paper_once_li
     reference = tmp_path / "reference"
     assert main(_cli_args(server, reference)) == 0
     jan = _primary_ids(corpus, "2021-01")
-    assert len(jan) >= 5
-    stretch = jan[1:-1]  # a block for a stretch of papers, longer than --block-after (3)
+    stretch = jan[1:]  # a block from the second paper of the first month on (the corpus is small: --block-after 2)
     server.replay.set_faults([dict(BLOCKS[block], match="/(e-print|pdf)/", ids=[stretch[0], stretch[-1]])])
     capsys.readouterr()
 
     root = tmp_path / "data"
-    args = _cli_args(server, root, "--retries", "0")
+    args = _cli_args(server, root, "--retries", "0", "--block-after", "2")
     n = len(server.replay.log)
     assert main(args) == 3
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the progress bars
     host = server.url.removeprefix("http://")
     assert len(err) == 1 and err[0].startswith(f"error: {host} is blocking or failing the crawl: "), err
-    assert f"for 3 papers in a row ({stretch[0]}..{stretch[2]})" in err[0] and "run the same command again" in err[0]
-    assert _requested(server, "e-print", n) == jan[:4], "the run stopped at the third refused paper"
+    assert f"for 2 papers in a row ({stretch[0]}..{stretch[1]})" in err[0] and "run the same command again" in err[0]
+    assert _requested(server, "e-print", n) == jan[:3], "the run stopped at the second refused paper"
     rows = {r["arxiv_id"]: r for r in store.read_rows(root / "papers" / "2021-01.parquet")}
     assert rows[jan[0]]["eprint_status"] in ("ok", "withdrawn")
     for arxiv_id in jan[1:]:  # refused or not reached: pending, no attempt spent, nothing marked failed
@@ -383,7 +382,7 @@ def test_one_crawl_per_data_root_and_a_dead_holders_lock_is_taken_over(server, d
     try:
         assert holder.stdout.readline().strip() == "holding"
         assert main(_cli_args(server, data_root)) == 1
-        err = capsys.readouterr().err.strip().splitlines()
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(err) == 1 and err[0].startswith(f"error: a crawl of {data_root} is already running (pid "
                                                    f"{holder.pid} on host {socket.gethostname()}, started 20"), err
         assert not server.replay.log, "the second crawl made no request"
