@@ -131,7 +131,8 @@ def crawl_arxiv(start: str = "2010-01", end: str = "2022-12", category: str = "c
                          or {"shard": month, "papers": 0})
         open_shards = [month for month, state in states.items() if not state.is_completed()]
         done = [state.result() for state in states.values() if state.is_completed()]
-        print(f"{len(done)}/{len(states)} shards done, {sum(s['papers'] for s in done)} papers; results in {root}/papers")
+        print(f"{len(done)}/{len(states)} shards done, {sum(s['papers'] for s in done)} papers; "
+              f"results in {root}/papers")
         if note := max_papers_note(max_papers, stats, months):
             print(note)
         if open_shards:

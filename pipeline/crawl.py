@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="try again every download that failed for good (missing, withdrawn, error), attempts reset")
     ap.add_argument("--block-after", type=int, default=BLOCK_AFTER,
                     help=f"stop the run when a host refuses this many papers in a row (HTTP 403, an HTML page, "
-                         f"transient failures beyond --retries), leaving them pending (default {BLOCK_AFTER}; 0: never)")
+                         f"transient failures beyond --retries), leaving them pending (default {BLOCK_AFTER}; "
+                         "0: never stop)")
     ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
                                                 f"or {config.DEFAULT_DELAY})")
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60)")
