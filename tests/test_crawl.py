@@ -322,6 +322,14 @@ def test_a_block_stops_the_run_and_the_same_command_finishes_every_paper_once_li
     assert _state(root) == _state(reference)
 
 
+def test_a_refused_listing_stops_the_run_too(server, data_root, capsys):
+    server.replay.set_faults([{"match": "/api/query", "fault": "block"}])
+    assert main(_cli_args(server, data_root)) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "listing 2021-01 failed: API answered HTTP 403" in err[0], err
+    assert len(server.replay.log) == 1, "no later shard is listed into the block"
+
+
 def test_one_paper_refused_is_that_papers_failure_not_a_block(server, corpus, data_root):
     jan = _primary_ids(corpus, "2021-01")
     server.replay.set_faults([{"match": "/e-print/", "fault": "block", "ids": [jan[1], jan[2]]}])
