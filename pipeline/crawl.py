@@ -6,7 +6,8 @@
 
 `--pdfs auto` (the default) fetches a paper's PDF only when its e-print is no LaTeX source (a
 PDF-only submission, a gzip'd PDF/PostScript, or no e-print at all): extraction reads the PDF
-only then, and it halves the requests and the bytes. `--pdfs all` fetches every PDF, `none` none.
+only then, and on arXiv, where few submissions are PDF-only, that nearly halves the requests
+and the bytes. `--pdfs all` fetches every PDF, `none` none.
 
 `--max-papers N` bounds a run: shards are taken in order, the one where the budget runs out is
 crawled with what is left (its stats record that cap, so a rerun with a larger or no cap
