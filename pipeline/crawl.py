@@ -18,8 +18,10 @@ checkpointed atomically every few seconds), `raw/<shard>/<id>.eprint` and `raw/<
 and last `papers/<shard>_stats.json`, which marks the shard done. A shard is done when every
 download has a final status (ok, missing, withdrawn, error); transient failures stay `pending`
 and a rerun retries them, at most `max_attempts` times across runs, after which they become
-`error`. Files already stored and verified are never fetched again, so a crawl killed at any
-moment (even with SIGKILL) and run again ends in the same state as one that never stopped.
+`error`; a 403 or an HTML page instead of the file counts as such a failure (it may be the
+host's, not the paper's). Files already stored and verified are never fetched again, so a
+crawl killed at any moment (even with SIGKILL) and run again ends in the same state as one that
+never stopped.
 `--retry-failed` reopens every download that failed for good (missing, withdrawn, error) with
 its attempts reset.
 
@@ -180,9 +182,11 @@ def _download(record: dict, what: str, url: str, dest: Path, root: Path, fetcher
         record["crawled_at"] = datetime.now(timezone.utc)
     if row["status"] == "missing" and "withdrawn" in record["comment"].lower():
         record[f"{what}_status"] = "withdrawn"
-    elif row["status"] == "pending" and record[f"{what}_attempts"] >= max_attempts:
-        record[f"{what}_status"] = "error"
-        record[f"{what}_error"] = f"gave up after {max_attempts} attempts: {row['error']}"
+    elif _block_sign(row):  # transient, or a refusal (403, HTML) that may be the host's rather than the paper's
+        failed = record[f"{what}_attempts"] >= max_attempts
+        record[f"{what}_status"] = "error" if failed else "pending"
+        if failed:
+            record[f"{what}_error"] = f"gave up after {max_attempts} attempts: {row['error']}"
     return row
 
 

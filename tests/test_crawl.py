@@ -330,13 +330,21 @@ def test_a_refused_listing_stops_the_run_too(server, data_root, capsys):
     assert len(server.replay.log) == 1, "no later shard is listed into the block"
 
 
-def test_one_paper_refused_is_that_papers_failure_not_a_block(server, corpus, data_root):
+def test_a_refusal_too_short_for_a_block_is_retried_like_a_transient_failure(server, corpus, data_root):
     jan = _primary_ids(corpus, "2021-01")
+    # the last two papers of the shard: fewer than --block-after (3), and no later paper to tell
     server.replay.set_faults([{"match": "/e-print/", "fault": "block", "ids": [jan[1], jan[2]]}])
-    assert main(_cli_args(server, data_root, "--retries", "0", end="2021-01")) == 0  # 2 < --block-after 3
+    args = _cli_args(server, data_root, "--retries", "0", "--max-attempts", "2", end="2021-01")
+    assert main(args) == 1  # the shard stays open: nothing final yet
     rows = {r["arxiv_id"]: r for r in store.read_rows(data_root / "papers" / "2021-01.parquet")}
-    assert all(rows[a]["eprint_status"] == "error" and rows[a]["eprint_error"] == "HTTP 403" for a in jan[1:3])
-    assert all(rows[a]["pdf_status"] in ("ok", "withdrawn") for a in jan[1:3])  # no e-print: the PDF instead
+    assert all((rows[a]["eprint_status"], rows[a]["eprint_attempts"], rows[a]["pdf_status"]) == ("pending", 1, "pending")
+               for a in jan[1:3])
+    assert main(args) == 0  # the last attempt: now those papers' own failure, and their PDFs instead
+    rows = {r["arxiv_id"]: r for r in store.read_rows(data_root / "papers" / "2021-01.parquet")}
+    for arxiv_id in jan[1:3]:
+        r = rows[arxiv_id]
+        assert r["eprint_status"] == "error" and r["eprint_error"] == "gave up after 2 attempts: HTTP 403"
+        assert r["pdf_status"] in ("ok", "withdrawn")
 
 
 # --- --retry-failed -----------------------------------------------------------------------------------
@@ -348,7 +356,7 @@ def test_retry_failed_reopens_every_download_that_failed(server, corpus, data_ro
     gone, html = live[0], live[1]
     server.replay.set_faults([{"match": f"/e-print/{gone}", "fault": "404"},
                               {"match": f"/e-print/{html}", "fault": "html"}])
-    args = _cli_args(server, data_root, end="2021-01")
+    args = _cli_args(server, data_root, "--max-attempts", "1", end="2021-01")  # one HTML page is final
     assert main(args) == 0
     rows = {r["arxiv_id"]: r for r in store.read_rows(data_root / "papers" / "2021-01.parquet")}
     assert (rows[gone]["eprint_status"], rows[html]["eprint_status"]) == ("missing", "error")
