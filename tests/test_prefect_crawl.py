@@ -107,7 +107,7 @@ def test_the_crawl_deployment_runs_one_at_a_time_with_parameters_the_flow_takes(
     from flows.crawl import crawl_arxiv
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    deployment = next(d for d in spec["deployments"] if d["name"] == "cs-cv-2010-2022")
+    deployment = next(d for d in spec["deployments"] if d["entrypoint"] == "flows/crawl.py:crawl_arxiv")
     assert deployment["concurrency_limit"] == 1
     assert set(deployment["parameters"]) <= set(inspect.signature(crawl_arxiv.fn).parameters)
     assert deployment["parameters"]["pdfs"] == "auto"
