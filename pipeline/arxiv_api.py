@@ -27,6 +27,10 @@ from pipeline.shards import parse_month
 class MetadataError(Exception):
     """The API kept failing or kept serving bad pages for a query; retry the shard later."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status when the API refused the query (403: we are blocked)
+
 
 class ArxivAPI(arxiv.Client):
     """An `arxiv.Client` that talks to `api_url` (arXiv or the replay) through a PoliteFetcher."""
@@ -51,7 +55,8 @@ class ArxivAPI(arxiv.Client):
             # arXiv reports a wrong query as an Atom entry (with HTTP 400): asking again will not help
             if resp.status_code != 200 or (root is not None and _api_error(root)):
                 error = _api_error(root) if root is not None else ""
-                raise MetadataError(f"API answered HTTP {resp.status_code}{': ' + error if error else ''} ({url})")
+                raise MetadataError(f"API answered HTTP {resp.status_code}{': ' + error if error else ''} ({url})",
+                                    resp.status_code)
             if root is None or (problem := _not_a_usable_feed(root)):
                 continue
             try:

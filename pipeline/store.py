@@ -1,18 +1,24 @@
 """Atomic, resumable storage primitives shared by every stage.
 
 A write goes to a temporary file in the destination folder, is fsync'd, then renamed over
-the target, so a crash leaves either the old file or the new one, never half of one.
+the target, so a crash leaves either the old file or the new one, never half of one. The
+temporary file is flock'd while it is written: `remove_dead_temporaries` clears only those of
+dead writers, so a cleaner never deletes another live process's file.
 A shard is done only when its `<shard>_stats.json` exists; the stats file is always the
 last thing a shard writes.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,24 +28,90 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _locked_temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file next to `path`, flock'd for as long as its writer lives, so that
+    `remove_dead_temporaries` never takes a file someone is still writing."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd, tmp
+        os.close(fd)  # a cleaner removed it between its creation and our lock: take another
+
+
 def _atomic_replace(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _locked_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+            # mkstemp creates 0600; give the file the mode a plain open() would have.
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            os.replace(tmp, path)  # still holding the lock: a cleaner cannot take it before the rename
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_dead_temporaries(paths: Iterable[str | os.PathLike]) -> int:
+    """Remove the temporary files among `paths` that no live writer holds (left by a killed
+    run); return how many. A file still being written (its flock held) is left alone."""
+    removed = 0
+    for tmp in paths:
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(tmp)  # under the lock: its writer, if it comes back, sees it gone
+            removed += 1
+        except (BlockingIOError, FileNotFoundError):  # being written, or renamed meanwhile
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+class Busy(Exception):
+    """Another process holds a lock this one needs."""
+
+
+@contextmanager
+def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold `lock_file` (an flock) for the block, or raise Busy naming its holder.
+
+    The holder writes its pid, host and start time into the file. The kernel drops the lock
+    when its process dies (even by SIGKILL), so a lock left by a dead process is simply taken.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock_file, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process that has not said who it is yet"
+        f.close()
+        raise Busy(f"{what} is already running ({holder}; lock {lock_file}): wait for it to end, "
+                   "or stop it, then run again") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()}, started "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        f.flush()
+        yield
+    finally:
+        f.seek(0)
+        f.truncate()
+        f.close()  # releases the lock
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -17,8 +17,8 @@ cvf_deploy
 cvf_start_replay "$CVF_DATA/replay" 60 2021-01 2021-02
 cvf_start_worker
 
-# --- crawl: cs.CV papers of 2021-01..2021-02 from the replay, e-prints and PDFs; licences first
-# harvested in bulk from OAI-PMH ListRecords (pipeline.licenses), then taken from that table ------
+# --- crawl: cs.CV papers of 2021-01..2021-02 from the replay, e-prints (and a PDF where one is no source);
+# licences first harvested in bulk from OAI-PMH ListRecords (pipeline.licenses), then taken from that table ------
 echo "== crawl-arxiv =="
 $PREFECT deployment run 'crawl-arxiv/cs-cv-2010-2022' --watch \
   -p start=2021-01 -p end=2021-02 -p delay=0.2 -p task_retries=0 \

@@ -200,7 +200,8 @@ def test_crawls_a_documentation_faithful_imitation(imitation, data_root):
         row = rows[arxiv_id]
         assert (row["eprint_status"], row["eprint_kind"]) == ("ok", kind), row["eprint_error"]
         assert (data_root / row["eprint_path"]).read_bytes() == EPRINTS[arxiv_id][0]
-        assert row["pdf_status"] == "ok" and row["pdf_kind"] == "pdf"
+        # --pdfs auto: the PDF only beside an e-print that is no LaTeX source
+        assert (row["pdf_status"], row["pdf_kind"]) == (("ok", "pdf") if kind == "pdf" else ("skipped", ""))
     assert store.read_stats(data_root / "papers", "2021-01")["done"]
 
 
@@ -272,7 +273,7 @@ def test_a_redirect_loop_is_a_per_paper_error_and_the_crawl_goes_on(imitation, d
     base = imitation[1].removesuffix("/api/query")
     urls = dict(zip(("api_url", "eprint_url", "pdf_url"), imitation[1::2]), pdf_url=f"{base}/loop/{{id}}")
     fetcher = PoliteFetcher(0, data_root / ".politeness", timeout=5, backoff=0.01)
-    stats = crawl_shard("2021-01", data_root, fetcher, **urls)
+    stats = crawl_shard("2021-01", data_root, fetcher, pdfs="all", **urls)
     assert stats["done"]  # a final error: asking again will not help
     rows = store.read_rows(data_root / "papers" / "2021-01.parquet")
     assert all(r["eprint_status"] == "ok" for r in rows)

@@ -1,9 +1,11 @@
-"""The crawl against the replay: records, resumability, failure caps, SIGKILL, shared politeness."""
+"""The crawl against the replay: records, resumability, failure caps, SIGKILL, shared politeness,
+PDFs only when needed, blocks that stop the run and heal, --retry-failed, one crawl per root."""
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,10 +13,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import store
-from pipeline.crawl import PAPER_SCHEMA, crawl_shard, main
-from pipeline.fetch import PoliteFetcher
+from pipeline.crawl import PAPER_SCHEMA, SOURCE_ARCHIVES, crawl_shard, main
+from pipeline.fetch import PoliteFetcher, sniff_kind
 from pipeline.replay.corpus import load_papers
 from replay_fixtures import MONTHS, corpus, server  # noqa: F401 (fixtures)
 
@@ -72,7 +75,11 @@ def test_crawl_writes_the_contract_and_reruns_fetch_nothing(server, corpus, data
             assert r["eprint_status"] == "ok" and r["eprint_sha256"] == store.sha256_bytes(served)
             assert (data_root / r["eprint_path"]).read_bytes() == served
             assert r["eprint_path"] == f"raw/{month}/{arxiv_id}.eprint"
-            assert r["pdf_kind"] == "pdf" and r["eprint_attempts"] == r["pdf_attempts"] == 1
+            assert r["eprint_attempts"] == 1
+            if r["eprint_kind"] in SOURCE_ARCHIVES:  # --pdfs auto: no PDF beside a LaTeX source
+                assert r["pdf_status"] == "skipped" and r["pdf_attempts"] == 0 and not r["pdf_path"]
+            else:
+                assert r["pdf_kind"] == "pdf" and r["pdf_attempts"] == 1
         stats = store.read_stats(data_root / "papers", month)
         assert stats["done"] and stats["papers"] == len(expected) and stats["pending"] == 0
         assert stats["bytes"] == sum(r["eprint_bytes"] + r["pdf_bytes"] for r in rows.values())
@@ -166,11 +173,13 @@ def test_transient_failures_keep_the_shard_open_up_to_a_cap(server, corpus, data
     assert main(args) == 1  # the shard could not be finished
     assert not store.shard_done(data_root / "papers", "2021-01")
     row = next(r for r in store.read_rows(data_root / "papers" / "2021-01.parquet") if r["arxiv_id"] == victim)
-    assert (row["eprint_status"], row["eprint_attempts"], row["pdf_status"]) == ("pending", 1, "ok")
+    # the PDF waits: whether it is needed depends on what the e-print turns out to be
+    assert (row["eprint_status"], row["eprint_attempts"], row["pdf_status"]) == ("pending", 1, "pending")
 
     assert main(args) == 0  # second and last attempt: a final error, the shard is done
     row = next(r for r in store.read_rows(data_root / "papers" / "2021-01.parquet") if r["arxiv_id"] == victim)
     assert row["eprint_status"] == "error" and row["eprint_attempts"] == 2 and "gave up after 2" in row["eprint_error"]
+    assert row["pdf_status"] == "ok"  # no e-print: the PDF is what extraction will read
     stats = store.read_stats(data_root / "papers", "2021-01")
     assert any(f["arxiv_id"] == victim and f["status"] == "error" for f in stats["failed"])
     assert stats["errors"]["eprint:error"] == 1
@@ -195,7 +204,7 @@ def test_sigkill_at_any_moment_then_rerun_equals_an_uninterrupted_crawl(server, 
     env = dict(os.environ, CVF_DATA=str(killed))
     # a slowed-down crawl (0.1 s between requests) killed at several points of its progress:
     # while listing, between and during downloads and checkpoints, then run to the end
-    for requests_before_kill, pause in ((1, 0.0), (4, 0.05), (6, 0.0), (9, 0.05)):
+    for requests_before_kill, pause in ((1, 0.0), (3, 0.05), (2, 0.0), (4, 0.05)):
         start = len(server.replay.log)
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.crawl", *_cli_args(server, killed, delay=0.1)],
                                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -243,3 +252,180 @@ def test_several_workers_share_one_politeness_budget(server, tmp_path):
     times = sorted(t for t, _, _ in server.replay.log)
     assert len(times) == 3 and times[1] - times[0] >= 0.99
 
+
+
+# --- PDFs only when needed ------------------------------------------------------------------------
+
+def _requested(server, endpoint: str, since: int = 0) -> list[str]:
+    """The arXiv ids requested from /e-print/ or /pdf/ since log entry `since`, in order."""
+    return [path.rsplit("/", 1)[1] for _, path, _ in server.replay.log[since:] if path.startswith(f"/{endpoint}/")]
+
+
+def test_pdfs_auto_fetches_a_pdf_only_for_an_eprint_that_is_no_source(server, corpus, data_root):
+    assert main(_cli_args(server, data_root)) == 0
+    papers = [p for p in load_papers(corpus) if p["primary_category"] == "cs.CV"]
+    no_source = sorted(p["arxiv_id"] for p in papers if p["withdrawn"]
+                       or sniff_kind((corpus / "eprint" / p["arxiv_id"]).read_bytes()) not in SOURCE_ARCHIVES)
+    assert 0 < len(no_source) < len(papers), "the corpus must hold both sources and PDF-only e-prints"
+    assert sorted(_requested(server, "e-print")) == sorted(p["arxiv_id"] for p in papers)  # one request each
+    assert sorted(_requested(server, "pdf")) == no_source  # one each, and only those
+    rows = [r for m in MONTHS for r in store.read_rows(data_root / "papers" / f"{m}.parquet")]
+    assert sorted(r["arxiv_id"] for r in rows if r["pdf_status"] != "skipped") == no_source
+
+    # --pdfs all reopens the done shards for the PDFs they lack, and fetches nothing else
+    n = len(server.replay.log)
+    assert main(_cli_args(server, data_root, "--pdfs", "all")) == 0
+    assert not _requested(server, "e-print", n)
+    assert sorted(_requested(server, "pdf", n)) == sorted({p["arxiv_id"] for p in papers} - set(no_source))
+    # shards holding every PDF serve a rerun with auto (or none) without a request
+    n = len(server.replay.log)
+    assert main(_cli_args(server, data_root)) == 0 and main(_cli_args(server, data_root, "--pdfs", "none")) == 0
+    assert len(server.replay.log) == n
+
+
+# --- a blocked host stops the run, and the same command heals it ------------------------------------
+
+BLOCKS = {"403 page": {"fault": "block"}, "HTML page served as 200": {"fault": "block", "status": 200},
+          "503 beyond the retries": {"fault": "503"}}
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_a_block_stops_the_run_and_the_same_command_finishes_every_paper_once_lifted(server, corpus, tmp_path,
+                                                                                     capsys, block):
+    reference = tmp_path / "reference"
+    assert main(_cli_args(server, reference)) == 0
+    jan = _primary_ids(corpus, "2021-01")
+    stretch = jan[1:]  # a block from the second paper of the first month on (the corpus is small: --block-after 2)
+    server.replay.set_faults([dict(BLOCKS[block], match="/(e-print|pdf)/", ids=[stretch[0], stretch[-1]])])
+    capsys.readouterr()
+
+    root = tmp_path / "data"
+    args = _cli_args(server, root, "--retries", "0", "--block-after", "2")
+    n = len(server.replay.log)
+    assert main(args) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the progress bars
+    host = server.url.removeprefix("http://")
+    assert len(err) == 1 and err[0].startswith(f"error: {host} is blocking or failing the crawl: "), err
+    assert f"for 2 papers in a row ({stretch[0]}..{stretch[1]})" in err[0] and "run the same command again" in err[0]
+    assert _requested(server, "e-print", n) == jan[:3], "the run stopped at the second refused paper"
+    rows = {r["arxiv_id"]: r for r in store.read_rows(root / "papers" / "2021-01.parquet")}
+    assert rows[jan[0]]["eprint_status"] in ("ok", "withdrawn")
+    for arxiv_id in jan[1:]:  # refused or not reached: pending, no attempt spent, nothing marked failed
+        r = rows[arxiv_id]
+        assert (r["eprint_status"], r["eprint_attempts"], r["pdf_status"], r["pdf_attempts"]) == ("pending", 0,
+                                                                                                "pending", 0)
+    assert not store.shard_done(root / "papers", "2021-01")
+    assert not (root / "papers" / "2021-02.parquet").exists(), "no later shard is started into the block"
+
+    server.replay.set_faults([])  # the block is lifted: the same command finishes every paper, none lost
+    assert main(args) == 0
+    assert _state(root) == _state(reference)
+
+
+def test_a_refused_listing_stops_the_run_too(server, data_root, capsys):
+    server.replay.set_faults([{"match": "/api/query", "fault": "block"}])
+    assert main(_cli_args(server, data_root)) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "listing 2021-01 failed: API answered HTTP 403" in err[0], err
+    assert len(server.replay.log) == 1, "no later shard is listed into the block"
+
+
+def test_a_refusal_too_short_for_a_block_is_retried_like_a_transient_failure(server, corpus, data_root):
+    jan = _primary_ids(corpus, "2021-01")
+    # the last two papers of the shard: fewer than --block-after (3), and no later paper to tell
+    server.replay.set_faults([{"match": "/e-print/", "fault": "block", "ids": [jan[1], jan[2]]}])
+    args = _cli_args(server, data_root, "--retries", "0", "--max-attempts", "2", end="2021-01")
+    assert main(args) == 1  # the shard stays open: nothing final yet
+    rows = {r["arxiv_id"]: r for r in store.read_rows(data_root / "papers" / "2021-01.parquet")}
+    assert all((rows[a]["eprint_status"], rows[a]["eprint_attempts"], rows[a]["pdf_status"]) == ("pending", 1, "pending")
+               for a in jan[1:3])
+    assert main(args) == 0  # the last attempt: now those papers' own failure, and their PDFs instead
+    rows = {r["arxiv_id"]: r for r in store.read_rows(data_root / "papers" / "2021-01.parquet")}
+    for arxiv_id in jan[1:3]:
+        r = rows[arxiv_id]
+        assert r["eprint_status"] == "error" and r["eprint_error"] == "gave up after 2 attempts: HTTP 403"
+        assert r["pdf_status"] in ("ok", "withdrawn")
+
+
+# --- --retry-failed -----------------------------------------------------------------------------------
+
+def test_retry_failed_reopens_every_download_that_failed(server, corpus, data_root, capsys):
+    jan = [p for p in load_papers(corpus) if p["published"].startswith("2021-01") and p["primary_category"] == "cs.CV"]
+    live = [p["arxiv_id"] for p in jan if not p["withdrawn"]]
+    withdrawn = [p["arxiv_id"] for p in jan if p["withdrawn"]]
+    gone, html = live[0], live[1]
+    server.replay.set_faults([{"match": f"/e-print/{gone}", "fault": "404"},
+                              {"match": f"/e-print/{html}", "fault": "html"}])
+    args = _cli_args(server, data_root, "--max-attempts", "1", end="2021-01")  # one HTML page is final
+    assert main(args) == 0
+    rows = {r["arxiv_id"]: r for r in store.read_rows(data_root / "papers" / "2021-01.parquet")}
+    assert (rows[gone]["eprint_status"], rows[html]["eprint_status"]) == ("missing", "error")
+    failed = {(f["arxiv_id"], f["download"]) for f in store.read_stats(data_root / "papers", "2021-01")["failed"]}
+    assert {(gone, "eprint"), (html, "eprint")} <= failed
+
+    server.replay.set_faults([])  # arXiv serves them again
+    store.stats_path(data_root / "papers", "2021-01").unlink()  # an open shard alone reopens no failure
+    n = len(server.replay.log)
+    assert main(args) == 0 and not _requested(server, "e-print", n)
+
+    n = len(server.replay.log)
+    assert main([*args, "--retry-failed"]) == 0
+    assert sorted(_requested(server, "e-print", n)) == sorted([gone, html, *withdrawn])  # every failure, once
+    rows = {r["arxiv_id"]: r for r in store.read_rows(data_root / "papers" / "2021-01.parquet")}
+    for arxiv_id in (gone, html):
+        r = rows[arxiv_id]
+        assert (r["eprint_status"], r["eprint_attempts"]) == ("ok", 1)
+        assert (data_root / r["eprint_path"]).read_bytes() == (corpus / "eprint" / arxiv_id).read_bytes()
+    stats = store.read_stats(data_root / "papers", "2021-01")
+    assert {f["arxiv_id"] for f in stats["failed"]} == set(withdrawn) and stats["done"]
+
+
+# --- one crawl per data root --------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from pipeline.crawl import crawl_lock
+with crawl_lock(Path(sys.argv[1])):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_one_crawl_per_data_root_and_a_dead_holders_lock_is_taken_over(server, data_root, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(data_root)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert main(_cli_args(server, data_root)) == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1 and err[0].startswith(f"error: a crawl of {data_root} is already running (pid "
+                                                   f"{holder.pid} on host {socket.gethostname()}, started 20"), err
+        assert not server.replay.log, "the second crawl made no request"
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies holding the lock: the kernel releases it
+        holder.wait()
+    assert "holding" not in (data_root / ".crawl.lock").read_text() and main(_cli_args(server, data_root)) == 0
+
+
+def test_a_shard_cleans_up_dead_writers_temporaries_but_not_a_live_ones(server, data_root):
+    raw = data_root / "raw" / "2021-01"
+    raw.mkdir(parents=True)
+    dead = raw / ".2101.99999.eprint.abc.tmp"  # left by a killed run: nobody holds it
+    dead.write_bytes(b"half")
+    writing, finish = threading.Event(), threading.Event()
+
+    def slow_write(f):  # another process's download, still being written while the shard starts
+        f.write(b"x")
+        writing.set()
+        finish.wait(30)
+
+    other = threading.Thread(target=store._atomic_replace, args=(raw / "other.eprint", slow_write))
+    other.start()
+    assert writing.wait(10)
+    assert crawl_shard("2021-01", data_root, _fetcher(data_root), downloads=(), **_urls(server))["done"]
+    assert not dead.exists()
+    assert len(list(raw.glob(".other.eprint.*.tmp"))) == 1, "a live writer's temporary file was removed"
+    finish.set()
+    other.join(10)
+    assert (raw / "other.eprint").read_bytes() == b"x" and not list(raw.glob("*.tmp"))

@@ -245,6 +245,20 @@ def test_html_instead_of_tarball_is_a_final_error(server, corpus, fetcher, tmp_p
     assert not (tmp_path / "x.eprint").exists()
 
 
+def test_block_fault_refuses_a_stretch_of_papers_until_lifted(server, corpus, fetcher):
+    ids = sorted(p["arxiv_id"] for p in load_papers(corpus) if not p["withdrawn"])
+    server.replay.set_faults([{"match": "/(e-print|pdf)/", "fault": "block", "ids": [ids[1], ids[2]]},
+                              {"match": f"/pdf/{ids[3]}", "fault": "block", "status": 200}])
+    answers = {(what, i): fetcher.get(f"{server.url}/{what}/{i}", raw=True) for what in ("e-print", "pdf")
+               for i in ids[:4]}
+    assert [answers["e-print", i].status_code for i in ids[:4]] == [200, 403, 403, 200]
+    assert [answers["pdf", i].status_code for i in ids[:4]] == [200, 403, 403, 200]
+    assert b"Access Denied" in answers["e-print", ids[1]].content
+    assert sniff_kind(answers["pdf", ids[3]].content) == "html"  # a block page served in place of the file
+    assert requests.post(f"{server.url}/_replay/faults", data=b"[]", timeout=5).ok  # lifted
+    assert fetcher.get(f"{server.url}/e-print/{ids[1]}", raw=True).content == (corpus / "eprint" / ids[1]).read_bytes()
+
+
 def test_sniff_kind_reads_bytes_not_names():
     tex = gzip.compress(b"\\documentclass{article}\n\\begin{document}x\\end{document}\n")
     raw = io.BytesIO()

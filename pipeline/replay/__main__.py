@@ -5,6 +5,9 @@
     python -m pipeline.replay serve --corpus data/replay --port 0 --url-file data/replay/url
     python -m pipeline.replay serve --corpus data/replay --eprints-dir ../shared/testdata/eprints \\
         --faults '[{"match": "/e-print/", "fault": "503", "retry_after": 1, "times": 2}]'
+    python -m pipeline.replay serve --corpus data/replay --url-file data/replay/url \\
+        --faults '[{"match": "/(e-print|pdf)/", "fault": "block", "ids": ["2101.00003", "2101.00009"]}]'
+    curl -X POST --data '[]' "$(cat data/replay/url)/_replay/faults"      # lift the block
 """
 from __future__ import annotations
 
@@ -36,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free one)")
     srv.add_argument("--faults", default="[]",
                      help='fault rules as JSON text or a JSON file: a list of {"match": regex on the request path, '
-                          '"fault": 503|429|500|404|slow|truncate|html|empty|malformed, "times": N (absent: every '
-                          'request), "retry_after": s, "seconds": s (slow)}; details in pipeline/replay/server.py')
+                          '"fault": 503|429|500|404|slow|truncate|html|empty|malformed|block, "times": N (absent: '
+                          'every request), "retry_after": s, "seconds": s (slow), "status": 403|200 (block), '
+                          '"ids": [first, last] (only these arXiv ids)}; lift them by POSTing [] to '
+                          '/_replay/faults; details in pipeline/replay/server.py')
     srv.add_argument("--url-file", type=Path, help="write the base URL here once listening (for scripts)")
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in ("generate", "serve", "-h", "--help"):

@@ -15,7 +15,11 @@ A fault rule is `{"match": <regex searched in the request path+query>, "fault": 
 "times": <how many requests it hits; absent = all>, "retry_after": s, "seconds": s}` with kind
 one of: 503, 429, 500 (with `Retry-After` when given), 404, slow (sleep `seconds`, then answer),
 truncate (announce the full length, send half, close), html (an HTML error page with status
-200), empty (an API page with `totalResults` but no entries), malformed (broken Atom or OAI XML).
+200), empty (an API page with `totalResults` but no entries), malformed (broken Atom or OAI XML),
+block (arXiv's "access denied" HTML page, with HTTP `status`, 403 unless given: 200 is a block
+page served in place of the file). A rule with `"ids": [first, last]` hits only requests for the
+arXiv ids in that range (inclusive): a block for a stretch of papers. Faults are lifted by
+replacing the rules (`Replay.set_faults([])`, or POST `[]` to /_replay/faults).
 Withdrawn papers answer 404 on both download endpoints, as on arXiv.
 
 OAI-PMH ListRecords pages as the protocol says: records in datestamp order, `set` an archive
@@ -44,6 +48,7 @@ from pipeline.replay.corpus import load_papers
 MAX_PAGE = 2000  # the real API's cap on max_results
 _TERM = re.compile(r"(\w+):(\[[^\]]*\]|\"[^\"]*\"|\S+)")
 _ID = re.compile(r"^(\d{4}\.\d{4,5})(v\d+)?$")
+_ID_IN_PATH = re.compile(r"/(\d{4}\.\d{4,5})(?:v\d+)?(?:$|[/?&])")
 
 
 # --- the corpus as the API sees it --------------------------------------------------------
@@ -177,6 +182,10 @@ def download_headers(body: bytes) -> tuple[str, dict]:
 
 HTML_ERROR = (b"<!DOCTYPE html><html><head><title>arXiv - Error</title></head><body>"
               b"<h1>Sorry, something went wrong</h1><p>Please try again later.</p></body></html>")
+HTML_BLOCKED = (b"<!DOCTYPE html><html><head><title>Access Denied</title></head><body><h1>Access Denied</h1>"
+                b"<p>Sadly, you do not currently appear to have permission to access this resource. Your "
+                b"requests have been rate limited or blocked; see https://info.arxiv.org/help/robots.html</p>"
+                b"</body></html>")
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -209,9 +218,13 @@ class Replay:
 
     def take_fault(self, target: str) -> dict | None:
         """The first rule matching `target` that has hits left (and spend one)."""
+        m = _ID_IN_PATH.search(target)
+        arxiv_id = m.group(1) if m else None
         with self.lock:
             for f in self.faults:
-                if re.search(f["match"], target) and (f["_left"] is None or f["_left"] > 0):
+                if "ids" in f and not (arxiv_id and f["ids"][0] <= arxiv_id <= f["ids"][-1]):
+                    continue
+                if re.search(f.get("match", ""), target) and (f["_left"] is None or f["_left"] > 0):
                     if f["_left"] is not None:
                         f["_left"] -= 1
                     return f
@@ -272,6 +285,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, b"not found\n", "text/plain")
         elif kind == "html":
             return self._send(200, HTML_ERROR, "text/html")
+        elif kind == "block":
+            return self._send(int(fault.get("status", 403)), HTML_BLOCKED, "text/html")
         try:
             status, body, ctype, *headers = self._route(url.path, parse_qs(url.query), kind)
         except (ValueError, KeyError) as e:
