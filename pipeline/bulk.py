@@ -61,7 +61,7 @@ from lxml import etree
 from pipeline import config, store
 from pipeline.archive import Limits, safe_member_path
 from pipeline.arxiv_api import strict_xml
-from pipeline.crawl import PAPER_SCHEMA, _empty_downloads, shard_stats
+from pipeline.crawl import PAPER_SCHEMA, _empty_downloads, crawl_lock, shard_stats
 from pipeline.fetch import SOURCE_KINDS, _row as download_row, sniff_kind, verify
 from pipeline.licenses import licenses_for
 from pipeline.shards import month_range, shard_of_id
@@ -761,14 +761,18 @@ def prepare(metadata: str | os.PathLike, start: str, end: str, root: Path, *, bu
 
 
 def write_months(tars: list[SourceTar], papers: dict[str, Paper], root: Path, params: dict) -> list[dict]:
-    """Write every month shard of `papers` (`write_month`), each with its own month's tars."""
+    """Write every month shard of `papers` (`write_month`), each with its own month's tars.
+
+    Holds the data root's crawl lock (store.Busy names the holder): a per-paper crawl writes the
+    same `papers/<month>.parquet` files, so the two never write them at once."""
     by_month: dict[str, list[Paper]] = {}
     for p in papers.values():
         by_month.setdefault(p.month, []).append(p)
     tars_of: dict[str, list[SourceTar]] = {}
     for t in tars:
         tars_of.setdefault(t.month, []).append(t)
-    return [write_month(m, ps, tars_of.get(m, []), root, params) for m, ps in sorted(by_month.items())]
+    with crawl_lock(root):
+        return [write_month(m, ps, tars_of.get(m, []), root, params) for m, ps in sorted(by_month.items())]
 
 
 def run(metadata: str | os.PathLike, start: str, end: str, root: str | os.PathLike | None = None, *,
@@ -826,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args.metadata, args.start, args.end, root, bucket=args.bucket, category=args.category,
                      include_cross_lists=args.include_cross_lists, keep_tars=args.keep_tars, s3=s3,
                      bandwidth_mb_s=args.bandwidth)
-    except (BulkError, OSError) as e:
+    except (BulkError, OSError, store.Busy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except _s3_errors() as e:
