@@ -35,6 +35,10 @@ class ArchiveError(Exception):
     """The e-print as a whole cannot be read (corrupt, truncated, zip, bomb, empty)."""
 
 
+class OverLimit(ArchiveError):
+    """The e-print unpacks to more than a cap allows (a bomb): fetching it again gives the same."""
+
+
 @dataclass
 class Member:
     path: str                 # POSIX path relative to the e-print root (nested: `inner/...`)
@@ -52,14 +56,14 @@ class _Budget:
     def spend(self, n: int) -> None:
         self.unpacked += n
         if self.unpacked > self.limits.max_total_bytes:
-            raise ArchiveError(
+            raise OverLimit(
                 f"archive bomb: more than {self.limits.max_total_bytes // MiB} MiB unpacked "
                 f"(limit max_total_bytes)")
 
     def count_member(self) -> None:
         self.members += 1
         if self.members > self.limits.max_members:
-            raise ArchiveError(f"more than {self.limits.max_members} members (limit max_members)")
+            raise OverLimit(f"more than {self.limits.max_members} members (limit max_members)")
 
 
 class _CountingReader(io.RawIOBase):
@@ -207,9 +211,35 @@ def _read_capped(open_stream, budget: _Budget) -> bytes:
     except (OSError, EOFError, zlib.error) as e:
         raise ArchiveError(f"corrupt or truncated gzip: {e}") from e
     if len(data) > budget.limits.max_file_bytes:
-        raise ArchiveError(f"single file over {budget.limits.max_file_bytes // MiB} MiB unpacked "
-                           f"(limit max_file_bytes)")
+        raise _single_file_too_big(budget.limits)
     return data
+
+
+def _single_file_too_big(limits: Limits) -> OverLimit:
+    return OverLimit(f"single file over {limits.max_file_bytes // MiB} MiB unpacked "
+                     f"(limit max_file_bytes)")
+
+
+def check_blob(data: bytes, compressed: bool, tar: bool, limits: Limits = Limits()) -> None:
+    """Read a downloaded e-print through to its end in a stream, keeping nothing, under the
+    caps `read_eprint` applies (a tar: members and total unpacked bytes; a single gzip'd file:
+    max_file_bytes), so that memory stays bounded whatever it unpacks to. Raises OverLimit for
+    a bomb, ArchiveError for a corrupt or truncated blob (the gzip CRC and length are checked)."""
+    budget = _Budget(limits)
+    raw = gzip.GzipFile(fileobj=io.BytesIO(data)) if compressed else io.BytesIO(data)
+    stream = io.BufferedReader(_CountingReader(raw, budget), buffer_size=1 << 16)
+    try:
+        if tar:
+            with tarfile.open(fileobj=stream, mode="r|") as archive:
+                for _ in archive:  # stream mode: each header, skipping each member's bytes
+                    budget.count_member()
+        while stream.read(1 << 20):  # to the end: the gzip trailer is checked there
+            if not tar and budget.unpacked > limits.max_file_bytes:
+                raise _single_file_too_big(limits)
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise ArchiveError(f"corrupt or truncated: {e}") from e
 
 
 def _single_member(open_stream, name: str, want, budget: _Budget) -> Iterator[Member]:
@@ -257,7 +287,7 @@ def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, prefix: str, want,
         data = tar.extractfile(info).read()
         inner = sniff(data[:512])
         if inner == "gzip":
-            inner_head = _gunzip_head(data)
+            inner_head = gunzip_head(data)
             if sniff(inner_head) == "tar":
                 yield from _nested(lambda: gzip.GzipFile(fileobj=io.BytesIO(data)),
                                    f"{prefix}{nested}/", want, budget, depth, path)
@@ -275,7 +305,7 @@ def _member(tar: tarfile.TarFile, info: tarfile.TarInfo, prefix: str, want,
     yield Member(path, info.size, tar.extractfile(info).read())
 
 
-def _gunzip_head(data: bytes) -> bytes:
+def gunzip_head(data: bytes) -> bytes:
     try:
         return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, 512)
     except zlib.error:

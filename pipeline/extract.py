@@ -245,19 +245,13 @@ def add_figure_texts(rows: list[dict], tex: dict[str, str]) -> None:
             row.update(texts[row["source_path"]].columns())
 
 
-def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path) -> list[dict]:
-    """Figure records from the paper's PDF, through the PDF fallback (`pipeline.pdffigures`)."""
-    try:
-        from pipeline.pdffigures import extract_pdf_figures
-    except ImportError:
-        return [figure_row(paper_id, source_kind="pdf", status="skipped",
-                           error="no source e-print and the PDF fallback is not installed")]
+def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path,
+                renderer: Renderer) -> list[dict]:
+    """Figure records from the paper's PDF, through the PDF fallback (`pipeline.pdffigures`),
+    run in the renderer's child: a stranger's PDF is laid out and rasterised under its memory
+    cap and time limit, never in this process."""
     rows = []
-    try:
-        found = extract_pdf_figures(pdf, image_dir)
-    except Exception as e:  # the fallback must not take the shard down
-        return [figure_row(paper_id, source_kind="pdf", status="error",
-                           error=f"PDF fallback failed: {type(e).__name__}: {e}")]
+    found = renderer.pdf_figures(pdf, image_dir)
     if not found:
         return [figure_row(paper_id, source_kind="pdf", status="skipped",
                            error="PDF fallback: no captioned figures found")]
@@ -314,18 +308,18 @@ def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
         except IsPaperPDF as e:
             with open(eprint, "rb") as f:
                 if f.read(5) == b"%PDF-":
-                    return extract_pdf(paper_id, eprint, image_dir, root)
+                    return extract_pdf(paper_id, eprint, image_dir, root, renderer)
             with tempfile.TemporaryDirectory(prefix="cvf-pdf-") as tmp:  # a gzip'd PDF
                 pdf_copy = Path(tmp) / f"{paper_id.replace('/', '_')}.pdf"
                 pdf_copy.write_bytes(e.args[0])
-                return extract_pdf(paper_id, pdf_copy, image_dir, root)
+                return extract_pdf(paper_id, pdf_copy, image_dir, root, renderer)
         except ArchiveError as e:
             if pdf is not None and pdf.exists():
                 return [figure_row(paper_id, status="error", error=f"e-print: {e}")] + \
-                    extract_pdf(paper_id, pdf, image_dir, root)
+                    extract_pdf(paper_id, pdf, image_dir, root, renderer)
             return [figure_row(paper_id, status="error", error=f"e-print: {e}")]
     if pdf is not None and paper.get("pdf_status", "ok") == "ok" and pdf.exists():
-        return extract_pdf(paper_id, pdf, image_dir, root)
+        return extract_pdf(paper_id, pdf, image_dir, root, renderer)
     return [figure_row(paper_id, status="skipped", error=(
         f"no e-print or PDF on disk (eprint_status={paper.get('eprint_status')!r}, "
         f"pdf_status={paper.get('pdf_status')!r})"))]

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import email.utils
 import fcntl
-import gzip
-import io
 import os
 import random
-import tarfile
 import time
 import zlib
 from datetime import timezone
@@ -33,6 +30,7 @@ import requests
 import urllib3
 
 from pipeline import config, store
+from pipeline.archive import ArchiveError, OverLimit, check_blob, gunzip_head, sniff
 
 # The contract's per-download columns (`eprint_*` and `pdf_*` in paper records).
 DOWNLOAD_FIELDS = ("status", "path", "sha256", "bytes", "kind", "error")
@@ -84,20 +82,32 @@ def sniff_kind(data: bytes) -> str:
 
 
 def verify(data: bytes, kind: str) -> str:
-    """Return '' when `data` is a complete file of `kind`, else what is wrong with it."""
+    """Return '' when `data` is a complete file of `kind`, else what is wrong with it.
+
+    Archives are read through in a stream under the archive reader's caps (`pipeline.archive
+    .Limits`), never unpacked whole in memory: a gzip bomb is reported as `over a limit: ...`
+    (see `over_limit`), not decompressed to the end."""
     try:
-        if kind in ("tar.gz", "tar"):
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz" if kind == "tar.gz" else "r:") as tar:
-                for _ in tar:  # walking every member reads the whole stream (and its CRC)
-                    pass
-        elif kind in ("gz-tex", "gz"):
-            gzip.decompress(data)
+        if kind in ("tar.gz", "tar", "gz-tex", "gz"):
+            # a `gz` may still hold an old (pre-POSIX) tar, which read_eprint reads as one
+            tar = kind in ("tar.gz", "tar") or (kind == "gz" and sniff(gunzip_head(data)) == "tar")
+            check_blob(data, compressed=kind != "tar", tar=tar)
         elif kind == "pdf":
             if b"%%EOF" not in data[-2048:]:
                 return "pdf without %%EOF trailer (truncated?)"
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+    except OverLimit as e:
+        return f"{OVER_LIMIT}{e}"
+    except ArchiveError as e:
         return f"corrupt {kind}: {e}"
     return ""
+
+
+OVER_LIMIT = "over a limit: "
+
+
+def over_limit(problem: str) -> bool:
+    """Whether a `verify` problem is a cap the e-print exceeds (final), not a cut body (retry)."""
+    return problem.startswith(OVER_LIMIT)
 
 
 # --- polite fetching ----------------------------------------------------------------------------
@@ -275,7 +285,7 @@ def download_file(fetcher: PoliteFetcher, url: str, dest: Path, root: Path) -> d
         return _row(root, dest, "error", data, kind, f"not a source archive or PDF: got {kind}")
     if kind == "empty":
         return _row(root, dest, "pending", data, kind, "empty body")
-    if problem := verify(data, kind):  # a body cut short: worth another try later
-        return _row(root, dest, "pending", data, kind, problem)
+    if problem := verify(data, kind):  # a body cut short is worth another try later; a bomb not
+        return _row(root, dest, "error" if over_limit(problem) else "pending", data, kind, problem)
     store.atomic_write_bytes(dest, data)
     return _row(root, dest, "ok", data, kind)

@@ -5,9 +5,15 @@ by `_` (case, spaces and extension kept, a wrapping top folder included). EPS/PS
 named as pdfLaTeX's epstopdf names the PDF it converts them to: `<stem>-eps-converted-to.pdf`.
 The official downloader saved a PNG figure under its own name and a PDF figure as
 `<img_name>_<paper_id>_0.png` (pdf2image's first page).
+
+A file name holds at most 255 bytes on common file systems (NAME_MAX), and CVF names, being
+whole paths, can be longer: an output name over MAX_NAME_BYTES becomes a stable short one,
+`<its first bytes>~<16 hex digits of its sha256>.png` (`fitting_name`). The figure record keeps
+the CVF name in `img_name`; its `image_path` is the file on disk.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import PurePosixPath
 
 # What the official downloader kept, and what we also consider a figure (EPS/PS, via Ghostscript).
@@ -50,13 +56,35 @@ def official_name_filter(img_name: str) -> bool:
     return any(word in lowered for word in OFFICIAL_NAME_STOPWORDS)
 
 
+# Room below NAME_MAX (255) for the temporary name an atomic write uses beside the file.
+MAX_NAME_BYTES = 200
+
+
+def fitting_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """`name` itself if it has at most `max_bytes` UTF-8 bytes, else a stable short name:
+    its first bytes (whole characters), `~`, 16 hex digits of the sha256 of the whole name, and
+    its extension. Two names that differ anywhere get different short names."""
+    raw = name.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return name
+    suffix = PurePosixPath(name).suffix
+    suffix = suffix if len(suffix.encode("utf-8")) <= 16 else ""
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    room = max_bytes - len(suffix.encode("utf-8")) - len(digest) - 1
+    head = raw[:room].decode("utf-8", "ignore")
+    return f"{head}~{digest}{suffix}"
+
+
 def output_name(paper_id: str, img_name: str) -> str:
     """The official downloader's PNG file name for a figure: PNGs keep their name, PDFs
     (EPS included, via their converted name) become `<img_name>_<paper_id>_0.png`, and other
-    rasters, which never appear in the CVF index, get `.png` appended."""
+    rasters, which never appear in the CVF index, get `.png` appended. A name too long for a
+    file system is shortened by `fitting_name`."""
     lowered = img_name.lower()
     if lowered.endswith(".png"):
-        return img_name
-    if lowered.endswith(".pdf"):
-        return f"{img_name}_{paper_id.replace('/', '_')}_0.png"
-    return f"{img_name}.png"
+        name = img_name
+    elif lowered.endswith(".pdf"):
+        name = f"{img_name}_{paper_id.replace('/', '_')}_0.png"
+    else:
+        name = f"{img_name}.png"
+    return fitting_name(name)

@@ -27,6 +27,7 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
+from pipeline.render import error_text
 from pipeline.store import atomic_write_bytes
 
 MAX_SIDE = 1024  # the training format: longer side at most 1024 px
@@ -572,7 +573,7 @@ def extract_pdf_figures(pdf_path, out_dir, dpi: int = DPI, include_tables: bool 
     try:
         doc = pymupdf.open(pdf_path)
     except Exception as e:  # pymupdf raises several types for broken files
-        return [_record(None, error=f"cannot open PDF: {type(e).__name__}: {e}")]
+        return [_record(None, error=f"cannot open PDF: {error_text(e)}")]
     with doc:
         if doc.needs_pass:
             return [_record(None, error="PDF is encrypted with a password")]
@@ -581,7 +582,7 @@ def extract_pdf_figures(pdf_path, out_dir, dpi: int = DPI, include_tables: bool 
         try:
             regions = find_figure_regions(doc)
         except Exception as e:
-            return [_record(None, error=f"layout analysis failed: {type(e).__name__}: {e}")]
+            return [_record(None, error=f"layout analysis failed: {error_text(e)}")]
         records, seen = [], Counter()
         for region in regions:
             if region.figure_type == "Table" and not include_tables:
@@ -594,7 +595,7 @@ def extract_pdf_figures(pdf_path, out_dir, dpi: int = DPI, include_tables: bool 
                                        height=img.height, status="ok"))
             except Exception as e:
                 records.append(_record(region, img_name=name,
-                                       error=f"render failed: {type(e).__name__}: {e}"))
+                                       error=f"render failed: {error_text(e)}"))
         return records
 
 

@@ -18,12 +18,16 @@ and starts a fresh child when one dies: one bad file costs one record, never the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import io
 import math
 import os
 import pickle
+import re
 import resource
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -50,8 +54,22 @@ class RenderError(Exception):
     """A figure that cannot be rendered. `status` is `error` or `skipped` (e.g. multi-page)."""
 
     def __init__(self, message: str, status: str = "error", info: dict | None = None):
-        super().__init__(message)
+        super().__init__(without_addresses(message))
         self.status, self.info = status, info or {}
+
+
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
+
+
+def without_addresses(text: str) -> str:
+    """`text` without memory addresses (`<_io.BytesIO object at 0x7f..>` in Pillow's messages),
+    so that an error record is the same in every run."""
+    return _ADDRESS.sub("", text)
+
+
+def error_text(e: BaseException) -> str:
+    """`Type: message` of an exception, the same in every run."""
+    return without_addresses(f"{type(e).__name__}: {e}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +159,7 @@ def render_raster(data: bytes, options: RenderOptions) -> tuple[Image.Image, dic
         raise RenderError(f"image over the {MAX_PIXELS / 1e6:.0f} Mpx decompression-bomb limit "
                           f"({e})") from e
     except Exception as e:  # Pillow raises many kinds for broken files
-        raise RenderError(f"unreadable image: {type(e).__name__}: {e}") from e
+        raise RenderError(f"unreadable image: {error_text(e)}") from e
     # The official tool called convert("RGB") whatever the mode, so its 16-bit and float
     # images are clipped to 255 (mostly white), not scaled: official pixels keep that.
     img = img.convert("RGB") if options.official else to_rgb(img, options.alpha)
@@ -239,11 +257,52 @@ def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
         img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
     if options.official:
         if img.size != (full_w, full_h):
-            img = img.resize((full_w, full_h), Image.Resampling.BICUBIC)
-        img.thumbnail((options.max_side, options.max_side))
+            # A poster-sized page was rendered smaller: go straight to the thumbnail's size
+            # (scaling it up to 200 DPI first only to shrink it again would cost gigabytes).
+            img = img.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
+        else:
+            img.thumbnail((options.max_side, options.max_side))
     elif img.size != target:  # MuPDF's pixel rounding can differ from poppler's by one
         img = img.resize(target, Image.Resampling.BICUBIC)
     return img, info
+
+
+# --- confined helper programs -------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG),
+    so a `kill -9` of the parent never leaves it running. A no-op where prctl is missing."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def private_folder(prefix: str):
+    """A new, empty folder only this user can enter, with an empty `tmp/` inside for the helper
+    program's temporary files; removed with everything in it afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))  # mode 0700
+    try:
+        (folder / "tmp").mkdir(mode=0o700)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_confined(cmd: list[str], folder: Path, timeout_s: float) -> subprocess.CompletedProcess:
+    """Run a helper program (Ghostscript, pdftoppm) on a stranger's file: working directory and
+    every temporary folder (TMPDIR, TEMP, TMP) inside `folder`, no stdin, no inherited file
+    descriptors, a minimal environment (no GS_OPTIONS or GS_LIB from ours), and killed if this
+    process dies."""
+    tmp = str(folder / "tmp")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder), "LC_ALL": "C",
+           "TMPDIR": tmp, "TEMP": tmp, "TMP": tmp}
+    return subprocess.run(cmd, cwd=folder, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          close_fds=True, timeout=timeout_s, preexec_fn=die_with_parent)
 
 
 def render_pdf_poppler(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
@@ -251,21 +310,20 @@ def render_pdf_poppler(data: bytes, options: RenderOptions) -> tuple[Image.Image
     Pillow's RGB conversion and thumbnail. Page count and boxes come from PyMuPDF."""
     doc, info = _open_figure_pdf(data)
     doc.close()
-    with tempfile.TemporaryDirectory(prefix="cvf-poppler-") as tmp:
-        src = Path(tmp) / "in.pdf"
+    with private_folder("cvf-poppler-") as tmp:
+        src = tmp / "in.pdf"
         src.write_bytes(data)
         cmd = ["pdftoppm", "-r", str(options.dpi), "-png", "-singlefile", "-f", "1", "-l", "1"]
         cmd += ["-cropbox"] if options.box == "crop" else []
         try:
-            run = subprocess.run(cmd + [str(src), str(Path(tmp) / "out")], capture_output=True,
-                                 timeout=options.timeout_s * 0.9)
+            run = run_confined(cmd + [str(src), str(tmp / "out")], tmp, options.timeout_s * 0.9)
         except FileNotFoundError as e:
             raise RenderError("pdftoppm not found: install poppler-utils (make system-deps)") from e
         except subprocess.TimeoutExpired as e:
             raise RenderError(f"pdftoppm timed out after {options.timeout_s * 0.9:.0f} s") from e
-        out = Path(tmp) / "out.png"
+        out = tmp / "out.png"
         if run.returncode != 0 or not out.exists():
-            tail = run.stderr.decode("utf-8", "replace").strip()[-300:]
+            tail = run.stderr.replace(bytes(tmp), b"").decode("utf-8", "replace").strip()[-300:]
             raise RenderError(f"pdftoppm failed (exit {run.returncode}): {tail}")
         with Image.open(out) as page:
             img = page.convert("RGB")
@@ -273,21 +331,38 @@ def render_pdf_poppler(data: bytes, options: RenderOptions) -> tuple[Image.Image
     return img, info
 
 
+_GS_REFUSED = re.compile(rb"Error: /(invalidfileaccess|invalidaccess) in (\S+)")
+
+
 def eps_to_pdf(data: bytes, timeout_s: float = 60.0) -> bytes:
-    """Convert EPS/PS to a one-page PDF cropped to its bounding box, as epstopdf does."""
-    with tempfile.TemporaryDirectory(prefix="cvf-eps-") as tmp:
-        src, dst = Path(tmp) / "in.eps", Path(tmp) / "out.pdf"
+    """Convert EPS/PS to a one-page PDF cropped to its bounding box, as epstopdf does.
+
+    PostScript is a programming language and the file is a stranger's, so Ghostscript runs
+    confined: -dSAFER, reading only the input and writing only the output
+    (--permit-file-read/-write), its temporary folder a private empty one (with TMPDIR unset
+    SAFER would let the file read and write all of /tmp). An EPS that tries to open any other
+    file gets /invalidfileaccess, whether that file exists or not, and the record says so."""
+    with private_folder("cvf-eps-") as tmp:
+        src, dst = tmp / "in.eps", tmp / "out.pdf"
         src.write_bytes(data)
-        cmd = ["gs", "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE", "-sDEVICE=pdfwrite", "-dEPSCrop",
-               "-dAutoRotatePages=/None", f"-sOutputFile={dst}", str(src)]
+        cmd = ["gs", "-q", "-dSAFER", "-dBATCH", "-dNOPAUSE",
+               f"--permit-file-read={src}", f"--permit-file-write={dst}",
+               "-sDEVICE=pdfwrite", "-dEPSCrop", "-dAutoRotatePages=/None",
+               f"-sOutputFile={dst}", str(src)]
         try:
-            run = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+            run = run_confined(cmd, tmp, timeout_s)
         except FileNotFoundError as e:
             raise RenderError("Ghostscript (gs) not found: install it (make system-deps)") from e
         except subprocess.TimeoutExpired as e:
             raise RenderError(f"Ghostscript timed out after {timeout_s:.0f} s") from e
+        output = (run.stderr + run.stdout).replace(bytes(tmp), b"")  # no random folder names
         if run.returncode != 0 or not dst.exists() or dst.stat().st_size == 0:
-            tail = (run.stderr or run.stdout).decode("utf-8", "replace").strip()[-300:]
+            if refused := _GS_REFUSED.search(output):
+                what, where = (g.decode("ascii", "replace") for g in refused.groups())
+                raise RenderError(f"Ghostscript refused a file access outside the sandbox "
+                                  f"(/{what} in {where}): the EPS tried to open a file other "
+                                  f"than itself")
+            tail = output.decode("utf-8", "replace").strip()[-300:]
             raise RenderError(f"Ghostscript failed (exit {run.returncode}): {tail}")
         return dst.read_bytes()
 
@@ -332,6 +407,8 @@ def render_to_png(data: bytes, fmt: str, out_path: str | os.PathLike,
         result.update(e.info, status=e.status, error=str(e))
     except MemoryError:
         result.update(status="error", error="out of memory while rendering")
+    except OSError as e:  # the PNG cannot be written (disk full, a read-only folder)
+        result.update(status="error", error=f"cannot write the PNG: {error_text(e)}")
     return result
 
 
@@ -375,11 +452,30 @@ def _receive(fd: int, deadline: float | None = None):
     return pickle.loads(_read_exact(fd, size, deadline))
 
 
-def serve(memory_mb: int) -> None:
-    """Child loop: read (data, fmt, out_path, options) frames, answer with result dicts."""
+def memory_cap(memory_mb: int) -> int:
+    """The address-space cap in bytes for a child: `memory_mb`, or the hard limit this process
+    was started under if that is lower (shared clusters and containers often set one)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = memory_mb << 20
+    return cap if hard == resource.RLIM_INFINITY else min(cap, hard)
+
+
+def _pdf_figures(pdf_path: str, out_dir: str) -> list[dict]:
+    from pipeline.pdffigures import extract_pdf_figures
+
+    return extract_pdf_figures(pdf_path, out_dir)
+
+
+def serve(memory_mb: int, parent_pid: int = 0) -> None:
+    """Child loop: read requests, answer each with its result. A request is
+    ("figure", data, fmt, out_path, options) -> result dict, or
+    ("pdf-figures", pdf_path, out_dir) -> the PDF fallback's records."""
+    die_with_parent()
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        return
     if memory_mb:
-        limit = memory_mb << 20
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        cap = memory_cap(memory_mb)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
     import imagehash  # noqa: F401  (import once, up front)
@@ -388,29 +484,50 @@ def serve(memory_mb: int) -> None:
     _send(out, "ready")
     while True:
         try:
-            data, fmt, out_path, options = _receive(sys.stdin.fileno())
+            request = _receive(sys.stdin.fileno())
         except EOFError:
             return
-        _send(out, render_to_png(data, fmt, out_path, RenderOptions(**options)))
+        if request[0] == "pdf-figures":
+            try:
+                answer = _pdf_figures(*request[1:])
+            except MemoryError:
+                answer = [{"status": "error", "error": "PDF fallback: out of memory"}]
+        else:
+            data, fmt, out_path, options = request[1:]
+            answer = render_to_png(data, fmt, out_path, RenderOptions(**options))
+        _send(out, answer)
 
 
 class Renderer:
-    """Renders figures in a child process with a per-file time limit, e.g.
+    """Renders figures in a child process with a per-file time limit and a memory cap, e.g.
 
         with Renderer(RenderOptions(timeout_s=30)) as renderer:
             result = renderer.render(pdf_bytes, "pdf", "out.png")  # status, error, sha256, ...
+            records = renderer.pdf_figures("paper.pdf", "figs/")   # the PDF fallback
+
+    The child works in a private empty folder (its working directory and TMPDIR), inherits no
+    file descriptors but its two pipes, and dies with the process that started it (kill -9
+    included); the Ghostscript or pdftoppm it runs die with it in turn. Use a Renderer from the
+    thread that created it: Linux's parent-death signal follows the starting thread.
     """
 
     def __init__(self, options: RenderOptions = RenderOptions(), memory_mb: int = 4096):
         self.options, self.memory_mb = options, memory_mb
         self.proc: subprocess.Popen | None = None
+        self.folder: Path | None = None
         self.restarts = 0
 
     def _start(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="cvf-render-"))  # mode 0700
+        project = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, TMPDIR=str(self.folder), TEMP=str(self.folder),
+                   TMP=str(self.folder),
+                   PYTHONPATH=os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.render", "--serve", "--memory-mb", str(self.memory_mb)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-            cwd=Path(__file__).resolve().parent.parent,
+            [sys.executable, "-m", "pipeline.render", "--serve", "--memory-mb", str(self.memory_mb),
+             "--parent-pid", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, cwd=self.folder, env=env,
+            close_fds=True,
             start_new_session=True)  # its own process group: Ghostscript/pdftoppm die with it
         if _receive(self.proc.stdout.fileno(), time.monotonic() + 120) != "ready":
             raise RuntimeError("renderer child did not start")
@@ -425,15 +542,22 @@ class Renderer:
             self.proc.stdin.close()
             self.proc.stdout.close()
             self.proc = None
+        self._remove_folder()
 
-    def render(self, data: bytes, fmt: str, out_path: str | os.PathLike) -> dict:
+    def _remove_folder(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def _ask(self, request: tuple, timeout: float):
+        """The child's answer to `request`, or (None, why) when it timed out or died (it is
+        then killed and the next request starts a fresh one)."""
         if self.proc is None:
             self._start()
-        timeout = self.options.timeout_s
         deadline = time.monotonic() + timeout
         try:
-            _send(self.proc.stdin, (data, fmt, str(out_path), asdict(self.options)), deadline)
-            return _receive(self.proc.stdout.fileno(), deadline)
+            _send(self.proc.stdin, request, deadline)
+            return _receive(self.proc.stdout.fileno(), deadline), ""
         except TimeoutError:
             error = f"renderer timed out after {timeout:.0f} s (killed)"
         except (EOFError, BrokenPipeError):
@@ -441,8 +565,27 @@ class Renderer:
             error = f"renderer crashed (exit code {code})"
         self._stop()
         self.restarts += 1
-        return {"status": "error", "error": error, "page_count": None, "mediabox": None,
-                "cropbox": None}
+        return None, error
+
+    def render(self, data: bytes, fmt: str, out_path: str | os.PathLike) -> dict:
+        result, error = self._ask(("figure", data, fmt, str(Path(out_path).resolve()),
+                                   asdict(self.options)), self.options.timeout_s)
+        if result is None:
+            return {"status": "error", "error": error, "page_count": None, "mediabox": None,
+                    "cropbox": None}
+        return result
+
+    def pdf_figures(self, pdf_path: str | os.PathLike, out_dir: str | os.PathLike,
+                    timeout_s: float | None = None) -> list[dict]:
+        """`pipeline.pdffigures.extract_pdf_figures(pdf_path, out_dir)` in the child, under its
+        memory cap; `timeout_s` for the whole paper (default 5 times the per-file limit). A
+        child that dies or times out gives one `error` record without an img_name."""
+        timeout = timeout_s or 5 * self.options.timeout_s
+        records, error = self._ask(("pdf-figures", str(Path(pdf_path).resolve()),
+                                    str(Path(out_dir).resolve())), timeout)
+        if records is None:
+            return [{"img_name": "", "status": "error", "error": f"PDF fallback: {error}"}]
+        return records
 
     def close(self) -> None:
         if self.proc is not None:
@@ -454,6 +597,7 @@ class Renderer:
                 self.proc.wait()
             self.proc.stdout.close()
             self.proc = None
+        self._remove_folder()
 
     def __enter__(self) -> "Renderer":
         return self
@@ -474,9 +618,10 @@ def main(argv: list[str] | None = None) -> None:
                              "alpha dropped")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory-mb", type=int, default=4096, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        return serve(args.memory_mb)
+        return serve(args.memory_mb, args.parent_pid)
     if not args.file:
         parser.error("give a figure file")
     if not Path(args.file).is_file():

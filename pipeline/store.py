@@ -31,8 +31,10 @@ os.umask(_UMASK)
 def _locked_temporary(path: Path) -> tuple[int, str]:
     """A new temporary file next to `path`, flock'd for as long as its writer lives, so that
     `remove_dead_temporaries` never takes a file someone is still writing."""
+    # A name near NAME_MAX (255 bytes) is cut short in the temporary's, which must fit too.
+    stem = path.name if len(path.name.encode()) <= 200 else path.name[:40]
     while True:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
         fcntl.flock(fd, fcntl.LOCK_EX)
         if os.fstat(fd).st_nlink:
             return fd, tmp
