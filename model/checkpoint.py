@@ -49,9 +49,32 @@ def load_safely(path, map_location="cpu", allow_namespace: bool = True):
     of optimizer state that loading the model never reads, so it is never paged in.
     """
     allowed = [argparse.Namespace] if allow_namespace else []
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location=map_location, weights_only=True,
-                          mmap=zipfile.is_zipfile(path))
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True,
+                              mmap=zipfile.is_zipfile(path))
+    except (FileNotFoundError, MemoryError):
+        raise
+    except Exception as e:  # torch raises many kinds for a file that is no checkpoint
+        raise refused(path, e) from None
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def refused(path, e: Exception) -> ValueError:
+    """What a failed weights-only load means, in one line: a checkpoint that references code
+    (refused; torch's own message would advise the unsafe `weights_only=False`), or a file that
+    is not a PyTorch checkpoint at all."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) and (name := _GLOBAL.search(text)):
+        return ValueError(f"{path}: refused: the checkpoint references {name.group(1)}, which "
+                          f"could run code when loaded; only tensors and plain containers "
+                          f"(and argparse.Namespace) are loaded")
+    detail = next((line.strip() for line in reversed(text.splitlines())
+                   if line.strip() and not line.startswith("Check the documentation")), "")
+    return ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}"
+                      f"{': ' + detail[:200] if detail else ''})")
 
 
 def _opaque(name: str, kind=None):
@@ -83,9 +106,13 @@ def load_lightning_checkpoint(path, map_location="cpu") -> dict:
                 kind = dict if container.group(1).startswith("SETITEM") else list
                 opaque[container.group(2)] = _opaque(container.group(2), kind)
             else:
-                raise
+                raise refused(path, e) from None
+        except (FileNotFoundError, MemoryError):
+            raise
+        except Exception as e:  # torch raises many kinds for a file that is no checkpoint
+            raise refused(path, e) from None
     else:
-        raise pickle.UnpicklingError(f"{path}: too many unknown Lightning globals")
+        raise ValueError(f"{path}: too many unknown Lightning globals")
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj["state_dict"]
     return obj

@@ -581,6 +581,17 @@ def attention_picture(model, examples, mask, patch_index, layer, device, path: P
     _atomic(path, lambda f: img.save(f, format="PNG"))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give at least 1")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -600,7 +611,7 @@ def parser() -> argparse.ArgumentParser:
                    help="Pascal-5i fold (segmentation); all: the four folds and their mean")
     p.add_argument("--synthetic", default="color", choices=sorted(tasks.SYNTHETIC_TASKS) + ["all"],
                    help="which synthetic task; all: the six of the paper")
-    p.add_argument("--episodes", type=int, help="episodes per seed (default: the release's)")
+    p.add_argument("--episodes", type=positive_int, help="episodes per seed (default: the release's)")
     p.add_argument("--seeds", type=int, nargs="+",
                    help="episode-sampling seeds; mean ± std over them (default 0; colorization 5)")
     p.add_argument("--batch-size", type=int, default=64)

@@ -303,10 +303,18 @@ def vqgan_params(config) -> dict:
             raise FileNotFoundError(
                 f"VQGAN config not found: {path}. Put taming-transformers' vqgan_imagenet_f16_1024 "
                 "`model.yaml` (configs/model.yaml of the released download) there.")
-        config = yaml.safe_load(path.read_text())
-    params = config["model"]["params"] if "model" in config else config
-    return {"ddconfig": dict(params["ddconfig"]), "n_embed": int(params["n_embed"]),
-            "embed_dim": int(params["embed_dim"])}
+        try:
+            config = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"VQGAN config {path} is not valid YAML: "
+                             f"{' '.join(str(e).split())}") from None
+    try:
+        params = config["model"]["params"] if "model" in config else config
+        return {"ddconfig": dict(params["ddconfig"]), "n_embed": int(params["n_embed"]),
+                "embed_dim": int(params["embed_dim"])}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"VQGAN config is not taming's model.yaml (model: params: ddconfig, "
+                         f"n_embed, embed_dim): {'it is empty' if not config else repr(e)}") from None
 
 
 def vqgan_state_dict(state: dict) -> dict:

@@ -184,6 +184,7 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
         raise IsPaperPDF(next(members).data)
     rows: dict[str, dict] = {}  # by img_name
     tex: dict[str, str] = {}
+    figure_files = 0  # every figure file, listed in `only` or not
     try:
         for member in members:
             if _is_tex(member.path) and member.data is not None:
@@ -192,6 +193,7 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
             fmt = figure_format(member.path)
             if fmt is None:
                 continue
+            figure_files += 1
             name = cvf_name(member.path)
             if only is not None and name not in only:
                 continue
@@ -226,8 +228,10 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
     except ArchiveError as e:
         rows["\0archive"] = figure_row(paper_id, status="error", error=str(e))
     if not rows:
-        rows["\0none"] = figure_row(paper_id, status="skipped",
-                                    error=f"no figure files in the e-print ({kind})")
+        rows["\0none"] = figure_row(paper_id, status="skipped", error=(
+            f"figure files present ({figure_files}) but not the listed "
+            f"{'one' if only is not None and len(only) == 1 else 'ones'} ({kind})"
+            if figure_files else f"no figure files in the e-print ({kind})"))
     references = latex_references(tex)
     for row in rows.values():
         if row["source_path"]:

@@ -35,6 +35,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pymupdf
 from tqdm import tqdm
@@ -53,8 +54,22 @@ def index_rows(path: str | Path) -> list[dict]:
     has those columns."""
     path = Path(path)
     if path.suffix == ".parquet":
-        names = pq.read_schema(path).names
-        optional = [c for c in ("render", "page", "bbox") if c in names]
+        schema = pq.read_schema(path)
+        expected = {"paper_id": "string", "img_name": "string", "render": "string",
+                    "page": "integer", "bbox": "string"}
+        for name, kind in expected.items():  # a wrong type is one clear line, not a traceback
+            if name not in schema.names:
+                continue
+            t = schema.field(name).type
+            fits = (pa.types.is_integer(t) if kind == "integer" else
+                    pa.types.is_string(t) or pa.types.is_large_string(t)) or pa.types.is_null(t)
+            if not fits:
+                raise ValueError(f"{path}: column {name} is {t}, expected {kind}")
+        missing = {"paper_id", "img_name"} - set(schema.names)
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(sorted(missing))} column "
+                             f"(found {schema.names})")
+        optional = [c for c in ("render", "page", "bbox") if c in schema.names]
         return pq.read_table(path, columns=["paper_id", "img_name"] + optional).to_pylist()
     with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is no column
         reader = csv.DictReader(f)
