@@ -298,7 +298,12 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                 if pdf is None:
                     cannot_have(paper_id, from_pdf, why)
                 else:
-                    rows += cut_regions(paper_id, pdf, from_pdf, out / split / paper_id, out)
+                    # in a renderer's child: the paper PDF is a stranger's file
+                    cut, why = renderer_for(next(iter(renderers), "official")).call(
+                        cut_regions, paper_id, pdf, from_pdf, out / split / paper_id, out)
+                    if cut is None:
+                        cannot_have(paper_id, from_pdf, f"cutting the regions failed: {why}")
+                    rows += cut or []
             if names and got["status"] == "ok":
                 rows += from_eprint(paper_id, eprint, names)
             if i % checkpoint_every == 0:  # a killed run resumes from here

@@ -460,16 +460,22 @@ def memory_cap(memory_mb: int) -> int:
     return cap if hard == resource.RLIM_INFINITY else min(cap, hard)
 
 
-def _pdf_figures(pdf_path: str, out_dir: str) -> list[dict]:
-    from pipeline.pdffigures import extract_pdf_figures
+def _call(module: str, name: str, args: tuple) -> tuple[str, object]:
+    """("ok", module.name(*args)) or ("error", why), for `Renderer.call`."""
+    import importlib
 
-    return extract_pdf_figures(pdf_path, out_dir)
+    try:
+        return "ok", getattr(importlib.import_module(module), name)(*args)
+    except MemoryError:
+        return "error", "out of memory"
+    except Exception as e:  # the caller turns it into records
+        return "error", error_text(e)
 
 
 def serve(memory_mb: int, parent_pid: int = 0) -> None:
     """Child loop: read requests, answer each with its result. A request is
     ("figure", data, fmt, out_path, options) -> result dict, or
-    ("pdf-figures", pdf_path, out_dir) -> the PDF fallback's records."""
+    ("call", module, function name, args) -> ("ok", result) or ("error", why)."""
     die_with_parent()
     if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
         return
@@ -487,11 +493,8 @@ def serve(memory_mb: int, parent_pid: int = 0) -> None:
             request = _receive(sys.stdin.fileno())
         except EOFError:
             return
-        if request[0] == "pdf-figures":
-            try:
-                answer = _pdf_figures(*request[1:])
-            except MemoryError:
-                answer = [{"status": "error", "error": "PDF fallback: out of memory"}]
+        if request[0] == "call":
+            answer = _call(*request[1:])
         else:
             data, fmt, out_path, options = request[1:]
             answer = render_to_png(data, fmt, out_path, RenderOptions(**options))
@@ -504,6 +507,7 @@ class Renderer:
         with Renderer(RenderOptions(timeout_s=30)) as renderer:
             result = renderer.render(pdf_bytes, "pdf", "out.png")  # status, error, sha256, ...
             records = renderer.pdf_figures("paper.pdf", "figs/")   # the PDF fallback
+            value, error = renderer.call(module_level_function, *args)  # any such work
 
     The child works in a private empty folder (its working directory and TMPDIR), inherits no
     file descriptors but its two pipes, and dies with the process that started it (kill -9
@@ -575,14 +579,25 @@ class Renderer:
                     "cropbox": None}
         return result
 
-    def pdf_figures(self, pdf_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    timeout_s: float | None = None) -> list[dict]:
-        """`pipeline.pdffigures.extract_pdf_figures(pdf_path, out_dir)` in the child, under its
-        memory cap; `timeout_s` for the whole paper (default 5 times the per-file limit). A
-        child that dies or times out gives one `error` record without an img_name."""
-        timeout = timeout_s or 5 * self.options.timeout_s
-        records, error = self._ask(("pdf-figures", str(Path(pdf_path).resolve()),
-                                    str(Path(out_dir).resolve())), timeout)
+    def call(self, function, *args, timeout_s: float | None = None) -> tuple[object, str]:
+        """(function(*args) run in the child, "") or (None, why it failed): for work on a
+        stranger's file that rasterises (the PDF fallback, cutting regions from a paper PDF),
+        under the child's memory cap. `function` is a module-level function; arguments and
+        result travel pickled. `timeout_s`: default 5 times the per-file limit."""
+        answer, error = self._ask(("call", function.__module__, function.__qualname__, args),
+                                  timeout_s or 5 * self.options.timeout_s)
+        if answer is None:
+            return None, error
+        status, value = answer
+        return (value, "") if status == "ok" else (None, value)
+
+    def pdf_figures(self, pdf_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[dict]:
+        """`pipeline.pdffigures.extract_pdf_figures(pdf_path, out_dir)` in the child. A child
+        that dies or times out gives one `error` record without an img_name."""
+        from pipeline.pdffigures import extract_pdf_figures
+
+        records, error = self.call(extract_pdf_figures, str(Path(pdf_path).resolve()),
+                                   str(Path(out_dir).resolve()))
         if records is None:
             return [{"img_name": "", "status": "error", "error": f"PDF fallback: {error}"}]
         return records
