@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import re
 import sys
 from collections import Counter
@@ -27,7 +28,7 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
-from pipeline.render import error_text
+from pipeline.render import MAX_PIXELS, error_text
 from pipeline.store import atomic_write_bytes
 
 MAX_SIDE = 1024  # the training format: longer side at most 1024 px
@@ -518,9 +519,18 @@ def _assign(page, captions, images, graphics, canvases, labels, stops, claimed) 
 
 
 def render_region(page: pymupdf.Page, bbox, dpi: int = DPI) -> Image.Image:
-    """The region as an RGB image at `dpi`, annotations off, shrunk to MAX_SIDE if larger."""
-    pix = page.get_pixmap(dpi=dpi, clip=pymupdf.Rect(bbox), annots=False, alpha=False,
-                          colorspace=pymupdf.csRGB)
+    """The region as an RGB image at `dpi`, annotations off, shrunk to MAX_SIDE if larger.
+    A region over the renderer's pixel guard at `dpi` (a poster-sized figure) is rendered at
+    the guard's size instead: its thumbnail is the same size, and memory stays bounded."""
+    clip = pymupdf.Rect(bbox)
+    pixels = clip.width * clip.height * (dpi / 72) ** 2
+    if pixels > MAX_PIXELS:
+        zoom = dpi / 72 * math.sqrt(MAX_PIXELS / pixels)
+        pix = page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), clip=clip, annots=False,
+                              alpha=False, colorspace=pymupdf.csRGB)
+    else:
+        pix = page.get_pixmap(dpi=dpi, clip=clip, annots=False, alpha=False,
+                              colorspace=pymupdf.csRGB)
     img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
     if max(img.size) > MAX_SIDE:
         img.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
