@@ -62,18 +62,23 @@ def load_safely(path, map_location="cpu", allow_namespace: bool = True):
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
-def refused(path, e: Exception) -> ValueError:
+class UnreadableCheckpoint(ValueError, pickle.UnpicklingError):
+    """A checkpoint refused (it references code) or not a checkpoint at all. A ValueError for
+    CLIs' one-line errors, an UnpicklingError for callers that catch those."""
+
+
+def refused(path, e: Exception) -> UnreadableCheckpoint:
     """What a failed weights-only load means, in one line: a checkpoint that references code
     (refused; torch's own message would advise the unsafe `weights_only=False`), or a file that
     is not a PyTorch checkpoint at all."""
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) and (name := _GLOBAL.search(text)):
-        return ValueError(f"{path}: refused: the checkpoint references {name.group(1)}, which "
+        return UnreadableCheckpoint(f"{path}: refused: the checkpoint references {name.group(1)}, which "
                           f"could run code when loaded; only tensors and plain containers "
                           f"(and argparse.Namespace) are loaded")
     detail = next((line.strip() for line in reversed(text.splitlines())
                    if line.strip() and not line.startswith("Check the documentation")), "")
-    return ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}"
+    return UnreadableCheckpoint(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}"
                       f"{': ' + detail[:200] if detail else ''})")
 
 
@@ -112,7 +117,7 @@ def load_lightning_checkpoint(path, map_location="cpu") -> dict:
         except Exception as e:  # torch raises many kinds for a file that is no checkpoint
             raise refused(path, e) from None
     else:
-        raise ValueError(f"{path}: too many unknown Lightning globals")
+        raise UnreadableCheckpoint(f"{path}: too many unknown Lightning globals")
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj["state_dict"]
     return obj

@@ -645,8 +645,8 @@ def main(argv: list[str] | None = None) -> None:
 
     fmt = figure_format(args.file) or "png"
     out = args.out or f"{args.file}.png"
-    result = render_to_png(Path(args.file).read_bytes(), fmt, out,
-                           OFFICIAL if args.official else RenderOptions())
+    with Renderer(OFFICIAL if args.official else RenderOptions()) as renderer:  # capped, confined
+        result = renderer.render(Path(args.file).read_bytes(), fmt, out)
     print({k: v for k, v in result.items() if v not in (None, "")})
     sys.exit(0 if result["status"] == "ok" else 1)
 

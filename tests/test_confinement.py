@@ -164,6 +164,19 @@ def test_renderer_child_and_its_ghostscript_die_with_a_killed_parent(tmp_path):
     assert not _alive(child) and not any(map(_alive, gs))
 
 
+def test_renderer_child_works_in_a_private_empty_folder_with_only_its_pipes(tmp_path):
+    with open(tmp_path / "held-open.txt", "w"):  # a descriptor of ours the child must not get
+        with Renderer() as renderer:
+            assert renderer.render(png((1, 2, 3)), "png", tmp_path / "a.png")["status"] == "ok"
+            pid = renderer.proc.pid
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+            fds = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert cwd.name.startswith("cvf-render-") and not list(cwd.iterdir())
+            assert (cwd.stat().st_mode & 0o777) == 0o700
+            assert not any("held-open" in fd for fd in fds), fds
+        assert not cwd.exists()  # removed with the child
+
+
 def _limit_address_space(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
