@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 from model import tasks
-from model.prompting import (cell_size, inpaint_ensemble, make_canvas, make_rows_canvas, normalize,
+from model.prompting import (cell_size, inpaint, inpaint_ensemble, make_canvas, make_rows_canvas, normalize,
                              patch_mask_to_pixels, quadrant_mask, rows_answer_box,
                              rows_figure_size, rows_mask, to_uint8)
 
@@ -94,9 +94,17 @@ def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=N
         return load_for_evaluation(checkpoint, vqgan_config, arch, size, vqgan_ckpt, device)
     except DemoError:
         raise
-    except (ValueError, KeyError, TypeError, OSError, RuntimeError, EOFError, AttributeError,
-            pickle.UnpicklingError, ImportError) as e:
-        raise DemoError(f"{checkpoint} does not load: {e}".strip()) from None
+    except pickle.UnpicklingError as e:
+        # torch's message goes on to suggest weights_only=False; the reason is the line after
+        text = str(e)
+        reason = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]
+        raise DemoError(f"{checkpoint} is not a checkpoint that loads safely (weights only): "
+                        f"{reason}") from None
+    except Exception as e:  # noqa: BLE001 - a stranger's file fails in many ways; say which
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if not isinstance(e, (ValueError, FileNotFoundError)):
+            msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+        raise DemoError(msg if str(checkpoint) in msg else f"{checkpoint} does not load: {msg}") from None
 
 
 def device_label(device: torch.device) -> str:
@@ -119,12 +127,16 @@ def read_image(data: bytes, what: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
-                raise DemoError(f"{what} is {w} x {h} pixels; the limit is "
-                                f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
+                raise DemoError(f"{what} is {w} x {h} pixels, over the "
+                                f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixel limit")
             return img.convert("RGB")
     except DemoError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:      # PIL's own, far larger, limit
+        raise DemoError(f"{what} is over the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixel limit") from None
+    except Image.UnidentifiedImageError:
+        raise DemoError(f"{what} is not an image (no image format this page can read)") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise DemoError(f"{what} is not an image this page can read ({e})") from None
 
 
@@ -208,7 +220,11 @@ def build_prompt(pairs: list[tuple[Image.Image, Image.Image]], queries: list[Ima
 def run_prompt(model, prompt: Prompt, device) -> list[dict]:
     """Inpaint every query's prompt; -> per query {prompt, answer, pasted}: uint8 [H,W,3]."""
     canvases = normalize(prompt.canvases.to(device), torch.float64)   # as the release: float64
-    pasted = inpaint_ensemble(model, canvases, prompt.mask.to(device)).cpu()
+    mask = prompt.mask.to(device)
+    if canvases.shape[1] == 1:      # argmax of the logits themselves, exactly as the evaluation
+        pasted = inpaint(model, canvases[:, 0], mask).cpu()
+    else:
+        pasted = inpaint_ensemble(model, canvases, mask).cpu()
     size, patch = canvases.shape[-1], int(model.patch_embed.patch_size)
     hidden = patch_mask_to_pixels(prompt.mask, size, patch)
     top, left, bottom, right = prompt.answer_box

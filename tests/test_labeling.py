@@ -69,23 +69,6 @@ def small_corpus(root: Path) -> list[dict]:
 
 # --- the server -----------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory):
-    """A real Label Studio on a free 127.0.0.1 port; each test gets its own dataset root under
-    the server's document root and its own project."""
-    try:
-        serve.label_studio_bin()
-    except FileNotFoundError as e:
-        pytest.skip(f"Label Studio venv missing ({e})")
-    base = tmp_path_factory.mktemp("labelstudio")
-    docroot = base / "roots"
-    docroot.mkdir()
-    server = serve.start(base / "server", docroot, port=0)
-    token = (base / "server" / "token").read_text().strip()
-    yield {"url": server.url, "token": token, "docroot": docroot, "server_dir": base / "server"}
-    server.stop()
-
-
 @pytest.fixture
 def ls(label_studio, request, monkeypatch):
     """(client, dataset root, project title) for one test."""
