@@ -10,10 +10,11 @@ export DO_NOT_TRACK := 1
 .PHONY: setup system-deps labelstudio test demo clean-demo
 
 # System tools the pipeline shells out to: Ghostscript (EPS figures), poppler (the official
-# approach, used only by the benchmark and `rebuild --official-renderer`).
+# approach, used only by the benchmark and `rebuild --official-renderer`); Chromium for the
+# browser tests (Playwright drives the system browser: its own download cannot work offline).
 system-deps:
-	@command -v gs >/dev/null && command -v pdftoppm >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ghostscript poppler-utils >/dev/null)
+	@command -v gs >/dev/null && command -v pdftoppm >/dev/null && command -v chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ghostscript poppler-utils chromium >/dev/null)
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

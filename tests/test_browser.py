@@ -283,8 +283,8 @@ def published_card(tmp_path_factory):
     from test_features import make_corpus
 
     root = tmp_path_factory.mktemp("card") / "data"
-    make_corpus(root, n_papers=12, figures_per_paper=3, seed=3)
-    classify.train(root, folds=3, version="clf-card")
+    make_corpus(root, n_papers=8, figures_per_paper=3, seed=3)
+    classify.train(root, folds=2, version="clf-card")
     classify.score(root)
     flt.run(root, threshold=0.3)
     out = tmp_path_factory.mktemp("manifests")
