@@ -20,6 +20,11 @@ import torch
 from PIL import Image
 
 from model import demo, tasks
+
+try:
+    from playwright.sync_api import expect
+except ImportError:      # the `browser` fixture skips (or, in CI, fails) with the reason
+    expect = None
 from model.prompting import (cell_size, inpaint, make_canvas, normalize, patch_mask_to_pixels,
                              quadrant_mask)
 from reference_vectors import set_dir
@@ -245,15 +250,19 @@ def test_label_studio_three_labels_by_keyboard(page, label_studio, monkeypatch, 
     page.goto(f"{url}/projects/{project_id}/data?labeling=1")
     # the instructions the project was made with are on the page
     page.get_by_text("is this figure", exact=False).first.wait_for(timeout=60_000)
-    save_screenshot(page, screenshots / "labeling.png")
     page.keyboard.press("Escape")                     # close the instructions
 
     keys = ["1", "2", "3"]
+    radios = page.get_by_role("radio")
     for done, key in enumerate(keys, start=1):
-        page.locator("img").last.wait_for(timeout=60_000)
+        page.get_by_text("Figure file").wait_for(timeout=60_000)
         page.wait_for_timeout(700)                    # an annotator's (short) look at the figure
         page.keyboard.press(key)
-        page.keyboard.press("Control+Enter")
+        expect(radios.nth(int(key) - 1)).to_be_checked(timeout=10_000)
+        if done == 1:
+            save_screenshot(page, screenshots / "labeling.png")
+        with page.expect_response(lambda r: "next_task" in r.url, timeout=60_000):
+            page.keyboard.press("Control+Enter")      # submit; Label Studio loads the next task
         deadline = time.monotonic() + 30
         while sum(len(t["annotations"]) for t in export_tasks(client, project_id)) < done:
             assert time.monotonic() < deadline, f"label {done} never reached Label Studio"

@@ -1,0 +1,89 @@
+"""model.demo without a browser: examples from a folder, bounded image reading, the prompts it
+builds. The page itself is tested in Chromium in test_browser.py."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import demo
+from model.prompting import make_rows_canvas, rows_answer_box, rows_mask
+from test_browser import huge_png
+
+
+def png(colour, size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_folder_examples_pair_by_name_and_refuse_a_folder_without_pairs(tmp_path):
+    (tmp_path / "cat.png").write_bytes(png((200, 0, 0)))
+    (tmp_path / "cat_out.png").write_bytes(png((255, 255, 255)))
+    (tmp_path / "dog.jpg").write_bytes(png((0, 0, 200)))
+    (tmp_path / "notes.txt").write_text("not an image, not listed")
+    ex = demo.folder_examples(tmp_path)
+    assert ex["name"] == f"folder: {tmp_path.name}" and ex["layout"] == "2x2"
+    assert ex["pairs"] == [(png((200, 0, 0)), png((255, 255, 255)))]
+    assert ex["queries"] == [png((0, 0, 200))]
+    (tmp_path / "cat_out.png").unlink()
+    with pytest.raises(demo.DemoError, match=r"found 0 pair\(s\), 2 other image\(s\)"):
+        demo.folder_examples(tmp_path)
+    (tmp_path / "cat_out.png").write_bytes(b"garbage")           # said at start, not on use
+    with pytest.raises(demo.DemoError, match="cat_out.png is not an image"):
+        demo.folder_examples(tmp_path)
+
+
+def test_read_image_checks_bytes_and_pixels_before_decoding():
+    assert demo.read_image(png((1, 2, 3)), "query 1").size == (40, 30)
+    with pytest.raises(demo.DemoError, match="query 1 is not an image"):
+        demo.read_image(b"%PDF-1.4 not a picture", "query 1")
+    with pytest.raises(demo.DemoError, match="query 1 is empty"):
+        demo.read_image(b"", "query 1")
+    with pytest.raises(demo.DemoError, match="8000 x 8000 pixels, over the 50 megapixel limit"):
+        demo.read_image(huge_png(8000, 8000), "query 1")
+    with pytest.raises(demo.DemoError, match="over the 20 MB limit"):
+        demo.decode_data_url("data:image/png;base64," + "A" * (demo.MAX_IMAGE_BYTES * 2), "query 1")
+    with pytest.raises(demo.DemoError, match="not base64"):
+        demo.decode_data_url("data:image/png;base64,@@@", "query 1")
+
+
+def test_rows_prompt_holds_every_pair_and_hides_the_last_output():
+    pairs = [(Image.new("RGB", (50, 50), (0, 255, 0)), Image.new("RGB", (50, 50), (0, 0, 255)))] * 2
+    query = Image.new("RGB", (80, 60), (0, 255, 0))
+    prompt = demo.build_prompt(pairs, [query, query], "rows-black", size=224, patch=16)
+    assert prompt.canvases.shape == (2, 1, 3, 224, 224)
+    assert torch.equal(prompt.mask, rows_mask(224, 16, rows=3))
+    assert prompt.answer_box == rows_answer_box(224, rows=3)
+    side = 74
+    cell = demo.cell_tensor
+    want = make_rows_canvas([(cell(a, side), cell(b, side)) for a, b in pairs] + [(cell(query, side), None)],
+                            size=224, background=0.0)
+    assert torch.equal(prompt.canvases[0, 0], want)
+    # a mask style recolours the example outputs only
+    purple = demo.build_prompt(pairs, [query], "2x2", size=224, patch=16, mask_style="purple")
+    out_cell = (purple.canvases[0, 0, :, 0, -1] * 255).round().tolist()
+    assert out_cell == list(demo.PURPLE)                          # blue is darker than mid-grey
+    assert purple.canvases.shape == (1, 2, 3, 224, 224)            # two pairs: two prompts, averaged
+
+
+@pytest.mark.parametrize("layout, style, message", [
+    ("diagonal", "as-given", "unknown layout 'diagonal'"),
+    ("2x2", "sepia", "unknown mask style 'sepia'"),
+])
+def test_unknown_choices_are_messages(layout, style, message):
+    one = Image.new("RGB", (8, 8))
+    with pytest.raises(demo.DemoError, match=message):
+        demo.build_prompt([(one, one)], [one], layout, mask_style=style)
+
+
+def test_no_pair_or_no_query_is_a_message():
+    one = Image.new("RGB", (8, 8))
+    with pytest.raises(demo.DemoError, match="at least one example pair"):
+        demo.build_prompt([], [one])
+    with pytest.raises(demo.DemoError, match="at least one query"):
+        demo.build_prompt([(one, one)], [])
+    assert np.asarray(demo.restyle(Image.new("RGB", (2, 2), (200, 200, 200)), "bw")).max() == 255
