@@ -473,10 +473,15 @@ def main(argv=None) -> int:
         examples = [synthetic_examples(t) for t in sorted(tasks.SYNTHETIC_TASKS)]
         if args.examples:
             examples.insert(0, folder_examples(Path(args.examples)))
-        server = make_server(Demo(model, str(args.checkpoint), args.vqgan_config, device, examples),
-                             args.port, args.verbose)
     except (DemoError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(Demo(model, str(args.checkpoint), args.vqgan_config, device, examples),
+                             args.port, args.verbose)
+    except OSError as e:
+        print(f"error: cannot listen on {HOST}:{args.port} ({e.strerror or e}); "
+              "--port 0 takes any free port", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
     print(f"cvf demo on {device_label(device)}: open http://{host}:{port}/  (Ctrl-C stops it)",

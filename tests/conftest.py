@@ -49,7 +49,7 @@ def label_studio(tmp_path_factory):
     base = tmp_path_factory.mktemp("labelstudio")
     docroot = base / "roots"
     docroot.mkdir()
-    server = serve.start(base / "server", docroot, port=0)
+    server = serve.start(base / "server", docroot, port=0, timeout=600)  # slow on a busy machine
     token = (base / "server" / "token").read_text().strip()
     yield {"url": server.url, "token": token, "docroot": docroot, "server_dir": base / "server"}
     server.stop()

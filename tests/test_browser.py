@@ -288,14 +288,12 @@ def test_label_studio_three_labels_by_keyboard(page, label_studio, monkeypatch, 
 
 @pytest.fixture(scope="module")
 def published_card(tmp_path_factory):
-    from pipeline import classify, filter as flt, publish
-    from test_features import make_corpus
+    """index.html of a manifest published from a small scored corpus."""
+    from pipeline import publish
+    from test_publish import scored_selection
 
     root = tmp_path_factory.mktemp("card") / "data"
-    make_corpus(root, n_papers=8, figures_per_paper=3, seed=3)
-    classify.train(root, folds=2, version="clf-card")
-    classify.score(root)
-    flt.run(root, threshold=0.3)
+    scored_selection(root, n_papers=8, figures_per_paper=3, seed=3, folds=2)
     out = tmp_path_factory.mktemp("manifests")
     publish.publish(root, "cvf-card", out=str(out))
     return out / "cvf-card" / "index.html"

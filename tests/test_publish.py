@@ -21,15 +21,21 @@ from test_features import make_corpus
 NAME = "cvf-2026.11"
 
 
+def scored_selection(root, n_papers: int = 20, figures_per_paper: int = 4, seed: int = 2,
+                     folds: int = 3) -> dict:
+    """A corpus under `root` (with captions) trained on replay truth, scored and filtered: ready
+    to publish."""
+    make_corpus(root, n_papers=n_papers, figures_per_paper=figures_per_paper, seed=seed)
+    add_captions(root)
+    classify.train(root, folds=folds, version="clf-pub")
+    classify.score(root)
+    return flt.run(root, threshold=0.3)[1]
+
+
 @pytest.fixture(scope="module")
 def selected(tmp_path_factory):
-    """A corpus trained on replay truth, scored and filtered: ready to publish."""
     root = tmp_path_factory.mktemp("pub") / "data"
-    make_corpus(root, n_papers=20, figures_per_paper=4, seed=2)
-    add_captions(root)
-    classify.train(root, folds=3, version="clf-pub")
-    classify.score(root)
-    _, report = flt.run(root, threshold=0.3)
+    report = scored_selection(root)
     assert report["kept"] > 10 and report["per_split"]["val"]["figures"] > 0
     return root, report
 
