@@ -15,8 +15,8 @@ loaded from the internet, so it works offline. It listens on the loopback interf
 --examples DIR: every image in DIR with a partner named `<stem>_out.*` (or `_mask`, `_target`)
 is an example pair (input, output); every other image is a query.
 
-Inference is the evaluation's (`model.prompting.inpaint`, fp32, canvases in float64 as the
-release builds them): the answer the page shows is the one `model.evaluate` would score.
+Inference is `model.prompting.inpaint` in fp32 on float64 canvases, as the released
+segmentation evaluation computes it (several example pairs: `inpaint_ensemble`).
 Bad input (not an image, an image over the size limits, a checkpoint that does not load) is a
 message on the page; a bad --checkpoint is an `error:` line at start.
 """
