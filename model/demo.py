@@ -79,16 +79,15 @@ class DemoError(ValueError):
 # ----------------------------------------------------------------------------- model
 
 def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=None, device="cpu"):
-    """The one place the demo loads a model, in eval mode on `device`: a MAE-VQGAN checkpoint
-    with its taming `model.yaml`. Any failure (missing file, foreign pickle, wrong arch) is a
+    """The one place the demo loads a model, in eval mode on `device`: `model.evaluate`'s loader
+    (a MAE-VQGAN checkpoint with its taming `model.yaml`). Any failure (missing file, foreign pickle, wrong arch) is a
     DemoError saying why; unpickling is `weights_only` (see model.checkpoint)."""
     from model.evaluate import load_model as load_for_evaluation
 
     if not checkpoint or not Path(checkpoint).is_file():
         raise DemoError(f"checkpoint not found: {checkpoint}")
-    if not vqgan_config:
-        raise DemoError("a MAE-VQGAN checkpoint needs --vqgan-config (taming's model.yaml)")
-    if not Path(vqgan_config).is_file():
+    # No config: the loader says whether this checkpoint needs one (a pixel MAE would not).
+    if vqgan_config and not Path(vqgan_config).is_file():
         raise DemoError(f"VQGAN config not found: {vqgan_config}")
     try:
         return load_for_evaluation(checkpoint, vqgan_config, arch, size, vqgan_ckpt, device)
