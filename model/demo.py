@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -41,8 +40,8 @@ import torch
 from PIL import Image
 
 from model import tasks
-from model.prompting import (cell_size, inpaint, inpaint_ensemble, make_canvas, make_rows_canvas, normalize,
-                             patch_mask_to_pixels, quadrant_mask, rows_answer_box,
+from model.prompting import (cell_size, inpaint, inpaint_ensemble, make_canvas, make_rows_canvas,
+                             normalize, patch_mask_to_pixels, quadrant_mask, rows_answer_box,
                              rows_figure_size, rows_mask, to_uint8)
 
 HOST = "127.0.0.1"
@@ -80,8 +79,8 @@ class DemoError(ValueError):
 
 def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=None, device="cpu"):
     """The one place the demo loads a model, in eval mode on `device`: `model.evaluate`'s loader
-    (a MAE-VQGAN checkpoint with its taming `model.yaml`). Any failure (missing file, foreign pickle, wrong arch) is a
-    DemoError saying why; unpickling is `weights_only` (see model.checkpoint)."""
+    (a MAE-VQGAN checkpoint with its taming `model.yaml`). Any failure (missing file, foreign
+    pickle, wrong arch) is a DemoError saying why; unpickling is `weights_only`."""
     from model.evaluate import load_model as load_for_evaluation
 
     if not checkpoint or not Path(checkpoint).is_file():
@@ -103,7 +102,8 @@ def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=N
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if not isinstance(e, (ValueError, FileNotFoundError)):
             msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-        raise DemoError(msg if str(checkpoint) in msg else f"{checkpoint} does not load: {msg}") from None
+        msg = msg if str(checkpoint) in msg else f"{checkpoint} does not load: {msg}"
+        raise DemoError(msg) from None
 
 
 def device_label(device: torch.device) -> str:

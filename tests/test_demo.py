@@ -60,8 +60,8 @@ def test_rows_prompt_holds_every_pair_and_hides_the_last_output():
     assert prompt.answer_box == rows_answer_box(224, rows=3)
     side = 74
     cell = demo.cell_tensor
-    want = make_rows_canvas([(cell(a, side), cell(b, side)) for a, b in pairs] + [(cell(query, side), None)],
-                            size=224, background=0.0)
+    rows = [(cell(a, side), cell(b, side)) for a, b in pairs] + [(cell(query, side), None)]
+    want = make_rows_canvas(rows, size=224, background=0.0)
     assert torch.equal(prompt.canvases[0, 0], want)
     # a mask style recolours the example outputs only
     purple = demo.build_prompt(pairs, [query], "2x2", size=224, patch=16, mask_style="purple")
