@@ -87,3 +87,32 @@ def test_no_pair_or_no_query_is_a_message():
     with pytest.raises(demo.DemoError, match="at least one query"):
         demo.build_prompt([(one, one)], [])
     assert np.asarray(demo.restyle(Image.new("RGB", (2, 2), (200, 200, 200)), "bw")).max() == 255
+
+
+def test_a_pixel_mae_checkpoint_serves_the_same_page(tmp_path):
+    """A pixel MAE (no VQGAN) through the demo's one loader and its /api/run, answering what
+    `inpaint` answers. Runs once model/ can evaluate a pixel MAE (issue 11's loader)."""
+    import argparse
+    import base64
+
+    from model import prompting
+    from model.mae_vqgan import MaeVqgan
+
+    if not hasattr(prompting, "predict_pixels"):
+        pytest.skip("model.prompting has no pixel-MAE inpainting yet (the MAE baseline of issue 11)")
+    sizes = dict(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=4,
+                 decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3)
+    torch.manual_seed(0)
+    mae = MaeVqgan(None, target="pixels", **sizes).eval()
+    torch.save({"model": mae.state_dict(), "args": argparse.Namespace(**sizes)}, tmp_path / "mae.pth")
+    model = demo.load_model(tmp_path / "mae.pth", None, arch=sizes)
+    state = demo.Demo(model, str(tmp_path / "mae.pth"), None, torch.device("cpu"))
+    data = [f"data:image/png;base64,{base64.b64encode(png(c, (50, 50))).decode()}"
+            for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    answer = state.run({"pairs": [data[:2]], "queries": [data[2]], "layout": "2x2"})
+    got = np.array(Image.open(io.BytesIO(base64.b64decode(answer["results"][0]["pasted"].split(",")[1]))))
+    images = [Image.new("RGB", (50, 50), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    prompt = demo.build_prompt([(images[0], images[1])], [images[2]], "2x2", 64, 16)
+    want = prompting.inpaint(mae, prompting.normalize(prompt.canvases[:, 0], torch.float64),
+                             prompt.mask)[0].numpy()
+    assert np.array_equal(got, want)
