@@ -3,6 +3,7 @@ builds. The page itself is tested in Chromium in test_browser.py."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,36 @@ def test_a_pixel_mae_checkpoint_serves_the_same_page(tmp_path):
     want = prompting.inpaint(mae, prompting.normalize(prompt.canvases[:, 0], torch.float64),
                              prompt.mask)[0].numpy()
     assert np.array_equal(got, want)
+
+
+def test_the_command_serves_the_page_on_loopback(testdata, tmp_path):
+    """`python -m model.demo ...` as a user runs it: prints the address, serves page and API."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from reference_vectors import set_dir
+    from test_evaluate import released_checkpoint
+
+    ckpt = released_checkpoint(set_dir(testdata, "set_a"), tmp_path)
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-m", "model.demo", "--checkpoint", str(ckpt["ckpt"]),
+                             "--vqgan-config", str(ckpt["yaml"]), "--arch", str(ckpt["arch"]),
+                             "--port", "0", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=repo)
+    try:
+        line = proc.stdout.readline()
+        assert "on CPU" in line and "open http://127.0.0.1:" in line, proc.stderr.read()
+        url = line.split("open ", 1)[1].split()[0]
+        page = urllib.request.urlopen(url, timeout=30).read().decode()
+        assert "<title>cvf visual prompting demo</title>" in page
+        assert "http" not in page.replace(url, "")        # no outside address in the page
+        info = json.load(urllib.request.urlopen(url + "api/info", timeout=30))
+        assert info["size"] == ckpt["size"] and [e["name"] for e in info["examples"]][:1] == [
+            "synthetic: color"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
