@@ -2,6 +2,7 @@
 
     python -m model.demo --checkpoint checkpoint-1000.pth --vqgan-config vqgan/model.yaml
     python -m model.demo --checkpoint ckpt.pth --vqgan-config model.yaml --examples my_pictures/
+    python -m model.demo --checkpoint mae_pixels.pth          # a pixel MAE (the paper's baseline)
 
 Open the printed address in a browser: pick a built-in example (the paper's synthetic tasks, or
 the pictures of --examples) or upload an example pair (input and output) and one or more query
@@ -52,22 +53,26 @@ MAX_BODY_BYTES = 200 * 2**20          # one request (base64 adds a third)
 MAX_QUERIES = 16
 MAX_PAIRS = 4
 
-# layout -> what it is (shown on the page)
+# layout -> what it is (shown on the page); horizontal/vertical are the evaluation's study names
 LAYOUTS = {
-    "2x2": "the released 2x2 canvas: example top, query bottom-left, answer bottom-right "
-           "(several example pairs: one canvas each, token probabilities averaged)",
-    "2x2-flip": "the release's other 2x2 order: query top-right, example output bottom-left",
+    "horizontal": "the released 2x2 canvas: example pair in the top row, query bottom-left, answer "
+                  "bottom-right (several example pairs: one canvas each, token probabilities averaged)",
+    "vertical": "the release's other 2x2 order: example pair in the left column, query top-right",
     "rows-black": "one row per example pair, the query last, on black "
                   "(the released synthetic-task canvas)",
     "rows-white": "one row per example pair, the query last, on white (n-shot prompt)",
 }
-# the released purple/yellow segmentation colours (mae_utils.PURPLE, YELLOW)
-PURPLE, YELLOW = (0x44, 0x01, 0x54), (0xFD, 0xE7, 0x25)
+TWO_BY_TWO = {"horizontal": False, "vertical": True}     # layout -> make_canvas's flip
+# "as-given", then the evaluation's styles (model.tasks.styled_target): the example outputs are
+# read as masks (brighter than mid-grey = foreground) and drawn in the style
 MASK_STYLES = {
     "as-given": "example outputs as uploaded",
-    "bw": "example outputs thresholded to white on black (the released segmentation masks)",
-    "purple": "example outputs thresholded to yellow on purple (the release's other mask colours)",
+    "bw": "example outputs as masks, white on black (the released segmentation targets)",
+    "purple": "example outputs as masks, yellow on purple (the release's other mask colours)",
+    "texture": "example outputs as masks, a white/blue checkerboard foreground",
+    "edges": "example outputs as masks, only their boundary",
 }
+assert set(MASK_STYLES) == {"as-given", *tasks.MASK_STYLES}
 SYNTHETIC_SHOTS = 2                   # the released synthetic prompts hold two example rows
 
 
@@ -79,7 +84,7 @@ class DemoError(ValueError):
 
 def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=None, device="cpu"):
     """The one place the demo loads a model, in eval mode on `device`: `model.evaluate`'s loader
-    (a MAE-VQGAN checkpoint with its taming `model.yaml`). Any failure (missing file, foreign
+    (a MAE-VQGAN checkpoint with its taming `model.yaml`, or a pixel MAE). Any failure (missing file, foreign
     pickle, wrong arch) is a DemoError saying why; unpickling is `weights_only`."""
     from model.evaluate import load_model as load_for_evaluation
 
@@ -160,16 +165,6 @@ def png_bytes(pixels: np.ndarray | torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def restyle(img: Image.Image, style: str) -> Image.Image:
-    """An example output in the chosen mask style: brighter than mid-grey is foreground."""
-    if style == "as-given":
-        return img
-    fg = np.asarray(img.convert("L")) > 127
-    fg_colour, bg_colour = ((255, 255, 255), (0, 0, 0)) if style == "bw" else (YELLOW, PURPLE)
-    out = np.where(fg[..., None], np.array(fg_colour, np.uint8), np.array(bg_colour, np.uint8))
-    return Image.fromarray(out.astype(np.uint8))
-
-
 # ----------------------------------------------------------------------------- prompts
 
 @dataclass
@@ -186,8 +181,15 @@ def cell_tensor(img: Image.Image, side: int) -> torch.Tensor:
     return tasks.to_tensor(img.resize((side, side), Image.BICUBIC))
 
 
+def output_cell(img: Image.Image, style: str, side: int) -> torch.Tensor:
+    """An example output in the chosen mask style, at the cell side."""
+    if style == "as-given":
+        return cell_tensor(img, side)
+    return tasks.styled_target(np.asarray(img.convert("L")) >= 128, style, side)
+
+
 def build_prompt(pairs: list[tuple[Image.Image, Image.Image]], queries: list[Image.Image],
-                 layout: str = "2x2", size: int = 224, patch: int = 16,
+                 layout: str = "horizontal", size: int = 224, patch: int = 16,
                  mask_style: str = "as-given") -> Prompt:
     if layout not in LAYOUTS:
         raise DemoError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
@@ -197,18 +199,17 @@ def build_prompt(pairs: list[tuple[Image.Image, Image.Image]], queries: list[Ima
         raise DemoError("give at least one example pair (input and output)")
     if not queries:
         raise DemoError("give at least one query image")
-    pairs = [(inp, restyle(out, mask_style)) for inp, out in pairs]
-    if layout.startswith("2x2"):
+    if layout in TWO_BY_TWO:
         side = cell_size(size)
-        examples = [(cell_tensor(a, side), cell_tensor(b, side)) for a, b in pairs]
+        examples = [(cell_tensor(a, side), output_cell(b, mask_style, side)) for a, b in pairs]
         canvases = torch.stack([
-            torch.stack([make_canvas(a, b, cell_tensor(q, side), size=size, flip=layout == "2x2-flip")
+            torch.stack([make_canvas(a, b, cell_tensor(q, side), size=size, flip=TWO_BY_TWO[layout])
                          for a, b in examples]) for q in queries])
         c = size - side
         return Prompt(canvases, quadrant_mask(size, patch), (c, c, size, size))
     rows = len(pairs) + 1
     side = rows_figure_size(size, rows)
-    examples = [(cell_tensor(a, side), cell_tensor(b, side)) for a, b in pairs]
+    examples = [(cell_tensor(a, side), output_cell(b, mask_style, side)) for a, b in pairs]
     background = 0.0 if layout == "rows-black" else 1.0
     canvases = torch.stack([make_rows_canvas(examples + [(cell_tensor(q, side), None)], size=size,
                                              background=background)[None] for q in queries])
@@ -277,7 +278,7 @@ def folder_examples(folder: Path, limit: int = 64) -> dict:
         read_image(data, str(p))          # a bad file is said at start, not on first use
         return data
 
-    return {"name": f"folder: {folder.name}", "layout": "2x2",
+    return {"name": f"folder: {folder.name}", "layout": "horizontal",
             "pairs": [(checked(a), checked(b)) for a, b in pairs[:MAX_PAIRS]],
             "queries": [checked(q) for q in queries[:MAX_QUERIES]]}
 
@@ -348,7 +349,7 @@ class Demo:
         with self.lock:
             model = self.model
             size, patch = int(model.patch_embed.img_size), int(model.patch_embed.patch_size)
-            prompt = build_prompt(images, query_images, str(body.get("layout", "2x2")), size,
+            prompt = build_prompt(images, query_images, str(body.get("layout", "horizontal")), size,
                                   patch, str(body.get("mask_style", "as-given")))
             started = time.perf_counter()
             results = run_prompt(model, prompt, self.device)
@@ -445,8 +446,10 @@ def make_server(demo: Demo, port: int = DEFAULT_PORT, verbose: bool = False) -> 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="MAE-VQGAN checkpoint ({'model': state_dict})")
-    p.add_argument("--vqgan-config", help="taming VQGAN model.yaml the checkpoint was trained with")
+    p.add_argument("--checkpoint", required=True,
+                   help="MAE-VQGAN or pixel-MAE checkpoint ({'model': state_dict})")
+    p.add_argument("--vqgan-config", help="taming VQGAN model.yaml the MAE-VQGAN was trained with "
+                                          "(a pixel MAE needs none)")
     p.add_argument("--vqgan-ckpt", help="taming last.ckpt, if the checkpoint has no vae.* weights")
     p.add_argument("--arch", help="released arch name, or a JSON file/string of MaeVqgan sizes "
                                   "(default: what the checkpoint records)")

@@ -124,8 +124,8 @@ def test_demo_page_paints_what_inpaint_paints(page, demo_server, pictures, testd
     url, model = demo_server["url"], demo_server["model"]
     open_demo(page, url)
     assert "CPU" in page.inner_text("#model")
-    # The folder example is loaded first: one pair, two queries, the released 2x2 layout.
-    assert page.input_value("#layout") == "2x2"
+    # The folder example is loaded first: one pair, two queries, the released 2x2 canvas.
+    assert page.input_value("#layout") == "horizontal"
     pair = (pictures / "a_plane.jpg", pictures / "a_plane_out.png")
     queries = sorted(pictures.glob("q_*.jpg"))
     # ... and a query uploaded by hand replaces the second one

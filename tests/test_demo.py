@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from model import demo
+from model.metrics import PURPLE
 from model.prompting import make_rows_canvas, rows_answer_box, rows_mask
 from test_browser import huge_png
 
@@ -27,7 +28,7 @@ def test_folder_examples_pair_by_name_and_refuse_a_folder_without_pairs(tmp_path
     (tmp_path / "dog.jpg").write_bytes(png((0, 0, 200)))
     (tmp_path / "notes.txt").write_text("not an image, not listed")
     ex = demo.folder_examples(tmp_path)
-    assert ex["name"] == f"folder: {tmp_path.name}" and ex["layout"] == "2x2"
+    assert ex["name"] == f"folder: {tmp_path.name}" and ex["layout"] == "horizontal"
     assert ex["pairs"] == [(png((200, 0, 0)), png((255, 255, 255)))]
     assert ex["queries"] == [png((0, 0, 200))]
     (tmp_path / "cat_out.png").unlink()
@@ -65,15 +66,15 @@ def test_rows_prompt_holds_every_pair_and_hides_the_last_output():
     want = make_rows_canvas(rows, size=224, background=0.0)
     assert torch.equal(prompt.canvases[0, 0], want)
     # a mask style recolours the example outputs only
-    purple = demo.build_prompt(pairs, [query], "2x2", size=224, patch=16, mask_style="purple")
+    purple = demo.build_prompt(pairs, [query], "horizontal", size=224, patch=16, mask_style="purple")
     out_cell = (purple.canvases[0, 0, :, 0, -1] * 255).round().tolist()
-    assert out_cell == list(demo.PURPLE)                          # blue is darker than mid-grey
+    assert out_cell == list(PURPLE)                               # blue is darker than mid-grey
     assert purple.canvases.shape == (1, 2, 3, 224, 224)            # two pairs: two prompts, averaged
 
 
 @pytest.mark.parametrize("layout, style, message", [
     ("diagonal", "as-given", "unknown layout 'diagonal'"),
-    ("2x2", "sepia", "unknown mask style 'sepia'"),
+    ("vertical", "sepia", "unknown mask style 'sepia'"),
 ])
 def test_unknown_choices_are_messages(layout, style, message):
     one = Image.new("RGB", (8, 8))
@@ -87,20 +88,20 @@ def test_no_pair_or_no_query_is_a_message():
         demo.build_prompt([], [one])
     with pytest.raises(demo.DemoError, match="at least one query"):
         demo.build_prompt([(one, one)], [])
-    assert np.asarray(demo.restyle(Image.new("RGB", (2, 2), (200, 200, 200)), "bw")).max() == 255
+    grey = Image.new("RGB", (20, 20), (200, 200, 200))             # brighter than mid-grey
+    assert torch.equal(demo.output_cell(grey, "bw", 8), torch.ones(1, 8, 8))
+    assert torch.equal(demo.output_cell(grey, "as-given", 8), torch.full((3, 8, 8), 200 / 255))
 
 
 def test_a_pixel_mae_checkpoint_serves_the_same_page(tmp_path):
-    """A pixel MAE (no VQGAN) through the demo's one loader and its /api/run, answering what
-    `inpaint` answers. Runs once model/ can evaluate a pixel MAE (issue 11's loader)."""
+    """A pixel MAE (no VQGAN, no --vqgan-config) through the demo's one loader and its /api/run,
+    answering what `inpaint` answers."""
     import argparse
     import base64
 
     from model import prompting
     from model.mae_vqgan import MaeVqgan
 
-    if not hasattr(prompting, "predict_pixels"):
-        pytest.skip("model.prompting has no pixel-MAE inpainting yet (the MAE baseline of issue 11)")
     sizes = dict(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=4,
                  decoder_embed_dim=24, decoder_depth=1, decoder_num_heads=3)
     torch.manual_seed(0)
@@ -110,10 +111,10 @@ def test_a_pixel_mae_checkpoint_serves_the_same_page(tmp_path):
     state = demo.Demo(model, str(tmp_path / "mae.pth"), None, torch.device("cpu"))
     data = [f"data:image/png;base64,{base64.b64encode(png(c, (50, 50))).decode()}"
             for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
-    answer = state.run({"pairs": [data[:2]], "queries": [data[2]], "layout": "2x2"})
+    answer = state.run({"pairs": [data[:2]], "queries": [data[2]], "layout": "horizontal"})
     got = np.array(Image.open(io.BytesIO(base64.b64decode(answer["results"][0]["pasted"].split(",")[1]))))
     images = [Image.new("RGB", (50, 50), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
-    prompt = demo.build_prompt([(images[0], images[1])], [images[2]], "2x2", 64, 16)
+    prompt = demo.build_prompt([(images[0], images[1])], [images[2]], "horizontal", 64, 16)
     want = prompting.inpaint(mae, prompting.normalize(prompt.canvases[:, 0], torch.float64),
                              prompt.mask)[0].numpy()
     assert np.array_equal(got, want)
