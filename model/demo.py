@@ -28,7 +28,6 @@ import base64
 import binascii
 import io
 import json
-import pickle
 import sys
 import threading
 import time
@@ -84,8 +83,8 @@ class DemoError(ValueError):
 
 def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=None, device="cpu"):
     """The one place the demo loads a model, in eval mode on `device`: `model.evaluate`'s loader
-    (a MAE-VQGAN checkpoint with its taming `model.yaml`, or a pixel MAE). Any failure (missing file, foreign
-    pickle, wrong arch) is a DemoError saying why; unpickling is `weights_only`."""
+    (a MAE-VQGAN checkpoint with its taming `model.yaml`, or a pixel MAE). Any failure (missing
+    file, foreign pickle, wrong arch) is a DemoError saying why; unpickling is `weights_only`."""
     from model.evaluate import load_model as load_for_evaluation
 
     if not checkpoint or not Path(checkpoint).is_file():
@@ -97,13 +96,8 @@ def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=N
         return load_for_evaluation(checkpoint, vqgan_config, arch, size, vqgan_ckpt, device)
     except DemoError:
         raise
-    except pickle.UnpicklingError as e:
-        # torch's message goes on to suggest weights_only=False; the reason is the line after
-        text = str(e)
-        reason = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]
-        raise DemoError(f"{checkpoint} is not a checkpoint that loads safely (weights only): "
-                        f"{reason}") from None
     except Exception as e:  # noqa: BLE001 - a stranger's file fails in many ways; say which
+        # model.checkpoint already words refusals and non-checkpoints as one line with the path
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         if not isinstance(e, (ValueError, FileNotFoundError)):
             msg = f"{type(e).__name__}: {msg}" if msg else type(e).__name__
