@@ -1,14 +1,18 @@
 """Prefect flows over the classifier, filter and publish stages (thin wiring, no logic here).
 
 * `train-classifier`: pipeline.classify.train
-* `score-figures`: pipeline.classify.score, one task per figure shard (a failed shard is
-  retried alone; done shards are skipped by the stage itself)
+* `score-figures`: pipeline.classify.score, one task per figure shard, in parallel on the same
+  Dask task runner as extraction (`flows.extract.dask_runner`: a local cluster, or an existing
+  one by its scheduler's address). Each shard is checkpointed by the stage (its scores and
+  stats; done shards of the same model are skipped); a failed shard is retried alone, then
+  reported, and the others finish before the flow fails naming it.
 * `filter-and-publish`: pipeline.filter.run then pipeline.publish.publish
 """
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
+from flows.extract import ShardsFailed, dask_runner, failed_message, outcomes
 from pipeline import classify, filter as flt, publish
 from pipeline.config import data_root
 
@@ -22,7 +26,8 @@ def train_task(root: str, weights: str | None, truth: str | None, cvf_index: lis
 
 @task(name="score-shard", retries=1)
 def score_shard(root: str, shard: str, version: str | None, weights: str | None, batch_size: int) -> dict:
-    return classify.score(root, version=version, weights=weights, batch_size=batch_size, shards=[shard])
+    return classify.score(root, version=version, weights=weights, batch_size=batch_size, shards=[shard],
+                          keep_going=False)  # a failure fails the task: Prefect retries it
 
 
 @task(name="filter")
@@ -47,15 +52,28 @@ def train_classifier(root: str | None = None, weights: str | None = None, truth:
     return out
 
 
+@flow(name="score-shards")
+def score_shards_flow(root: str, shards: list[str], version: str | None, weights: str | None,
+                      batch_size: int) -> tuple[list[dict], dict[str, str]]:
+    return outcomes(shards, [score_shard.submit(root, s, version, weights, batch_size) for s in shards])
+
+
 @flow(name="score-figures")
 def score_figures(root: str | None = None, version: str | None = None, weights: str | None = None,
-                  batch_size: int = 64) -> dict:
+                  batch_size: int = 64, scheduler_address: str | None = None,
+                  workers: int | None = None) -> dict:
     root = str(data_root(root))
+    shards = classify.figure_shards(data_root(root))
+    on_dask = score_shards_flow.with_options(task_runner=dask_runner(scheduler_address, workers))
+    results, failed = on_dask(root, shards, version, weights, batch_size)
     totals = {"shards": 0, "skipped_shards": 0, "scored": 0, "errors": 0}
-    for shard in classify.figure_shards(data_root(root)):
-        for k, v in score_shard(root, shard, version, weights, batch_size).items():
-            totals[k] += v
+    for summary in results:
+        for k in totals:
+            totals[k] += summary[k]
+    totals["failed_shards"] = failed
     get_run_logger().info(f"scores: {totals}")
+    if failed:
+        raise ShardsFailed(failed_message(failed, len(results), "scored"))
     return totals
 
 

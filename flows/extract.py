@@ -4,7 +4,9 @@ Extraction is CPU-bound and independent per shard, so each shard is one task of 
 `extract-shards` on Prefect's Dask task runner: a local cluster (one single-threaded worker
 process per core) by default, or an existing cluster when given its scheduler's address (a
 flow parameter, so deployments can choose). Corpus-wide duplicates are flagged once every
-shard is done. Done shards are skipped and open ones resume (the stage does that).
+shard has finished, for every shard that succeeded: a shard that fails (after its retry) is
+reported, the others finish and get their duplicates flagged, and then the flow fails naming
+the failed shards. Done shards are skipped and open ones resume (the stage does that).
 
     python -m flows.extract --shards 2021-01 2021-02 --workers 2
     python -m flows.extract --scheduler-address tcp://10.0.0.5:8786
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from prefect import flow, get_run_logger, task
 from prefect_dask import DaskTaskRunner
@@ -38,12 +41,28 @@ def contact_sheet_task(root: str, count: int) -> str:
     return str(extract.write_contact_sheet(root, count))
 
 
+class ShardsFailed(RuntimeError):
+    """Some shards failed; the others finished (their results are done and kept)."""
+
+
+def outcomes(shards: list[str], futures) -> tuple[list[dict], dict[str, str]]:
+    """Each shard's result, and {shard: why} for those whose task failed: one failing shard
+    does not take the others' results (or what comes after them) down."""
+    results, failed = [], {}
+    for shard, future in zip(shards, futures):
+        try:
+            results.append(future.result())
+        except Exception as e:  # the task's own exception, whatever the stage raised
+            failed[shard] = f"{type(e).__name__}: {e}"
+    return results, failed
+
+
 @flow(name="extract-shards")
 def extract_shards_flow(shards: list[str], root: str, box: str, official: bool, name_filter: bool,
-                        timeout_s: float) -> list[dict]:
+                        timeout_s: float) -> tuple[list[dict], dict[str, str]]:
     futures = [extract_shard_task.submit(s, root, box, official, name_filter, timeout_s)
                for s in shards]
-    return [f.result() for f in futures]
+    return outcomes(shards, futures)
 
 
 def dask_runner(scheduler_address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
@@ -66,15 +85,26 @@ def extract_figures(shards: list[str] | None = None, root: str | None = None,
     root = str(data_root(root))
     shards = shards or extract.shards_with_papers(root)
     on_dask = extract_shards_flow.with_options(task_runner=dask_runner(scheduler_address, workers))
-    stats = on_dask(shards, root, box, official, name_filter, timeout_s)
-    duplicates = dedup_task(root)
+    stats, failed = on_dask(shards, root, box, official, name_filter, timeout_s)
+    duplicates = dedup_task(root)  # over the shards that are done, failed ones aside
     summary = {"shards": len(stats), "papers": sum(s["papers"] for s in stats),
                "figures": sum(s["figures"] for s in stats), "duplicates": duplicates,
-               "open_shards": [s["shard"] for s in stats if not s.get("done", True)]}
+               "open_shards": [s["shard"] for s in stats if not s.get("done", True)],
+               "failed_shards": failed}
     if contact_sheet:
         summary["contact_sheet"] = contact_sheet_task(root, contact_sheet)
     get_run_logger().info(f"extract-figures: {summary}")
+    if failed:
+        raise ShardsFailed(failed_message(failed, len(stats), "extracted, duplicates flagged"))
     return summary
+
+
+def failed_message(failed: dict[str, str], finished: int, what: str) -> str:
+    """One line: which shards failed and why (the first few), and that the others finished."""
+    whys = "; ".join(f"{s}: {why}" for s, why in list(failed.items())[:3])
+    more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
+    return (f"{len(failed)} shards failed ({whys}{more}); the other {finished} were {what}; "
+            f"rerun to retry the failed ones")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,9 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (args.shards or extract.shards_with_papers(args.root)):
         parser.error(f"no papers/<shard>.parquet under {data_root(args.root)} (run python -m pipeline.crawl)")
-    summary = extract_figures(args.shards, args.root, args.scheduler_address, args.workers,
-                              args.box, args.official, not args.no_name_filter, args.timeout,
-                              args.contact_sheet)
+    try:
+        summary = extract_figures(args.shards, args.root, args.scheduler_address, args.workers,
+                                  args.box, args.official, not args.no_name_filter, args.timeout,
+                                  args.contact_sheet)
+    except ShardsFailed as e:
+        sys.exit(f"error: {e}")
     dup = summary["duplicates"]
     print(f"{summary['shards']} shards, {summary['papers']} papers, {summary['figures']} figures; "
           f"{dup['exact_duplicates']} exact and {dup['near_duplicates']} near duplicates flagged "

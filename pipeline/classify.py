@@ -465,8 +465,11 @@ def load_model(root: Path, version: str | None = None) -> dict:
     return joblib.load(path)
 
 
-def score(root=None, version=None, weights=None, batch_size=64, workers=0, shards=None, device=None) -> dict:
-    """Score every extracted figure, shard by shard; done shards of the same model are skipped."""
+def score(root=None, version=None, weights=None, batch_size=64, workers=0, shards=None, device=None,
+          keep_going: bool = True) -> dict:
+    """Score every extracted figure, shard by shard; done shards of the same model are skipped.
+    A shard that cannot be scored (an unreadable figure shard, say) is named in `failed_shards`
+    with why and the others go on; `keep_going=False` raises instead (a Prefect task's retry)."""
     root = data_root(root)
     model = load_model(root, version)
     card = model["card"]
@@ -480,41 +483,57 @@ def score(root=None, version=None, weights=None, batch_size=64, workers=0, shard
         if backbone.weights_sha256 != card["backbone"]["weights_sha256"]:
             raise ValueError(f"{weights} is not the weights file {card['backbone']['weights_file']} the classifier "
                              f"was trained with (sha256 differs)")
-    out_dir = root / "scores"
-    summary = {"shards": 0, "skipped_shards": 0, "scored": 0, "errors": 0}
+    summary = {"shards": 0, "skipped_shards": 0, "scored": 0, "errors": 0, "failed_shards": {}}
     for shard in shards or figure_shards(root):
-        figures = [f for f in read_figures(root, shard) if scorable(f)]
-        # A shard is done when the same model scored the same figures (re-extraction changes them).
-        digest = store.sha256_bytes("\n".join(f"{f['paper_id']}/{f['img_name']}/{f.get('sha256', '')}"
-                                               for f in figures).encode())
-        done = store.read_stats(out_dir, shard)
-        if done and done.get("model_version") == card["version"] and done.get("figures_digest") == digest:
-            summary["skipped_shards"] += 1
+        try:
+            done = score_shard(root, shard, model, backbone, batch_size, workers)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            if not keep_going:
+                raise
+            summary["failed_shards"][shard] = f"{type(e).__name__}: {e}"
             continue
-        t0 = time.time()
-        rows = []
-        batches = featurize(root, [f["image_path"] for f in figures], backbone, batch_size, workers, desc=f"score {shard}")
-        start = 0
-        with_captions = (card.get("caption_features") or {}).get("used", False)
-        for x, errors in batches:
-            if with_captions:
-                x = np.concatenate([x, figure_caption_features(figures[start:start + len(errors)])], axis=1)
-            prob = calibrated(model["calibrator"], model["head"].decision_function(x))
-            for f, p, err in zip(figures[start:start + len(errors)], prob, errors):
-                rows.append({"paper_id": f["paper_id"], "img_name": f["img_name"], "sha256": f.get("sha256", ""),
-                             "score": None if err else float(p), "model_version": card["version"],
-                             "status": "error" if err else "ok", "error": err})
-            start += len(errors)
-        store.write_rows(out_dir / f"{shard}.parquet", rows, SCORE_SCHEMA)
-        errors = sum(r["status"] == "error" for r in rows)
-        seconds = time.time() - t0
-        store.write_stats(out_dir, shard, {
-            "model_version": card["version"], "figures_digest": digest, "figures": len(rows), "errors": errors,
-            "seconds": round(seconds, 3), "figures_per_second": round(len(rows) / max(seconds, 1e-9), 2),
-            "device": backbone.device if backbone else "cpu"})
-        summary["shards"] += 1
-        summary["scored"] += len(rows) - errors
-        summary["errors"] += errors
+        for k, v in done.items():
+            summary[k] += v
+    return summary
+
+
+def score_shard(root: Path, shard: str, model: dict, backbone, batch_size: int, workers: int) -> dict:
+    """Score one figure shard into scores/<shard>.parquet + stats (its checkpoint): the counts
+    to add to the run's summary."""
+    card, out_dir = model["card"], root / "scores"
+    summary = {"shards": 0, "skipped_shards": 0, "scored": 0, "errors": 0}
+    figures = [f for f in read_figures(root, shard) if scorable(f)]
+    # A shard is done when the same model scored the same figures (re-extraction changes them).
+    digest = store.sha256_bytes("\n".join(f"{f['paper_id']}/{f['img_name']}/{f.get('sha256', '')}"
+                                           for f in figures).encode())
+    done = store.read_stats(out_dir, shard)
+    if done and done.get("model_version") == card["version"] and done.get("figures_digest") == digest:
+        summary["skipped_shards"] += 1
+        return summary
+    t0 = time.time()
+    rows = []
+    batches = featurize(root, [f["image_path"] for f in figures], backbone, batch_size, workers, desc=f"score {shard}")
+    start = 0
+    with_captions = (card.get("caption_features") or {}).get("used", False)
+    for x, errors in batches:
+        if with_captions:
+            x = np.concatenate([x, figure_caption_features(figures[start:start + len(errors)])], axis=1)
+        prob = calibrated(model["calibrator"], model["head"].decision_function(x))
+        for f, p, err in zip(figures[start:start + len(errors)], prob, errors):
+            rows.append({"paper_id": f["paper_id"], "img_name": f["img_name"], "sha256": f.get("sha256", ""),
+                         "score": None if err else float(p), "model_version": card["version"],
+                         "status": "error" if err else "ok", "error": err})
+        start += len(errors)
+    store.write_rows(out_dir / f"{shard}.parquet", rows, SCORE_SCHEMA)
+    errors = sum(r["status"] == "error" for r in rows)
+    seconds = time.time() - t0
+    store.write_stats(out_dir, shard, {
+        "model_version": card["version"], "figures_digest": digest, "figures": len(rows), "errors": errors,
+        "seconds": round(seconds, 3), "figures_per_second": round(len(rows) / max(seconds, 1e-9), 2),
+        "device": backbone.device if backbone else "cpu"})
+    summary["shards"] += 1
+    summary["scored"] += len(rows) - errors
+    summary["errors"] += errors
     return summary
 
 
@@ -571,6 +590,11 @@ def main(argv=None) -> int:
             summary = score(args.root, args.version, args.weights, args.batch_size, args.workers, args.shard, args.device)
             print(f"scored {summary['scored']} figures in {summary['shards']} shards "
                   f"({summary['skipped_shards']} already done, {summary['errors']} unreadable)")
+            if summary["failed_shards"]:
+                failed = summary["failed_shards"]
+                print(f"error: {len(failed)} shards could not be scored (the others were): "
+                      + "; ".join(f"{s}: {why}" for s, why in failed.items()), file=sys.stderr)
+                return 1
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,19 @@ the PDF is the e-print when the e-print is one, else `raw/<shard>/<id>.pdf`, dow
 crawl does (`--pdf-url`) unless the crawl left it there. A `pdf-region` row without page/bbox,
 and an empty or unknown value, fall back to the official settings; the report counts them
 (`render_fallback`), and the images cut from PDFs (`images_from_pdf`).
+
+Versions: the CVF index names files as they were in early 2022, and papers revised since may
+have renamed or dropped figures. By default (`--version cvf`) each paper's version current on
+2022-03-01 is fetched first (`/e-print/<id>v<n>` into `raw/<shard>/<id>v<n>.eprint`), then the
+others, nearest that date first, until one holds every listed name (checked on the archive's
+member names, before any rendering); none does: the one holding most. Version dates come from
+`--metadata` (arXiv's metadata snapshot, JSON lines with `versions`) and, for papers it lacks,
+from the API (`id_list`, 100 ids a request). `--version latest` fetches `/e-print/<id>` as the
+crawl does; `--version YYYY-MM-DD` moves the date. An e-print at hand in `--eprints` named
+without a version (`<id>.tar.gz`) is used as it is; `<id>v<n>.tar.gz` there is version n. The
+version used is recorded in `figures.parquet`, `missing.csv` and the report (`paper_versions`).
+The index is checked before any work (a row without paper_id or img_name is an error naming
+its line), and the CLI exits 1 when listed images are missing unless `--allow-missing`.
 """
 from __future__ import annotations
 
@@ -33,6 +46,7 @@ import csv
 import shutil
 import sys
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,9 +58,14 @@ from pipeline import config, store
 from pipeline.archive import ArchiveError, read_eprint
 from pipeline.extract import (FIGURE_SCHEMA, PDF_REGION, RENDER_SETTINGS, IsPaperPDF,
                               extract_eprint, figure_row, mark_duplicates, png_phash)
-from pipeline.naming import output_name
+from pipeline.naming import cvf_name, figure_format, output_name
 from pipeline.render import Renderer
 from pipeline.shards import shard_of_id
+from pipeline.versions import CVF_CUTOFF, VersionDates, api_dates, read_snapshot, try_order
+
+# The rebuild's figure records: extraction's, plus the arXiv version the image came from
+# (null: the unversioned e-print, `--version latest` or one at hand in --eprints).
+REBUILD_SCHEMA = FIGURE_SCHEMA.append(pa.field("version", pa.int32()))
 
 
 def index_rows(path: str | Path) -> list[dict]:
@@ -70,15 +89,29 @@ def index_rows(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}: no {', '.join(sorted(missing))} column "
                              f"(found {schema.names})")
         optional = [c for c in ("render", "page", "bbox") if c in schema.names]
-        return pq.read_table(path, columns=["paper_id", "img_name"] + optional).to_pylist()
+        rows = pq.read_table(path, columns=["paper_id", "img_name"] + optional).to_pylist()
+        for i, row in enumerate(rows):
+            _check_row(row, f"{path} row {i}")
+        return rows
     with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is no column
         reader = csv.DictReader(f)
         missing = {"paper_id", "img_name"} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: no {', '.join(sorted(missing))} column "
                              f"(found {reader.fieldnames})")
-        # Ids stay strings: read as numbers, 1001.1000 would become 1001.1.
-        return [{**row, "paper_id": row["paper_id"].strip()} for row in reader]
+        rows = []
+        for row in reader:
+            _check_row(row, f"{path} line {reader.line_num}")
+            # Ids stay strings: read as numbers, 1001.1000 would become 1001.1.
+            rows.append({**row, "paper_id": row["paper_id"].strip()})
+        return rows
+
+
+def _check_row(row: dict, where: str) -> None:
+    """A row must name a paper and an image: checked before any work, not after it."""
+    for field in ("paper_id", "img_name"):
+        if not isinstance(row.get(field), str) or not row[field].strip():
+            raise ValueError(f"{where}: no {field} (each row needs paper_id and img_name)")
 
 
 def read_index(path: str | Path) -> list[tuple[str, str]]:
@@ -144,6 +177,64 @@ def fetch_eprint(paper_id: str, dest: Path, root: Path, fetcher, eprints_dir: Pa
     return download_file(fetcher, url, dest, root)
 
 
+def source_names(eprint: Path) -> set[str]:
+    """The CVF names of an e-print's figure files, from the archive's member names alone (no
+    member is read); empty for a PDF e-print, and up to the damage for a corrupt archive."""
+    names: set[str] = set()
+    try:
+        kind, members = read_eprint(eprint, lambda path: False)
+        if kind != "pdf":
+            names.update(cvf_name(m.path) for m in members if figure_format(m.path))
+    except ArchiveError:
+        pass
+    return names
+
+
+def eprint_at_hand(paper_id: str, eprints_dir: Path | None) -> bool:
+    return eprints_dir is not None and any(
+        (eprints_dir / n).is_file() for n in (f"{paper_id}.tar.gz", f"{paper_id}.eprint", paper_id))
+
+
+def find_version(paper_id: str, names: list[str], order: list[int], root: Path, fetcher,
+                 eprints_dir: Path | None, eprint_url: str | None
+                 ) -> tuple[int | None, Path | None, dict]:
+    """The first version in `order` whose e-print holds every listed name, else the one holding
+    most (the earlier in `order` on a tie): (version, e-print path, download row). A transient
+    failure stops the search there (status `pending`: a rerun retries it)."""
+    best, best_score = (None, None, {"status": "missing", "error": "no versions"}), (-1, False)
+    for n in order:
+        versioned = f"{paper_id}v{n}"
+        path = root / "raw" / shard_of_id(paper_id) / f"{versioned}.eprint"
+        got = fetch_eprint(versioned, path, root, fetcher, eprints_dir, eprint_url)
+        if got["status"] == "pending":
+            return n, path, got
+        held = len(source_names(path) & set(names)) if got["status"] == "ok" else 0
+        if got["status"] == "ok" and held == len(set(names)):
+            return n, path, got
+        if (held, got["status"] == "ok") > best_score:
+            best, best_score = (n, path, got), (held, got["status"] == "ok")
+    return best
+
+
+def gather_version_dates(paper_ids: list[str], metadata: str | Path | None, root: Path, fetcher,
+                         cutoff: datetime, api_url: str | None = None
+                         ) -> tuple[VersionDates, str]:
+    """Version dates of `paper_ids`: from the snapshot, then the API for the rest; and why
+    some are missing ('' when none is): an API failure is worth a rerun."""
+    from pipeline.arxiv_api import MetadataError
+    from pipeline.fetch import TransientError
+
+    dates = read_snapshot(metadata, set(paper_ids)) if metadata else {}
+    rest = [p for p in paper_ids if p not in dates]
+    if not rest:
+        return dates, ""
+    try:
+        dates.update(api_dates(fetcher, api_url or config.arxiv_api_url(), rest, cutoff))
+    except (MetadataError, TransientError) as e:
+        return dates, f"version dates pending: API: {e} (rerun to retry)"
+    return dates, ""
+
+
 def paper_pdf(paper_id: str, eprint: Path | None, root: Path, fetcher, pdf_url: str | None
               ) -> tuple[bytes | None, str]:
     """The PDF extraction's fallback cut a paper's regions from, or None and why not: the
@@ -205,9 +296,14 @@ def cut_regions(paper_id: str, pdf: bytes, regions: dict[str, tuple], image_dir:
 def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | None = None, *,
             eprints_dir: str | Path | None = None, eprint_url: str | None = None,
             pdf_url: str | None = None, delay: float | None = None, poppler: bool = False, progress: bool = True,
-            checkpoint_every: int = 20) -> dict:
+            checkpoint_every: int = 20, version: str = "auto", metadata: str | Path | None = None,
+            api_url: str | None = None) -> dict:
     """Write the index's images under `out/<split>/`; returns the report (also stored).
-    `poppler`: render PDFs with pdftoppm itself, for the official pixels to the bit."""
+    `poppler`: render PDFs with pdftoppm itself, for the official pixels to the bit.
+    `version`: `cvf` (the version of 2022-03-01 first, see the module doc), `latest`, a date
+    YYYY-MM-DD, or `auto` (`cvf` for the official CSV, `latest` for our manifests, whose
+    `render` column says the crawl fetched the latest); `metadata`: a metadata snapshot."""
+    from pipeline.versions import parse_cutoff
     from pipeline.crawl import make_fetcher
 
     root, out = config.data_root(root), Path(out).resolve()
@@ -225,10 +321,14 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
     wanted: dict[str, list[str]] = {}
     for paper_id, img_name in dict.fromkeys(listed):  # unique, first-seen order
         wanted.setdefault(paper_id, []).append(img_name)
+    if version == "auto":
+        version = "latest" if any("render" in r for r in index_table[:1]) else "cvf"
+    cutoff = parse_cutoff(version)
 
     # Resume: a paper is done when each listed image is on disk, made with the setting wanted
     # now (a rebuild from the official CSV into the same folder is redone from our manifest).
     rows = store.read_rows(records_path) if records_path.exists() else []
+    rows = [{"version": None, **r} for r in rows]  # records of a rebuild before versions
     made = {(r["paper_id"], r["img_name"]): r.get("render") for r in rows if r["status"] == "ok"}
     done = {p for p in {r["paper_id"] for r in rows} if p in wanted and all(
         (out / split / p / output_name(p, n)).exists() and made.get((p, n)) == settings[(p, n)]
@@ -243,6 +343,13 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
     fetcher = make_fetcher(root, delay)
     eprints_dir = Path(eprints_dir) if eprints_dir else None
     todo = [p for p in wanted if p not in done]
+    paper_versions = {r["paper_id"]: r["version"] for r in rows}  # None: unversioned e-print
+    # Papers whose version is searched: e-print figures listed, no unversioned e-print at hand.
+    searched = {} if cutoff is None else dict.fromkeys(
+        p for p in todo if any((p, n) not in regions for n in wanted[p])
+        and not eprint_at_hand(p, eprints_dir) and _is_arxiv_id(p))
+    dates, dates_problem = (gather_version_dates(list(searched), metadata, root, fetcher, cutoff, api_url)
+                            if searched else ({}, ""))
     with contextlib.ExitStack() as stack:
         renderers: dict[str, Renderer] = {}  # one child process per setting, started when needed
 
@@ -285,7 +392,18 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
             except ValueError as e:  # not an arXiv id: nothing to fetch
                 cannot_have(paper_id, wanted[paper_id], f"bad paper_id: {e}")
                 continue
-            got = fetch_eprint(paper_id, eprint, root, fetcher, eprints_dir, eprint_url)
+            if paper_id not in searched:
+                got = fetch_eprint(paper_id, eprint, root, fetcher, eprints_dir, eprint_url)
+            elif paper_id in dates:
+                number, eprint, got = find_version(paper_id, names, try_order(dates[paper_id], cutoff),
+                                                   root, fetcher, eprints_dir, eprint_url)
+                paper_versions[paper_id] = number
+            else:
+                got = {"status": "pending" if dates_problem else "missing",
+                       "error": dates_problem.split(": ", 1)[1] if dates_problem
+                       else "no such paper in the metadata or the API"}
+                cannot_have(paper_id, names, dates_problem or
+                            "version dates missing: no such paper in the metadata or the API")
             if got["status"] != "ok":
                 retry = " (rerun to retry)" if got["status"] == "pending" else ""
                 why = f"e-print {got['status']}: {got['error']}".rstrip(": ") + retry
@@ -305,9 +423,10 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                         cannot_have(paper_id, from_pdf, f"cutting the regions failed: {why}")
                     rows += cut or []
             if names and got["status"] == "ok":
-                rows += from_eprint(paper_id, eprint, names)
+                rows += [{**r, "version": paper_versions.get(paper_id)}
+                         for r in from_eprint(paper_id, eprint, names)]
             if i % checkpoint_every == 0:  # a killed run resumes from here
-                store.write_rows(records_path, rows, FIGURE_SCHEMA)
+                store.write_rows(records_path, rows, REBUILD_SCHEMA)
     by_key = {(r["paper_id"], r["img_name"]): r for r in rows}
     for paper_id, names in wanted.items():
         for name in names:
@@ -316,10 +435,10 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                 cannot_have(paper_id, [name], "not in the e-print (the source tree differs)")
             elif row["status"] != "ok":
                 cannot_have(paper_id, [name], f"{row['status']}: {row['error']}")
-    missing_rows = [{"paper_id": p, "img_name": n, "reason": r}
+    missing_rows = [{"paper_id": p, "img_name": n, "version": paper_versions.get(p), "reason": r}
                     for (p, n), r in sorted(missing.items())]
     mark_duplicates(rows)
-    store.write_rows(records_path, rows, FIGURE_SCHEMA)
+    store.write_rows(records_path, rows, REBUILD_SCHEMA)
     index_dups = [f"{p}/{n}" for (p, n), c in Counter(listed).items() if c > 1]
     written = sum(r["status"] == "ok" for r in rows)
     report = {
@@ -331,17 +450,32 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
         "render_settings": dict(Counter(settings.values())),
         "render_fallback": dict(render_fallback),
         "images_from_pdf": sum(r["status"] == "ok" and r["render"] == PDF_REGION for r in rows),
+        "version": "latest" if cutoff is None else f"current on {cutoff:%Y-%m-%d} first",
+        # the arXiv version each searched paper was rebuilt from (null: none could be fetched)
+        "paper_versions": {p: paper_versions.get(p) for p in wanted if p in paper_versions},
+        "papers_not_on_first_version_tried": sorted(
+            p for p in searched if p in dates and paper_versions.get(p) is not None
+            and paper_versions[p] != try_order(dates[p], cutoff)[0]),
         "exact_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["dup_of"]]
                                    for r in rows if r["dup_of"]],
         "near_duplicate_images": [[f"{r['paper_id']}/{r['img_name']}", r["near_dup_of"]]
                                   for r in rows if r["near_dup_of"]],
     }
     store.atomic_write_json(records_dir / "report.json", report)
-    buf = ["paper_id,img_name,reason"]
+    buf = ["paper_id,img_name,version,reason"]
     for m in missing_rows:
-        buf.append(",".join(_csv_field(m[k]) for k in ("paper_id", "img_name", "reason")))
+        buf.append(",".join(_csv_field("" if m[k] is None else str(m[k]))
+                            for k in ("paper_id", "img_name", "version", "reason")))
     store.atomic_write_text(records_dir / "missing.csv", "\n".join(buf) + "\n")
     return report
+
+
+def _is_arxiv_id(paper_id: str) -> bool:
+    try:
+        shard_of_id(paper_id)
+    except ValueError:
+        return False
+    return True
 
 
 def _csv_field(value: str) -> str:
@@ -381,11 +515,26 @@ def main(argv: list[str] | None = None) -> None:
                              "whose `render` is empty, or pdf-region without page/bbox")
     parser.add_argument("--delay", type=float, default=None,
                         help="seconds between requests to arXiv (default $CVF_ARXIV_DELAY or 3)")
+    parser.add_argument("--version", default="auto", metavar="cvf|latest|YYYY-MM-DD",
+                        help="which arXiv version of each paper: cvf = the version current on "
+                             "2022-03-01 (when the CVF index was made) first, then the others "
+                             "until one holds every listed name; latest = /e-print/<id> as the "
+                             "crawl fetches it; a date = the version current then first. "
+                             "Default: cvf for the official CSV, latest for our manifests")
+    parser.add_argument("--metadata", metavar="FILE",
+                        help="arXiv metadata snapshot (arxiv-metadata-oai-snapshot.json, JSON "
+                             "lines with `versions`) for the version dates; papers it lacks are "
+                             "asked of the API ($CVF_ARXIV_API_URL), 100 ids a request")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="exit 0 even when listed images could not be had (default: exit 1; "
+                             "missing.csv says why for each)")
     args = parser.parse_args(argv)
     if not Path(args.index).is_file():
         parser.error(f"--index {args.index}: no such file")
     if args.eprints and not Path(args.eprints).is_dir():
         parser.error(f"--eprints {args.eprints}: no such folder")
+    if args.metadata and not Path(args.metadata).is_file():
+        parser.error(f"--metadata {args.metadata}: no such file")
     try:
         read_index(args.index)  # a wrong CSV is a one-line error, not a traceback
     except (ValueError, OSError) as e:
@@ -393,9 +542,18 @@ def main(argv: list[str] | None = None) -> None:
     for flag, url in (("--eprint-url", args.eprint_url), ("--pdf-url", args.pdf_url)):
         if url and "{id}" not in url:
             parser.error(f"{flag} {url}: no {{id}} placeholder")
-    report = rebuild(args.index, args.split, args.out, args.root, eprints_dir=args.eprints,
-                     eprint_url=args.eprint_url, pdf_url=args.pdf_url, delay=args.delay,
-                     poppler=args.official_renderer)
+    if args.version not in ("auto", "cvf", "latest"):
+        try:
+            datetime.strptime(args.version, "%Y-%m-%d")
+        except ValueError:
+            parser.error(f"--version {args.version}: want cvf, latest or a date YYYY-MM-DD")
+    try:
+        report = rebuild(args.index, args.split, args.out, args.root, eprints_dir=args.eprints,
+                         eprint_url=args.eprint_url, pdf_url=args.pdf_url, delay=args.delay,
+                         poppler=args.official_renderer, version=args.version,
+                         metadata=args.metadata)
+    except (ValueError, OSError) as e:  # a malformed --metadata line, an unwritable --out
+        sys.exit(f"error: {e}")
     print(f"{report['images_written']}/{report['images_listed']} images written to "
           f"{report['out']} ({report['images_from_pdf']} cut from paper PDFs); {report['images_missing']} missing {report['missing_by_reason']}; "
           f"{report['index_duplicate_rows']} duplicate index rows; report in "
@@ -405,8 +563,16 @@ def main(argv: list[str] | None = None) -> None:
               f"way the e-print cannot reproduce {report['render_fallback']} (pdf-region: cut "
               f"from the paper PDF, but the index gives no page/bbox); they were rendered with the official settings, so their "
               f"pixels will not match the manifest's")
+    if report["papers_not_on_first_version_tried"]:
+        print(f"{len(report['papers_not_on_first_version_tried'])} papers were rebuilt from "
+              f"another version than the one current on the --version date (report.json: "
+              f"paper_versions)")
     if any(reason.endswith("pending") for reason in report["missing_by_reason"]):
-        sys.exit("some e-prints or PDFs could not be fetched yet (see missing.csv): rerun to retry")
+        sys.exit("error: some e-prints, PDFs or version dates could not be fetched yet (see "
+                 "missing.csv): rerun to retry")
+    if report["images_missing"] and not args.allow_missing:
+        sys.exit(f"error: {report['images_missing']} listed images are missing (see missing.csv "
+                 f"for why; --allow-missing accepts that)")
 
 
 if __name__ == "__main__":

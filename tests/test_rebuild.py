@@ -58,7 +58,7 @@ def test_rebuild_writes_the_official_names_and_pixels(eprint_server, testdata, t
         {"paper_id": "1801.04461", "img_name": "add.png"},          # a duplicate index row
         {"paper_id": "2202.99999", "img_name": "gone.pdf"}])        # 404 on the server
     out = tmp_path / "cvf"
-    report = rebuild(index, "val", out, delay=0, progress=False)
+    report = rebuild(index, "val", out, delay=0, progress=False, version="latest")
 
     written = {p.relative_to(out / "val").as_posix() for p in (out / "val").rglob("*.png")}
     assert written == {
@@ -116,9 +116,9 @@ def test_rebuild_resumes_without_refetching(eprint_server, testdata, tmp_path, d
     index = tmp_path / "df_part.csv"
     write_index(index, testdata, [], papers=("1904.03249", "1801.04461"))
     out = tmp_path / "cvf"
-    first = rebuild(index, "train", out, delay=0, progress=False)
+    first = rebuild(index, "train", out, delay=0, progress=False, version="latest")
     eprint_server.shutdown()  # a rerun must need nothing from the network
-    again = rebuild(index, "train", out, delay=0, progress=False)
+    again = rebuild(index, "train", out, delay=0, progress=False, version="latest")
     assert again == first and first["images_written"] == 4
 
 
@@ -143,7 +143,8 @@ def test_official_renderer_gives_pdf2image_pixels(eprint_server, testdata, tmp_p
 
     index = tmp_path / "df_part.csv"
     write_index(index, testdata, [], papers=("1904.03249",))
-    report = rebuild(index, "val", tmp_path / "cvf", delay=0, poppler=True, progress=False)
+    report = rebuild(index, "val", tmp_path / "cvf", delay=0, poppler=True, progress=False,
+                     version="latest")
     assert report["images_written"] == 2
     with tarfile.open(testdata / "eprints" / "1904.03249.tar.gz") as tar:
         ref = convert_from_bytes(tar.extractfile("figures/vis.pdf").read(), dpi=200)[0]
@@ -186,7 +187,7 @@ def test_cli_eprint_url_names_the_server(eprint_server, testdata, tmp_path, data
     index = tmp_path / "df_part.csv"
     write_index(index, testdata, [], papers=("1904.03249",))
     main(["--index", str(index), "--split", "val", "--out", str(tmp_path / "cvf"),
-          "--eprint-url", url, "--delay", "0"])
+          "--eprint-url", url, "--delay", "0", "--version", "latest"])
     assert "2/2 images written" in capsys.readouterr().out
     assert len(list((tmp_path / "cvf" / "val" / "1904.03249").glob("*.png"))) == 2
     with pytest.raises(SystemExit):

@@ -3,7 +3,9 @@
 Endpoints (the same paths as export.arxiv.org, so only the host changes):
 
     GET /api/query?search_query=cat:cs.CV AND submittedDate:[202101010000 TO 202101312359]&start=0&max_results=100
+    GET /api/query?id_list=<id>,<id>v1     the latest version's entry, or that version's (its date)
     GET /e-print/<id>      the e-print bytes as arXiv serves them (gzip'd tar, gzip'd .tex, or a PDF)
+    GET /e-print/<id>v<n>  that version's e-print (404 for a version the corpus holds no file of)
     GET /pdf/<id>          the paper PDF
     GET /oai?verb=GetRecord&identifier=oai:arXiv.org:<id>&metadataPrefix=arXiv   (licence)
     GET /oai?verb=ListRecords&metadataPrefix=arXiv&set=cs&from=YYYY-MM-DD&until=YYYY-MM-DD
@@ -21,6 +23,11 @@ page served in place of the file). A rule with `"ids": [first, last]` hits only 
 arXiv ids in that range (inclusive): a block for a stretch of papers. Faults are lifted by
 replacing the rules (`Replay.set_faults([])`, or POST `[]` to /_replay/faults).
 Withdrawn papers answer 404 on both download endpoints, as on arXiv.
+
+Versions: a paper's `version` is its latest; a paper may list `versions` as
+`[{"version": n, "created": iso date, "eprint_file": path}]` (the file optional: else
+`eprint/<id>v<n>` of the corpus, else the paper's e-print for the latest version only). Without
+`versions`, version 1 is dated `published`, the latest `updated`, and any between evenly.
 
 OAI-PMH ListRecords pages as the protocol says: records in datestamp order, `set` an archive
 (`cs` holds every paper with a cs.* category), each incomplete page ending in an opaque
@@ -104,10 +111,23 @@ def _matches(paper: dict, query: str) -> bool:
     return bool(result)
 
 
-def _entry(p: dict) -> str:
-    vid = f"{p['arxiv_id']}v{p['version']}"
+def version_dates(p: dict) -> dict[int, str]:
+    """{version number: ISO date} of a paper (see the module's doc)."""
+    if p.get("versions"):
+        return {int(v["version"]): v["created"] for v in p["versions"]}
+    last = int(p["version"])
+    if last == 1:
+        return {1: p["updated"]}
+    first, end = datetime.fromisoformat(p["published"]), datetime.fromisoformat(p["updated"])
+    return {n: (first + (end - first) * (n - 1) / (last - 1)).isoformat() for n in range(1, last + 1)}
+
+
+def _entry(p: dict, version: int | None = None) -> str:
+    """The Atom entry of the paper's latest version, or of `version` (its date as `updated`)."""
+    updated = p["updated"] if version is None else version_dates(p)[version]
+    vid = f"{p['arxiv_id']}v{version or p['version']}"
     parts = [f"<entry><id>http://arxiv.org/abs/{vid}</id>",
-             f"<updated>{_stamp(p['updated'])}</updated><published>{_stamp(p['published'])}</published>",
+             f"<updated>{_stamp(updated)}</updated><published>{_stamp(p['published'])}</published>",
              f"<title>{escape(p['title'])}</title><summary>{escape(p['summary'])}</summary>"]
     parts += [f"<author><name>{escape(a)}</name></author>" for a in p["authors"]]
     if p["doi"]:
@@ -125,7 +145,8 @@ def _entry(p: dict) -> str:
     return "".join(parts) + "</entry>\n"
 
 
-def atom_feed(papers: list[dict], query: str, total: int, start: int, per_page: int) -> bytes:
+def atom_feed(papers: list, query: str, total: int, start: int, per_page: int) -> bytes:
+    """An API page; `papers` holds paper dicts, or (paper, version) pairs for versioned ids."""
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             '<feed xmlns="http://www.w3.org/2005/Atom" xmlns:opensearch="http://a9.com/-/spec/opensearch/1.1/" '
             'xmlns:arxiv="http://arxiv.org/schemas/atom">\n'
@@ -135,7 +156,8 @@ def atom_feed(papers: list[dict], query: str, total: int, start: int, per_page: 
             f"<opensearch:totalResults>{total}</opensearch:totalResults>"
             f"<opensearch:startIndex>{start}</opensearch:startIndex>"
             f"<opensearch:itemsPerPage>{per_page}</opensearch:itemsPerPage>\n"
-            + "".join(_entry(p) for p in papers) + "</feed>\n").encode()
+            + "".join(_entry(*p) if isinstance(p, tuple) else _entry(p) for p in papers)
+            + "</feed>\n").encode()
 
 
 def _archives(p: dict) -> list[str]:
@@ -230,10 +252,15 @@ class Replay:
                     return f
         return None
 
-    def file_for(self, endpoint: str, arxiv_id: str) -> Path | None:
+    def file_for(self, endpoint: str, arxiv_id: str, version: int | None = None) -> Path | None:
         p = self.papers.get(arxiv_id)
         if p is None or p.get("withdrawn"):
             return None
+        if endpoint == "e-print" and version not in (None, int(p.get("version", 1))):
+            listed = {int(v["version"]): v for v in p.get("versions", ())}
+            path = (Path(listed[version]["eprint_file"]) if listed.get(version, {}).get("eprint_file")
+                    else self.corpus_dir / "eprint" / f"{arxiv_id}v{version}" if self.corpus_dir else None)
+            return path if path is not None and path.exists() else None
         if endpoint == "e-print":
             path = Path(p["eprint_file"]) if "eprint_file" in p else self.corpus_dir / "eprint" / arxiv_id
         else:
@@ -300,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, self._api(q, fault), "application/atom+xml; charset=utf-8"
         m = re.fullmatch(r"/(e-print|pdf)/(\d{4}\.\d{4,5})(v\d+)?", path)
         if m:
-            f = replay.file_for(m.group(1), m.group(2))
+            f = replay.file_for(m.group(1), m.group(2), int(m.group(3)[1:]) if m.group(3) else None)
             if f is None:
                 return 404, b"not found\n", "text/plain"
             body = f.read_bytes()
@@ -317,9 +344,18 @@ class _Handler(BaseHTTPRequestHandler):
         ids = [i for i in q.get("id_list", [""])[0].split(",") if i]
         start = int(q.get("start", ["0"])[0])
         per_page = min(int(q.get("max_results", ["10"])[0]), MAX_PAGE)
-        hits = [p for p in replay.ordered if (not query or _matches(p, query))
-                and (not ids or p["arxiv_id"] in ids)]
-        if q.get("sortOrder", ["descending"])[0] == "descending":
+        if ids:  # id_list: in the order asked, a versioned id giving that version's entry
+            hits = []
+            for i in ids:
+                m = _ID.match(i)
+                p = replay.papers.get(m.group(1)) if m else None
+                version = int(m.group(2)[1:]) if m and m.group(2) else None
+                if p is not None and (not query or _matches(p, query)) and (
+                        version is None or version in version_dates(p)):
+                    hits.append(p if version is None else (p, version))
+        else:
+            hits = [p for p in replay.ordered if not query or _matches(p, query)]
+        if not ids and q.get("sortOrder", ["descending"])[0] == "descending":
             hits = hits[::-1]
         if fault == "malformed":
             return b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><entry><id>http://arxiv'
