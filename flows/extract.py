@@ -22,6 +22,7 @@ from prefect_dask import DaskTaskRunner
 
 from pipeline import extract
 from pipeline.config import data_root
+from pipeline.shards import parse_month
 
 
 @task(name="extract-shard", retries=1)
@@ -129,6 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
+    for shard in args.shards or ():
+        try:
+            parse_month(shard)
+        except ValueError as e:
+            parser.error(str(e))
+        if not (data_root(args.root) / "papers" / f"{shard}.parquet").is_file():
+            parser.error(f"no papers/{shard}.parquet under {data_root(args.root)}")
     if not (args.shards or extract.shards_with_papers(args.root)):
         parser.error(f"no papers/<shard>.parquet under {data_root(args.root)} (run python -m pipeline.crawl)")
     try:
@@ -136,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
                                   args.box, args.official, not args.no_name_filter, args.timeout,
                                   args.contact_sheet)
     except ShardsFailed as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     dup = summary["duplicates"]
     print(f"{summary['shards']} shards, {summary['papers']} papers, {summary['figures']} figures; "
           f"{dup['exact_duplicates']} exact and {dup['near_duplicates']} near duplicates flagged "

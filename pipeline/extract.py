@@ -1,7 +1,8 @@
 """Figure extraction: paper records in, figure records and PNGs out, one month shard at a time.
 
 For each paper of `papers/<shard>.parquet` the e-print is read in memory (`pipeline.archive`),
-every figure-like member (the official extensions plus EPS/PS) becomes one record named by the
+every figure file of the formats CVF's figures came in (`.pdf` and `.png`, EPS/PS as the PDF
+pdfLaTeX converts them to; `--formats` opens jpg, gif, bmp, tiff) becomes one record named by the
 CVF rule (`pipeline.naming`) and is rendered to `images/<shard>/<paper_id>/<file>.png` in a
 sandboxed child process (`pipeline.render.Renderer`). Papers whose e-print is missing or is
 only a PDF go through the PDF fallback (`pipeline.pdffigures`). Each record says whether the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,8 +39,10 @@ from tqdm import tqdm
 from pipeline import config, store
 from pipeline.archive import ArchiveError, Limits, read_eprint
 from pipeline.latex import decode_tex, figure_texts, normalise
-from pipeline.naming import cvf_name, figure_format, official_name_filter, output_name
+from pipeline.naming import (ALL_FORMATS, CVF_FORMATS, cvf_name, figure_format, is_candidate,
+                             official_name_filter, output_name, parse_formats)
 from pipeline.render import OFFICIAL, Renderer, RenderOptions
+from pipeline.shards import parse_month
 
 FIGURE_SCHEMA = pa.schema([
     ("paper_id", pa.string()),
@@ -165,22 +169,20 @@ def _is_tex(path: str) -> bool:
     return path.lower().endswith(TEX_SUFFIXES)
 
 
-def _wanted(path: str) -> bool:
-    return figure_format(path) is not None or _is_tex(path)
-
-
 class IsPaperPDF(Exception):
     """The e-print is the paper's PDF, not a source tree."""
 
 
 def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
                    renderer: Renderer, *, apply_name_filter: bool = True,
-                   only: set[str] | None = None, limits: Limits = Limits()) -> list[dict]:
+                   only: set[str] | None = None, limits: Limits = Limits(),
+                   formats: tuple[str, ...] = CVF_FORMATS) -> list[dict]:
     """Figure records of one e-print; PNGs go to `image_dir`. `only`: render just these names.
+    `formats`: which figure files are candidates (`pipeline.naming.is_candidate`).
 
     Raises ArchiveError only before any member is read (empty, zip, unknown blob); a PDF
     e-print raises `IsPaperPDF` for the caller to route to the PDF fallback."""
-    kind, members = read_eprint(eprint, _wanted, limits)
+    kind, members = read_eprint(eprint, lambda p: _is_tex(p) or is_candidate(p, formats), limits)
     if kind == "pdf":
         raise IsPaperPDF(next(members).data)
     rows: dict[str, dict] = {}  # by img_name
@@ -192,7 +194,7 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
                 tex[member.path] = decode_tex(member.data)
                 continue
             fmt = figure_format(member.path)
-            if fmt is None:
+            if fmt is None or not is_candidate(member.path, formats):
                 continue
             figure_files += 1
             name = cvf_name(member.path)
@@ -300,7 +302,8 @@ def _png_facts(path: Path) -> dict:
 
 
 def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
-                  apply_name_filter: bool = True, limits: Limits = Limits()) -> list[dict]:
+                  apply_name_filter: bool = True, limits: Limits = Limits(),
+                  formats: tuple[str, ...] = CVF_FORMATS) -> list[dict]:
     """Figure records of one paper record: from its e-print, else from its PDF."""
     paper_id = paper["arxiv_id"]
     image_dir = root / "images" / shard / paper_id.replace("/", "_")
@@ -309,7 +312,8 @@ def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
     if eprint is not None and paper.get("eprint_status", "ok") == "ok" and eprint.exists():
         try:
             return extract_eprint(paper_id, eprint, image_dir, root, renderer,
-                                  apply_name_filter=apply_name_filter, limits=limits)
+                                  apply_name_filter=apply_name_filter, limits=limits,
+                                  formats=formats)
         except IsPaperPDF as e:
             with open(eprint, "rb") as f:
                 if f.read(5) == b"%PDF-":
@@ -480,9 +484,11 @@ def dedup_corpus(root: str | Path | None = None, near_bits: int = NEAR_DUP_BITS)
 def extract_shard(shard: str, root: str | Path | None = None, *,
                   options: RenderOptions = RenderOptions(), apply_name_filter: bool = True,
                   limits: Limits = Limits(), checkpoint_every: int = 20,
-                  progress: bool = True, force: bool = False) -> dict:
+                  progress: bool = True, force: bool = False,
+                  formats: tuple[str, ...] = CVF_FORMATS) -> dict:
     """Extract every paper of `papers/<shard>.parquet`; returns (and stores) the shard's stats.
-    `force` redoes a done shard from scratch (e.g. after the crawl fetched pending e-prints)."""
+    `force` redoes a done shard from scratch (e.g. after the crawl fetched pending e-prints);
+    `formats`: the figure file formats taken as candidates (default CVF's: pdf, png, EPS as PDF)."""
     root = config.data_root(root)
     figures_dir = root / "figures"
     out_path = figures_dir / f"{shard}.parquet"
@@ -503,7 +509,7 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
     with Renderer(options) as renderer:
         for i, paper in enumerate(tqdm(todo, desc=f"extract {shard}", unit="paper",
                                        disable=not progress), 1):
-            rows += extract_paper(paper, shard, root, renderer, apply_name_filter, limits)
+            rows += extract_paper(paper, shard, root, renderer, apply_name_filter, limits, formats)
             if i % checkpoint_every == 0:
                 store.write_rows(out_path, rows, FIGURE_SCHEMA)
         restarts = renderer.restarts
@@ -526,7 +532,8 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
                                        if r["status"] == "error")),
         "renderer_restarts": restarts, "seconds": round(seconds, 2),
         "options": {"box": options.box, "alpha": options.alpha, "official": options.official,
-                    "render": render_setting(options), "name_filter": apply_name_filter},
+                    "render": render_setting(options), "name_filter": apply_name_filter,
+                    "formats": list(formats)},
     }
     if not waiting:
         store.write_stats(figures_dir, shard, stats)
@@ -552,8 +559,15 @@ def shards_with_papers(root: str | Path | None = None) -> list[str]:
 
 
 def extract_shards(shards: Iterable[str], root=None, **kwargs) -> list[dict]:
-    """Extract shards one after another in this process, then flag corpus-wide duplicates."""
-    stats = [extract_shard(s, root, **kwargs) for s in shards]
+    """Extract shards one after another in this process, then flag corpus-wide duplicates.
+    A shard that fails (an unreadable papers file, say) gets `{"shard", "failed": why}` in
+    place of its stats; the others go on and get their duplicates flagged."""
+    stats = []
+    for shard in shards:
+        try:
+            stats.append(extract_shard(shard, root, **kwargs))
+        except (OSError, ValueError, pa.ArrowException) as e:
+            stats.append({"shard": shard, "failed": f"{type(e).__name__}: {e}"})
     dedup_corpus(root)
     return stats
 
@@ -593,21 +607,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-name-filter", action="store_true",
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    parser.add_argument("--formats", default=",".join(CVF_FORMATS), metavar="LIST",
+                        help="comma-separated figure file formats taken as candidates (default "
+                             "pdf,png: what CVF's figures are; EPS/PS count as the PDF they "
+                             "become). Others: " + ",".join(f for f in ALL_FORMATS
+                                                            if f not in CVF_FORMATS))
     parser.add_argument("--force", action="store_true",
                         help="redo shards that are done (default: skip them)")
     parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
+    try:
+        formats = parse_formats(args.formats)
+        for shard in args.shards or ():
+            parse_month(shard)
+    except ValueError as e:
+        parser.error(str(e))
+    root = config.data_root(args.root)
+    if not (root / "papers").is_dir():
+        parser.error(f"no papers/ folder under {root} (run python -m pipeline.crawl, or give --root)")
     options = render_options(args.box, args.official, args.timeout)
     shards = args.shards or shards_with_papers(args.root)
     if not shards:
-        parser.error(f"no papers/<shard>.parquet under {config.data_root(args.root)}")
+        parser.error(f"no papers/<shard>.parquet under {root}")
+    if lacking := [s for s in shards if not (root / "papers" / f"{s}.parquet").is_file()]:
+        parser.error(f"no papers/<shard>.parquet under {root} for {' '.join(lacking)}")
+    failed = []
     for stats in extract_shards(shards, args.root, options=options, force=args.force,
-                                apply_name_filter=not args.no_name_filter):
+                                apply_name_filter=not args.no_name_filter, formats=formats):
+        if "failed" in stats:
+            failed.append(f"{stats['shard']}: {stats['failed']}")
+            continue
         waiting = (f"; left open: {stats['papers_waiting_for_crawl']} papers wait for the crawl"
                    if not stats.get("done", True) else "")
         print(f"{stats['shard']}: {stats['papers']} papers, {stats['figures']} figures "
               f"{stats['by_status']}, {stats['seconds']} s{waiting}")
+    if failed:
+        print(f"error: {len(failed)} shards failed (the others are done, duplicates flagged): "
+              + "; ".join(failed), file=sys.stderr)
+        sys.exit(1)
     if args.contact_sheet:
         print(f"contact sheet: {write_contact_sheet(args.root, args.contact_sheet)}")
 

@@ -4,7 +4,8 @@
 * `replay-truth`: the replay generator's knowledge (`truth.parquet`, `is_grid_with_photo`);
 * `cvf-index`: distant supervision from the official index (`df_train.csv`/`df_val.csv`): for
   every listed paper whose e-print we extracted, its listed files are positives and its other
-  candidates negatives.
+  candidates of the formats CVF considered (`.pdf`/`.png` names, EPS as its converted PDF)
+  negatives; a JPEG photo grid CVF never looked at is no negative.
 
 When sources disagree on a figure the more trustworthy wins, in that order. Labels whose
 figure is not (or no longer) in the figure records are dropped and counted, never used; so are
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.naming import CVF_FORMATS, figure_format
 
 SOURCES = ("label-studio", "replay-truth", "cvf-index")  # most trusted first
 
@@ -65,7 +68,9 @@ def from_cvf_index(listed: dict[str, set[str]], figures: list[dict]) -> list[dic
     fallback's `page-N` names can never match. Candidates the official name filter would drop
     were never scored by the original classifier, so they are not evidence of a negative. A
     listed paper none of whose candidates carries a listed name (another version of the paper,
-    names that do not line up) gives no labels: its candidates are not known negatives.
+    names that do not line up) gives no labels: its candidates are not known negatives. A
+    candidate whose name is of a format CVF did not consider (jpg, gif, ...: the index lists
+    only .pdf and .png names) was never CVF's to list, so it is no negative either.
     """
     matched = {f["paper_id"] for f in figures if f["img_name"] in listed.get(f["paper_id"], ())}
     out = []
@@ -73,6 +78,8 @@ def from_cvf_index(listed: dict[str, set[str]], figures: list[dict]) -> list[dic
         names = listed.get(f["paper_id"])
         if (names is None or f["paper_id"] not in matched or f.get("source_kind", "eprint") != "eprint"
                 or f.get("name_filter")):
+            continue
+        if f["img_name"] not in names and figure_format(f["img_name"]) not in CVF_FORMATS:
             continue
         out.append({"paper_id": f["paper_id"], "img_name": f["img_name"],
                     "label": int(f["img_name"] in names), "source": "cvf-index"})

@@ -230,6 +230,20 @@ def harvest(url: str, root: Path, fetcher: PoliteFetcher, *, set_spec: str = "cs
     return stats
 
 
+# Licences under which a paper's figures may be shown again elsewhere (a contact sheet of the
+# dataset card): Creative Commons BY and BY-SA (any version), CC0 and the public-domain mark.
+# arXiv's own non-exclusive licence, NC and ND variants and "not collected" do not qualify.
+_REDISTRIBUTABLE = re.compile(
+    r"^https?://(www\.)?creativecommons\.org/(licenses/(by|by-sa)/[\d.]+|publicdomain/(zero/[\d.]+|mark/[\d.]+))/?$",
+    re.IGNORECASE)
+
+
+def allows_redistribution(license_url: str | None) -> bool:
+    """Whether a paper licence URL (as arXiv states it) lets its figures be redistributed:
+    CC BY, CC BY-SA, CC0 or public domain (attribution kept); no for anything else."""
+    return bool(license_url) and bool(_REDISTRIBUTABLE.match(license_url.strip()))
+
+
 def licenses_for(root: Path, arxiv_ids: list[str]) -> dict[str, str]:
     """The harvested licence ('' = none stated) of each of `arxiv_ids` found in `licenses/*.parquet`
     (finished or not); ids no table holds are absent. Newest datestamp wins across tables."""

@@ -21,6 +21,32 @@ OFFICIAL_EXTENSIONS = (".jpeg", ".jpg", ".png", ".gif", ".bmp", ".tiff", ".tif",
 POSTSCRIPT_EXTENSIONS = (".eps", ".ps")
 FIGURE_EXTENSIONS = OFFICIAL_EXTENSIONS + POSTSCRIPT_EXTENSIONS
 
+# The formats CVF's figures came in: the official index holds only .pdf (69,916) and .png
+# (18,729) names. Extraction takes these by default (EPS/PS too, as the PDF pdfLaTeX converts
+# them to); other rasters (jpg, gif, bmp, tiff) are candidates only when asked for.
+CVF_FORMATS = ("pdf", "png")
+ALL_FORMATS = ("png", "jpg", "gif", "bmp", "tiff", "pdf", "eps", "ps")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """`--formats pdf,png,jpg` as format names (jpeg = jpg, tif = tiff); ValueError naming an
+    unknown one."""
+    formats = tuple(dict.fromkeys({"jpeg": "jpg", "tif": "tiff"}.get(f, f)
+                                  for f in (x.strip().lower().lstrip(".") for x in text.split(",")) if f))
+    unknown = [f for f in formats if f not in ALL_FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"--formats {text!r}: unknown format {', '.join(unknown) or '(none given)'}"
+                         f" (known: {','.join(ALL_FORMATS)})")
+    return formats
+
+
+def is_candidate(path: str, formats=CVF_FORMATS) -> bool:
+    """Whether a figure file at `path` is a candidate under `formats`: its own format is one,
+    or the format of its CVF name is (an EPS is the PDF it becomes)."""
+    fmt = figure_format(path)
+    return fmt is not None and (fmt in formats or figure_format(cvf_name(path)) in formats)
+
+
 # The official downloader skipped names containing these words. Not one of the 88,645 CVF names
 # contains them in any case ("Architecture.pdf" would be common otherwise), so match ignoring case.
 OFFICIAL_NAME_STOPWORDS = ("arch", "pipeline")

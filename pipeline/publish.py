@@ -11,9 +11,11 @@ Writes, from `selection/` (see pipeline.filter) and the classifier's card:
 * `croissant.json`: MLCommons Croissant 1.0 metadata with every file's sha256;
 * `README.md` (dataset card, with the hub's header naming the splits for `datasets.load_dataset`)
   and `index.html` (the same, rendered), `year_histogram.png`,
-  `contact_train.png`, `contact_val.png` (random samples of each split).
+  `contact_train.png`, `contact_val.png` (random samples of each split, drawn only from figures
+  whose paper's licence allows redistribution: CC BY, CC BY-SA, CC0; `pipeline.licenses`).
 
-Manifests point to arXiv; they do not redistribute images. A name that exists is never
+Manifests point to arXiv; they do not redistribute images. `croissant.json` is validated with
+mlcroissant (metadata, and the first record read back) before anything is written. A name that exists is never
 replaced unless `--overwrite` is given; locally the new folder replaces the old in one rename.
 """
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pipeline import store
 from pipeline.config import data_root
 from pipeline.contact_sheet import contact_sheet
 from pipeline.latex import PANEL_COLUMNS, TEXT_COLUMNS
+from pipeline.licenses import allows_redistribution
 
 SPLITS = ("train", "val")
 MANIFEST_COLUMNS = ["paper_id", "img_name", "split", "sha256", "width", "height", "score", "version", "license",
@@ -274,7 +277,10 @@ def dataset_card(name: str, report: dict, card: dict | None, tables: dict[str, p
     if "no paper record" in crawl_from:
         crawl_note += f"; {crawl_from['no paper record']} figures have no paper record and no crawl date"
     crawl_note += "."
-    sheet_md = "\n\n".join(f"**{s}**\n\n![{s} samples]({f})" for s, f in sheets) or "_(images not available when published)_"
+    sheet_md = ("Drawn only from figures whose paper's licence allows redistribution (CC BY, CC BY-SA, "
+                "CC0, public domain), crediting their arXiv ids; no other figure is shown.\n\n"
+                + ("\n\n".join(f"**{s}**\n\n![{s} samples]({f})" for s, f in sheets)
+                   or "_(no openly licensed figure was available when published)_"))
     return f"""{HUB_FRONT_MATTER.format(name=name)}
 
 # {name}: Computer Vision Figures
@@ -407,8 +413,10 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
     sheets = []
     with tempfile.TemporaryDirectory() as tmp:
         for split, table in tables.items():
-            rows = table.select(["paper_id", "image_path"]).to_pylist()
-            rows = [r for r in rows if r["image_path"] and (root / "images" / r["image_path"]).exists()]
+            rows = table.select(["paper_id", "image_path", "license"]).to_pylist()
+            # The manifests redistribute no image; a sample sheet would: only openly licensed ones.
+            rows = [r for r in rows if r["image_path"] and allows_redistribution(r["license"])
+                    and (root / "images" / r["image_path"]).exists()]
             if not rows:
                 continue
             pick = [rows[i] for i in sorted(rng.choice(len(rows), min(samples, len(rows)), replace=False))]
@@ -423,6 +431,22 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
     files["index.html"] = render_html(name, card_md).encode()
     files["croissant.json"] = (json.dumps(croissant(name, report, card, files, created), indent=2) + "\n").encode()
     return files
+
+
+def validate_croissant(files: dict[str, bytes]) -> None:
+    """ValueError unless mlcroissant accepts the manifest's croissant.json and reads its first
+    record back from the files beside it (checked in a scratch folder, before publishing)."""
+    import mlcroissant as mlc
+
+    with tempfile.TemporaryDirectory(prefix="cvf-croissant-") as tmp:
+        for fname, data in files.items():
+            (Path(tmp) / fname).write_bytes(data)
+        try:
+            dataset = mlc.Dataset(jsonld=str(Path(tmp) / "croissant.json"))
+            next(iter(dataset.records(dataset.metadata.record_sets[0].uuid)), None)
+        except Exception as e:  # mlc.ValidationError, and what reading the records can raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"croissant.json does not validate with mlcroissant: {first}") from None
 
 
 def write(files: dict[str, bytes], target: str, overwrite: bool = False) -> str:
@@ -484,6 +508,7 @@ def publish(root=None, name: str = "", out: str = "manifests", overwrite: bool =
     if fs.exists(path) and not overwrite:  # fail before the work, not after
         raise FileExistsError(f"{target} is already published; pass --overwrite to replace it")
     files = build(root, name, samples, seed)
+    validate_croissant(files)
     write(files, target, overwrite)
     if hf_repo:
         print(push_to_hub(target, hf_repo))

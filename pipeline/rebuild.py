@@ -58,7 +58,7 @@ from pipeline import config, store
 from pipeline.archive import ArchiveError, read_eprint
 from pipeline.extract import (FIGURE_SCHEMA, PDF_REGION, RENDER_SETTINGS, IsPaperPDF,
                               extract_eprint, figure_row, mark_duplicates, png_phash)
-from pipeline.naming import cvf_name, figure_format, output_name
+from pipeline.naming import ALL_FORMATS, cvf_name, figure_format, output_name
 from pipeline.render import Renderer
 from pipeline.shards import shard_of_id
 from pipeline.versions import CVF_CUTOFF, VersionDates, api_dates, read_snapshot, try_order
@@ -368,7 +368,7 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                 for setting, group in by_setting.items():
                     paper_rows = extract_eprint(paper_id, eprint, out / split / paper_id, out,
                                                 renderer_for(setting), apply_name_filter=False,
-                                                only=set(group))
+                                                only=set(group), formats=ALL_FORMATS)
                     # A paper-level problem (e.g. an archive corrupt after some members)
                     # explains every listed name that did not come out.
                     for row in paper_rows:
@@ -553,7 +553,8 @@ def main(argv: list[str] | None = None) -> None:
                          poppler=args.official_renderer, version=args.version,
                          metadata=args.metadata)
     except (ValueError, OSError) as e:  # a malformed --metadata line, an unwritable --out
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     print(f"{report['images_written']}/{report['images_listed']} images written to "
           f"{report['out']} ({report['images_from_pdf']} cut from paper PDFs); {report['images_missing']} missing {report['missing_by_reason']}; "
           f"{report['index_duplicate_rows']} duplicate index rows; report in "
@@ -568,11 +569,13 @@ def main(argv: list[str] | None = None) -> None:
               f"another version than the one current on the --version date (report.json: "
               f"paper_versions)")
     if any(reason.endswith("pending") for reason in report["missing_by_reason"]):
-        sys.exit("error: some e-prints, PDFs or version dates could not be fetched yet (see "
-                 "missing.csv): rerun to retry")
+        print("error: some e-prints, PDFs or version dates could not be fetched yet (see "
+              "missing.csv): rerun to retry", file=sys.stderr)
+        sys.exit(1)
     if report["images_missing"] and not args.allow_missing:
-        sys.exit(f"error: {report['images_missing']} listed images are missing (see missing.csv "
-                 f"for why; --allow-missing accepts that)")
+        print(f"error: {report['images_missing']} listed images are missing (see missing.csv "
+              f"for why; --allow-missing accepts that)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

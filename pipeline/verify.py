@@ -17,8 +17,10 @@
    version renders a few pixels differently). Near images are listed with their bit distance
    and are not problems, unless `--strict` (byte-identical images required).
 
-Exit status 0 when everything matches (exactly or near), 1 when anything is missing or differs,
-2 when the manifest or image folder is not there.
+Exit status 0 when everything matches (exactly or near), 1 when anything is missing or differs
+or `croissant.json` is no manifest's (not JSON, not an object, no data files, a file without
+its contentUrl or sha256, a split's Parquet file not listed: one `error:` line), 2 when the
+manifest or image folder is not there.
 """
 from __future__ import annotations
 
@@ -40,8 +42,36 @@ from pipeline.naming import output_name
 SPLITS = ("train", "val")
 
 
+class ManifestError(ValueError):
+    """croissant.json is not a usable manifest description: nothing can be checked against it."""
+
+
+def croissant_problem(meta) -> str:
+    """Why a parsed croissant.json cannot describe a manifest ('' when it can): it must be an
+    object whose `distribution` lists the data files, each with `contentUrl` and `sha256`,
+    the splits' Parquet files among them. An empty `{}` lists nothing and checks nothing."""
+    if not isinstance(meta, dict):
+        return f"not a JSON object (a JSON {type(meta).__name__})"
+    distribution = meta.get("distribution")
+    if not isinstance(distribution, list) or not distribution:
+        return "lists no data files (no `distribution`)"
+    for i, obj in enumerate(distribution):
+        if not isinstance(obj, dict):
+            return f"distribution entry {i} is not an object"
+        if obj.get("@type") == "cr:FileSet":  # FileSets have no checksum of their own
+            continue
+        for key in ("contentUrl", "sha256"):
+            if not isinstance(obj.get(key), str) or not obj[key]:
+                return f"distribution entry {i} ({obj.get('name') or obj.get('@id') or '?'}) has no {key}"
+    listed = {obj["contentUrl"] for obj in distribution if obj.get("@type") != "cr:FileSet"}
+    if lacking := [f"{s}.parquet" for s in SPLITS if f"{s}.parquet" not in listed]:
+        return f"incomplete: {', '.join(lacking)} not listed"
+    return ""
+
+
 def check_manifest_files(manifest: str) -> tuple[list[dict], dict]:
-    """(problems, croissant) for the manifest folder `manifest` (a path or fsspec URL)."""
+    """(problems, croissant) for the manifest folder `manifest` (a path or fsspec URL).
+    Raises ManifestError when croissant.json is not a manifest's (`croissant_problem`)."""
     fs, root = fsspec.core.url_to_fs(manifest)
     if not fs.isdir(root):
         raise FileNotFoundError(f"manifest folder not found: {manifest} (publish one with `python -m pipeline.publish`)")
@@ -51,10 +81,12 @@ def check_manifest_files(manifest: str) -> tuple[list[dict], dict]:
     try:
         meta = json.loads(fs.cat_file(meta_path))
     except ValueError as e:
-        return [{"file": "croissant.json", "problem": f"not JSON: {e}"}], {}
+        raise ManifestError(f"{manifest}/croissant.json: not JSON: {e}") from None
+    if problem := croissant_problem(meta):
+        raise ManifestError(f"{manifest}/croissant.json: {problem}")
     problems = []
-    for obj in meta.get("distribution", []):
-        if "sha256" not in obj:  # FileSets have no checksum of their own
+    for obj in meta["distribution"]:
+        if obj.get("@type") == "cr:FileSet":
             continue
         path = f"{root}/{obj['contentUrl']}"
         if not fs.exists(path):
@@ -163,6 +195,9 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -17,6 +17,7 @@ from PIL import Image
 from pipeline import store
 from pipeline.archive import Limits
 from pipeline.crawl import PAPER_SCHEMA
+from pipeline.naming import ALL_FORMATS
 from pipeline.extract import (FIGURE_SCHEMA, dedup_corpus, extract_shard, is_included, latex_references,
                               mark_duplicates, png_phash, render_options, write_contact_sheet)
 from pipeline.replay.corpus import tar_gz
@@ -241,7 +242,7 @@ def test_bad_inputs_each_get_a_status(tmp_path):
         "2103.00001": good, "2103.00002": truncated[: len(truncated) // 2],
         "2103.00003": zipped.getvalue(), "2103.00004": bomb, "2103.00005": traversal.getvalue(),
         "2103.00006": figures, "2103.00007": b"", "2103.00008": None})
-    stats = extract_shard("2021-03", root, progress=False,
+    stats = extract_shard("2021-03", root, progress=False, formats=ALL_FORMATS,  # the .jpg too
                           limits=Limits(max_total_bytes=8 << 20, max_file_bytes=16 << 20))
     rows = rows_by_name(root, "2021-03")
     by_paper: dict[str, list[dict]] = {}
@@ -430,6 +431,9 @@ def test_replay_corpus_every_true_figure_comes_out(tmp_path):
     truth = store.read_rows(corpus / "truth.parquet")
     assert truth
     for fig in truth:
+        if fig["img_name"].lower().endswith((".jpg", ".jpeg")):  # not CVF's formats: no candidate
+            assert (fig["paper_id"], fig["img_name"]) not in rows
+            continue
         row = rows[(fig["paper_id"], fig["img_name"])]
         if row["status"] == "skipped":  # the generator makes multi-page PDFs, as CVF dropped
             assert row["page_count"] > 1, row
