@@ -84,6 +84,9 @@ FIGURE_SCHEMA = pa.schema([
 ])
 
 NEAR_DUP_BITS = 4  # perceptual hashes at most this many bits apart are near duplicates
+# Most distinct hashes of one bucket (hashes agreeing on one bit block) a hash is compared with;
+# see `nearest_earlier` for what the cap bounds and what it may miss.
+NEAR_DUP_BUCKET_CAP = 64
 
 # The render settings a figure record can name, so a rebuild can make the same pixels again.
 # Rasters follow the same names: `official` converts them as the official tool did.
@@ -359,11 +362,6 @@ def mark_duplicates(rows: list[dict], near_bits: int = NEAR_DUP_BITS,
         row["near_dup_of"] = keys[j] if j >= 0 else ""
 
 
-# Most distinct hashes one bucket (hashes agreeing on one bit block) is searched against; see
-# `nearest_earlier` for what the cap bounds and what it may miss.
-NEAR_DUP_BUCKET_CAP = 64
-
-
 def nearest_earlier(hashes, near_bits: int = NEAR_DUP_BITS,
                     bucket_cap: int = NEAR_DUP_BUCKET_CAP) -> np.ndarray:
     """For each 64-bit hash i, the smallest j < i whose hash differs in at most `near_bits`
@@ -371,19 +369,18 @@ def nearest_earlier(hashes, near_bits: int = NEAR_DUP_BITS,
 
     Equal hashes are one entry (a row's earliest equal hash is a candidate at no cost: 40,000
     equal blank-figure hashes once made 8e8 comparisons). The distinct hashes, in order of first
-    appearance, are indexed by `near_bits + 1` bit blocks: two hashes within `near_bits` bits
-    agree exactly on at least one block (pigeonhole), so only hashes sharing a block's value (a
-    bucket) are compared. Each hash is compared with at most the first `bucket_cap` hashes of
-    each of its buckets, so the work is at most (near_bits + 1) x bucket_cap comparisons per
-    distinct hash, O(n) overall, where comparing whole buckets is quadratic in their size.
-    The result is exact whenever no bucket holds more than `bucket_cap` + 1 distinct hashes.
-    The trade: in a fuller bucket, a hash past the cap is not compared with the hashes past the
-    cap before it; it still finds any near hash among the bucket's first `bucket_cap` (the
-    earliest, which are the answers wanted) and in its other buckets, so what can be missed is a
-    near pair whose only shared blocks are all over-full buckets, and whose earlier member came
-    in past the cap in each. Random 64-bit hashes fill a bucket of 2^13 values beyond 65 only
-    past ~500,000 distinct hashes; real pHashes cluster more (flat, blank, line-art figures).
-    Every match reported is a true one (within `near_bits`, earlier)."""
+    appearance, are cut into m = near_bits // 2 + 1 bit blocks (3 blocks of 21-22 bits for 4
+    bits): two hashes within `near_bits` bits differ in at most near_bits // m (here 1) bits of
+    some block (pigeonhole), so each hash is compared only with the hashes whose block value is
+    its own or one bit off (a bucket; 1 + 22 buckets a block). Of each bucket it is compared
+    with at most the first `bucket_cap` hashes (the earliest, which are the answers wanted), so
+    the work is at most m x (1 + block bits) x bucket_cap comparisons per distinct hash: O(n),
+    where comparing whole buckets is quadratic in their size. Random hashes leave buckets of
+    2^21 values nearly empty (10^6 hashes: 0.5 a bucket), so the cap only bites on clusters.
+    The trade: the result is exact whenever no bucket holds more than `bucket_cap` distinct
+    hashes; in a fuller one, hashes past the cap are not compared, so a near pair can be missed
+    when every bucket that would have paired them is over-full with earlier hashes (crowds of
+    near-identical flat or blank figures). Every match reported is a true one."""
     h = np.asarray(hashes, dtype=np.uint64)
     n = len(h)
     out = np.full(n, -1, np.int64)
@@ -396,22 +393,29 @@ def nearest_earlier(hashes, near_bits: int = NEAR_DUP_BITS,
     rank[by_first] = np.arange(len(by_first))
     d = len(distinct)
     best = np.full(d, d, np.int64)  # earliest near distinct hash before each (d: none)
-    for shift, mask in _bit_blocks(near_bits + 1):
-        block = (distinct >> np.uint64(shift)) & np.uint64(mask)
-        order = np.argsort(block, kind="stable")  # buckets, each in first-appearance order
-        sorted_block = block[order]
-        starts = np.flatnonzero(np.r_[True, sorted_block[1:] != sorted_block[:-1]])
-        group_start = np.repeat(starts, np.diff(np.r_[starts, d]))
-        position = np.arange(d) - group_start  # place in its bucket
-        by_position = np.argsort(-position, kind="stable")
-        counts = np.bincount(position, minlength=bucket_cap + 1)
-        later = d - np.cumsum(counts)  # later[k]: how many sit past place k
-        for k in range(min(bucket_cap, int(position.max()))):
-            sel = by_position[:later[k]]  # everything past place k is compared with place k
-            element, partner = order[sel], order[group_start[sel] + k]
-            close = _popcount(distinct[element] ^ distinct[partner]) <= near_bits
-            element, partner = element[close], partner[close]
-            best[element] = np.minimum(best[element], partner)
+    blocks = near_bits // 2 + 1
+    radius = near_bits // blocks
+    for shift, mask in _bit_blocks(blocks):
+        width = mask.bit_length()
+        key = (distinct >> np.uint64(shift)) & np.uint64(mask)
+        order = np.argsort(key, kind="stable")  # buckets, each in first-appearance order
+        sorted_key = key[order]
+        place = np.empty(d, np.int64)
+        place[order] = np.arange(d)
+        if width <= 24:  # a dense table: bucket start and size by block value
+            counts = np.bincount(key.astype(np.int64), minlength=1 << width)
+            starts = np.cumsum(counts) - counts
+        for flip in _flips(width, radius):
+            probe = key ^ np.uint64(flip)
+            if width <= 24:
+                lo, size = starts[probe.astype(np.int64)], counts[probe.astype(np.int64)]
+            else:
+                lo = np.searchsorted(sorted_key, probe, "left")
+                size = np.searchsorted(sorted_key, probe, "right") - lo
+            if flip == 0:
+                size = place - lo  # its own bucket: only the hashes before it
+            size = np.minimum(size, bucket_cap)
+            _closest_in_buckets(distinct, order, lo, size, near_bits, best)
     u = rank[inverse.reshape(-1)]
     rows = np.arange(n)
     has_near = best[u] < d
@@ -419,6 +423,33 @@ def nearest_earlier(hashes, near_bits: int = NEAR_DUP_BITS,
     same = ~has_near & (first[u] < rows)  # else: the earliest equal hash, when earlier
     out[same] = first[u[same]]
     return out
+
+
+def _flips(width: int, radius: int) -> list[int]:
+    """XOR masks of up to `radius` bits in a `width`-bit block (0 first)."""
+    from itertools import combinations
+
+    return [sum(1 << b for b in bits) for r in range(radius + 1) for bits in combinations(range(width), r)]
+
+
+def _closest_in_buckets(distinct: np.ndarray, order: np.ndarray, lo: np.ndarray, size: np.ndarray,
+                        near_bits: int, best: np.ndarray, chunk: int = 1 << 16) -> None:
+    """Lower `best[i]` to the earliest hash within `near_bits` of hash i among the `size[i]`
+    hashes at `order[lo[i]:]` (a bucket, in first-appearance order) that come before i."""
+    for start in range(0, len(distinct), chunk):
+        sizes = size[start:start + chunk]
+        total = int(sizes.sum())
+        if not total:
+            continue
+        element = np.repeat(np.arange(start, start + len(sizes)), sizes)
+        offset = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        partner = order[np.repeat(lo[start:start + chunk], sizes) + offset]
+        close = (partner < element) & (_popcount(distinct[element] ^ distinct[partner]) <= near_bits)
+        element, partner = element[close], partner[close]
+        if len(element):  # each element's partners ascend: its first is its earliest
+            firsts = np.flatnonzero(np.r_[True, element[1:] != element[:-1]])
+            element, partner = element[firsts], partner[firsts]
+            best[element] = np.minimum(best[element], partner)
 
 
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)

@@ -343,7 +343,8 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
     fetcher = make_fetcher(root, delay)
     eprints_dir = Path(eprints_dir) if eprints_dir else None
     todo = [p for p in wanted if p not in done]
-    paper_versions = {r["paper_id"]: r["version"] for r in rows}  # None: unversioned e-print
+    # the version each paper was rebuilt from (resumed papers: from their records)
+    paper_versions = {r["paper_id"]: r["version"] for r in rows if r["version"] is not None}
     # Papers whose version is searched: e-print figures listed, no unversioned e-print at hand.
     searched = {} if cutoff is None else dict.fromkeys(
         p for p in todo if any((p, n) not in regions for n in wanted[p])

@@ -388,3 +388,67 @@ def test_prefect_flows_run_the_chain(tmp_path):
         summary = filter_and_publish(NAME, str(root), threshold=0.0, out=str(tmp_path / "manifests"))
     assert summary["train"] + summary["val"] == 18
     assert verify.verify(summary["manifest"], root / "images")["ok_overall"]
+
+
+def with_licences(selected, tmp_path, licence_of) -> "Path":
+    """A copy of the selected root whose selection's `license` column is `licence_of(paper_id)`."""
+    import pyarrow as pa
+
+    root = tmp_path / "relicensed"
+    shutil.copytree(selected[0], root, symlinks=True)
+    sel = root / "selection" / "selection.parquet"
+    table = pq.read_table(sel)
+    column = pa.array([licence_of(p) for p in table["paper_id"].to_pylist()], pa.string())
+    pq.write_table(table.set_column(table.schema.get_field_index("license"), "license", column), sel)
+    report = json.loads((root / "selection" / "report.json").read_text())
+    report["selection_sha256"] = store.sha256_file(sel)
+    (root / "selection" / "report.json").write_text(json.dumps(report))
+    return root
+
+
+def test_contact_sheets_show_only_openly_licensed_figures(selected, tmp_path):
+    from pipeline.contact_sheet import contact_sheet
+
+    closed = with_licences(selected, tmp_path / "a", lambda p: "http://arxiv.org/licenses/nonexclusive-distrib/1.0/")
+    files = publish.build(closed, NAME)
+    assert not [f for f in files if f.startswith("contact_")]
+    card = files["README.md"].decode()
+    assert "licence allows redistribution" in card and "no openly licensed figure" in card
+    # One paper under CC BY: each sheet shows that paper's figures, and nothing else.
+    table = pq.read_table(selected[0] / "selection" / "selection.parquet").to_pylist()
+    chosen = next(r["paper_id"] for r in table if r["split"] == "train")
+    one = with_licences(selected, tmp_path / "b", lambda p: "http://creativecommons.org/licenses/by/4.0/"
+                        if p == chosen else "http://creativecommons.org/licenses/by-nc-nd/4.0/")
+    files = publish.build(one, NAME)
+    assert "contact_val.png" not in files
+    rows = [r for r in pq.read_table(io.BytesIO(files["train.parquet"])).to_pylist() if r["paper_id"] == chosen]
+    expected = tmp_path / "expected.png"
+    contact_sheet([one / "images" / r["image_path"] for r in rows], expected, captions=[chosen] * len(rows))
+    assert files["contact_train.png"] == expected.read_bytes()
+
+
+def test_licence_allowlist():
+    from pipeline.licenses import allows_redistribution
+
+    for ok in ("http://creativecommons.org/licenses/by/4.0/", "https://creativecommons.org/licenses/by-sa/4.0/",
+               "http://creativecommons.org/publicdomain/zero/1.0/", "http://creativecommons.org/licenses/by/3.0"):
+        assert allows_redistribution(ok), ok
+    for no in ("http://arxiv.org/licenses/nonexclusive-distrib/1.0/", "http://creativecommons.org/licenses/by-nc/4.0/",
+               "http://creativecommons.org/licenses/by-nc-sa/4.0/", "http://creativecommons.org/licenses/by-nd/4.0/",
+               "", None, "http://example.com/licenses/by/4.0/"):
+        assert not allows_redistribution(no), no
+
+
+def test_publish_refuses_a_croissant_mlcroissant_rejects(selected, tmp_path, monkeypatch):
+    root, _ = selected
+    files = publish.build(root, NAME)
+    publish.validate_croissant(files)  # ours passes
+    meta = json.loads(files["croissant.json"])
+    meta["recordSet"][0]["field"][0]["source"]["fileSet"]["@id"] = "no-such-fileset"
+    with pytest.raises(ValueError, match="does not validate with mlcroissant"):
+        publish.validate_croissant({**files, "croissant.json": json.dumps(meta).encode()})
+    # publish checks before it writes or reports: a bad croissant.json publishes nothing
+    built = publish.build
+    monkeypatch.setattr(publish, "build", lambda *a, **k: {**built(*a, **k), "croissant.json": b"[]"})
+    assert publish.main(["--name", NAME, "--root", str(root), "--out", str(tmp_path / "m")]) == 2
+    assert not (tmp_path / "m" / NAME).exists()
