@@ -48,7 +48,7 @@ def test_train_writes_model_card_and_pr_curve_with_honest_grouped_metrics(traine
 def test_score_writes_calibrated_scores_per_shard_and_resumes(trained):
     root, truth, _ = trained
     summary = classify.score(root)
-    assert summary == {"shards": 2, "skipped_shards": 0, "scored": len(truth), "errors": 0}
+    assert summary == {"shards": 2, "skipped_shards": 0, "scored": len(truth), "errors": 0, "failed_shards": {}}
     scores = pa.concat_tables([pq.read_table(root / "scores" / f"{s}.parquet") for s in ("2019-03", "2020-07")]).to_pylist()
     assert {(r["paper_id"], r["img_name"]) for r in scores} == {(t["paper_id"], t["img_name"]) for t in truth}
     assert all(0 <= r["score"] <= 1 and r["model_version"] == "clf-test" for r in scores)

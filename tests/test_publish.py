@@ -74,11 +74,17 @@ def published(selected, tmp_path):
 
 def test_manifest_files_and_row_contents(published):
     root, report, out, _ = published
-    expected = {"train.parquet", "val.parquet", "train.jsonl", "val.jsonl", "df_train.csv", "df_val.csv",
-                "croissant.json", "README.md", "index.html", "year_histogram.png", "contact_train.png", "contact_val.png"}
-    assert {p.name for p in out.iterdir()} == expected
+    from pipeline.licenses import allows_redistribution
+
     train = pq.read_table(out / "train.parquet").to_pylist()
     val = pq.read_table(out / "val.parquet").to_pylist()
+    # a contact sheet for each split that has figures whose licence allows showing them
+    sheets = {f"contact_{s}.png" for s, rows in (("train", train), ("val", val))
+              if any(allows_redistribution(r["license"]) for r in rows)}
+    assert "contact_train.png" in sheets
+    expected = {"train.parquet", "val.parquet", "train.jsonl", "val.jsonl", "df_train.csv", "df_val.csv",
+                "croissant.json", "README.md", "index.html", "year_histogram.png"} | sheets
+    assert {p.name for p in out.iterdir()} == expected
     assert len(train) + len(val) == report["kept"]
     assert not {r["paper_id"] for r in train} & {r["paper_id"] for r in val}
     assert {r["split"] for r in train} == {"train"}
@@ -89,7 +95,7 @@ def test_manifest_files_and_row_contents(published):
     assert (root / "images" / row["image_path"]).exists()
     jsonl = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert jsonl == train
-    for sheet in ("contact_train.png", "contact_val.png", "year_histogram.png"):
+    for sheet in sorted(sheets) + ["year_histogram.png"]:
         assert Image.open(out / sheet).size[0] > 100
 
 
@@ -237,7 +243,8 @@ def test_card_and_html_report_counts_threshold_metrics_and_licences(published):
     assert "modification date of `papers/<month>.parquet`" in card
     assert f"| train | {report['per_split']['train']['figures']} |" in card
     html = (out / "index.html").read_text()
-    assert "<table>" in html and 'src="contact_val.png"' in html
+    assert "<table>" in html and 'src="contact_train.png"' in html
+    assert "licence allows redistribution" in card
     assert card.startswith("---\n") and "config_name" not in html  # the hub header is not shown
 
 
