@@ -22,7 +22,7 @@ from prefect_dask import DaskTaskRunner
 
 from pipeline import extract
 from pipeline.config import data_root
-from pipeline.shards import parse_month
+from pipeline.shards import check_shard_files
 
 
 @task(name="extract-shard", retries=1)
@@ -130,13 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
-    for shard in args.shards or ():
-        try:
-            parse_month(shard)
-        except ValueError as e:
-            parser.error(str(e))
-        if not (data_root(args.root) / "papers" / f"{shard}.parquet").is_file():
-            parser.error(f"no papers/{shard}.parquet under {data_root(args.root)}")
+    try:
+        check_shard_files(args.shards, data_root(args.root) / "papers", "pipeline.crawl")
+    except ValueError as e:
+        parser.error(str(e))
     if not (args.shards or extract.shards_with_papers(args.root)):
         parser.error(f"no papers/<shard>.parquet under {data_root(args.root)} (run python -m pipeline.crawl)")
     try:

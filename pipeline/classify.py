@@ -45,7 +45,7 @@ from pipeline import labels as labels_mod
 from pipeline import store
 from pipeline.config import data_root
 from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, caption_features, layout_features
-from pipeline.shards import parse_month
+from pipeline.shards import check_shard_files
 
 WEIGHTS_ENV = "CVF_BACKBONE_WEIGHTS"
 DEFAULT_ARCH = "resnet50"
@@ -578,13 +578,10 @@ def main(argv=None) -> int:
     s.add_argument("--shard", nargs="*", help="only these month shards")
     s.add_argument("--device", help="torch device for the backbone (default: cuda when present, else cpu)")
     args = p.parse_args(argv)
-    for shard in getattr(args, "shard", None) or ():
-        try:
-            parse_month(shard)
-        except ValueError as e:
-            p.error(str(e))
-        if not (data_root(args.root) / "figures" / f"{shard}.parquet").is_file():
-            p.error(f"no figures/{shard}.parquet under {data_root(args.root)} (run python -m pipeline.extract)")
+    try:
+        check_shard_files(getattr(args, "shard", None), data_root(args.root) / "figures", "pipeline.extract")
+    except ValueError as e:
+        p.error(str(e))
     try:
         if args.command == "train":
             out = train(args.root, args.weights, args.arch, args.labels, args.truth, args.cvf_index, args.head,

@@ -42,7 +42,7 @@ from pipeline.latex import decode_tex, figure_texts, normalise
 from pipeline.naming import (ALL_FORMATS, CVF_FORMATS, cvf_name, figure_format, is_candidate,
                              official_name_filter, output_name, parse_formats)
 from pipeline.render import OFFICIAL, Renderer, RenderOptions
-from pipeline.shards import parse_month
+from pipeline.shards import check_shard_files
 
 FIGURE_SCHEMA = pa.schema([
     ("paper_id", pa.string()),
@@ -648,21 +648,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
+    root = config.data_root(args.root)
     try:
         formats = parse_formats(args.formats)
-        for shard in args.shards or ():
-            parse_month(shard)
+        if not (root / "papers").is_dir():
+            raise ValueError(f"no papers/ folder under {root} (run python -m pipeline.crawl, or give --root)")
+        check_shard_files(args.shards, root / "papers", "pipeline.crawl")
     except ValueError as e:
         parser.error(str(e))
-    root = config.data_root(args.root)
-    if not (root / "papers").is_dir():
-        parser.error(f"no papers/ folder under {root} (run python -m pipeline.crawl, or give --root)")
     options = render_options(args.box, args.official, args.timeout)
     shards = args.shards or shards_with_papers(args.root)
     if not shards:
         parser.error(f"no papers/<shard>.parquet under {root}")
-    if lacking := [s for s in shards if not (root / "papers" / f"{s}.parquet").is_file()]:
-        parser.error(f"no papers/<shard>.parquet under {root} for {' '.join(lacking)}")
     failed = []
     for stats in extract_shards(shards, args.root, options=options, force=args.force,
                                 apply_name_filter=not args.no_name_filter, formats=formats):

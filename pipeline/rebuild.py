@@ -61,7 +61,7 @@ from pipeline.extract import (FIGURE_SCHEMA, PDF_REGION, RENDER_SETTINGS, IsPape
 from pipeline.naming import ALL_FORMATS, cvf_name, figure_format, output_name
 from pipeline.render import Renderer
 from pipeline.shards import shard_of_id
-from pipeline.versions import CVF_CUTOFF, VersionDates, api_dates, read_snapshot, try_order
+from pipeline.versions import VersionDates, api_dates, read_snapshot, try_order
 
 # The rebuild's figure records: extraction's, plus the arXiv version the image came from
 # (null: the unversioned e-print, `--version latest` or one at hand in --eprints).

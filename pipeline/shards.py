@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _NEW_ID = re.compile(r"^(\d{2})(\d{2})\.\d{4,5}$")
@@ -38,3 +39,13 @@ def shard_of_id(arxiv_id: str) -> str:
     if m := _OLD_ID.match(base):
         return f"{'19' if int(m.group(1)) >= 91 else '20'}{m.group(1)}-{m.group(2)}"
     raise ValueError(f"not an arXiv id: {arxiv_id!r}")
+
+
+def check_shard_files(shards, folder: Path, stage: str) -> None:
+    """ValueError, for a CLI's one error line, unless every shard is a month with a
+    `<folder>/<shard>.parquet` (`stage`: the command that writes them, named in the message)."""
+    for shard in shards or ():
+        parse_month(shard)
+        if not (Path(folder) / f"{shard}.parquet").is_file():
+            raise ValueError(f"no {Path(folder).name}/{shard}.parquet under {Path(folder).parent} "
+                             f"(run python -m {stage})")
