@@ -22,14 +22,15 @@ from prefect_dask import DaskTaskRunner
 
 from pipeline import extract
 from pipeline.config import data_root
+from pipeline.naming import CVF_FORMATS, parse_formats
 from pipeline.shards import check_shard_files
 
 
 @task(name="extract-shard", retries=1)
 def extract_shard_task(shard: str, root: str, box: str, official: bool, name_filter: bool,
-                       timeout_s: float) -> dict:
+                       timeout_s: float, formats: list[str]) -> dict:
     return extract.extract_shard(shard, root, options=extract.render_options(box, official, timeout_s),
-                                 apply_name_filter=name_filter, progress=False)
+                                 apply_name_filter=name_filter, progress=False, formats=tuple(formats))
 
 
 @task(name="flag-duplicates")
@@ -60,8 +61,8 @@ def outcomes(shards: list[str], futures) -> tuple[list[dict], dict[str, str]]:
 
 @flow(name="extract-shards")
 def extract_shards_flow(shards: list[str], root: str, box: str, official: bool, name_filter: bool,
-                        timeout_s: float) -> tuple[list[dict], dict[str, str]]:
-    futures = [extract_shard_task.submit(s, root, box, official, name_filter, timeout_s)
+                        timeout_s: float, formats: list[str]) -> tuple[list[dict], dict[str, str]]:
+    futures = [extract_shard_task.submit(s, root, box, official, name_filter, timeout_s, formats)
                for s in shards]
     return outcomes(shards, futures)
 
@@ -80,13 +81,15 @@ def dask_runner(scheduler_address: str | None = None, workers: int | None = None
 def extract_figures(shards: list[str] | None = None, root: str | None = None,
                     scheduler_address: str | None = None, workers: int | None = None,
                     box: str = "crop", official: bool = False, name_filter: bool = True,
-                    timeout_s: float = 60.0, contact_sheet: int = 0) -> dict:
+                    timeout_s: float = 60.0, contact_sheet: int = 0,
+                    formats: list[str] | None = None) -> dict:
     """Extract `shards` (default: every shard with papers) on Dask, then flag duplicates;
     with `contact_sheet` > 0 also write figures/contact_sheet.png of that many figures."""
     root = str(data_root(root))
     shards = shards or extract.shards_with_papers(root)
     on_dask = extract_shards_flow.with_options(task_runner=dask_runner(scheduler_address, workers))
-    stats, failed = on_dask(shards, root, box, official, name_filter, timeout_s)
+    formats = list(parse_formats(",".join(formats)) if formats else CVF_FORMATS)
+    stats, failed = on_dask(shards, root, box, official, name_filter, timeout_s, formats)
     duplicates = dedup_task(root)  # over the shards that are done, failed ones aside
     summary = {"shards": len(stats), "papers": sum(s["papers"] for s in stats),
                "figures": sum(s["figures"] for s in stats), "duplicates": duplicates,
@@ -127,11 +130,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-name-filter", action="store_true",
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    parser.add_argument("--formats", default=",".join(CVF_FORMATS), metavar="LIST",
+                        help="figure file formats taken as candidates (default pdf,png, as CVF; "
+                             "EPS counts as the PDF it becomes), e.g. pdf,png,jpg")
     parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
     try:
         check_shard_files(args.shards, data_root(args.root) / "papers", "pipeline.crawl")
+        formats = list(parse_formats(args.formats))
     except ValueError as e:
         parser.error(str(e))
     if not (args.shards or extract.shards_with_papers(args.root)):
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         summary = extract_figures(args.shards, args.root, args.scheduler_address, args.workers,
                                   args.box, args.official, not args.no_name_filter, args.timeout,
-                                  args.contact_sheet)
+                                  args.contact_sheet, formats)
     except ShardsFailed as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
