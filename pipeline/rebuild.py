@@ -398,7 +398,8 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
             elif paper_id in dates:
                 number, eprint, got = find_version(paper_id, names, try_order(dates[paper_id], cutoff),
                                                    root, fetcher, eprints_dir, eprint_url)
-                paper_versions[paper_id] = number
+                if got["status"] == "ok":
+                    paper_versions[paper_id] = number
             else:
                 got = {"status": "pending" if dates_problem else "missing",
                        "error": dates_problem.split(": ", 1)[1] if dates_problem
