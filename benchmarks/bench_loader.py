@@ -64,6 +64,7 @@ def loader_only(shards: Path, size: int, batch: int, workers: int, batches: int)
     sampler = ResumableSampler(len(files), seed=0)
     loader = DataLoader(CropDataset(files, size), batch_size=batch, sampler=sampler, drop_last=True,
                         num_workers=workers, pin_memory=torch.cuda.is_available())
+    batches = min(batches, len(files) // batch)
     it = iter(loader)
     skip = min(max(workers, 1), batches // 2)   # the first batch of every worker holds its start-up
     for _ in range(skip):
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--tiny", action="store_true", help="CPU check: tiny model, 64 px, few images")
-    p.add_argument("--images", type=int, help="images to generate and pack (default 8192; --tiny 32)")
+    p.add_argument("--images", type=int, help="images to generate and pack (default 12288; --tiny 32)")
     p.add_argument("--batch-size", type=int, help="per step (default 256; --tiny 8)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: cores - 2)")
     p.add_argument("--max-steps", type=int, help="steps of the end-to-end run (default 48; --tiny 4)")
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the figures as JSON here (rewritten after every part)")
     args = p.parse_args(argv)
     on_gpu = torch.cuda.is_available() and not args.tiny
-    n_images = args.images or (32 if args.tiny else 8192)
+    n_images = args.images or (32 if args.tiny else 12288)
     batch = args.batch_size or (8 if args.tiny else 256)
     workers = args.workers if args.workers is not None else (1 if args.tiny else max((os.cpu_count() or 2) - 2, 1))
     steps = args.max_steps or (4 if args.tiny else 48)

@@ -64,7 +64,7 @@ REAL_VQGAN = dict(ddconfig=dict(double_z=False, z_channels=256, resolution=256, 
                                 dropout=0.0), n_embed=1024, embed_dim=256)
 # 1024 codes even when tiny: the released decoder_pred has a hard-coded vocabulary of 1024.
 TINY_VQGAN = dict(ddconfig=dict(double_z=False, z_channels=32, resolution=64, in_channels=3, out_ch=3,
-                                ch=16, ch_mult=[1, 1, 1, 1, 2], num_res_blocks=1, attn_resolutions=[4],
+                                ch=32, ch_mult=[1, 1, 1, 1, 2], num_res_blocks=1, attn_resolutions=[4],
                                 dropout=0.0), n_embed=1024, embed_dim=16)
 TINY_MAE = dict(patch_size=16, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=24,
                 decoder_depth=1, decoder_num_heads=3)

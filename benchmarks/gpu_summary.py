@@ -90,8 +90,10 @@ def summarise(out: Path) -> dict:
     r["eval_episodes_s"] = best[1]["episodes_per_s"] if best else None
     r["eval_iou_agreement"] = best[1].get("iou_agreement") if best else None
     r["eval_peak_memory_gib"] = best[1].get("peak_memory_gib") if best else None
-    r["eval_rows"] = {name: {k: v.get(k) for k in ("episodes_per_s", "iou_agreement", "peak_memory_gib")}
-                      for name, v in candidates}
+    r["eval_rows"] = {name: {k: evaluate[name].get(k) for k in (
+        "episodes_per_s", "iou_agreement", "iou_agreement_within_0.001", "mean_abs_iou_diff", "peak_memory_gib")}
+        for name in ("cvf_fp32", "cvf_bf16", "cvf_compiled_fp32", "cvf_fp32_batch1")
+        if "episodes_per_s" in evaluate.get(name, {})}
     base = r["released_eval_episodes_s"]
     r["eval_ratio"] = round(r["eval_episodes_s"] / base, 2) if base and r["eval_episodes_s"] else None
     met = {k: (r[k] >= v if r[k] is not None else None) for k, v in TARGETS.items()}
@@ -132,7 +134,8 @@ def markdown(r: dict) -> str:
              f"{fmt(r['train_cached_heldout_loss_gap'])}; bf16 tokenizer agreement "
              f"{fmt(r['train_bf16_tokenizer_agreement'])}; evaluation IoU equal to the released loop's on "
              f"{fmt(r['eval_iou_agreement'])} of episodes (rows: " + ", ".join(
-                 f"{k} {fmt(v['episodes_per_s'])}/s, {fmt(v['iou_agreement'])}" for k, v in r["eval_rows"].items())
+                 f"{k} {fmt(v['episodes_per_s'])}/s, equal {fmt(v['iou_agreement'])}, within 0.001 "
+                 f"{fmt(v['iou_agreement_within_0.001'])}" for k, v in r["eval_rows"].items())
              + f"). Input pipeline alone: {fmt(r['loader_only_img_s'])} img/s.", "",
              "Targets: " + ", ".join(f"{k} >= {t['target']}: {fmt(t['measured'])} "
                                      f"({'met' if t['met'] else 'not met' if t['met'] is not None else 'not measured'})"

@@ -36,10 +36,12 @@ def missing_reason() -> str | None:
     if reference_dir() is None:
         return ("released code not found: copy it with `cp -r ../shared/reference .reference` "
                 "(or set CVF_REFERENCE)")
-    try:
-        import timm  # noqa: F401  (models_mae builds its blocks from timm)
-    except ImportError:
-        return "the released models_mae.py needs timm (`pip install timm`)"
+    for module, why in (("timm", "models_mae.py builds its blocks from timm"),
+                        ("einops", "vqgan.py imports einops")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"the released code needs {module} ({why}): `pip install {module}`"
     return None
 
 
@@ -96,6 +98,11 @@ def released_model(modules: dict, sizes: dict, img_size: int, state_dict: dict):
         decoder_embed_dim=sizes["decoder_embed_dim"], decoder_depth=sizes["decoder_depth"],
         decoder_num_heads=sizes["decoder_num_heads"], mlp_ratio=4,
         norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    # mae_utils.generate_raw_prediction unrolls timm's Block and calls `blk.drop_path`, which
+    # timm >= 0.6 split into drop_path1/drop_path2 (both Identity at drop rate 0, no weights).
+    for blk in [*model.blocks, *model.decoder_blocks]:
+        if not hasattr(blk, "drop_path"):
+            blk.drop_path = blk.drop_path1
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise RuntimeError(f"released and cvf state_dicts differ: missing {missing[:5]}, "
