@@ -218,7 +218,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--tiny", action="store_true", help="CPU check: tiny widths (canvases stay 224 px)")
     p.add_argument("--data", help="VOC root (default: a generated VOC-layout folder)")
-    p.add_argument("--episodes", type=int, help="episodes of every row (default 300; --tiny 12)")
+    p.add_argument("--episodes", type=int, help="episodes of every row (default 300; --tiny 6)")
     p.add_argument("--batch-size", type=int, help="cvf batch (default 128; --tiny 4)")
     p.add_argument("--workers", type=int, help="cvf DataLoader workers (default 12; --tiny 0)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
-    n = args.episodes or (12 if args.tiny else 300)
+    n = args.episodes or (6 if args.tiny else 300)
     batch = args.batch_size or (4 if args.tiny else 128)
     workers = args.workers if args.workers is not None else (0 if args.tiny else min(12, os.cpu_count() or 1))
     compile_ = args.compile if args.compile is not None else not args.tiny
