@@ -8,11 +8,13 @@ tar shards, with the machine's cores as DataLoader workers, vs the decoding rate
    `python -m model.data pack` into tar shards (timed);
 2. loader only: model.train's CropDataset + sampler in a DataLoader of --workers processes,
    batches of --batch-size, no model: the images/s the input pipeline can deliver;
-3. end to end: `python -m model.train SHARDS --fast --max-steps N` (a random real-size VQGAN
-   written to taming's file layout), img/s from its log.jsonl windows after the first (which
-   holds compiling), i.e. with decoding, copies, tokenizing and the step all included.
-If end-to-end img/s is well under the step's own img/s (bench_train.py, cvf_fast_onthefly),
-input does not keep up. The JSON (--out) is rewritten after every part.
+3. end to end: `python -m model.train SHARDS --precision bf16 --tokenizer-precision bf16
+   --channels-last --fused-adamw --max-steps N` (--fast without compiling, which would cost a
+   cold minute or more of the 6-minute budget; --compile adds it), a random real-size VQGAN
+   written to taming's file layout; img/s from its log.jsonl windows after the first, i.e. with
+   decoding, copies, tokenizing and the step all included.
+Input keeps up when the loader-only rate exceeds the compiled step's own img/s (bench_train.py,
+cvf_fast_onthefly; gpu_summary.py compares them). The JSON (--out) is rewritten after every part.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, help="DataLoader workers (default: cores - 2)")
     p.add_argument("--max-steps", type=int, help="steps of the end-to-end run (default 48; --tiny 4)")
     p.add_argument("--log-every", type=int, help="steps per img/s window (default 8; --tiny 1)")
-    p.add_argument("--no-compile", action="store_true", help="end-to-end run without --fast's compiling")
+    p.add_argument("--compile", action="store_true", help="end-to-end run with --fast (compiling too)")
     p.add_argument("--out", help="write the figures as JSON here (rewritten after every part)")
     args = p.parse_args(argv)
     on_gpu = torch.cuda.is_available() and not args.tiny
@@ -124,7 +126,9 @@ def main(argv=None) -> int:
                "--log-every", str(log_every), "--warmup-epochs", "1", "--save-every", str(10**9),
                "--no-progress", "--out", str(run)]
         cmd += TINY_SIZES if args.tiny else []
-        cmd += [] if args.no_compile or args.tiny else ["--fast"]
+        if not args.tiny:
+            cmd += ["--fast"] if args.compile else ["--precision", "bf16", "--tokenizer-precision", "bf16",
+                                                   "--channels-last", "--fused-adamw"]
         if args.tiny:
             cmd += ["--device", "cpu"]
         t = time.perf_counter()
@@ -137,8 +141,7 @@ def main(argv=None) -> int:
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         windows = [r["img_s"] for r in log[1:]] or [r["img_s"] for r in log]
         report.save(end_to_end={
-            "command": "python -m model.train SHARDS " + ("" if args.no_compile or args.tiny else "--fast ")
-                       + f"--batch-size {batch} --num-workers {workers} --max-steps {steps}",
+            "command": "python -m model.train " + " ".join(cmd[3:]).replace(str(tmp), "TMP"),
             "img_s": round(statistics.median(windows), 1), "img_s_windows": [round(w, 1) for w in windows],
             "first_window_s": round(log[0]["seconds"], 1), "wall_s": round(wall, 1), "steps": steps,
             "final_loss": log[-1]["loss"]})

@@ -78,10 +78,10 @@ def get_args(argv=None):
     p.add_argument("--arch", default="mae_vit_large_patch16", help="MAE sizes (the released model's)")
     p.add_argument("--batch", type=int, default=64, help="batch of the released and cvf fp32 rows")
     p.add_argument("--fast-batch", type=int, default=256, help="batch of the fast rows and the curves")
-    p.add_argument("--steps", type=int, default=6, help="timed steps per configuration and repeat")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration and repeat")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every configuration")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration (compiling)")
-    p.add_argument("--curve-steps", type=int, default=10, help="steps before the held-out loss")
+    p.add_argument("--curve-steps", type=int, default=8, help="steps before the held-out loss")
     p.add_argument("--lr", type=float, default=1.5e-4, help="lr of every row (warm-up not simulated)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="dense bf16/fp16 peak of the card, for MFU (H100/H200 SXM: 989)")

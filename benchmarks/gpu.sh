@@ -2,11 +2,11 @@
 # The GPU measurement of the model track, one prepared call on one GPU, <= 6 minutes:
 #   1. train     bench_train.py: the released training step (its own code, .reference/) vs cvf
 #                eager fp32, fast on the fly and fast from cached tokens; first-step loss and
-#                held-out loss agreement                                       (limit 150 s)
+#                held-out loss agreement                                       (limit 160 s)
 #   2. evaluate  bench_evaluate.py: the released per-episode loop vs model.evaluate's whole path,
-#                fp32 (default), bf16, --compile; episodes/s, IoU agreement     (limit 110 s)
-#   3. loader    bench_loader.py: `python -m model.train --fast --max-steps N` from packed shards
-#                with the machine's cores as workers, vs the decoding rate alone  (limit 80 s)
+#                fp32 (default), bf16, --compile; episodes/s, IoU agreement     (limit 120 s)
+#   3. loader    bench_loader.py: `python -m model.train --max-steps N` (bf16, uncompiled) from
+#                packed shards, the machine's cores as workers, vs decoding alone (limit 65 s)
 # Each phase runs under its own hard `timeout` (and within the 360-s total), writes its JSON as
 # it goes, and after every phase benchmarks/gpu_summary.py rewrites <device>-YYYYMMDD.json and
 # .md in $OUT, so a run cut short still returns what it measured.
@@ -53,8 +53,8 @@ phase() {  # NAME LIMIT_S COMMAND...: COMMAND under a hard timeout, within what 
   $PY benchmarks/gpu_summary.py "$OUT" > /dev/null || echo "gpu_summary failed" >&2
 }
 
-phase train "${TRAIN_LIMIT_S:-150}" $PY benchmarks/bench_train.py "${TINY[@]}" --out "$OUT/train.json"
-phase evaluate "${EVAL_LIMIT_S:-110}" $PY benchmarks/bench_evaluate.py "${TINY[@]}" --out "$OUT/evaluate.json"
-phase loader "${LOADER_LIMIT_S:-80}" $PY benchmarks/bench_loader.py "${TINY[@]}" --out "$OUT/loader.json"
+phase train "${TRAIN_LIMIT_S:-160}" $PY benchmarks/bench_train.py "${TINY[@]}" --out "$OUT/train.json"
+phase evaluate "${EVAL_LIMIT_S:-120}" $PY benchmarks/bench_evaluate.py "${TINY[@]}" --out "$OUT/evaluate.json"
+phase loader "${LOADER_LIMIT_S:-65}" $PY benchmarks/bench_loader.py "${TINY[@]}" --out "$OUT/loader.json"
 $PY benchmarks/gpu_summary.py "$OUT"
 echo "total $(( $(date +%s) - START )) s"

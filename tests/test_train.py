@@ -219,19 +219,6 @@ def test_packing_can_shrink_and_reencode(images, tmp_path):
         assert img.format == "JPEG" and max(img.size) == 40
 
 
-def test_ddp_two_ranks_on_cpu(images, tmp_path):
-    """torchrun (gloo, loopback, a free port) with 2 ranks: each takes half of every epoch."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "model.train", str(images), *TINY, "--target", "pixels", "--batch-size", "2",
-           "--epochs", "2", "--out", str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "checkpoint-last.pth", weights_only=False)
-    assert ckpt["data"]["world_size"] == 2 and ckpt["step"] == 4  # 8 images / 2 ranks / batch 2, x2 epochs
-    assert len(ckpt["rng"]) == 2
-
-
 def test_cli_manifest_to_checkpoint_to_evaluate(images, vqgan_files, tmp_path):
     """The user's path: `python -m model.train` on a published manifest, then the checkpoint it
     wrote loads by itself (sizes from its args) and runs in `python -m model.evaluate`."""
@@ -334,16 +321,20 @@ def test_init_starts_from_a_released_style_checkpoint(images, vqgan_files, tmp_p
                         "--out", str(tmp_path / "c")]))
 
 
-def test_ddp_ranks_build_the_token_cache_in_parallel(images, vqgan_files, tmp_path):
-    """2 gloo ranks each tokenize half the images; rank 0 joins them into the same cache one
-    process would build."""
+def test_ddp_two_ranks_on_cpu_build_the_token_cache_in_parallel(images, vqgan_files, tmp_path):
+    """torchrun (gloo, loopback, a free port) with 2 ranks: each takes half of every epoch, and
+    each tokenizes half the images for the token cache, which rank 0 joins into the same cache
+    one process would build."""
     cache = tmp_path / "cache"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "model.train", str(images), *TINY, *vqgan_files, "--batch-size", "2", "--epochs", "1",
+           "-m", "model.train", str(images), *TINY, *vqgan_files, "--batch-size", "2", "--epochs", "2",
            "--token-cache", str(cache), "--crops-per-image", "2", "--out", str(tmp_path / "run")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=False)
+    assert ckpt["data"]["world_size"] == 2 and ckpt["step"] == 4  # 8 images / 2 ranks / batch 2, x2 epochs
+    assert len(ckpt["rng"]) == 2
     said = done.stdout + done.stderr
     for rank in (0, 1):
         assert f"token cache: rank {rank} of 2 tokenized 8 crops of 4 images" in said, said[-2000:]
