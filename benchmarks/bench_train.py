@@ -172,9 +172,7 @@ class CvfStep:
 class ReleasedTrainer:
     """engine_pretrain.train_one_epoch as released, over `steps` of our batches."""
 
-    def __init__(self, modules, model, lr, tiny):
-        import timm.optim
-
+    def __init__(self, model, lr, tiny):
         self.engine = __import__("engine_pretrain")
         self.misc = __import__("util.misc", fromlist=["misc"])
         self.model, self.lr = model, lr
@@ -336,7 +334,7 @@ def main(argv=None) -> int:
 
     configs = {}  # name -> (run(n_steps), batch, flops per image)
     if released is not None:
-        trainer = ReleasedTrainer(modules, released, args.lr, args.tiny)
+        trainer = ReleasedTrainer(released, args.lr, args.tiny)
         normed = [normalize(b) for b in small]
         configs["released"] = (lambda n: trainer.run([normed[i % n_batches] for i in range(n)]),
                                args.batch, flops)

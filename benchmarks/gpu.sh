@@ -15,6 +15,15 @@
 #   bash benchmarks/gpu.sh                   # writes $OUT (default results/gpu/)
 #   bash benchmarks/gpu.sh --tiny            # every phase on the CPU, tiny models (a check)
 #
+# Budget (estimated, not yet measured on an H200; from the H100 anchors in ../shared/reference/
+# anchors and the CPU --tiny phase timings): train ~145 s = start-up and two ViT-L models ~20 s,
+# released 21 steps x 0.14 s, cvf fp32 21 x ~0.6 s, compiling the fast step and tokenizer ~80 s (the
+# H100 probe took ~80 s for both), fast rows ~10 s, curves 8 fp32 steps of 256 ~20 s; evaluate
+# ~105 s = start-up ~10 s, released 260 episodes at ~30/s ~10 s, cvf rows ~15 s, compiling the
+# inference path once ~60 s; loader ~55 s = 12,288 JPEGs written and packed ~15 s, decoding alone
+# ~6 s, 48 training steps at batch 256 ~30 s. On the 2-core CPU (shared, loaded) --tiny took
+# train 45 s, evaluate 85 s, loader 58 s. A phase that overruns its limit loses only its tail.
+#
 # On a lent device machine (Python 3.12, torch + timm preinstalled, no internet): run from the
 # tree, uninstalled:  run(command="bash benchmarks/gpu.sh", carry=[".reference"], timeout_s=420)
 set -uo pipefail
