@@ -11,7 +11,7 @@ and the short `.md` beside it. Pure standard library: runs anywhere.
 Fields: device, torch, date, command, phases; released_train_img_s, train_fp32_img_s,
 train_onthefly_img_s, train_cached_img_s (+ *_peak_memory_gib, *_ratio vs released),
 train_first_loss_abs_diff, train_heldout_loss_gap (cvf fast - cvf fp32), train_end_to_end_img_s,
-loader_only_img_s; released_eval_episodes_s, eval_episodes_s (the fastest cvf evaluation whose
+loader_only_img_s, input_keeps_up; released_eval_episodes_s, eval_episodes_s (the fastest cvf evaluation whose
 IoU agreement with the released loop is >= 0.99, else the default fp32 one; `eval_path` says which), eval_iou_agreement,
 eval_ratio, *_peak_memory_gib; targets (the issue's ratios, met or not); raw (the phase JSONs).
 """
@@ -79,6 +79,9 @@ def summarise(out: Path) -> dict:
     r["train_bf16_tokenizer_agreement"] = train.get("bf16_tokenizer_agreement")
     r["train_end_to_end_img_s"] = row(loader, "end_to_end", "img_s")
     r["loader_only_img_s"] = row(loader, "loader_only", "img_s")
+    # does decoding alone outrun the fastest on-the-fly step? (else input limits training)
+    r["input_keeps_up"] = (r["loader_only_img_s"] >= r["train_onthefly_img_s"]
+                           if r["loader_only_img_s"] and r["train_onthefly_img_s"] else None)
 
     r["released_eval_episodes_s"] = row(evaluate, "released", "episodes_per_s")
     r["released_eval_peak_memory_gib"] = row(evaluate, "released", "peak_memory_gib")
@@ -140,7 +143,9 @@ def markdown(r: dict) -> str:
              f"{fmt(r['eval_iou_agreement'])} of episodes (rows: " + ", ".join(
                  f"{k} {fmt(v['episodes_per_s'])}/s, equal {fmt(v['iou_agreement'])}, within 0.001 "
                  f"{fmt(v['iou_agreement_within_0.001'])}" for k, v in r["eval_rows"].items())
-             + f"). Input pipeline alone: {fmt(r['loader_only_img_s'])} img/s.", "",
+             + f"). Input pipeline alone: {fmt(r['loader_only_img_s'])} img/s"
+             + (f" ({'keeps up with' if r['input_keeps_up'] else 'slower than'} the fast step)"
+                if r["input_keeps_up"] is not None else "") + ".", "",
              "Targets: " + ", ".join(f"{k} >= {t['target']}: {fmt(t['measured'])} "
                                      f"({'met' if t['met'] else 'not met' if t['met'] is not None else 'not measured'})"
                                      for k, t in r["targets"].items()) + "."]
