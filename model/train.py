@@ -57,7 +57,8 @@ def get_args(argv=None) -> argparse.Namespace:
         description="Train MAE-VQGAN on a published CVF manifest or an image folder. Defaults are "
                     "the released recipe; a rerun with the same --out resumes.\n"
                     "Writes <out>/checkpoint-last.pth, <out>/checkpoint-<epoch>.pth, <out>/args.json and "
-                    "TensorBoard logs in <out>/tb (train/loss, train/lr, train/img_per_s).",
+                    "TensorBoard logs in <out>/tb (train/loss, train/lr, train/img_per_s), the same as JSON lines in "
+                    "<out>/log.jsonl. Several --data sources mix, with --data-weights.",
         epilog="examples:\n"
                "  python -m model.train manifests/cvf-2026.11/train.parquet --images $CVF_DATA/images --fast\n"
                "  torchrun --nproc_per_node 8 -m model.train DIR_OF_IMAGES --fast --token-cache runs/tokens\n"
