@@ -44,6 +44,9 @@ mkdir -p "$OUT"
 echo "bash benchmarks/gpu.sh $*" > "$OUT/command.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1 \
   || echo "no nvidia-smi" > "$OUT/gpu.txt"
+# what the phases import, found or not (find_spec: no import, no time); a missing one is named here
+$PY -c "import importlib.util as u; m=[n for n in ('torch','torchvision','timm','einops','numpy','PIL','scipy','yaml','tqdm') if u.find_spec(n) is None]; print('missing modules:', ' '.join(m) if m else 'none')" | tee "$OUT/env.txt"
+[[ -d .reference/visual_prompting || -d ../shared/reference/visual_prompting || -n ${CVF_REFERENCE:-} ]] || echo "no .reference/: the released rows will be skipped (cp -r ../shared/reference .reference)" | tee -a "$OUT/env.txt"
 
 phase() {  # NAME LIMIT_S COMMAND...: COMMAND under a hard timeout, within what is left of BUDGET_S
   local name=$1 limit=$2 left t0 rc
