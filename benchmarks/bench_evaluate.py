@@ -54,11 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import released as rel  # noqa: E402
 from benchmarks.bench_train import REAL_VQGAN, Report, random_vqgan  # noqa: E402
+from benchmarks.bench_train import TINY_VQGAN as TINY_VQGAN_64  # noqa: E402
 from model import evaluate, voc  # noqa: E402
 from model.mae_vqgan import arch_sizes, build  # noqa: E402
 from model.prompting import compile_for_inference  # noqa: E402
 
-# the released loop is hard-wired to 224-px canvases of 14x14 patches: tiny means narrow, not small
+# the released loop is hard-wired to 224-px canvases of 14x14 patches: tiny means narrow, not
+# small (64-px canvases only with --no-released)
 TINY_MAE = dict(patch_size=16, embed_dim=32, depth=2, num_heads=4, decoder_embed_dim=24,
                 decoder_depth=1, decoder_num_heads=3)
 TINY_VQGAN = dict(ddconfig=dict(double_z=False, z_channels=32, resolution=224, in_channels=3, out_ch=3,
@@ -216,7 +218,8 @@ def agreement(ours: list[dict], released_ious: list[float]) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--tiny", action="store_true", help="CPU check: tiny widths (canvases stay 224 px)")
+    p.add_argument("--tiny", action="store_true", help="CPU check: tiny widths (canvases stay 224 px "
+                   "for the released loop; 64 px with --no-released)")
     p.add_argument("--data", help="VOC root (default: a generated VOC-layout folder)")
     p.add_argument("--episodes", type=int, help="episodes of every row (default 256; --tiny 6); a "
                    "multiple of the batch keeps the compiled row to one compilation")
@@ -234,15 +237,16 @@ def main(argv=None) -> int:
     workers = args.workers if args.workers is not None else (0 if args.tiny else min(12, os.cpu_count() or 1))
     compile_ = args.compile if args.compile is not None else not args.tiny
     torch.backends.cudnn.benchmark = device.type == "cuda"
+    reason = "--no-released" if args.no_released else rel.missing_reason()
     sizes = TINY_MAE if args.tiny else arch_sizes("mae_vit_large_patch16")
-    vq_kwargs = TINY_VQGAN if args.tiny else REAL_VQGAN
-    model = build(sizes, random_vqgan(vq_kwargs, 0), img_size=224).to(device).eval()
+    size = 64 if args.tiny and reason else 224
+    vq_kwargs = (TINY_VQGAN_64 if size == 64 else TINY_VQGAN) if args.tiny else REAL_VQGAN
+    model = build(sizes, random_vqgan(vq_kwargs, 0), img_size=size).to(device).eval()
     report = Report(args.out)
     report.save(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                torch=torch.__version__, model="tiny" if args.tiny else "mae_vit_large_patch16",
+                torch=torch.__version__, model="tiny" if args.tiny else "mae_vit_large_patch16", canvas=size,
                 episodes=n, task="segmentation fold 0, one seed",
                 numerics="TF32 off (matmul and cuDNN) for every fp32 row")
-    reason = "--no-released" if args.no_released else rel.missing_reason()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = Path(args.data) if args.data else generated_voc(tmp / "voc")
@@ -254,7 +258,7 @@ def main(argv=None) -> int:
         released_ious = None
         if reason is None:
             modules = rel.import_released(vq_kwargs)
-            ref_model = rel.released_model(modules, sizes, 224, model.state_dict()).to(device).eval()
+            ref_model = rel.released_model(modules, sizes, size, model.state_dict()).to(device).eval()
             run_released(modules, ref_model, released_layout(data, tmp / "rel"), episodes[:4], device)
             released, released_ious = run_released(modules, ref_model, released_layout(data, tmp / "rel2"),
                                                    episodes, device)
