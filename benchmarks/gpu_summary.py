@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -156,7 +155,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="the folder gpu.sh wrote ($OUT)")
-    p.add_argument("--copy-to", help="also copy the two files here (benchmarks/results to commit them)")
+    p.add_argument("--copy-to", help="also write the two files here (benchmarks/results, to commit them; "
+                   "works when OUT is a read-only fetched folder)")
     args = p.parse_args(argv)
     out = Path(args.out)
     if not out.is_dir():
@@ -164,13 +164,18 @@ def main(argv=None) -> int:
         return 2
     r = summarise(out)
     name = f"{slug(r['device'])}-{time.strftime('%Y%m%d')}"
+    folders = [out] + ([Path(args.copy_to)] if args.copy_to else [])
     for suffix, text in ((".json", json.dumps(r, indent=2) + "\n"), (".md", markdown(r))):
-        tmp = out / f".{name}{suffix}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / f"{name}{suffix}")
-        if args.copy_to:
-            Path(args.copy_to).mkdir(parents=True, exist_ok=True)
-            shutil.copy(out / f"{name}{suffix}", Path(args.copy_to) / f"{name}{suffix}")
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f".{name}{suffix}.tmp"
+                tmp.write_text(text)
+                tmp.replace(folder / f"{name}{suffix}")
+            except PermissionError:   # a fetched, read-only $OUT: --copy-to still gets them
+                if folder == out and args.copy_to:
+                    continue
+                raise
     print(markdown(r))
     return 0
 
