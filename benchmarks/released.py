@@ -51,16 +51,12 @@ def _stub(name: str, **attrs):
     return module
 
 
-def import_released(vqgan_kwargs: dict):
-    """-> the released modules {"models_mae", "vqgan", "mae_utils", "pascal_dataloader",
-    "segmentation_utils", "reasoning_dataloader"}; `vqgan.get_vq_model` builds a VQModel of
-    `vqgan_kwargs` (weights are loaded afterwards, from the same state_dict as cvf's model)."""
-    root = reference_dir()
-    if root is None or missing_reason():
-        raise RuntimeError(missing_reason())
+def apply_shims() -> None:
+    """What the released code needs on a current stack (../shared/reference/README.md's list,
+    plus torch._six and stubs for modules it imports but the compared paths never call)."""
     np.float = float  # util/pos_embed.py uses np.float, removed in numpy 1.24
     # vqgan.py only subclasses LightningModule and imports OmegaConf for get_vq_model (replaced).
-    sys.modules["pytorch_lightning"] = _stub("pytorch_lightning", LightningModule=torch.nn.Module)
+    sys.modules.setdefault("pytorch_lightning", _stub("pytorch_lightning", LightningModule=torch.nn.Module))
     sys.modules.setdefault("omegaconf", _stub("omegaconf", OmegaConf=None))
     # util/misc.py (engine_pretrain's loss scaler) imports `inf` from torch._six, gone in torch 2
     sys.modules.setdefault("torch._six", _stub("torch._six", inf=math.inf))
@@ -74,6 +70,19 @@ def import_released(vqgan_kwargs: dict):
                 sys.modules["matplotlib.pyplot"] = _stub("matplotlib.pyplot")
             else:
                 sys.modules["scipy.io"] = _stub("scipy.io", loadmat=None)
+    import torchvision.transforms.functional as tvf  # the detection loader's functional_tensor
+
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", tvf)
+
+
+def import_released(vqgan_kwargs: dict):
+    """-> the released modules {"models_mae", "vqgan", "mae_utils", "pascal_dataloader",
+    "segmentation_utils", "reasoning_dataloader"}; `vqgan.get_vq_model` builds a VQModel of
+    `vqgan_kwargs` (weights are loaded afterwards, from the same state_dict as cvf's model)."""
+    root = reference_dir()
+    if root is None or missing_reason():
+        raise RuntimeError(missing_reason())
+    apply_shims()
     for p in (root, root / "evaluate"):
         if str(p) not in sys.path:
             sys.path.insert(0, str(p))
