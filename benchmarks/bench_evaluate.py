@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import json
 import os
 import resource
@@ -111,14 +112,15 @@ def true_fp32():
     torch.backends.cudnn.allow_tf32 = False
 
 
-def run_cvf(model, data, episodes, batch, workers, device, dtype, out) -> tuple[dict, list[dict]]:
+def run_cvf(model, data, episodes, batch, workers, device, dtype, out, splits="standard"
+            ) -> tuple[dict, list[dict]]:
     """model.evaluate's whole path on fold 0; -> (timings, per-episode rows of episodes.csv)."""
-    args = evaluate.parser().parse_args([
+    args = evaluate.parser().parse_args(["--splits", splits,
         "--task", "segmentation", "--checkpoint", "(in memory)", "--vqgan-config", "(in memory)",
         "--data", str(data), "--fold", "0", "--episodes", str(episodes), "--seeds", "0",
         "--batch-size", str(batch), "--workers", str(workers), "--device", device.type,
         "--dtype", dtype, "--picture-rows", "0", "--out", str(out)])
-    args.fold = 0
+    args.fold, args.mask_style = 0, "bw"   # as model.evaluate.main sets them
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -228,6 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction,
                    help="also the --compile row (default: on a GPU yes, with --tiny no)")
     p.add_argument("--no-released", action="store_true", help="skip the released loop")
+    p.add_argument("--splits", help="model.evaluate --splits (default: standard with --data, derived "
+                   "for the generated folder)")
     p.add_argument("--out", help="write the figures as JSON here (rewritten after every row)")
     args = p.parse_args(argv)
 
@@ -250,9 +254,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = Path(args.data) if args.data else generated_voc(tmp / "voc")
+        # the generated folder lacks the standard lists' images: fold lists derived from its masks
+        splits = args.splits or ("standard" if args.data else "derived")
+        cvf = functools.partial(run_cvf, splits=splits)
         # warm-up (kernels, cuDNN autotuning, allocator), then the timed runs
-        run_cvf(model, data, min(n, batch), batch, 0, device, "fp32", tmp / "warm")
-        fp32, rows = run_cvf(model, data, n, batch, workers, device, "fp32", tmp / "fp32")
+        cvf(model, data, min(n, batch), batch, 0, device, "fp32", tmp / "warm")
+        fp32, rows = cvf(model, data, n, batch, workers, device, "fp32", tmp / "fp32")
         report.save(cvf_fp32=fp32)
         episodes = [(r["query"], r["supports"], int(r["class_id"])) for r in rows]
         released_ious = None
@@ -266,21 +273,21 @@ def main(argv=None) -> int:
             fp32 |= agreement(rows, released_ious)
             report.save(released=released, cvf_fp32=fp32)
             # the same path one episode per batch: what batching's kernel choices change alone
-            b1, rows1 = run_cvf(model, data, min(n, 100), 1, 0, device, "fp32", tmp / "b1")
+            b1, rows1 = cvf(model, data, min(n, 100), 1, 0, device, "fp32", tmp / "b1")
             report.save(cvf_fp32_batch1={**b1, **agreement(rows1, released_ious)})
         else:
             report.save(released={"skipped": reason})
             print(f"released loop skipped: {reason}", file=sys.stderr)
-        bf16, rows16 = run_cvf(model, data, n, batch, workers, device, "bf16", tmp / "bf16")
+        bf16, rows16 = cvf(model, data, n, batch, workers, device, "bf16", tmp / "bf16")
         if released_ious is not None:
             bf16 |= agreement(rows16, released_ious)
         report.save(cvf_bf16=bf16)
         if compile_:
             compiled_model = compile_for_inference(copy.deepcopy(model))
             started = time.perf_counter()   # compile for the batch shape (n is a multiple of it)
-            run_cvf(compiled_model, data, batch, batch, 0, device, "fp32", tmp / "warmc")
+            cvf(compiled_model, data, batch, batch, 0, device, "fp32", tmp / "warmc")
             compile_s = time.perf_counter() - started
-            compiled, rowsc = run_cvf(compiled_model, data, n, batch, workers, device, "fp32", tmp / "comp")
+            compiled, rowsc = cvf(compiled_model, data, n, batch, workers, device, "fp32", tmp / "comp")
             compiled["compile_and_warmup_s"] = round(compile_s, 1)
             if released_ious is not None:
                 compiled |= agreement(rowsc, released_ious)

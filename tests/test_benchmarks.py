@@ -56,6 +56,8 @@ def test_gpu_sh_tiny_measures_both_sides_and_writes_the_result(tmp_path):
     evaluate = result["raw"]["evaluate"]
     assert evaluate["released"]["episodes"] == evaluate["cvf_fp32"]["episodes"] == 6
     assert evaluate["cvf_fp32"]["iou_agreement_within_0.001"] >= 0.8
+    # one episode at a time, model.evaluate's fp32 path gives the released loop's IoU exactly
+    assert evaluate["cvf_fp32_batch1"]["iou_agreement"] == 1.0, evaluate["cvf_fp32_batch1"]
     assert abs(evaluate["released"]["iou"] - evaluate["cvf_fp32"]["iou"]) < 0.005
     assert (tmp_path / f"cpu-{__import__('time').strftime('%Y%m%d')}.md").read_text().count("|") > 20
 
