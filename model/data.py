@@ -262,6 +262,65 @@ class ResumableSampler(Sampler):
             yield int(i), self.epoch
 
 
+class MixtureSampler(ResumableSampler):
+    """Several sources drawn with weights: this rank's share of an epoch, from `start` on.
+
+    `sizes[i]` images of source i lie at global indices offset_i .. offset_i + sizes[i] - 1 (the
+    sources concatenated in order). An epoch holds sum(sizes) draws (as many as the data has
+    images), source i getting a share weights[i] / sum(weights) of them. Each source is walked
+    through its own endless stream of permutations (seeded by (seed, source, pass)), so it repeats
+    an image only after showing all of them, whatever the weights. The draws of an epoch are
+    shuffled together by (seed, epoch); everything is a pure function of (seed, epoch), so a
+    resume is exact. Yields (global index, pass over that source): the pass picks a fresh crop.
+    """
+
+    def __init__(self, sizes: list[int], weights: list[float], rank: int = 0, world_size: int = 1,
+                 seed: int = 0):
+        if len(sizes) != len(weights) or any(w < 0 for w in weights) or not sum(weights) > 0:
+            raise ValueError(f"weights {weights} do not fit {len(sizes)} sources (one per source, "
+                             ">= 0, not all 0)")
+        if any(n == 0 for n, w in zip(sizes, weights) if w > 0):
+            raise ValueError("a source with a weight above 0 has no images")
+        super().__init__(sum(sizes), rank, world_size, seed)
+        self.sizes, self.weights = list(sizes), [float(w) for w in weights]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+
+    def draws_per_epoch(self) -> list[int]:
+        """Draws of each source in one epoch: shares of sum(sizes), largest remainders rounded up."""
+        total = self.num_items
+        exact = np.array(self.weights) / sum(self.weights) * total
+        counts = np.floor(exact).astype(int)
+        for i in np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]:
+            counts[i] += 1
+        return [int(c) for c in counts]
+
+    def source_draws(self, source: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions first .. first+count-1 of a source's stream -> (local indices, passes)."""
+        n = self.sizes[source]
+        positions = np.arange(first, first + count)
+        passes = positions // n
+        local = np.empty(count, dtype=np.int64)
+        for p in np.unique(passes):
+            perm = np.random.default_rng([self.seed, source, int(p), 7]).permutation(n)
+            sel = passes == p
+            local[sel] = perm[positions[sel] % n]
+        return local, passes
+
+    def __iter__(self):
+        counts = self.draws_per_epoch()
+        index, variant = [], []
+        for s, c in enumerate(counts):
+            if c:
+                local, passes = self.source_draws(s, self.epoch * c, c)
+                index.append(local + self.offsets[s])
+                variant.append(passes)
+        index, variant = np.concatenate(index), np.concatenate(variant)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(index))
+        mine = order[self.rank::self.world_size][: self.per_rank]
+        for j in mine[self.start:]:
+            yield int(index[j]), int(variant[j])
+
+
 # -- cached tokens ---------------------------------------------------------------------------
 
 class TokenCache:

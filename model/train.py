@@ -10,7 +10,13 @@ Multi-GPU: `torchrun --nproc_per_node 8 -m model.train ...` (DDP, one process pe
 Checkpoints (`<out>/checkpoint-last.pth`, and `checkpoint-<epoch>.pth` every --save-epochs) hold
 `{"model", "optimizer", "epoch", "scaler", "args"}` like the released ones, so the released
 evaluation code loads them, plus what exact resume needs: the step, the data position and RNG.
-A rerun with the same --out resumes where the last checkpoint left off.
+A rerun with the same --out resumes where the last checkpoint left off; it refuses (one line
+naming what) a changed --accum-iter, seed, lr schedule or data mixture, which would make the
+resumed run a different run.
+
+Several sources (`--data A --data B --data-weights 1 1`: manifests, image folders, ImageFolder
+trees, shard folders) are sampled with the given weights (the paper's data study, its Fig. 8);
+`--init CKPT` starts from the released checkpoint, or a cvf one, for fine-tuning.
 """
 from __future__ import annotations
 
@@ -31,8 +37,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.checkpoint import load_safely, save_atomically
-from model.data import (CropDataset, ResumableSampler, TokenCache, fingerprint, list_images,
-                        normalize)
+from model.data import (CropDataset, MixtureSampler, ResumableSampler, TokenCache, fingerprint,
+                        list_images, normalize)
 from model.mae_vqgan import ARCHS, arch_sizes, build
 from model.vqgan import load_vqgan
 
@@ -51,16 +57,28 @@ def get_args(argv=None) -> argparse.Namespace:
         description="Train MAE-VQGAN on a published CVF manifest or an image folder. Defaults are "
                     "the released recipe; a rerun with the same --out resumes.\n"
                     "Writes <out>/checkpoint-last.pth, <out>/checkpoint-<epoch>.pth, <out>/args.json and "
-                    "TensorBoard logs in <out>/tb (train/loss, train/lr, train/img_per_s).",
+                    "TensorBoard logs in <out>/tb (train/loss, train/lr, train/img_per_s), the same as JSON lines in "
+                    "<out>/log.jsonl. Several --data sources mix, with --data-weights.",
         epilog="examples:\n"
                "  python -m model.train manifests/cvf-2026.11/train.parquet --images $CVF_DATA/images --fast\n"
                "  torchrun --nproc_per_node 8 -m model.train DIR_OF_IMAGES --fast --token-cache runs/tokens\n"
                "  python -m model.train DIR_OF_IMAGES --target pixels --norm-pix-loss   # plain MAE baseline\n"
+               "  python -m model.train --data cvf/train.parquet --images $CVF_DATA/images "
+               "--data /data/imagenet/train --data-weights 1 1   # CVF + ImageNet, as the paper's Fig. 8\n"
+               "  python -m model.train DIR_OF_IMAGES --init checkpoint-1000.pth --epochs 50   # fine-tune\n"
                "VQGAN files (taming's vqgan_imagenet_f16_1024) go to checkpoints/vqgan/{model.yaml,last.ckpt}.")
     d = p.add_argument_group("data")
-    d.add_argument("data", help="image folder, folder of tar shards (`python -m model.data pack`), "
-                   "or manifest (.parquet/.jsonl/official .csv)")
-    d.add_argument("--images", help="folder the manifest's images were rebuilt into (manifests only)")
+    d.add_argument("data", nargs="?", help="image folder (searched recursively, so an ImageFolder tree "
+                   "too), folder of tar shards (`python -m model.data pack`), or manifest "
+                   "(.parquet/.jsonl/official .csv)")
+    d.add_argument("--data", dest="more_data", action="append", metavar="SOURCE",
+                   help="a source as above; repeat for a mixture (with the positional one, if given, first)")
+    d.add_argument("--data-weights", type=float, nargs="+", metavar="W",
+                   help="sampling weight of each source, in order (default: every image alike). An "
+                   "epoch stays as many draws as there are images; a source repeats an image only "
+                   "after drawing all of its images")
+    d.add_argument("--images", action="append", help="folder the manifest's images were rebuilt into "
+                   "(manifests only); once for all manifests, or once per manifest in order")
     d.add_argument("--split", help="keep only the manifest rows of this split (default: every row)")
     d.add_argument("--input-size", type=int, default=224, help="crop side in pixels (the model's image size)")
     d.add_argument("--min-crop-scale", type=float, default=0.2, help="RandomResizedCrop scale lower bound")
@@ -79,6 +97,9 @@ def get_args(argv=None) -> argparse.Namespace:
     m.add_argument("--vqgan-config", default=str(DEFAULT_VQGAN_DIR / "model.yaml"), help="taming's model.yaml")
     m.add_argument("--vqgan-ckpt", default=str(DEFAULT_VQGAN_DIR / "last.ckpt"), help="taming's last.ckpt")
     m.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches hidden from the encoder")
+    m.add_argument("--init", metavar="CKPT", help="start from these weights (the released checkpoint-*.pth "
+                   "or a cvf one; the VQGAN's from --vqgan-ckpt if it holds none); optimizer and "
+                   "schedule start afresh. Ignored when resuming")
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=64, help="per GPU and per micro-step")
@@ -115,6 +136,14 @@ def get_args(argv=None) -> argparse.Namespace:
     c.add_argument("--no-resume", action="store_true", help="start afresh even if --out has a checkpoint")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    args.data = ([args.data] if args.data else []) + (args.more_data or [])
+    del args.more_data
+    if not args.data:
+        p.error("name the training data: a positional SOURCE or --data SOURCE (repeatable)")
+    if args.data_weights is not None and len(args.data_weights) != len(args.data):
+        p.error(f"--data-weights has {len(args.data_weights)} values for {len(args.data)} source(s)")
+    if args.data_weights is not None and (min(args.data_weights) < 0 or not sum(args.data_weights) > 0):
+        p.error("--data-weights must be >= 0 and not all 0")
     if args.fast:
         args.compile = args.channels_last = args.fused_adamw = True
         args.tokenizer_precision = "bf16"
@@ -215,34 +244,63 @@ def optimizer_step(optimizer, scaler):
     optimizer.zero_grad(set_to_none=True)
 
 
-def build_token_cache(files, vqgan, folder, crops_per_image: int, size: int, scale, seed: int,
-                      batch_size: int, num_workers: int, device, tokenize, progress: bool = True):
-    """VQGAN tokens of K fixed crops of every image -> `folder/tokens.npy` + `meta.json` (last)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    dataset = CropDataset(files, size, scale, seed)
-    items = [(i, k) for i in range(len(files)) for k in range(crops_per_image)]
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=items, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    n_tokens = (size // vqgan.downsample_factor) ** 2
-    tokens = np.zeros((len(items), n_tokens), dtype=np.uint16)
-    done = 0
-    for imgs, _ in tqdm(loader, desc="caching VQGAN tokens", unit="batch", disable=not progress):
-        t = tokenize(normalize(imgs.to(device, non_blocking=True)))
-        tokens[done:done + len(t)] = t.cpu().numpy()
-        done += len(t)
-    tmp = folder / ".tokens.npy.tmp"
+def save_npy_atomically(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        np.save(f, tokens.reshape(len(files), crops_per_image, n_tokens))
+        np.save(f, array)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, folder / "tokens.npy")
-    meta = {"fingerprint": fingerprint(files), "num_images": len(files), "size": size,
+    os.replace(tmp, path)
+
+
+def build_token_cache(files, vqgan, folder, crops_per_image: int, size: int, scale, seed: int,
+                      batch_size: int, num_workers: int, device, tokenize, progress: bool = True,
+                      rank: int = 0, world_size: int = 1):
+    """VQGAN tokens of K fixed crops of every image -> `folder/tokens.npy` + `meta.json` (last).
+
+    Under DDP every rank calls this and tokenizes its share (images rank, rank + world_size, ...)
+    into `.part-<fingerprint>-<rank>of<world>.npy`; rank 0 joins the parts once all are written
+    (a barrier, so no rank waits longer than its own share takes). A part already written by an
+    interrupted build is kept, so a rerun only does what is missing."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    print_ = tqdm.write if progress else print
+    n_tokens = (size // vqgan.downsample_factor) ** 2
+    key = fingerprint(files)
+    mine = list(range(rank, len(files), world_size))
+    part = folder / f".part-{key}-{rank}of{world_size}.npy"
+    if not part.is_file():
+        dataset = CropDataset(files, size, scale, seed)
+        items = [(i, k) for i in mine for k in range(crops_per_image)]
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=items, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+        tokens = np.zeros((len(items), n_tokens), dtype=np.uint16)
+        done = 0
+        for imgs, _ in tqdm(loader, desc=f"caching VQGAN tokens (rank {rank})", unit="batch",
+                            disable=not progress or rank != 0):
+            t = tokenize(normalize(imgs.to(device, non_blocking=True)))
+            tokens[done:done + len(t)] = t.cpu().numpy()
+            done += len(t)
+        save_npy_atomically(tokens.reshape(len(mine), crops_per_image, n_tokens), part)
+        print_(f"token cache: rank {rank} of {world_size} tokenized {len(mine) * crops_per_image} crops "
+               f"of {len(mine)} images")
+    if world_size > 1:
+        dist.barrier()
+    if rank != 0:
+        return
+    tokens = np.zeros((len(files), crops_per_image, n_tokens), dtype=np.uint16)
+    parts = [folder / f".part-{key}-{r}of{world_size}.npy" for r in range(world_size)]
+    for r, path in enumerate(parts):
+        tokens[r::world_size] = np.load(path)
+    save_npy_atomically(tokens, folder / "tokens.npy")
+    meta = {"fingerprint": key, "num_images": len(files), "size": size,
             "scale": list(scale), "seed": seed, "n_embed": vqgan.quantize.n_e,
-            "crops_per_image": crops_per_image, "num_tokens": n_tokens}
+            "crops_per_image": crops_per_image, "num_tokens": n_tokens, "built_by_ranks": world_size}
     tmp = folder / ".meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, folder / "meta.json")
+    for path in parts:
+        path.unlink()
 
 
 def rng_state() -> dict:
@@ -257,6 +315,66 @@ def set_rng_state(state: dict):
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_sources(sources, images, split) -> tuple[list, list[int]]:
+    """Images of every source, concatenated in order, and how many each source has."""
+    manifests = [s for s in sources if Path(s).is_file()]
+    if images and len(images) not in (1, len(manifests)):
+        raise ValueError(f"{len(images)} --images for {len(manifests)} manifest(s): give one for all, "
+                         "or one per manifest in order")
+    files, sizes, m = [], [], 0
+    for source in sources:
+        folder = None
+        if Path(source).is_file() and images:
+            folder = images[0] if len(images) == 1 else images[m]
+            m += 1
+        found = list_images(source, folder, split)
+        files += found
+        sizes.append(len(found))
+    return files, sizes
+
+
+def run_identity(args, sizes: list[int]) -> dict:
+    """What a resume must not change (it would make the resumed run another run)."""
+    return {"--accum-iter": args.accum_iter, "--seed": args.seed,
+            "schedule (--epochs, --warmup-epochs, lr, --min-lr)":
+                [args.epochs, args.warmup_epochs, args.lr, args.min_lr],
+            "data mixture (sources, --data-weights, images per source)":
+                [[str(d) for d in args.data], args.data_weights, sizes]}
+
+
+def changed_since(recorded: dict, now: dict) -> str | None:
+    """One line naming what differs from a checkpoint's run identity, or None."""
+    diffs = [f"{k} {recorded[k]} then, {v} now" for k, v in now.items()
+             if k in recorded and recorded[k] != v]
+    return "; ".join(diffs) or None
+
+
+def init_weights(model, path, has_vqgan: bool) -> None:
+    """--init: the weights of a released or cvf checkpoint ({'model': state_dict} or a state_dict).
+    VQGAN weights it lacks stay those of --vqgan-ckpt; a pixel-target model drops its `vae.*`."""
+    from model.checkpoint import mismatches
+
+    if not Path(path).is_file():
+        raise SystemExit(f"error: --init {path}: no such file")
+    ckpt = load_safely(path, map_location="cpu")
+    state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+    if not isinstance(state, dict) or not state:
+        raise SystemExit(f"error: --init {path} holds no state_dict")
+    for wrapper in ("module.", "_orig_mod."):  # saved from a DDP or torch.compile wrapper
+        if all(k.startswith(wrapper) for k in state):
+            state = {k[len(wrapper):]: v for k, v in state.items()}
+    own = model.state_dict()
+    if has_vqgan and not any(k.startswith("vae.") for k in state):
+        state = {**state, **{k: v for k, v in own.items() if k.startswith("vae.")}}
+    if not has_vqgan:
+        state = {k: v for k, v in state.items() if not k.startswith("vae.")}
+    wrong = mismatches(model, state)
+    if wrong:
+        raise SystemExit(f"error: --init {path} does not fit this model ({len(wrong)} keys differ, e.g. "
+                         f"{'; '.join(list(wrong.values())[:3])}); pass the --arch/sizes it was trained with")
+    model.load_state_dict(state)
 
 
 def plain_args(args) -> argparse.Namespace:
@@ -275,7 +393,7 @@ def train(args) -> dict:
 
     # Data.
     try:
-        files = list_images(args.data, args.images, args.split)
+        files, source_sizes = list_sources(args.data, args.images, args.split)
     except (ValueError, FileNotFoundError) as e:  # a wrong path or manifest: say so, no traceback
         raise SystemExit(f"error: {e}") from None
     scale = (args.min_crop_scale, 1.0)
@@ -288,18 +406,24 @@ def train(args) -> dict:
     if args.token_cache:
         if args.target != "tokens":
             raise SystemExit("--token-cache only applies to --target tokens")
-        if is_main and not TokenCache.exists(args.token_cache):
+        if not TokenCache.exists(args.token_cache):
             # Computed once, so computed exactly: fp32 encoder whatever --tokenizer-precision says.
+            # Every rank tokenizes its share (one rank alone would outlast DDP's barrier timeout).
             exact = make_tokenizer(vqgan, device, "fp32", args.channels_last, args.compile)
             build_token_cache(files, vqgan, args.token_cache, args.crops_per_image, args.input_size,
                               scale, args.seed, args.batch_size, args.num_workers, device, exact,
-                              progress=not args.no_progress)
+                              progress=is_main and not args.no_progress, rank=rank,
+                              world_size=world_size)
         if world_size > 1:
             dist.barrier()
         cache = TokenCache(args.token_cache)
         cache.check(files, args.input_size, scale, args.seed, vqgan.quantize.n_e)
     dataset = CropDataset(files, args.input_size, scale, args.seed, cache)
-    sampler = ResumableSampler(len(files), rank, world_size, args.seed)
+    if len(args.data) == 1:
+        sampler = ResumableSampler(len(files), rank, world_size, args.seed)
+    else:  # no weights: every image alike, i.e. weights in proportion to the sources' sizes
+        sampler = MixtureSampler(source_sizes, args.data_weights or source_sizes, rank, world_size,
+                                 args.seed)
     micro_per_epoch = sampler.per_rank // args.batch_size
     steps_per_epoch = micro_per_epoch // args.accum_iter
     if steps_per_epoch == 0:
@@ -319,6 +443,7 @@ def train(args) -> dict:
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr,
                                   betas=tuple(args.betas), fused=fused or None)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    identity = run_identity(args, source_sizes)
 
     # Resume.
     step, epoch, micro_done = 0, 0, 0  # optimizer steps; epoch; micro-batches done in that epoch
@@ -328,13 +453,22 @@ def train(args) -> dict:
         if ckpt["data"]["world_size"] != world_size or ckpt["data"]["batch_size"] != args.batch_size:
             raise SystemExit(f"{last} was written with {ckpt['data']['world_size']} rank(s) x batch "
                              f"{ckpt['data']['batch_size']}; resume with the same, or use --no-resume")
+        changed = changed_since(ckpt.get("run", {}), identity)
+        if changed:
+            raise SystemExit(f"error: cannot resume {last}: {changed}; rerun with the same, "
+                             "or start afresh with --no-resume or another --out")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         step, epoch, micro_done = ckpt["step"], ckpt["data"]["epoch"], ckpt["data"]["micro_done"]
         set_rng_state(ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0])
         if is_main:
-            print(f"resumed from {last}: step {step}, epoch {epoch}, batch {micro_done}")
+            print(f"resumed from {last}: step {step}, epoch {epoch}, batch {micro_done}"
+                  + (f" (--init {args.init} ignored: the checkpoint's weights continue)" if args.init else ""))
+    elif args.init:
+        init_weights(model, args.init, vqgan is not None)
+        if is_main:
+            print(f"initialised from {args.init}")
 
     train_model = model
     if world_size > 1:
@@ -344,9 +478,12 @@ def train(args) -> dict:
 
     writer = None
     if is_main:
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(out / "tb")
+            writer = SummaryWriter(out / "tb")
+        except ImportError:  # a bare GPU image may lack tensorboard: log.jsonl still has it all
+            print("tensorboard is not installed: no TensorBoard logs (log.jsonl has the same figures)")
         (out / "args.json").parent.mkdir(parents=True, exist_ok=True)
         (out / "args.json").write_text(json.dumps(vars(plain_args(args)), indent=2, default=str))
 
@@ -358,7 +495,7 @@ def train(args) -> dict:
         if is_main:
             save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scaler": scaler.state_dict(), "epoch": epoch, "args": plain_args(args),
-                             "step": step, "rng": states,
+                             "step": step, "rng": states, "run": identity,
                              "data": {"epoch": epoch, "micro_done": micro_done,
                                       "world_size": world_size, "batch_size": args.batch_size}}, path)
 
@@ -403,8 +540,14 @@ def train(args) -> dict:
                 mean_loss = (running / running_n).item()  # the only host sync, once per log
                 if not math.isfinite(mean_loss):
                     raise SystemExit(f"loss is {mean_loss} at step {step}; stopping")
-                img_s = seen / (time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
+                img_s = seen / seconds
                 losses.append((step, mean_loss))
+                if is_main:
+                    with open(out / "log.jsonl", "a") as log:
+                        log.write(json.dumps({"step": step, "loss": mean_loss, "img_s": img_s,
+                                              "seconds": seconds, "lr": optimizer.param_groups[0]["lr"],
+                                              "epoch": epoch}) + "\n")
                 if writer is not None:
                     writer.add_scalar("train/loss", mean_loss, step)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
@@ -424,9 +567,10 @@ def train(args) -> dict:
     bar.close()
     if writer is not None:
         writer.close()
+    if is_main:
         # Say where things went: the bar alone leaves a newcomer guessing.
         print(f"step {step}/{total_steps}, epoch {epoch}/{args.epochs}: {last}\n"
-              f"curves: tensorboard --logdir {out / 'tb'}")
+              f"curves: tensorboard --logdir {out / 'tb'} (and {out / 'log.jsonl'})")
     if world_size > 1:
         # Tear down together: a rank that destroys its gloo group while rank 0 is still writing
         # the checkpoint can abort at exit ("terminate called without an active exception").

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import shutil
 import sys
-import types
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "visual_prompting"
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO.parent / "shared" / "reference" / "visual_prompting"
 SPLITS = REFERENCE.parent.parent / "testdata" / "pascal5i_splits"
 DETECTION_INDEX = REFERENCE / "evaluate_detection" / "2012_val_flattened_set.pth"
 
@@ -24,20 +22,12 @@ def require_reference() -> Path:
 
 
 def _shim() -> None:
-    """numpy.float, Lightning, omegaconf, torchvision's functional_tensor (README's list)."""
-    np.float = float
-    if "pytorch_lightning" not in sys.modules:
-        try:
-            import pytorch_lightning  # noqa: F401
-        except ImportError:
-            sys.modules["pytorch_lightning"] = types.SimpleNamespace(LightningModule=torch.nn.Module)
-    try:
-        import omegaconf  # noqa: F401
-    except ImportError:
-        sys.modules["omegaconf"] = types.SimpleNamespace(OmegaConf=None)
-    import torchvision.transforms.functional as tvf
+    """The shims of its README's list (one list, shared with the benchmarks)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from benchmarks.released import apply_shims
 
-    sys.modules.setdefault("torchvision.transforms.functional_tensor", tvf)
+    apply_shims()
 
 
 def import_released(tmp_root: Path):

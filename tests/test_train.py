@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -218,19 +219,6 @@ def test_packing_can_shrink_and_reencode(images, tmp_path):
         assert img.format == "JPEG" and max(img.size) == 40
 
 
-def test_ddp_two_ranks_on_cpu(images, tmp_path):
-    """torchrun (gloo, loopback, a free port) with 2 ranks: each takes half of every epoch."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "model.train", str(images), *TINY, "--target", "pixels", "--batch-size", "2",
-           "--epochs", "2", "--out", str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "checkpoint-last.pth", weights_only=False)
-    assert ckpt["data"]["world_size"] == 2 and ckpt["step"] == 4  # 8 images / 2 ranks / batch 2, x2 epochs
-    assert len(ckpt["rng"]) == 2
-
-
 def test_cli_manifest_to_checkpoint_to_evaluate(images, vqgan_files, tmp_path):
     """The user's path: `python -m model.train` on a published manifest, then the checkpoint it
     wrote loads by itself (sizes from its args) and runs in `python -m model.evaluate`."""
@@ -251,3 +239,109 @@ def test_cli_manifest_to_checkpoint_to_evaluate(images, vqgan_files, tmp_path):
                           "--vqgan-config", vqgan_files[1], "--episodes", "2", "--batch-size", "2",
                           "--device", "cpu", "--out", str(tmp_path / "eval")])
     assert code == 0 and json.loads((tmp_path / "eval" / "results.json").read_text())["size"] == 64
+
+
+# -- mixed data, --init, resume refusals, the token cache under DDP ---------------------------
+
+def test_mixture_sampler_draws_by_weight_and_resumes():
+    from model.data import MixtureSampler
+
+    s = MixtureSampler([8, 4], [1, 3], seed=2)
+    assert s.draws_per_epoch() == [3, 9]
+    epochs = []
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        epochs.append(list(s))
+    for items in epochs:
+        assert len(items) == 12
+        assert sum(i >= 8 for i, _ in items) == 9       # weight 3 of 4: source B (8..11) 9 draws
+    # each source walks its own permutations: source A's 9 draws over 3 epochs cover its 8 images
+    a = [i for items in epochs for i, _ in items if i < 8]
+    assert sorted(set(a)) == list(range(8))
+    # a repeated image comes with another pass number (a fresh crop)
+    b = [(i, p) for items in epochs for i, p in items if i >= 8]
+    assert len(set(b)) == len(b)
+    # deterministic, resumable, and ranks take disjoint shares
+    s.set_epoch(1, start=5)
+    assert list(s) == epochs[1][5:]
+    shares = []
+    for rank in range(2):
+        r = MixtureSampler([8, 4], [1, 3], rank, 2, seed=2)
+        r.set_epoch(1)
+        shares.append(list(r))
+    assert sorted(shares[0] + shares[1]) == sorted(epochs[1])
+    with pytest.raises(ValueError, match="weights"):
+        MixtureSampler([8, 4], [1], seed=0)
+
+
+def test_mixed_sources_train_resume_exactly_and_refuse_changes(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_images(a, 6, seed=1)
+    write_images(b, 4, seed=2)
+    common = ["--data", str(a), "--data", str(b), "--data-weights", "1", "3", *TINY, "--target", "pixels",
+              "--batch-size", "2", "--epochs", "3", "--lr", "1e-3"]
+    # 10 images, batch 2: 5 steps an epoch; stop at 3, resume across the epoch boundary to 7
+    straight = train(get_args([*common, "--max-steps", "7", "--out", str(tmp_path / "s")]))
+    train(get_args([*common, "--max-steps", "3", "--out", str(tmp_path / "r")]))
+    resumed = train(get_args([*common, "--max-steps", "7", "--out", str(tmp_path / "r")]))
+    assert straight["losses"][-4:] == resumed["losses"] and len(resumed["losses"]) == 4
+    ckpt = torch.load(tmp_path / "r" / "checkpoint-last.pth", weights_only=False)
+    other = torch.load(tmp_path / "s" / "checkpoint-last.pth", weights_only=False)
+    assert all(torch.equal(ckpt["model"][k], other["model"][k]) for k in ckpt["model"])
+    assert ckpt["args"].data == [str(a), str(b)] and ckpt["args"].data_weights == [1.0, 3.0]
+    mixture = ckpt["run"]["data mixture (sources, --data-weights, images per source)"]
+    assert mixture == [[str(a), str(b)], [1.0, 3.0], [6, 4]]
+    out = ["--out", str(tmp_path / "r"), "--max-steps", "9"]
+    for changed, named in ((["--data-weights", "1", "1"], "data mixture"), (["--accum-iter", "2"], "--accum-iter"),
+                           (["--seed", "3"], "--seed"), (["--epochs", "9"], "schedule")):
+        args = [*common[:4], *common[7:]] if changed[0] == "--data-weights" else common
+        with pytest.raises(SystemExit, match=f"error: cannot resume .*{re.escape(named)}"):
+            train(get_args([*args, *changed, *out]))
+
+
+def test_init_starts_from_a_released_style_checkpoint(images, vqgan_files, tmp_path):
+    first = get_args([str(images), *TINY, *vqgan_files, "--batch-size", "4", "--epochs", "1",
+                      "--lr", "1e-2", "--out", str(tmp_path / "a")])
+    train(first)
+    trained = torch.load(tmp_path / "a" / "checkpoint-last.pth", weights_only=False)["model"]
+    # the released files hold the MAE only: its VQGAN comes from --vqgan-ckpt
+    released_style = tmp_path / "released.pth"
+    torch.save({"model": {k: v for k, v in trained.items() if not k.startswith("vae.")}}, released_style)
+    fine = train(get_args([str(images), *TINY, *vqgan_files, "--batch-size", "4", "--epochs", "1",
+                           "--lr", "0", "--weight-decay", "0", "--init", str(released_style),
+                           "--max-steps", "1", "--out", str(tmp_path / "b")]))
+    assert fine["step"] == 1
+    tuned = torch.load(tmp_path / "b" / "checkpoint-last.pth", weights_only=False)
+    assert all(torch.equal(tuned["model"][k], trained[k]) for k in trained)   # lr 0: still the init
+    assert tuned["args"].init == str(released_style)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"model": {"cls_token": torch.zeros(1, 1, 7)}}, wrong)
+    with pytest.raises(SystemExit, match="error: --init .* does not fit"):
+        train(get_args([str(images), *TINY, *vqgan_files, "--batch-size", "4", "--init", str(wrong),
+                        "--out", str(tmp_path / "c")]))
+
+
+def test_ddp_two_ranks_on_cpu_build_the_token_cache_in_parallel(images, vqgan_files, tmp_path):
+    """torchrun (gloo, loopback, a free port) with 2 ranks: each takes half of every epoch, and
+    each tokenizes half the images for the token cache, which rank 0 joins into the same cache
+    one process would build."""
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "model.train", str(images), *TINY, *vqgan_files, "--batch-size", "2", "--epochs", "2",
+           "--token-cache", str(cache), "--crops-per-image", "2", "--out", str(tmp_path / "run")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=False)
+    assert ckpt["data"]["world_size"] == 2 and ckpt["step"] == 4  # 8 images / 2 ranks / batch 2, x2 epochs
+    assert len(ckpt["rng"]) == 2
+    said = done.stdout + done.stderr
+    for rank in (0, 1):
+        assert f"token cache: rank {rank} of 2 tokenized 8 crops of 4 images" in said, said[-2000:]
+    meta = json.loads((cache / "meta.json").read_text())
+    assert meta["built_by_ranks"] == 2 and not list(cache.glob(".part-*"))
+    vq = load_vqgan(vqgan_files[1], vqgan_files[3])
+    ds = CropDataset(list_images(images), 64, (0.2, 1.0), seed=0)
+    crops = torch.stack([ds.crop(i, k) for i in range(8) for k in range(2)])
+    expected = vq.tokenize(normalize(crops)).view(8, 2, 16)
+    assert torch.equal(torch.from_numpy(np.load(cache / "tokens.npy").astype(np.int64)), expected)
