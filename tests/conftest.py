@@ -63,10 +63,14 @@ CHROMIUM_ARGS = ["--headless", "--disable-gpu", "--disable-quic", "--no-first-ru
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Chromium (the system package; Playwright's own download cannot work offline) with a fresh
-    profile. Skipped when Chromium or Playwright is absent, except in CI, where it is a failure."""
+    profile. Skipped when Chromium or Playwright is absent, except in CI, where it is a failure.
+
+    Module-scoped on purpose: while Playwright's sync API is open, its asyncio loop counts as
+    running on the main thread, and libraries that ask (Prefect's `State.result()`) turn async
+    for every later test of the session."""
     missing = None
     try:
         from playwright.sync_api import sync_playwright
