@@ -61,10 +61,10 @@ from lxml import etree
 from pipeline import config, store
 from pipeline.archive import Limits, safe_member_path
 from pipeline.arxiv_api import strict_xml
-from pipeline.crawl import PAPER_SCHEMA, _empty_downloads, crawl_lock, shard_stats
-from pipeline.fetch import SOURCE_KINDS, _row as download_row, sniff_kind, verify
+from pipeline.crawl import PAPER_SCHEMA, crawl_lock, empty_downloads, shard_stats
+from pipeline.fetch import SOURCE_KINDS, download_row, sniff_kind, verify
 from pipeline.licenses import licenses_for
-from pipeline.shards import month_range, shard_of_id
+from pipeline.shards import add_selection_args, month_range, shard_of_id
 
 log = logging.getLogger("cvf.bulk")
 
@@ -660,7 +660,7 @@ def month_records(month: str, papers: list[Paper], tars: list[SourceTar], root: 
     records = []
     for paper in sorted(papers, key=lambda p: p.record["arxiv_id"]):
         arxiv_id = paper.record["arxiv_id"]
-        record = _empty_downloads(dict(paper.record), ("eprint",))
+        record = empty_downloads(dict(paper.record), ("eprint",))
         record["license"] = record["license"] or harvested.get(arxiv_id, "")
         holders = candidates[arxiv_id]
         waiting = [t for t in holders if arxiv_id not in done.get(t.name, ())]
@@ -797,12 +797,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--metadata", required=True, metavar="FILE",
                     help="arXiv metadata snapshot (JSON lines, optionally .gz) or a licenses/<set>.parquet harvest")
-    ap.add_argument("--from", dest="start", required=True, help="first month, YYYY-MM")
-    ap.add_argument("--to", dest="end", required=True, help="last month, YYYY-MM (inclusive)")
-    ap.add_argument("--data", help="dataset root (default $CVF_DATA or ./data)")
-    ap.add_argument("--category", default="cs.CV", help="arXiv category (default cs.CV)")
-    ap.add_argument("--include-cross-lists", action="store_true",
-                    help="also papers that list the category without it being their primary one")
+    add_selection_args(ap)
     ap.add_argument("--bucket", default="arxiv", help="the requester-pays bucket (default arxiv)")
     ap.add_argument("--endpoint-url", help="S3 endpoint (default $AWS_ENDPOINT_URL, else AWS)")
     ap.add_argument("--plan", action="store_true",

@@ -53,7 +53,7 @@ from pipeline import config, store
 from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, paper_record, search_month
 from pipeline.fetch import DOWNLOAD_FIELDS, PoliteFetcher, TransientError, download_file
 from pipeline.licenses import licenses_for
-from pipeline.shards import month_range
+from pipeline.shards import add_selection_args, month_range
 
 log = logging.getLogger("cvf.crawl")
 
@@ -103,7 +103,7 @@ def _reset_download(record: dict, d: str, status: str) -> None:
     record[f"{d}_status"] = status
 
 
-def _empty_downloads(record: dict, wanted: tuple[str, ...]) -> dict:
+def empty_downloads(record: dict, wanted: tuple[str, ...]) -> dict:
     for d in DOWNLOADS:
         _reset_download(record, d, "pending" if d in wanted else "skipped")
     record["crawled_at"] = None
@@ -119,7 +119,7 @@ def _merge(fresh: dict, old: dict | None, wanted: tuple[str, ...], root: Path, r
             for d in DOWNLOADS:
                 if old[f"{d}_path"]:
                     (root / old[f"{d}_path"]).unlink(missing_ok=True)
-        return _empty_downloads(fresh, wanted)
+        return empty_downloads(fresh, wanted)
     record = dict(old, **{k: v for k, v in fresh.items() if k != "license" or v})
     for d in wanted:  # a download skipped before but wanted now, or a failed one to try again
         if record[f"{d}_status"] == "skipped" or (retry_failed and record[f"{d}_status"] in FAILED):
@@ -362,12 +362,7 @@ def max_papers_note(max_papers: int | None, stats: list[dict], months: list[str]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.crawl", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--from", dest="start", required=True, help="first month shard, YYYY-MM")
-    ap.add_argument("--to", dest="end", required=True, help="last month shard, YYYY-MM (inclusive)")
-    ap.add_argument("--data", help="dataset root (default $CVF_DATA or ./data)")
-    ap.add_argument("--category", default="cs.CV", help="arXiv category (default cs.CV)")
-    ap.add_argument("--include-cross-lists", action="store_true",
-                    help="also take papers whose primary category is another one")
+    add_selection_args(ap)
     ap.add_argument("--max-papers", type=int, help="at most this many papers in this run (all shards together, "
                                                   "in order; later shards are not started)")
     ap.add_argument("--downloads", nargs="*", default=list(DOWNLOADS), choices=DOWNLOADS,

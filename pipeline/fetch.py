@@ -245,7 +245,8 @@ class PoliteFetcher:
 
 # --- downloads ------------------------------------------------------------------------------
 
-def _row(root: Path, dest: Path, status: str, data: bytes | None = None, kind: str = "", error: str = "") -> dict:
+def download_row(root: Path, dest: Path, status: str, data: bytes | None = None, kind: str = "", error: str = "") -> dict:
+    """The download columns of a paper record (crawl and bulk alike) for a file stored at `dest`."""
     return {
         "status": status,
         "path": str(dest.relative_to(root)) if status == "ok" else "",
@@ -268,24 +269,24 @@ def download_file(fetcher: PoliteFetcher, url: str, dest: Path, root: Path) -> d
         data = dest.read_bytes()
         kind = sniff_kind(data)
         if kind in SOURCE_KINDS and not verify(data, kind):
-            return _row(root, dest, "ok", data, kind)
+            return download_row(root, dest, "ok", data, kind)
     try:
         resp = fetcher.get(url, raw=True)
     except TransientError as e:
-        return _row(root, dest, "pending", error=str(e))
+        return download_row(root, dest, "pending", error=str(e))
     except requests.RequestException as e:  # a redirect loop, a malformed URL: asking again will not help
-        return _row(root, dest, "error", error=f"{type(e).__name__}: {e}")
+        return download_row(root, dest, "error", error=f"{type(e).__name__}: {e}")
     if resp.status_code in (404, 410):
-        return _row(root, dest, "missing", error=f"HTTP {resp.status_code}")
+        return download_row(root, dest, "missing", error=f"HTTP {resp.status_code}")
     if resp.status_code != 200:
-        return _row(root, dest, "error", error=f"HTTP {resp.status_code}")
+        return download_row(root, dest, "error", error=f"HTTP {resp.status_code}")
     data = resp.content
     kind = sniff_kind(data)
     if kind in ("html", "unknown"):
-        return _row(root, dest, "error", data, kind, f"not a source archive or PDF: got {kind}")
+        return download_row(root, dest, "error", data, kind, f"not a source archive or PDF: got {kind}")
     if kind == "empty":
-        return _row(root, dest, "pending", data, kind, "empty body")
+        return download_row(root, dest, "pending", data, kind, "empty body")
     if problem := verify(data, kind):  # a body cut short is worth another try later; a bomb not
-        return _row(root, dest, "error" if over_limit(problem) else "pending", data, kind, problem)
+        return download_row(root, dest, "error" if over_limit(problem) else "pending", data, kind, problem)
     store.atomic_write_bytes(dest, data)
-    return _row(root, dest, "ok", data, kind)
+    return download_row(root, dest, "ok", data, kind)
