@@ -1,4 +1,4 @@
-"""Near-duplicate search: capped multi-index hashing (pipeline.extract.nearest_earlier) against
+"""Near-duplicate search: capped multi-index hashing (pipeline.near_duplicates.nearest_earlier) against
 the method it replaced (every hash compared with every hash sharing a bit block, in Python).
 
 Hashes are synthetic but shaped like a figure corpus's pHashes: a share of figures hash equal
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from pipeline.extract import NEAR_DUP_BITS, NEAR_DUP_BUCKET_CAP, _bit_blocks, nearest_earlier
+from pipeline.near_duplicates import NEAR_DUP_BITS, NEAR_DUP_BUCKET_CAP, _bit_blocks, nearest_earlier
 
 
 def corpus_hashes(n: int, seed: int = 0, equal_share: float = 0.02, cluster_share: float = 0.2) -> list[int]:

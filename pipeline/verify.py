@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import store
-from pipeline.extract import NEAR_DUP_BITS, phash_bits, png_phash
+from pipeline.near_duplicates import NEAR_DUP_BITS, phash_bits, png_phash
 from pipeline.naming import output_name
 
 SPLITS = ("train", "val")

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from pipeline.extract import NEAR_DUP_BITS, mark_duplicates, nearest_earlier
+from pipeline.extract import mark_duplicates
+from pipeline.near_duplicates import NEAR_DUP_BITS, nearest_earlier
 
 
 def exhaustive(hashes: list[int], near_bits: int = NEAR_DUP_BITS) -> list[int]:

@@ -337,7 +337,7 @@ def test_verify_tells_a_slightly_different_render_from_a_different_picture(publi
     extraction's near-duplicate distance -> `near`, fine unless --strict. A different picture of
     the same size is a problem either way."""
     from pipeline import verify
-    from pipeline.extract import NEAR_DUP_BITS
+    from pipeline.near_duplicates import NEAR_DUP_BITS
 
     root, _, manifest = published_manifest
     images = shutil.copytree(root / "images", tmp_path / "images")
