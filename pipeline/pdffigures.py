@@ -28,10 +28,9 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
-from pipeline.render import MAX_PIXELS, error_text
+from pipeline.limits import MAX_PIXELS, MAX_SIDE, error_text
 from pipeline.store import atomic_write_bytes
 
-MAX_SIDE = 1024  # the training format: longer side at most 1024 px
 DPI = 150  # figure regions are rendered at this resolution (a rebuild cuts them again at it)
 
 # `Figure 3:`, `Fig. 3.`, `FIGURE 3 |`, `Table IV:`, `Figure S2.`, `Fig 3` ...

@@ -12,42 +12,28 @@ Two ways to get the pixels, same output size:
     and RGBA -> RGB by dropping alpha. `pipeline.rebuild` uses this.
 
 A figure renderer can hang or crash on hostile input, so `Renderer` runs the work in a child
-process (`python -m pipeline.render --serve`) with a per-file time limit and a memory cap,
+process (`pipeline.confined`) with a per-file time limit and a memory cap,
 and starts a fresh child when one dies: one bad file costs one record, never the worker.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import io
 import math
 import os
-import pickle
 import re
-import resource
-import select
-import shutil
-import signal
-import struct
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pymupdf
-from PIL import Image, ImageFile
+from PIL import Image
 
-MAX_SIDE = 1024
-OFFICIAL_DPI = 200
-# Decompression-bomb guard: refuse rasters (and official-DPI pages) over this many pixels.
-# Pillow's own default warns at 89 Mpx; a 30,000 x 30,000 image is 900 Mpx.
-MAX_PIXELS = 150_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+from pipeline.confined import ConfinedChild, private_folder, run_confined
+from pipeline.limits import MAX_PIXELS, MAX_SIDE, OFFICIAL_DPI, error_text, without_addresses
 
 
 class RenderError(Exception):
@@ -56,20 +42,6 @@ class RenderError(Exception):
     def __init__(self, message: str, status: str = "error", info: dict | None = None):
         super().__init__(without_addresses(message))
         self.status, self.info = status, info or {}
-
-
-_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
-
-
-def without_addresses(text: str) -> str:
-    """`text` without memory addresses (`<_io.BytesIO object at 0x7f..>` in Pillow's messages),
-    so that an error record is the same in every run."""
-    return _ADDRESS.sub("", text)
-
-
-def error_text(e: BaseException) -> str:
-    """`Type: message` of an exception, the same in every run."""
-    return without_addresses(f"{type(e).__name__}: {e}")
 
 
 @dataclass(frozen=True)
@@ -142,13 +114,29 @@ def to_rgb(img: Image.Image, alpha: str = "white") -> Image.Image:
     return img.convert("RGB")  # Pillow's RGBA -> RGB drops alpha, as the official tool did
 
 
+def open_bounded(fp) -> Image.Image:
+    """`Image.open(fp)`, header only, refusing images over MAX_PIXELS (RenderError). Pillow's
+    own guard (a warning, then an error at twice its global limit) is left to its global
+    setting, which this module does not change: the check here is the one that counts."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except Image.DecompressionBombError as e:
+        raise RenderError(f"image over the {MAX_PIXELS / 1e6:.0f} Mpx decompression-bomb limit "
+                          f"({e})") from e
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise RenderError(f"image is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the "
+                          f"{MAX_PIXELS / 1e6:.0f} Mpx decompression-bomb limit")
+    return img
+
+
 def render_raster(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
     try:
-        img = Image.open(io.BytesIO(data))
+        img = open_bounded(io.BytesIO(data))
         w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise RenderError(f"image is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the "
-                              f"{MAX_PIXELS / 1e6:.0f} Mpx decompression-bomb limit")
         img.seek(0)  # animated GIF/PNG/TIFF: the first frame
         if not options.official and img.format == "JPEG":
             img.draft("RGB", (options.max_side, options.max_side))  # decode at reduced scale
@@ -267,43 +255,6 @@ def render_pdf(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
     return img, info
 
 
-# --- confined helper programs -------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Ask Linux to send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG),
-    so a `kill -9` of the parent never leaves it running. A no-op where prctl is missing."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def private_folder(prefix: str):
-    """A new, empty folder only this user can enter, with an empty `tmp/` inside for the helper
-    program's temporary files; removed with everything in it afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix))  # mode 0700
-    try:
-        (folder / "tmp").mkdir(mode=0o700)
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def run_confined(cmd: list[str], folder: Path, timeout_s: float) -> subprocess.CompletedProcess:
-    """Run a helper program (Ghostscript, pdftoppm) on a stranger's file: working directory and
-    every temporary folder (TMPDIR, TEMP, TMP) inside `folder`, no stdin, no inherited file
-    descriptors, a minimal environment (no GS_OPTIONS or GS_LIB from ours), and killed if this
-    process dies."""
-    tmp = str(folder / "tmp")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder), "LC_ALL": "C",
-           "TMPDIR": tmp, "TEMP": tmp, "TMP": tmp}
-    return subprocess.run(cmd, cwd=folder, env=env, stdin=subprocess.DEVNULL, capture_output=True,
-                          close_fds=True, timeout=timeout_s, preexec_fn=die_with_parent)
-
 
 def render_pdf_poppler(data: bytes, options: RenderOptions) -> tuple[Image.Image, dict]:
     """The official tool's exact pixels: pdftoppm at `options.dpi` (pdf2image's call), then
@@ -325,8 +276,14 @@ def render_pdf_poppler(data: bytes, options: RenderOptions) -> tuple[Image.Image
         if run.returncode != 0 or not out.exists():
             tail = run.stderr.replace(bytes(tmp), b"").decode("utf-8", "replace").strip()[-300:]
             raise RenderError(f"pdftoppm failed (exit {run.returncode}): {tail}")
-        with Image.open(out) as page:
-            img = page.convert("RGB")
+        try:  # pdftoppm's own output: Pillow's guard only (a huge page was still rendered)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                page = Image.open(out)
+            with page:
+                img = page.convert("RGB")
+        except Image.DecompressionBombError as e:
+            raise RenderError(f"pdftoppm's page is over Pillow's pixel limit ({e})") from e
     img.thumbnail((options.max_side, options.max_side))
     return img, info
 
@@ -414,182 +371,31 @@ def render_to_png(data: bytes, fmt: str, out_path: str | os.PathLike,
 
 # --- the child process -------------------------------------------------------------------------
 
-_FRAME = struct.Struct(">Q")
-
-
-def _send(stream, obj, deadline: float | None = None) -> None:
-    """Write one frame; with a deadline, give up (TimeoutError) if the reader stops reading."""
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    frame = memoryview(_FRAME.pack(len(payload)) + payload)
-    if deadline is None:
-        stream.write(frame)
-        stream.flush()
-        return
-    fd = stream.fileno()
-    while frame:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
-            raise TimeoutError
-        frame = frame[os.write(fd, frame[: 1 << 16]):]
-
-
-def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                raise TimeoutError
-        chunk = os.read(fd, min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return bytes(buf)
-
-
-def _receive(fd: int, deadline: float | None = None):
-    (size,) = _FRAME.unpack(_read_exact(fd, _FRAME.size, deadline))
-    return pickle.loads(_read_exact(fd, size, deadline))
-
-
-def memory_cap(memory_mb: int) -> int:
-    """The address-space cap in bytes for a child: `memory_mb`, or the hard limit this process
-    was started under if that is lower (shared clusters and containers often set one)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = memory_mb << 20
-    return cap if hard == resource.RLIM_INFINITY else min(cap, hard)
-
-
-def _call(module: str, name: str, args: tuple) -> tuple[str, object]:
-    """("ok", module.name(*args)) or ("error", why), for `Renderer.call`."""
-    import importlib
-
-    try:
-        return "ok", getattr(importlib.import_module(module), name)(*args)
-    except MemoryError:
-        return "error", "out of memory"
-    except Exception as e:  # the caller turns it into records
-        return "error", error_text(e)
-
-
-def serve(memory_mb: int, parent_pid: int = 0) -> None:
-    """Child loop: read requests, answer each with its result. A request is
-    ("figure", data, fmt, out_path, options) -> result dict, or
-    ("call", module, function name, args) -> ("ok", result) or ("error", why)."""
-    die_with_parent()
-    if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
-        return
-    if memory_mb:
-        cap = memory_cap(memory_mb)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
-    import imagehash  # noqa: F401  (import once, up front)
-
-    pymupdf.TOOLS.mupdf_display_errors(False)
-    _send(out, "ready")
-    while True:
-        try:
-            request = _receive(sys.stdin.fileno())
-        except EOFError:
-            return
-        if request[0] == "call":
-            answer = _call(*request[1:])
-        else:
-            data, fmt, out_path, options = request[1:]
-            answer = render_to_png(data, fmt, out_path, RenderOptions(**options))
-        _send(out, answer)
-
-
-class Renderer:
-    """Renders figures in a child process with a per-file time limit and a memory cap, e.g.
+class Renderer(ConfinedChild):
+    """Renders figures in a confined child process (`pipeline.confined`) with a per-file time
+    limit and a memory cap, e.g.
 
         with Renderer(RenderOptions(timeout_s=30)) as renderer:
             result = renderer.render(pdf_bytes, "pdf", "out.png")  # status, error, sha256, ...
             records = renderer.pdf_figures("paper.pdf", "figs/")   # the PDF fallback
             value, error = renderer.call(module_level_function, *args)  # any such work
 
-    The child works in a private empty folder (its working directory and TMPDIR), inherits no
-    file descriptors but its two pipes, and dies with the process that started it (kill -9
-    included); the Ghostscript or pdftoppm it runs die with it in turn. Use a Renderer from the
-    thread that created it: Linux's parent-death signal follows the starting thread.
+    `call`'s default time limit is 5 times the per-file one.
     """
 
+    folder_prefix = "cvf-render-"
+
     def __init__(self, options: RenderOptions = RenderOptions(), memory_mb: int = 4096):
-        self.options, self.memory_mb = options, memory_mb
-        self.proc: subprocess.Popen | None = None
-        self.folder: Path | None = None
-        self.restarts = 0
-
-    def _start(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="cvf-render-"))  # mode 0700
-        project = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, TMPDIR=str(self.folder), TEMP=str(self.folder),
-                   TMP=str(self.folder),
-                   PYTHONPATH=os.pathsep.join(filter(None, [project, os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.render", "--serve", "--memory-mb", str(self.memory_mb),
-             "--parent-pid", str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, cwd=self.folder, env=env,
-            close_fds=True,
-            start_new_session=True)  # its own process group: Ghostscript/pdftoppm die with it
-        if _receive(self.proc.stdout.fileno(), time.monotonic() + 120) != "ready":
-            raise RuntimeError("renderer child did not start")
-
-    def _stop(self) -> None:
-        if self.proc is not None:
-            try:  # the child and anything it started (a hung `gs` would otherwise spin on)
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-            self.proc.stdin.close()
-            self.proc.stdout.close()
-            self.proc = None
-        self._remove_folder()
-
-    def _remove_folder(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
-
-    def _ask(self, request: tuple, timeout: float):
-        """The child's answer to `request`, or (None, why) when it timed out or died (it is
-        then killed and the next request starts a fresh one)."""
-        if self.proc is None:
-            self._start()
-        deadline = time.monotonic() + timeout
-        try:
-            _send(self.proc.stdin, request, deadline)
-            return _receive(self.proc.stdout.fileno(), deadline), ""
-        except TimeoutError:
-            error = f"renderer timed out after {timeout:.0f} s (killed)"
-        except (EOFError, BrokenPipeError):
-            code = self.proc.poll() if self.proc.poll() is not None else self.proc.wait(5)
-            error = f"renderer crashed (exit code {code})"
-        self._stop()
-        self.restarts += 1
-        return None, error
+        super().__init__(memory_mb, 5 * options.timeout_s)
+        self.options = options
 
     def render(self, data: bytes, fmt: str, out_path: str | os.PathLike) -> dict:
-        result, error = self._ask(("figure", data, fmt, str(Path(out_path).resolve()),
-                                   asdict(self.options)), self.options.timeout_s)
+        result, error = self.call(render_to_png, data, fmt, str(Path(out_path).resolve()),
+                                  self.options, timeout_s=self.options.timeout_s)
         if result is None:
             return {"status": "error", "error": error, "page_count": None, "mediabox": None,
                     "cropbox": None}
         return result
-
-    def call(self, function, *args, timeout_s: float | None = None) -> tuple[object, str]:
-        """(function(*args) run in the child, "") or (None, why it failed): for work on a
-        stranger's file that rasterises (the PDF fallback, cutting regions from a paper PDF),
-        under the child's memory cap. `function` is a module-level function; arguments and
-        result travel pickled. `timeout_s`: default 5 times the per-file limit."""
-        answer, error = self._ask(("call", function.__module__, function.__qualname__, args),
-                                  timeout_s or 5 * self.options.timeout_s)
-        if answer is None:
-            return None, error
-        status, value = answer
-        return (value, "") if status == "ok" else (None, value)
 
     def pdf_figures(self, pdf_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[dict]:
         """`pipeline.pdffigures.extract_pdf_figures(pdf_path, out_dir)` in the child. A child
@@ -602,24 +408,6 @@ class Renderer:
             return [{"img_name": "", "status": "error", "error": f"PDF fallback: {error}"}]
         return records
 
-    def close(self) -> None:
-        if self.proc is not None:
-            self.proc.stdin.close()  # the child sees EOF and exits
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc.stdout.close()
-            self.proc = None
-        self._remove_folder()
-
-    def __enter__(self) -> "Renderer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
@@ -631,12 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--official", action="store_true",
                         help="the CVF downloader's pixels: MediaBox, 200 DPI then thumbnail, "
                              "alpha dropped")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-mb", type=int, default=4096, help=argparse.SUPPRESS)
-    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve:
-        return serve(args.memory_mb, args.parent_pid)
     if not args.file:
         parser.error("give a figure file")
     if not Path(args.file).is_file():

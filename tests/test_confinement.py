@@ -25,7 +25,8 @@ from pipeline.archive import Limits, check_blob, OverLimit
 from pipeline.extract import extract_eprint, extract_shard
 from pipeline.fetch import over_limit, verify
 from pipeline.naming import MAX_NAME_BYTES, fitting_name, output_name
-from pipeline.render import OFFICIAL, Renderer, RenderOptions, memory_cap, render_to_png
+from pipeline.confined import memory_cap
+from pipeline.render import OFFICIAL, Renderer, RenderOptions, render_to_png
 from pipeline.replay.corpus import tar_gz
 from replay_fixtures import corpus  # noqa: F401 (fixture)
 from test_extract import png, rows_by_name, write_papers
@@ -190,7 +191,7 @@ def test_memory_cap_follows_a_lower_hard_limit():
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     expected = 4096 << 20 if hard == resource.RLIM_INFINITY else min(4096 << 20, hard)
     assert memory_cap(4096) == expected
-    script = "from pipeline.render import memory_cap; print(memory_cap(4096))"
+    script = "from pipeline.confined import memory_cap; print(memory_cap(4096))"
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                          preexec_fn=_limit_address_space(3 * GiB), check=True)
     assert int(out.stdout) == 3 * GiB
