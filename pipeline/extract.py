@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from pipeline import config, store
 from pipeline.archive import ArchiveError, Limits, read_eprint
-from pipeline.latex import decode_tex, figure_texts, normalise
+from pipeline.latex import figure_texts
+from pipeline.latex_source import decode_tex, normalise
 from pipeline.near_duplicates import NEAR_DUP_BITS, NEAR_DUP_BUCKET_CAP, nearest_earlier, png_phash
 from pipeline.naming import (ALL_FORMATS, CVF_FORMATS, cvf_name, figure_format, is_candidate,
                              official_name_filter, output_name, parse_formats)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pipeline.latex import (FigureText, collect_macros, expand_macros, ExpansionError, figure_texts,
-                            latex_to_text, strip_comments)
+from pipeline.latex import FigureText, figure_texts, latex_to_text
+from pipeline.latex_source import ExpansionError, collect_macros, expand_macros, strip_comments
 from pipeline.naming import cvf_name, figure_format
 
 # Every CVF-listed figure of ../shared/testdata/eprints, read from its LaTeX by hand:
@@ -348,7 +348,7 @@ def test_a_paper_that_takes_too_long_stops_at_its_time_budget():
 
 
 def test_latin1_sources_read_as_latin1():
-    from pipeline.latex import decode_tex
+    from pipeline.latex_source import decode_tex
 
     source = (MAIN % "\\begin{figure}\\includegraphics{figs/a}\\caption{Caf\xe9 r\xe9sum\xe9.}\\end{figure}")
     assert decode_tex(source.encode("latin-1")) == source == decode_tex(source.encode("utf-8"))
