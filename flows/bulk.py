@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows.extract import dask_runner
-from pipeline import bulk, config
+from pipeline import bulk, bulk_records, bulk_selection, config
 
 
 class TarsOpen(Exception):
@@ -33,8 +33,9 @@ class TarsOpen(Exception):
 @task(task_run_name="tar-{name}", cache_policy=NONE, retries=2, retry_delay_seconds=60)
 def bulk_tar_task(name: str, tar: dict, selection: str, root: str, bucket: str, endpoint_url: str | None,
                   keep_tars: bool) -> dict:
-    stats = bulk.process_tar(bulk.SourceTar(**tar), bulk.read_selection(selection, name), root, bucket,
-                             endpoint_url, keep_tars=keep_tars)
+    papers = bulk_selection.read_selection(selection, name)
+    stats = bulk_records.process_tar(bulk_selection.SourceTar(**tar), papers, root, bucket, endpoint_url,
+                                     keep_tars=keep_tars)
     if not stats["done"]:
         raise TarsOpen(stats["error"])
     return stats
@@ -44,7 +45,7 @@ def bulk_tar_task(name: str, tar: dict, selection: str, root: str, bucket: str, 
 def bulk_tars_flow(tars: list[dict], selection: str, root: str, bucket: str, endpoint_url: str | None,
                    keep_tars: bool) -> list[dict]:
     """One task per tar (manifest entries as dicts; the papers each looks for are in `selection`)."""
-    names = [bulk.SourceTar(**t).name for t in tars]
+    names = [bulk_selection.SourceTar(**t).name for t in tars]
     futures = [bulk_tar_task.submit(n, t, selection, root, bucket, endpoint_url, keep_tars)
                for n, t in zip(names, tars)]
     results = [(n, f.result(raise_on_failure=False)) for n, f in zip(names, futures)]
@@ -55,7 +56,7 @@ def bulk_tars_flow(tars: list[dict], selection: str, root: str, bucket: str, end
 def bulk_arxiv(metadata: str | None = None, start: str = "2010-01", end: str = "2022-12", category: str = "cs.CV",
                include_cross_lists: bool = False, bucket: str = "arxiv", endpoint_url: str | None = None,
                data_root: str | None = None, scheduler_address: str | None = None, workers: int | None = None,
-               keep_tars: bool = False, bandwidth_mb_s: float = bulk.DEFAULT_BANDWIDTH_MB_S) -> dict:
+               keep_tars: bool = False, bandwidth_mb_s: float = bulk_selection.DEFAULT_BANDWIDTH_MB_S) -> dict:
     """Take the `category` papers of `start`..`end` (YYYY-MM) from the bucket's source tars.
 
     `metadata`: the arXiv snapshot or a licenses/<set>.parquet harvest (default
@@ -66,13 +67,14 @@ def bulk_arxiv(metadata: str | None = None, start: str = "2010-01", end: str = "
     metadata = metadata or str(root / "arxiv-metadata-oai-snapshot.json")
     tars, picked, papers = bulk.prepare(metadata, start, end, root, bucket=bucket, endpoint_url=endpoint_url,
                                         category=category, include_cross_lists=include_cross_lists)
-    summary = bulk.plan(tars, picked, root, bandwidth_mb_s)
-    print(bulk.format_plan(summary))
+    summary = bulk_selection.plan(tars, picked, root, bandwidth_mb_s)
+    print(bulk_selection.format_plan(summary))
     chosen = [asdict(t) for t in tars if t.name in picked]
-    selection = str(bulk.write_selection(root, picked))
+    selection = str(bulk_selection.write_selection(root, picked))
     on_dask = bulk_tars_flow.with_options(task_runner=dask_runner(scheduler_address, workers))
     tar_stats = on_dask(chosen, selection, str(root), bucket, endpoint_url, keep_tars) if chosen else []
-    months = bulk.write_months(tars, papers, root, bulk.selection_params(bucket, category, include_cross_lists))
+    params = bulk_selection.selection_params(bucket, category, include_cross_lists)
+    months = bulk_records.write_months(tars, papers, root, params)
     open_tars = [s for s in tar_stats if not s["done"]]
     log = get_run_logger()
     for s in open_tars:

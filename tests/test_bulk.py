@@ -17,8 +17,8 @@ from pathlib import Path
 import pymupdf
 import pytest
 
-from pipeline import bulk, store
-from pipeline.bulk import SourceTar, item_key, item_name
+from pipeline import bulk, bulk_records, bulk_s3, bulk_selection, shards, store
+from pipeline.bulk_selection import SourceTar, item_key, item_name
 from pipeline.extract import extract_shard
 
 boto3 = pytest.importorskip("boto3")
@@ -90,7 +90,7 @@ def build_layout(eprints: Path) -> tuple[dict[str, bytes], dict[str, bytes], lis
         entries.append({"content_md5sum": "0" * 32, "filename": key, "first_item": first, "last_item": last,
                         "md5sum": hashlib.md5(data).hexdigest(), "num_items": len(ids), "seq_num": int(name[-3:]),
                         "size": len(data), "timestamp": "2022-03-01 00:00:00", "yymm": yymm})
-    objects[bulk.MANIFEST_KEY] = manifest_xml(entries)
+    objects[bulk_s3.MANIFEST_KEY] = manifest_xml(entries)
     lines = [snapshot_line(i, "cs.CV cs.LG") for i in REAL + ["1906.00005", "2002.00003", "1512.00042", "1511.00001",
                                                                 "2002.09999"]]
     lines += [snapshot_line("1904.00001", "cs.LG cs.CV"), snapshot_line("1904.00002", "math.AG")]
@@ -154,7 +154,7 @@ def test_the_bulk_route_stores_exactly_the_primary_cs_cv_papers(s3_server, layou
     assert set(stored) == EXPECTED
     for arxiv_id, path in stored.items():  # byte for byte, in the crawl's place for it
         assert path.read_bytes() == content[arxiv_id], arxiv_id
-        assert path.parent.name == bulk.shard_of_id(arxiv_id)
+        assert path.parent.name == shards.shard_of_id(arxiv_id)
     records = {r["arxiv_id"]: r for p in (root / "papers").glob("*.parquet") for r in store.read_rows(p)}
     assert set(records) == EXPECTED | {"2002.09999"}
     assert records["2002.09999"]["eprint_status"] == "missing"
@@ -165,11 +165,11 @@ def test_the_bulk_route_stores_exactly_the_primary_cs_cv_papers(s3_server, layou
         r = records[i]
         assert r["eprint_status"] == "ok" and r["pdf_status"] == "skipped"
         assert r["eprint_sha256"] == hashlib.sha256(content[i]).hexdigest() and r["eprint_bytes"] == len(content[i])
-        assert r["eprint_path"] == f"raw/{bulk.shard_of_id(i)}/{i}.eprint"
+        assert r["eprint_path"] == f"raw/{shards.shard_of_id(i)}/{i}.eprint"
         assert r["primary_category"] == "cs.CV" and r["authors"] == ["Ada Lovelace", "Alan Turing"]
         assert r["title"] == f"Paper {i} on two lines" and r["crawled_at"] is not None
     assert records["1801.04461"]["version"] == 1  # v2 came after the tar was made
-    for month in {bulk.shard_of_id(i) for i in EXPECTED}:
+    for month in {shards.shard_of_id(i) for i in EXPECTED}:
         stats = store.read_stats(root / "papers", month)
         assert stats["done"] and stats["params"]["source"] == "s3"
     assert not list((root / "bulk" / "tars").glob("*.tar*"))  # done tars are not kept
@@ -185,7 +185,7 @@ def test_the_bulk_route_stores_exactly_the_primary_cs_cv_papers(s3_server, layou
     # the done tars gone from the bucket: a rerun reads the manifest only, and changes nothing
     before = files_under(root)
     for key in objects:
-        if key != bulk.MANIFEST_KEY:
+        if key != bulk_s3.MANIFEST_KEY:
             s3.delete_object(Bucket="arxiv", Key=key)
     rerun = subprocess.run([sys.executable, "-m", "pipeline.bulk", *argv], capture_output=True, text=True,
                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
@@ -197,7 +197,7 @@ def test_the_bulk_route_stores_exactly_the_primary_cs_cv_papers(s3_server, layou
 def test_cross_lists_are_taken_when_asked_and_requests_pay(s3_server, layout, tmp_path):
     objects, content, snapshot = layout
     make_bucket(s3_server, "arxiv-cross", objects)
-    client = bulk.s3_client(s3_server)
+    client = bulk_s3.s3_client(s3_server)
     sent = []
     client.meta.events.register("before-send.s3.*", lambda request, **kw: sent.append(request))
     root = tmp_path / "data"
@@ -213,7 +213,7 @@ def test_the_projects_oai_harvest_serves_as_metadata(s3_server, layout, tmp_path
 
     objects, content, _ = layout
     key = "src/arXiv_src_1904_001.tar"
-    make_bucket(s3_server, "arxiv-oai", {bulk.MANIFEST_KEY: objects[bulk.MANIFEST_KEY], key: objects[key]})
+    make_bucket(s3_server, "arxiv-oai", {bulk_s3.MANIFEST_KEY: objects[bulk_s3.MANIFEST_KEY], key: objects[key]})
     root = tmp_path / "data"
     records = "".join(
         f"<record><header><identifier>oai:arXiv.org:{i}</identifier><datestamp>2022-01-01</datestamp>"
@@ -237,8 +237,8 @@ def test_the_projects_oai_harvest_serves_as_metadata(s3_server, layout, tmp_path
 
     rows["1904.09000"] = {"arxiv_id": "1904.09000", "license": "", "datestamp": "2015-01-01", "created": "2019-04-02"}
     write_checkpoint(table_path(root, "cs"), rows, {})  # a record kept before categories were
-    with pytest.raises(bulk.BulkError, match="1 of 4 records have no categories"):
-        bulk.read_metadata(table_path(root, "cs"), "2019-04", "2019-04")
+    with pytest.raises(bulk_selection.BulkError, match="1 of 4 records have no categories"):
+        bulk_selection.read_metadata(table_path(root, "cs"), "2019-04", "2019-04")
 
 
 def test_plan_prints_tars_bytes_cost_and_time_and_downloads_nothing(s3_server, layout, tmp_path, capsys, monkeypatch):
@@ -265,7 +265,7 @@ def test_corrupt_tar_is_refused_and_fetched_again_on_rerun(s3_server, layout, tm
     key = "src/arXiv_src_1904_001.tar"
     broken = bytearray(objects[key])
     broken[-2000] ^= 0xFF  # same size, other bytes: only the md5 can tell
-    s3 = make_bucket(s3_server, "arxiv-corrupt", {bulk.MANIFEST_KEY: objects[bulk.MANIFEST_KEY], key: bytes(broken)})
+    s3 = make_bucket(s3_server, "arxiv-corrupt", {bulk_s3.MANIFEST_KEY: objects[bulk_s3.MANIFEST_KEY], key: bytes(broken)})
     root = tmp_path / "data"
     argv = ["--metadata", str(snapshot), "--from", "2019-04", "--to", "2019-04", "--endpoint-url", s3_server,
             "--bucket", "arxiv-corrupt", "--data", str(root)]
@@ -289,13 +289,13 @@ def test_corrupt_tar_is_refused_and_fetched_again_on_rerun(s3_server, layout, tm
 def test_an_interrupted_download_resumes_with_a_ranged_get(s3_server, layout, tmp_path):
     objects, content, snapshot = layout
     key = "src/arXiv_src_1710_001.tar"  # ~26 MB
-    make_bucket(s3_server, "arxiv-resume", {bulk.MANIFEST_KEY: objects[bulk.MANIFEST_KEY], key: objects[key]})
+    make_bucket(s3_server, "arxiv-resume", {bulk_s3.MANIFEST_KEY: objects[bulk_s3.MANIFEST_KEY], key: objects[key]})
     root = tmp_path / "data"
     half = len(objects[key]) // 2
     part = root / "bulk" / "tars" / f"arXiv_src_1710_001.tar.{hashlib.md5(objects[key]).hexdigest()}.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(objects[key][:half])  # what a run killed midway leaves
-    client = bulk.s3_client(s3_server)
+    client = bulk_s3.s3_client(s3_server)
     ranges = []
     client.meta.events.register("before-send.s3.GetObject",
                                 lambda request, **kw: ranges.append(request.headers.get("Range")))
@@ -319,9 +319,9 @@ def test_manifest_items_old_style_and_four_or_five_digit_numbers():
     tars = [SourceTar("src/arXiv_src_1412_001.tar", "1412", 1, "1412.0001", "1412.5000", 1, 1, "x", ""),
             SourceTar("src/arXiv_src_1412_002.tar", "1412", 2, "1412.5001", "1412.9999", 1, 1, "x", ""),
             SourceTar("src/arXiv_src_1501_001.tar", "1501", 1, "1501.00001", "1501.00999", 1, 1, "x", ""), old]
-    papers = [bulk.Paper({"arxiv_id": i}, [], bulk.shard_of_id(i), item_name(i))
+    papers = [bulk_selection.Paper({"arxiv_id": i}, [], shards.shard_of_id(i), item_name(i))
               for i in ("1412.0999", "1412.7000", "1501.00998", "1501.01000", "cs/0112017")]
-    picked = {name: [p.record["arxiv_id"] for p in ps] for name, ps in bulk.pick_tars(tars, papers).items()}
+    picked = {name: [p.record["arxiv_id"] for p in ps] for name, ps in bulk_selection.pick_tars(tars, papers).items()}
     assert picked == {"arXiv_src_1412_001": ["1412.0999"], "arXiv_src_1412_002": ["1412.7000"],
                       "arXiv_src_1501_001": ["1501.00998"], "arXiv_src_0112_001": ["cs/0112017"]}
 
@@ -372,11 +372,11 @@ def test_members_are_read_confined_and_capped(tmp_path):
     path = tmp_path / "t.tar"
     path.write_bytes(tar_bytes({"2101/2101.00001.gz": good, "2101/2101.00002.gz": broken, "2101/2101.00003.gz": big,
                                 "../2101/2101.00004.gz": good, "2101/2101.00005.gz": good}))
-    papers = {i: bulk.Paper({"arxiv_id": i}, [], "2021-01", i)
+    papers = {i: bulk_selection.Paper({"arxiv_id": i}, [], "2021-01", i)
               for i in ("2101.00001", "2101.00002", "2101.00003", "2101.00004")}
     tar = SourceTar("src/arXiv_src_2101_001.tar", "2101", 1, "2101.00001", "2101.00005", 5, 1, "x", "")
     root = tmp_path / "data"
-    rows = {r["arxiv_id"]: r for r in bulk.read_members(path, papers, root, tar, member_cap=1000)}
+    rows = {r["arxiv_id"]: r for r in bulk_records.read_members(path, papers, root, tar, member_cap=1000)}
     assert set(rows) == {"2101.00001", "2101.00002", "2101.00003"}
     assert rows["2101.00001"]["eprint_status"] == "ok" and rows["2101.00001"]["eprint_kind"] == "gz-tex"
     assert rows["2101.00002"]["eprint_status"] == "error" and "corrupt" in rows["2101.00002"]["eprint_error"]
