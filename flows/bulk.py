@@ -21,7 +21,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows.extract import dask_runner
+from flows.common import dask_runner
 from pipeline import bulk, bulk_records, bulk_selection, config
 
 

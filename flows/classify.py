@@ -2,7 +2,7 @@
 
 * `train-classifier`: pipeline.classify.train
 * `score-figures`: pipeline.classify.score, one task per figure shard, in parallel on the same
-  Dask task runner as extraction (`flows.extract.dask_runner`: a local cluster, or an existing
+  Dask task runner as extraction (`flows.common.dask_runner`: a local cluster, or an existing
   one by its scheduler's address). Each shard is checkpointed by the stage (its scores and
   stats; done shards of the same model are skipped); a failed shard is retried alone, then
   reported, and the others finish before the flow fails naming it.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from flows.extract import ShardsFailed, dask_runner, failed_message, outcomes
+from flows.common import ShardsFailed, dask_runner, failed_message, outcomes
 from pipeline import classify, filter as flt, publish
 from pipeline.config import data_root
 

@@ -14,12 +14,11 @@ the failed shards. Done shards are skipped and open ones resume (the stage does 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from prefect import flow, get_run_logger, task
-from prefect_dask import DaskTaskRunner
 
+from flows.common import ShardsFailed, dask_runner, failed_message, outcomes
 from pipeline import extract
 from pipeline.config import data_root
 from pipeline.naming import CVF_FORMATS, parse_formats
@@ -43,38 +42,12 @@ def contact_sheet_task(root: str, count: int) -> str:
     return str(extract.write_contact_sheet(root, count))
 
 
-class ShardsFailed(RuntimeError):
-    """Some shards failed; the others finished (their results are done and kept)."""
-
-
-def outcomes(shards: list[str], futures) -> tuple[list[dict], dict[str, str]]:
-    """Each shard's result, and {shard: why} for those whose task failed: one failing shard
-    does not take the others' results (or what comes after them) down."""
-    results, failed = [], {}
-    for shard, future in zip(shards, futures):
-        try:
-            results.append(future.result())
-        except Exception as e:  # the task's own exception, whatever the stage raised
-            failed[shard] = f"{type(e).__name__}: {e}"
-    return results, failed
-
-
 @flow(name="extract-shards")
 def extract_shards_flow(shards: list[str], root: str, box: str, official: bool, name_filter: bool,
                         timeout_s: float, formats: list[str]) -> tuple[list[dict], dict[str, str]]:
     futures = [extract_shard_task.submit(s, root, box, official, name_filter, timeout_s, formats)
                for s in shards]
     return outcomes(shards, futures)
-
-
-def dask_runner(scheduler_address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
-    """The remote cluster at `scheduler_address`, else a local one: one process per worker,
-    one thread each (rendering holds the GIL), no dashboard port to collide with."""
-    if scheduler_address:
-        return DaskTaskRunner(address=scheduler_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers or os.cpu_count() or 1,
-                                          "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
 
 
 @flow(name="extract-figures")
@@ -101,14 +74,6 @@ def extract_figures(shards: list[str] | None = None, root: str | None = None,
     if failed:
         raise ShardsFailed(failed_message(failed, len(stats), "extracted, duplicates flagged"))
     return summary
-
-
-def failed_message(failed: dict[str, str], finished: int, what: str) -> str:
-    """One line: which shards failed and why (the first few), and that the others finished."""
-    whys = "; ".join(f"{s}: {why}" for s, why in list(failed.items())[:3])
-    more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
-    return (f"{len(failed)} shards failed ({whys}{more}); the other {finished} were {what}; "
-            f"rerun to retry the failed ones")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,8 @@ def test_a_failing_shard_is_reported_and_the_others_finish(tmp_path):
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.classify import score_figures
-    from flows.extract import ShardsFailed, extract_figures
+    from flows.common import ShardsFailed
+    from flows.extract import extract_figures
 
     extracted = tmp_path / "extracted"
     write_papers(extracted, "2021-01", {"2101.00001": tar_gz({"a.png": photo(1)})})
