@@ -6,8 +6,8 @@
 
 Same random weights (one cvf state_dict loaded into both models: the key names are the released
 ones), same batches, one process, one GPU. Rows:
-* released   the released code itself (../shared/reference/visual_prompting, copied to
-             .reference/): models_mae.MaskedAutoencoderViT + vqgan.VQModel, and
+* released   the released code itself (github.com/amirbar/visual_prompting at 6351e0d, found
+             as benchmarks/released.py says): models_mae.MaskedAutoencoderViT + vqgan.VQModel, and
              engine_pretrain.train_one_epoch called as released (fp16 autocast, its
              NativeScalerWithGradNormCount: GradScaler + grad norm, AdamW (0.9, 0.95) over timm's
              weight-decay groups, loss.item() and a synchronize every step), batch --batch (64).

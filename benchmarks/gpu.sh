@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurement of the model track, one prepared call on one GPU, <= 6 minutes:
-#   1. train     bench_train.py: the released training step (its own code, .reference/) vs cvf
+#   1. train     bench_train.py: the released training step (its own code, $CVF_RELEASED_CODE) vs cvf
 #                eager fp32, fast on the fly and fast from cached tokens; first-step loss and
 #                held-out loss agreement                                       (limit 155 s)
 #   2. evaluate  bench_evaluate.py: the released per-episode loop vs model.evaluate's whole path,
@@ -11,12 +11,13 @@
 # it goes, and after every phase benchmarks/gpu_summary.py rewrites <device>-YYYYMMDD.json and
 # .md in $OUT, so a run cut short still returns what it measured.
 #
-#   cp -r ../shared/reference .reference     # once: the released code travels in an ignored folder
+#   export CVF_RELEASED_CODE=/path/to/visual_prompting  # a clone of github.com/amirbar/visual_prompting
+#                                            # at 6351e0d (or an ignored copy at .reference/visual_prompting)
 #   bash benchmarks/gpu.sh                   # writes $OUT (default results/gpu/)
 #   bash benchmarks/gpu.sh --tiny            # every phase on the CPU, tiny models (a check)
 #
-# Budget (estimated, not yet measured on an H200; from the H100 anchors in ../shared/reference/
-# anchors and the CPU --tiny phase timings): train ~145 s = start-up and two ViT-L models ~20 s,
+# Budget (estimated, not yet measured on an H200; from H100 timings of the released code
+# and the CPU --tiny phase timings): train ~145 s = start-up and two ViT-L models ~20 s,
 # released 21 steps x 0.14 s, cvf fp32 21 x ~0.6 s, compiling the fast step and tokenizer ~80 s (the
 # H100 probe took ~80 s for both), fast rows ~10 s, curves 8 fp32 steps of 256 ~20 s; evaluate
 # ~105 s = start-up ~10 s, released 260 episodes at ~30/s ~10 s, cvf rows ~15 s, compiling the
@@ -24,8 +25,8 @@
 # ~6 s, 48 training steps at batch 256 ~30 s, its final checkpoint (ViT-L + AdamW, ~4 GB) ~5 s. On the 2-core CPU (shared, loaded) --tiny took
 # train 45 s, evaluate 85 s, loader 58 s. A phase that overruns its limit loses only its tail.
 #
-# On a lent device machine (Python 3.12, torch + timm preinstalled, no internet): run from the
-# tree, uninstalled:  run(command="bash benchmarks/gpu.sh", carry=[".reference"], timeout_s=420)
+# On a GPU machine without the package installed (torch and timm present, no internet), run it
+# from the working tree: it puts the tree on PYTHONPATH itself.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -46,7 +47,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
   || echo "no nvidia-smi" > "$OUT/gpu.txt"
 # what the phases import, found or not (find_spec: no import, no time); a missing one is named here
 $PY -c "import importlib.util as u; m=[n for n in ('torch','torchvision','timm','einops','numpy','PIL','scipy','yaml','tqdm') if u.find_spec(n) is None]; print('missing modules:', ' '.join(m) if m else 'none')" | tee "$OUT/env.txt"
-[[ -d .reference/visual_prompting || -d ../shared/reference/visual_prompting || -n ${CVF_REFERENCE:-} ]] || echo "no .reference/: the released rows will be skipped (cp -r ../shared/reference .reference)" | tee -a "$OUT/env.txt"
+$PY -c "from benchmarks.released import missing_reason as m; r = m(); print(f'released rows skipped: {r}') if r else None" | tee -a "$OUT/env.txt"
 
 phase() {  # NAME LIMIT_S COMMAND...: COMMAND under a hard timeout, within what is left of BUDGET_S
   local name=$1 limit=$2 left t0 rc

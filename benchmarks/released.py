@@ -1,11 +1,10 @@
-"""The released code (github.com/amirbar/visual_prompting @ 6351e0d), imported unmodified for
-side-by-side benchmarks, with the shims ../shared/reference/README.md lists for a current stack.
+"""The released code (github.com/amirbar/visual_prompting at 6351e0d), imported unmodified for
+side-by-side benchmarks, with the shims a current stack needs (`apply_shims`).
 
-Where it is read from, first found:
-  $CVF_REFERENCE/visual_prompting, <repo>/.reference/visual_prompting (an ignored copy made with
-  `cp -r ../shared/reference .reference`, which is what travels to a GPU machine via
-  `carry: [".reference"]`), ../shared/reference/visual_prompting.
-Benchmark material only: the package code never imports it.
+Where it is read from, first found: $CVF_RELEASED_CODE (a clone of that repository at that
+commit), <repo>/.reference/visual_prompting (an ignored copy beside the code, for a machine that
+gets the working tree alone), ../shared/reference/visual_prompting (the test material's copy).
+Benchmark and test material only: the package code never imports it.
 """
 from __future__ import annotations
 
@@ -22,20 +21,31 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+RELEASED_CODE_ENV = "CVF_RELEASED_CODE"
+RELEASED_CODE_URL = "https://github.com/amirbar/visual_prompting (commit 6351e0d)"
+
+
 def reference_dir() -> Path | None:
-    candidates = [Path(os.environ["CVF_REFERENCE"])] if os.environ.get("CVF_REFERENCE") else []
-    candidates += [REPO / ".reference", REPO.parent / "shared" / "reference"]
+    """The released code's folder (the one holding models_mae.py), or None. A setting that
+    points elsewhere is not overruled by a copy found beside the checkout."""
+    if os.environ.get(RELEASED_CODE_ENV):
+        candidates = [Path(os.environ[RELEASED_CODE_ENV])]
+    else:
+        candidates = [REPO / ".reference" / "visual_prompting",
+                      REPO.parent / "shared" / "reference" / "visual_prompting"]
     for c in candidates:
-        if (c / "visual_prompting" / "models_mae.py").is_file():
-            return c / "visual_prompting"
+        if (c / "models_mae.py").is_file():
+            return c
     return None
 
 
 def missing_reason() -> str | None:
     """None when the released code can be imported, else why not (one line)."""
     if reference_dir() is None:
-        return ("released code not found: copy it with `cp -r ../shared/reference .reference` "
-                "(or set CVF_REFERENCE)")
+        given = os.environ.get(RELEASED_CODE_ENV)
+        if given:
+            return f"{RELEASED_CODE_ENV}={given} holds no models_mae.py: point it at a clone of {RELEASED_CODE_URL}"
+        return f"released code not found: clone {RELEASED_CODE_URL} and set {RELEASED_CODE_ENV} to it"
     for module, why in (("timm", "models_mae.py builds its blocks from timm"),
                         ("einops", "vqgan.py imports einops")):
         try:
@@ -52,8 +62,8 @@ def _stub(name: str, **attrs):
 
 
 def apply_shims() -> None:
-    """What the released code needs on a current stack (../shared/reference/README.md's list,
-    plus torch._six and stubs for modules it imports but the compared paths never call)."""
+    """What the released code needs on a current stack: numpy's removed np.float, torch._six, and
+    stubs for modules it imports but the compared paths never call."""
     np.float = float  # util/pos_embed.py uses np.float, removed in numpy 1.24
     # vqgan.py only subclasses LightningModule and imports OmegaConf for get_vq_model (replaced).
     sys.modules.setdefault("pytorch_lightning", _stub("pytorch_lightning", LightningModule=torch.nn.Module))

@@ -1,6 +1,6 @@
 """Rebuild the official Computer Vision Figures images from the published index.
 
-    python -m pipeline.rebuild --index ../shared/testdata/cvf_index/df_val.csv --split val --out cvf
+    python -m pipeline.rebuild --index df_val.csv --split val --out cvf
 
 For every paper the index lists, the e-print is fetched through the crawler's downloader
 (same politeness budget; a file already on disk is reused, so reruns resume) into

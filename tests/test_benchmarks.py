@@ -1,6 +1,6 @@
 """The GPU measurement runs end to end on the CPU (`bash benchmarks/gpu.sh --tiny`: every phase,
-tiny models, the released code beside cvf's), and the compiled paths run too, so a session that
-is lent a GPU spends its minutes measuring, not debugging. No timings are asserted: what is
+tiny models, the released code beside cvf's), and the compiled paths run too, so that time on a
+GPU goes to measuring, not debugging. No timings are asserted: what is
 checked is what the benchmarks claim besides speed (agreement with the released code, the
 result file's fields)."""
 from __future__ import annotations

@@ -381,7 +381,7 @@ def test_bad_voc_images_fail_before_any_episode_with_a_plain_message(checkpoint,
     assert code == 2 and expected in err and "Traceback" not in err
 
 
-# ----------------------------------------------------------------------------- issue 11
+# ----------------------------------------------------------------------------- pixel MAE checkpoints
 
 TINY = dict(patch_size=16, embed_dim=32, depth=1, num_heads=4, decoder_embed_dim=24,
             decoder_depth=1, decoder_num_heads=3, mlp_ratio=2.0)

@@ -3,7 +3,7 @@
     python -m pipeline.replay                      # = serve --corpus $CVF_DATA/replay (generated if absent)
     python -m pipeline.replay generate --out data/replay --papers 20 --months 2021-01 2021-02
     python -m pipeline.replay serve --corpus data/replay --port 0 --url-file data/replay/url
-    python -m pipeline.replay serve --corpus data/replay --eprints-dir ../shared/testdata/eprints \\
+    python -m pipeline.replay serve --corpus data/replay --eprints-dir path/to/eprints \\
         --faults '[{"match": "/e-print/", "fault": "503", "retry_after": 1, "times": 2}]'
     python -m pipeline.replay serve --corpus data/replay --url-file data/replay/url \\
         --faults '[{"match": "/(e-print|pdf)/", "fault": "block", "ids": ["2101.00003", "2101.00009"]}]'
