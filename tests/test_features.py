@@ -2,7 +2,7 @@
 
 The corpus helper draws real figures (grids of scikit-image sample photos, single photos,
 matplotlib plots and grids of plots, PIL block diagrams) and writes them as figure records +
-PNGs + paper records under a dataset root, following docs/ARCHITECTURE.md.
+PNGs + paper records under a dataset root, following the data contract (docs/contract.md).
 """
 from __future__ import annotations
 

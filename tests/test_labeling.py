@@ -21,7 +21,7 @@ from labeling import demo, interface, pull, push, sample, serve, simulate
 from labeling.client import LabelStudioError, connect, export_tasks, find_project
 from pipeline.store import read_rows, sha256_bytes, write_rows
 
-# The columns of the figure records (docs/ARCHITECTURE.md) this stage reads.
+# The columns of the figure records (docs/contract.md) this stage reads.
 FIGURE_SCHEMA = pa.schema([
     ("paper_id", pa.string()), ("img_name", pa.string()), ("source_path", pa.string()),
     ("source_kind", pa.string()), ("format", pa.string()), ("image_path", pa.string()),
