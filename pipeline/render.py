@@ -369,7 +369,7 @@ def render_to_png(data: bytes, fmt: str, out_path: str | os.PathLike,
     return result
 
 
-# --- rendering in the confined child --------------------------------------------------------------
+# --- rendering in the confined child -----------------------------------------------------------
 
 class Renderer(ConfinedChild):
     """Renders figures in a confined child process (`pipeline.confined`) with a per-file time
