@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import email.utils
-import fcntl
 import functools
 import gzip
 import hashlib
@@ -563,15 +562,12 @@ def read_members(tar_path: Path, papers: dict[str, Paper], root: Path, tar: Sour
 
 def _tar_lock(root: Path, tar: SourceTar):
     """An exclusive lock on one tar, so two workers on one data root never write the same part file."""
-    path = bulk_dir(root) / "tars" / f".{tar.name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")
+    lock = store.Lock(bulk_dir(root) / "tars" / f".{tar.name}.lock", wait=False)
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
+        lock.acquire()
+    except store.Busy:
         raise BulkError(f"{tar.name} is being fetched by another run on this data root") from None
-    return f
+    return lock
 
 
 def process_tar(tar: SourceTar, papers: list[Paper], root: str | os.PathLike, bucket: str = "arxiv",
@@ -691,10 +687,7 @@ def write_month(month: str, papers: list[Paper], tars: list[SourceTar], root: Pa
     stored is kept over a bulk failure. Files are rewritten only when their content changes."""
     papers_dir = root / "papers"
     shard_file = papers_dir / f"{month}.parquet"
-    lock_path = papers_dir / f".{month}.bulk.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with store.Lock(papers_dir / f".{month}.bulk.lock"):
         records, stats = month_records(month, papers, tars, root, params)
         old_rows = store.read_rows(shard_file) if shard_file.exists() else []
         old = {r["arxiv_id"]: r for r in old_rows}

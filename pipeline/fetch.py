@@ -17,7 +17,6 @@ arrive as bare TeX), so `get(url, raw=True)` asks for `identity` and does not de
 from __future__ import annotations
 
 import email.utils
-import fcntl
 import os
 import random
 import time
@@ -158,27 +157,23 @@ class PoliteFetcher:
 
     def _polite_get(self, url: str, raw: bool) -> requests.Response:
         """One request, holding the host's lock, started no earlier than the shared next-slot time."""
-        with open(self._lock_path(url), "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even on SIGKILL
+        with store.Lock(self._lock_path(url)) as f:  # the file holds the host's next slot
+            f.seek(0)
+            text = f.read().strip()
+            not_before = float(text) if text else 0.0
+            if (wait := not_before - time.time()) > 0:
+                time.sleep(wait)
+            self.requests_made += 1
             try:
-                f.seek(0)
-                text = f.read().strip()
-                not_before = float(text) if text else 0.0
-                if (wait := not_before - time.time()) > 0:
-                    time.sleep(wait)
-                self.requests_made += 1
-                try:
-                    # the body is read inside the lock: one connection at a time
-                    resp = self._get_whole(url, raw)
-                finally:  # the pause counts from the end of this request, so it holds even for slow ones
-                    self._set_not_before(f, time.time() + self.delay)
-                if resp.status_code in (429, 503):
-                    ra = _retry_after_seconds(resp.headers.get("Retry-After"))
-                    if ra is not None:  # everyone waits what the server said
-                        self._set_not_before(f, time.time() + max(ra, self.delay))
-                return resp
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                # the body is read inside the lock: one connection at a time
+                resp = self._get_whole(url, raw)
+            finally:  # the pause counts from the end of this request, so it holds even for slow ones
+                self._set_not_before(f, time.time() + self.delay)
+            if resp.status_code in (429, 503):
+                ra = _retry_after_seconds(resp.headers.get("Retry-After"))
+                if ra is not None:  # everyone waits what the server said
+                    self._set_not_before(f, time.time() + max(ra, self.delay))
+            return resp
 
     def _get_whole(self, url: str, raw: bool) -> requests.Response:
         """GET and read the whole body within `max_seconds`; `raw`: the bytes as served, undecoded."""
