@@ -60,7 +60,8 @@ from lxml import etree
 from pipeline import config, store
 from pipeline.archive import Limits, safe_member_path
 from pipeline.arxiv_api import strict_xml
-from pipeline.crawl import PAPER_SCHEMA, crawl_lock, empty_downloads, shard_stats
+from pipeline.contract import PAPER_SCHEMA, TAR_SCHEMA, TAR_SELECTION_SCHEMA
+from pipeline.crawl import crawl_lock, empty_downloads, shard_stats
 from pipeline.fetch import SOURCE_KINDS, download_row, sniff_kind, verify
 from pipeline.licenses import licenses_for
 from pipeline.shards import add_selection_args, month_range, shard_of_id
@@ -505,13 +506,6 @@ def file_md5(path: Path) -> str:
 
 # --- one tar -----------------------------------------------------------------------------------
 
-TAR_SCHEMA = pa.schema(
-    [("arxiv_id", pa.string()), ("version", pa.int32()), ("member", pa.string())]
-    + [(f"eprint_{f}", pa.int64() if f == "bytes" else pa.string())
-       for f in ("status", "path", "sha256", "bytes", "kind", "error")]
-    + [("crawled_at", pa.timestamp("us", tz="UTC"))])
-
-
 def _member_item(rel: str) -> tuple[str, str]:
     """`1501/1501.00001.gz` -> (`1501.00001`, `.gz`); a version suffix is dropped."""
     name = PurePosixPath(rel).name
@@ -711,11 +705,6 @@ def write_month(month: str, papers: list[Paper], tars: list[SourceTar], root: Pa
 
 # --- the whole run ---------------------------------------------------------------------------
 
-SELECTION_SCHEMA = pa.schema([("tar", pa.string()), ("arxiv_id", pa.string()),
-                              ("version_numbers", pa.list_(pa.int32())),
-                              ("version_dates", pa.list_(pa.timestamp("us", tz="UTC")))])
-
-
 def write_selection(root: Path, picked: dict[str, list[Paper]]) -> Path:
     """The picked papers of every tar (ids and version dates: all a tar's worker needs), as
     `bulk/selection-<hash>.parquet`: workers read their tar's part instead of every paper's metadata
@@ -726,7 +715,7 @@ def write_selection(root: Path, picked: dict[str, list[Paper]]) -> Path:
     digest = hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()[:16]
     path = bulk_dir(root) / f"selection-{digest}.parquet"
     if not path.exists():
-        store.write_rows(path, rows, SELECTION_SCHEMA)
+        store.write_rows(path, rows, TAR_SELECTION_SCHEMA)
     return path
 
 

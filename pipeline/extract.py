@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import config, store
+from pipeline.contract import FIGURE_SCHEMA
 from pipeline.archive import ArchiveError, Limits, read_eprint
 from pipeline.latex import decode_tex, figure_texts, normalise
 from pipeline.near_duplicates import NEAR_DUP_BITS, NEAR_DUP_BUCKET_CAP, nearest_earlier, png_phash
@@ -45,44 +46,6 @@ from pipeline.naming import (ALL_FORMATS, CVF_FORMATS, cvf_name, figure_format, 
 from pipeline.render import OFFICIAL, Renderer, RenderOptions
 from pipeline.shards import check_shard_files
 
-FIGURE_SCHEMA = pa.schema([
-    ("paper_id", pa.string()),
-    ("img_name", pa.string()),
-    ("source_path", pa.string()),
-    ("source_kind", pa.string()),
-    ("format", pa.string()),
-    ("image_path", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("sha256", pa.string()),
-    ("phash", pa.string()),
-    ("bytes", pa.int64()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("included", pa.bool_()),
-    ("name_filter", pa.bool_()),
-    ("dup_of", pa.string()),
-    ("near_dup_of", pa.string()),
-    ("page_count", pa.int32()),
-    ("mediabox", pa.list_(pa.float64())),
-    ("cropbox", pa.list_(pa.float64())),
-    # PDF fallback only: page (0-based) and region (PDF points) of the figure.
-    ("page", pa.int32()),
-    ("bbox", pa.list_(pa.float64())),
-    # The figure's words (`pipeline.latex`; the PDF fallback: the caption it anchors on):
-    # caption as text, as LaTeX, the graphic's sub-caption, the float's label, the float's
-    # graphics and this one's place among them (from 0), and why the caption is empty.
-    ("caption", pa.string()),
-    ("caption_latex", pa.string()),
-    ("subcaption", pa.string()),
-    ("figure_label", pa.string()),
-    ("n_panels", pa.int32()),
-    ("panel_index", pa.int32()),
-    ("caption_error", pa.string()),
-    # How the PNG was made (a key of RENDER_SETTINGS, or PDF_REGION); null in records written
-    # before the column existed, and for figures without a PNG.
-    ("render", pa.string()),
-])
 
 
 # The render settings a figure record can name, so a rebuild can make the same pixels again.

@@ -30,9 +30,8 @@ import urllib3
 
 from pipeline import config, store
 from pipeline.archive import ArchiveError, OverLimit, check_blob, gunzip_head, sniff
+from pipeline.contract import DOWNLOAD_FIELDS  # noqa: F401 (the crawl and bulk take it from here)
 
-# The contract's per-download columns (`eprint_*` and `pdf_*` in paper records).
-DOWNLOAD_FIELDS = ("status", "path", "sha256", "bytes", "kind", "error")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_REDIRECTS = 10  # hops followed per GET, each one a polite request of its own
 SOURCE_KINDS = ("tar.gz", "tar", "gz-tex", "gz", "pdf", "zip")

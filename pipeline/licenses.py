@@ -45,18 +45,13 @@ from lxml import etree
 from tqdm import tqdm
 
 from pipeline import config, store
+from pipeline.contract import LICENSE_SCHEMA
 from pipeline.arxiv_api import OAI_NS, strict_xml
 from pipeline.fetch import PoliteFetcher, TransientError
 
 log = logging.getLogger("cvf.licenses")
 
 DEFAULT_OAI_URL = "https://oaipmh.arxiv.org/oai"
-LICENSE_SCHEMA = pa.schema([("arxiv_id", pa.string()), ("license", pa.string()),
-                            ("datestamp", pa.string()), ("created", pa.string()),
-                            # the record's other metadata (null in tables harvested before these columns)
-                            ("updated", pa.string()), ("categories", pa.string()), ("title", pa.string()),
-                            ("authors", pa.list_(pa.string())), ("abstract", pa.string()),
-                            ("comments", pa.string()), ("journal_ref", pa.string()), ("doi", pa.string())])
 _TEXT_FIELDS = {"updated": "updated", "categories": "categories", "title": "title", "abstract": "abstract",
                 "comments": "comments", "journal_ref": "journal-ref", "doi": "doi"}
 _STATE_KEY = b"cvf_harvest"  # Parquet metadata key of the checkpoint: next token, pages, requests, ...

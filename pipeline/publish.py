@@ -42,13 +42,12 @@ import pyarrow.parquet as pq
 from pipeline import store
 from pipeline.config import data_root
 from pipeline.contact_sheet import contact_sheet
+from pipeline.contract import MANIFEST_SCHEMA, description
 from pipeline.latex import PANEL_COLUMNS, TEXT_COLUMNS
 from pipeline.licenses import allows_redistribution
 
 SPLITS = ("train", "val")
-MANIFEST_COLUMNS = ["paper_id", "img_name", "split", "sha256", "width", "height", "score", "version", "license",
-                    "source_url", "crawl_date", "year", "image_path", "render", "phash", "page", "bbox"
-                    ] + TEXT_COLUMNS + PANEL_COLUMNS
+MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 CROISSANT_CONTEXT = {
@@ -71,40 +70,10 @@ _FIELD_TYPES = {"paper_id": "sc:Text", "img_name": "sc:Text", "split": "sc:Text"
                 "image_path": "sc:Text", "render": "sc:Text", "phash": "sc:Text", "page": "sc:Integer",
                 "bbox": "sc:Text", "caption": "sc:Text", "caption_latex": "sc:Text", "subcaption": "sc:Text",
                 "figure_label": "sc:Text", "n_panels": "sc:Integer", "panel_index": "sc:Integer"}
-_FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name (path in the e-print, / -> _)",
-               "split": "train or val: a hash of paper_id and seed", "sha256": "sha256 of the rendered PNG",
-               "width": "PNG width in pixels", "height": "PNG height in pixels",
-               "score": "classifier's calibrated probability of a grid with a natural image",
-               "version": "arXiv version the figure was extracted from", "license": "the paper's licence URL",
-               "source_url": "where the figure's source was downloaded", "crawl_date": "date of the crawl",
-               "year": "year the paper was first published", "image_path": "PNG path under the image folder",
-               "render": "how the PNG was made: crop or media (PDF page box, rendered straight to size), official "
-                         "(the official downloader's settings), official-poppler (the same through pdftoppm), "
-                         "pdf-region (cut from the paper PDF); empty if not recorded. `pipeline.rebuild` follows it",
-               "phash": "64-bit perceptual hash of the PNG (hex, imagehash.phash): `pipeline.verify` accepts a copy "
-                        "whose pixels differ slightly (another renderer version) when it is within a few bits",
-               "page": "pdf-region figures only (else null): the 0-based page of the paper PDF the figure was cut from",
-               "bbox": "pdf-region figures only (else empty): the region cut from `page`, \"x0,y0,x1,y1\" in PDF points "
-                       "(top-left origin) as exact decimals; `pipeline.rebuild` renders it again to the same sha256",
-               "caption": "the figure's caption as text (the long \\caption of its float in the LaTeX, inline math kept "
-                          "as $...$; for pdf-region figures the caption the PDF figure finder anchored on, without its "
-                          "'Figure N' label); empty when none was found",
-               "caption_latex": "the same caption as LaTeX, as written in the source (comments dropped, macros not "
-                                "expanded); empty for pdf-region figures",
-               "subcaption": "the figure file's own sub-caption (subfigure, subfloat, \\subcaptionbox, ...) as text; "
-                             "empty when it has none",
-               "figure_label": "the \\label of the figure's float (LaTeX), or 'Figure N' / 'Table N' as printed "
-                               "(pdf-region figures); empty when none",
-               "n_panels": "how many graphics the figure's float includes (null when the file sits in no float or "
-                           "for pdf-region figures)",
-               "panel_index": "this file's place among the float's graphics, from 0 (null like n_panels)"}
-
-
 def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
     """split -> the manifest table with stable column types (nullable ints for missing versions)."""
     kept = kept.sort_values(["paper_id", "img_name"], kind="stable")
-    schema = pa.schema([(c, pa.int64() if _FIELD_TYPES[c] == "sc:Integer" else
-                         pa.float64() if c == "score" else pa.string()) for c in MANIFEST_COLUMNS])
+    schema = MANIFEST_SCHEMA
     out = {}
     for split in SPLITS:
         part = kept[kept["split"] == split][MANIFEST_COLUMNS].copy()
@@ -135,7 +104,7 @@ def croissant(name: str, report: dict, card: dict | None, files: dict[str, bytes
     distribution.append({"@type": "cr:FileSet", "@id": "parquet-files", "name": "parquet-files",
                          "description": "train.parquet and val.parquet (column `split`)",
                          "encodingFormat": "application/x-parquet", "includes": "*.parquet"})
-    fields = [{"@type": "cr:Field", "@id": f"figures/{c}", "name": c, "description": _FIELD_DOCS[c],
+    fields = [{"@type": "cr:Field", "@id": f"figures/{c}", "name": c, "description": description(MANIFEST_SCHEMA.field(c)),
                "dataType": _FIELD_TYPES[c], "source": {"fileSet": {"@id": "parquet-files"}, "extract": {"column": c}}}
               for c in MANIFEST_COLUMNS]
     metrics = (card or {}).get("cv", {}).get("at_threshold", {})

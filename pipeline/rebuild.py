@@ -63,9 +63,9 @@ from pipeline.render import Renderer
 from pipeline.shards import shard_of_id
 from pipeline.versions import VersionDates, api_dates, read_snapshot, try_order
 
-# The rebuild's figure records: extraction's, plus the arXiv version the image came from
-# (null: the unversioned e-print, `--version latest` or one at hand in --eprints).
-REBUILD_SCHEMA = FIGURE_SCHEMA.append(pa.field("version", pa.int32()))
+# The rebuild's figure records are extraction's; `version` is the arXiv version the image came
+# from (null: the unversioned e-print, `--version latest` or one at hand in --eprints).
+REBUILD_SCHEMA = FIGURE_SCHEMA
 
 
 def index_rows(path: str | Path) -> list[dict]:
