@@ -114,6 +114,10 @@ class TransientError(Exception):
     """The request failed in a way a later retry might fix (timeouts, 5xx, 429, cut bodies)."""
 
 
+class BadResponse(Exception):
+    """Every try was answered, but with a response the caller's `check` found unusable."""
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -202,31 +206,40 @@ class PoliteFetcher:
         f.write(f"{t:.6f}")
         f.flush()
 
-    def get(self, url: str, raw: bool = False) -> requests.Response:
+    def get(self, url: str, raw: bool = False, check=None) -> requests.Response:
         """GET `url`; retry transient failures, then raise TransientError. Returns any other response.
 
         Redirects are followed here, not inside `requests`, so that every hop waits its turn in
         the target host's politeness budget; more than MAX_REDIRECTS raise TooManyRedirects.
         `raw`: keep the body as served (no Content-Encoding decoding), for files we store.
+        `check(response)`: why an answer is unusable ('' when it is fine), e.g. a broken page a
+        glitching server sends; such an answer is tried again within the same budget of
+        `max_retries` (this is the one retry layer: callers do not loop around it), and
+        BadResponse is raised when the last try was one.
         """
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self._get_retrying(url, raw)
+            resp = self._get_retrying(url, raw, check)
             if not resp.is_redirect:
                 return resp
             url = urljoin(url, resp.headers["Location"])
         raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects ({url})")
 
-    def _get_retrying(self, url: str, raw: bool) -> requests.Response:
-        last = ""
+    def _get_retrying(self, url: str, raw: bool, check=None) -> requests.Response:
+        last, unusable = "", False
         for attempt in range(self.max_retries + 1):
             try:
                 resp = self._polite_get(url, raw)
             except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
-                last = f"{type(e).__name__}: {e}"
+                last, unusable = f"{type(e).__name__}: {e}", False
             else:
                 if resp.status_code not in RETRY_STATUSES:
-                    return resp
-                last = f"HTTP {resp.status_code}"
+                    if check is None or resp.is_redirect or not (problem := check(resp)):
+                        return resp
+                    last, unusable = problem, True
+                    if attempt < self.max_retries:
+                        time.sleep(self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
+                    continue
+                last, unusable = f"HTTP {resp.status_code}", False
                 ra = _retry_after_seconds(resp.headers.get("Retry-After"))
                 if ra is not None:
                     if ra > self.max_retry_after:
@@ -234,7 +247,7 @@ class PoliteFetcher:
                     continue  # the shared next-slot time already holds the wait
             if attempt < self.max_retries:  # exponential backoff with jitter
                 time.sleep(self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
-        raise TransientError(f"{last} after {self.max_retries + 1} tries")
+        raise (BadResponse if unusable else TransientError)(f"{last} after {self.max_retries + 1} tries")
 
 
 # --- downloads ------------------------------------------------------------------------------
