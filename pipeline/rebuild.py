@@ -425,8 +425,8 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                         cannot_have(paper_id, from_pdf, f"cutting the regions failed: {why}")
                     rows += cut or []
             if names and got["status"] == "ok":
-                rows += [{**r, "version": paper_versions.get(paper_id)}
-                         for r in from_eprint(paper_id, eprint, names)]
+                source = {"version": paper_versions.get(paper_id), "eprint_sha256": store.sha256_file(eprint)}
+                rows += [{**r, **source} for r in from_eprint(paper_id, eprint, names)]
             if i % checkpoint_every == 0:  # a killed run resumes from here
                 store.write_rows(records_path, rows, REBUILD_SCHEMA)
     by_key = {(r["paper_id"], r["img_name"]): r for r in rows}

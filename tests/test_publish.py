@@ -526,6 +526,9 @@ def fake_hub(monkeypatch, request):
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants  # read once, at import: another test may have set it offline
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     yield hub
     hub.close()
 
