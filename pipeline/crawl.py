@@ -49,9 +49,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline import config, store
-from pipeline.contract import PAPER_SCHEMA
+from pipeline.contract import DOWNLOAD_FIELDS, PAPER_SCHEMA
 from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, paper_record, search_month
-from pipeline.fetch import DOWNLOAD_FIELDS, PoliteFetcher, TransientError, download_file
+from pipeline.fetch import PoliteFetcher, TransientError, download_file
 from pipeline.licenses import licenses_for
 from pipeline.shards import add_selection_args, month_range
 

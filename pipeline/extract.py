@@ -477,7 +477,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pipeline.extract",
         description="Extract figures from crawled e-prints (papers/<shard>.parquet) into figure "
                     "records (figures/<shard>.parquet) and RGB PNGs (images/<shard>/...), then "
-                    "flag exact and near duplicates across the corpus. Done shards are skipped; "
+                    "flag exact and near duplicates across the corpus. Done shards are skipped "
+                    "(but a paper the crawl has since fetched a new version of is extracted again); "
                     "interrupted ones resume. For many shards in parallel use the Prefect flow "
                     "`python -m flows.extract`.")
     parser.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")

@@ -30,7 +30,6 @@ import urllib3
 
 from pipeline import config, store
 from pipeline.archive import ArchiveError, OverLimit, check_blob, gunzip_head, sniff
-from pipeline.contract import DOWNLOAD_FIELDS  # noqa: F401 (the crawl and bulk take it from here)
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_REDIRECTS = 10  # hops followed per GET, each one a polite request of its own
