@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline import store
 from pipeline.crawl import crawl
-from pipeline.extract import extract_shards
+from pipeline.extract import extract_shards, stale_papers
 from pipeline.replay.server import Replay, ReplayServer
 
 PAPER = "2103.00001"
@@ -85,3 +85,15 @@ def test_a_new_version_is_extracted_again_and_its_old_pngs_go(tmp_path, data_roo
     before = (data_root / "figures" / f"{SHARD}.parquet").stat().st_mtime_ns
     extract_shards([SHARD], data_root, progress=False)
     assert (data_root / "figures" / f"{SHARD}.parquet").stat().st_mtime_ns == before
+
+
+def test_a_paper_is_stale_when_its_version_or_eprint_bytes_changed():
+    papers = [{"arxiv_id": "2103.00001", "version": 1, "eprint_sha256": "aa"},
+              {"arxiv_id": "2103.00002", "version": 2, "eprint_sha256": "bb"},
+              {"arxiv_id": "2103.00003", "version": 3, "eprint_sha256": "cc"},
+              {"arxiv_id": "2103.00004", "version": 1, "eprint_sha256": "dd"}]
+    rows = [{"paper_id": "2103.00001", "version": 1, "eprint_sha256": ""},    # fetched since (--retry-failed)
+            {"paper_id": "2103.00002", "version": 2, "eprint_sha256": "bb"},  # the same download
+            {"paper_id": "2103.00003", "version": 2, "eprint_sha256": "cc0"},  # an older version
+            {"paper_id": "2103.00004", "version": None, "eprint_sha256": None}]  # written before provenance
+    assert stale_papers(papers, rows) == {"2103.00001", "2103.00003"}
