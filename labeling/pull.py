@@ -19,7 +19,6 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import pyarrow as pa
 from label_studio_sdk import LabelStudio
 
 from labeling import interface
@@ -27,29 +26,10 @@ from labeling.client import LabelStudioError, api_errors, connect, export_tasks,
 from labeling.push import PROJECT_TITLE
 from labeling.sample import latest_scores
 from pipeline.config import data_root
+from pipeline.contract import ANNOTATION_SCHEMA
 from pipeline.store import read_rows, write_rows
 
-TIME = pa.timestamp("us", tz="UTC")
-LABELS_SCHEMA = pa.schema([
-    ("paper_id", pa.string()),
-    ("img_name", pa.string()),
-    ("sha256", pa.string()),
-    ("label", pa.int8()),            # 1 grid-like with a natural image, 0 not, null unsure
-    ("choice", pa.string()),         # positive / negative / unsure
-    ("annotator", pa.string()),
-    ("created_at", TIME),
-    ("lead_time", pa.float64()),     # seconds the annotator spent
-    ("task_id", pa.int64()),
-    ("project_id", pa.int64()),
-    ("prediction_score", pa.float64()),     # classifier's p(positive) shown, null if none
-    ("agreed_with_prediction", pa.bool_()),  # null when no prediction was shown or unsure
-    ("round", pa.int32()),
-    ("rule", pa.string()),
-    ("source", pa.string()),
-    # added to the contract's columns: which annotation, and when it was last edited
-    ("annotation_id", pa.int64()),
-    ("updated_at", TIME),
-])
+LABELS_SCHEMA = ANNOTATION_SCHEMA  # the contract's name for Label Studio's answers
 HISTORY_SCHEMA = LABELS_SCHEMA
 
 

@@ -12,14 +12,14 @@ files are known to hold, never falling back to unrestricted unpickling:
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+
+from model.files import atomic_write
 
 _UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
 _NOT_A_CONTAINER = re.compile(r"(SETITEMS?|append).* but got <class 'opaque\.([\w.]+)'>")
@@ -133,16 +133,5 @@ def mismatches(model: torch.nn.Module, state: dict) -> dict[str, str]:
 
 
 def save_atomically(obj, path) -> None:
-    """`torch.save` to a temp file in the same folder, fsync, rename: never a torn checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`torch.save`, never a torn checkpoint (`model.files.atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))

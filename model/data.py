@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import tarfile
 import warnings
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from model.files import atomic_write
 from model.vqgan import imagenet_mean_std
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -372,16 +372,15 @@ def pack_shards(files: list[Path], out, shard_size: int = 10_000, max_side: int 
         shards.append(shard)
         if shard.is_file():
             continue
-        tmp = shard.with_name(f".{shard.name}.tmp")
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as t:
-            for i, f in enumerate(files[start:start + shard_size], start):
-                data, suffix = image_bytes(f, max_side, jpeg_quality)
-                info = tarfile.TarInfo(f"{i:09d}{suffix}")
-                info.size = len(data)  # mtime/uid 0: the same images give the same bytes
-                t.addfile(info, io.BytesIO(data))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, shard)
+
+        def write(fh, first=start):
+            with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as t:
+                for i, f in enumerate(files[first:first + shard_size], first):
+                    data, suffix = image_bytes(f, max_side, jpeg_quality)
+                    info = tarfile.TarInfo(f"{i:09d}{suffix}")
+                    info.size = len(data)  # mtime/uid 0: the same images give the same bytes
+                    t.addfile(info, io.BytesIO(data))
+        atomic_write(shard, write)
     return shards
 
 

@@ -17,7 +17,13 @@ loaded from the internet, so it works offline. It listens on the loopback interf
 is an example pair (input, output); every other image is a query.
 
 Inference is `model.prompting.inpaint` in fp32 on float64 canvases, as the released
-segmentation evaluation computes it (several example pairs: `inpaint_ensemble`).
+segmentation evaluation computes it (several example pairs: `inpaint_ensemble`), under the
+evaluation's arithmetic (`model.evaluate.ExactArithmetic`: no TF32, attention as released).
+
+The server answers only its own page: a request whose Host is not 127.0.0.1/localhost at its
+port, or a POST from another origin, gets 403 (a web page elsewhere cannot drive it, even
+through DNS rebinding). "Load model" reads only from the folders of the checkpoint and config
+given at start, or those given with --allow.
 Bad input (not an image, an image over the size limits, a checkpoint that does not load) is a
 message on the page; a bad --checkpoint is an `error:` line at start.
 """
@@ -77,6 +83,10 @@ SYNTHETIC_SHOTS = 2                   # the released synthetic prompts hold two 
 
 class DemoError(ValueError):
     """A message for the person using the page (bad input, a checkpoint that does not load)."""
+
+
+class Forbidden(DemoError):
+    """A request this server does not serve: from another site, or for a file outside --allow."""
 
 
 # ----------------------------------------------------------------------------- model
@@ -287,7 +297,21 @@ class Demo:
     vqgan_config: str | None
     device: torch.device
     examples: list[dict] = field(default_factory=list)
+    # the folders /api/load may read from (default: those of the checkpoint and config given)
+    allowed: list[Path] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        if not self.allowed:
+            self.allowed = [Path(p).parent for p in (self.checkpoint, self.vqgan_config) if p]
+        self.allowed = [Path(p).resolve() for p in self.allowed]
+
+    def check_allowed(self, path, what: str) -> None:
+        """Forbidden unless `path` (links followed) lies in one of the allowed folders."""
+        real = Path(path).resolve()
+        if not any(real.is_relative_to(folder) for folder in self.allowed):
+            raise Forbidden(f"{path}: the demo loads {what}s only from "
+                            f"{', '.join(map(str, self.allowed))} (start it with --allow DIR for others)")
 
     def info(self) -> dict:
         m = self.model
@@ -346,7 +370,10 @@ class Demo:
             prompt = build_prompt(images, query_images, str(body.get("layout", "horizontal")), size,
                                   patch, str(body.get("mask_style", "as-given")))
             started = time.perf_counter()
-            results = run_prompt(model, prompt, self.device)
+            from model.evaluate import ExactArithmetic
+
+            with ExactArithmetic():   # the evaluation's fp32: no TF32, attention as released
+                results = run_prompt(model, prompt, self.device)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - started
@@ -357,6 +384,11 @@ class Demo:
     def load(self, body: dict) -> dict:
         """/api/load: {checkpoint, vqgan_config} -> swap the model; the old one stays on failure."""
         checkpoint, vqgan_config = body.get("checkpoint"), body.get("vqgan_config") or None
+        if not isinstance(checkpoint, str) or not checkpoint or not isinstance(vqgan_config, (str, type(None))):
+            raise DemoError("/api/load wants {checkpoint: path, vqgan_config: path or empty}")
+        self.check_allowed(checkpoint, "checkpoint")
+        if vqgan_config:
+            self.check_allowed(vqgan_config, "VQGAN config")
         model = load_model(checkpoint, vqgan_config, device=self.device)
         with self.lock:
             self.model, self.checkpoint, self.vqgan_config = model, str(checkpoint), vqgan_config
@@ -388,7 +420,23 @@ class Handler(BaseHTTPRequestHandler):
     def send_json(self, status: int, obj: dict) -> None:
         self.send(status, json.dumps(obj).encode(), "application/json")
 
+    def same_site(self, post: bool) -> bool:
+        """Whether the request comes from this page: its Host names this server (a DNS
+        rebinding attack's names another), and a POST's Origin, when sent, is this server.
+        Answers 403 when not."""
+        port = self.server.server_address[1]
+        mine = {f"127.0.0.1:{port}", f"localhost:{port}"}
+        origin = self.headers.get("Origin")
+        if self.headers.get("Host") in mine and (not post or origin is None
+                                                 or origin in {f"http://{m}" for m in mine}):
+            return True
+        self.send_json(403, {"error": "this demo answers only its own page at "
+                                      f"http://127.0.0.1:{port}/"})
+        return False
+
     def do_GET(self):
+        if not self.same_site(post=False):
+            return
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             return self.send(200, PAGE.encode(), "text/html; charset=utf-8")
@@ -401,6 +449,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(404, {"error": f"nothing at {path}"})
 
     def do_POST(self):
+        if not self.same_site(post=True):
+            return
         path = self.path.split("?", 1)[0]
         action = {"/api/run": self.demo.run, "/api/load": self.demo.load}.get(path)
         if action is None:
@@ -420,6 +470,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, action(body))
         except json.JSONDecodeError:
             return self.send_json(400, {"error": "the request is not JSON"})
+        except Forbidden as e:
+            return self.send_json(403, {"error": str(e)})
         except DemoError as e:
             return self.send_json(400, {"error": str(e)})
         except torch.cuda.OutOfMemoryError:
@@ -451,6 +503,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--examples", help="a folder of your own pictures to offer as examples "
                                       "(<name>.png + <name>_out.png pairs, other images are queries)")
+    p.add_argument("--allow", action="append", metavar="DIR", default=[],
+                   help="a folder the page's 'load model' may read checkpoints and configs from "
+                        "(repeatable; default: the folders of --checkpoint and --vqgan-config)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0: any free port)")
     p.add_argument("--verbose", action="store_true", help="log every request")
@@ -473,8 +528,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        server = make_server(Demo(model, str(args.checkpoint), args.vqgan_config, device, examples),
-                             args.port, args.verbose)
+        allowed = args.allow or [Path(p).parent for p in (args.checkpoint, args.vqgan_config) if p]
+        server = make_server(Demo(model, str(args.checkpoint), args.vqgan_config, device, examples,
+                                  allowed), args.port, args.verbose)
     except OSError as e:
         print(f"error: cannot listen on {HOST}:{args.port} ({e.strerror or e}); "
               "--port 0 takes any free port", file=sys.stderr)

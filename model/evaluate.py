@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model import metrics, tasks, voc
+from model.files import atomic_write
 from model.vqgan import exact_attention
 from model.prompting import (attention_overlay, cell_size, compile_for_inference, decoder_attention,
                              inpaint, inpaint_ensemble, normalize, quadrant_mask, rows_answer_box,
@@ -390,7 +390,7 @@ def picture(examples, mask, patch: int, path: Path) -> None:
     draw, w = ImageDraw.Draw(img), rows[0].shape[1] // 3
     for i, label in enumerate(("prompt", "prediction", "ground truth")):
         draw.text((i * w + 4, 2), label, fill="black")
-    _atomic(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def _name(item) -> str:
@@ -441,19 +441,6 @@ def markdown(results: dict) -> str:
     if len(results["per_seed"]) > 1:  # one seed has no spread to report: its row is the result
         lines.append("| mean ± std | " + " | ".join(f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _atomic(path: Path, write) -> None:
-    """Write through a temp file in the same folder, then rename (no torn result files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- main
@@ -544,9 +531,9 @@ def _run(args, model=None) -> dict:
                "batch_size": args.batch_size,
                "seconds": elapsed, "episodes_per_s": n_done / elapsed,
                "per_seed": per_seed, "summary": summary}
-    _atomic(out / "results.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
-    _atomic(out / "results.md", lambda f: f.write(markdown(results).encode()))
-    _atomic(out / "episodes.csv", lambda f: f.write(csv_text(episode_rows).encode()))
+    atomic_write(out / "results.json", lambda f: f.write(json.dumps(results, indent=2).encode()))
+    atomic_write(out / "results.md", lambda f: f.write(markdown(results).encode()))
+    atomic_write(out / "episodes.csv", lambda f: f.write(csv_text(episode_rows).encode()))
     if examples and args.picture_rows:
         picture(examples[:args.picture_rows], mask.cpu(), patch, out / f"{title.replace(' ', '-')}.png")
     if examples and args.attention_maps:
@@ -578,7 +565,7 @@ def attention_picture(model, examples, mask, patch_index, layer, device, path: P
             for t, w in zip(truth, weights)]
     grid = torch.cat([torch.cat([r, torch.full((4, r.shape[1], 3), 255, dtype=torch.uint8)]) for r in rows])
     img = Image.fromarray(grid.numpy())
-    _atomic(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def positive_int(text: str) -> int:
@@ -743,8 +730,8 @@ def run_all(args) -> list[dict]:
              f"{' '.join(map(str, seeds))})", "", "| variant | " + head + " |", "|---|---|"]
     lines += [f"| {t} | {m:.4f}{f' ± {sd:.4f}' if spread else ''} |" for t, m, sd in rows]
     lines += [f"| mean | {mean:.4f} |"]
-    _atomic(base / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
-    _atomic(base / "summary.json", lambda f: f.write(json.dumps(
+    atomic_write(base / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    atomic_write(base / "summary.json", lambda f: f.write(json.dumps(
         {"task": args.task, "metric": head, "mean": mean,
          "variants": {t: {"mean": m, "std": sd} for t, m, sd in rows}}, indent=2).encode()))
     print("\n".join(lines))
@@ -761,8 +748,8 @@ def write_study(base: Path, task: str, head: str, seeds, variants, study, cells)
                   "| mask style | " + " | ".join(layouts) + " |", "|---" * (len(layouts) + 1) + "|"]
         lines += [f"| {style} | " + " | ".join(f"{cells[(value, layout, style)]:.4f}" for layout in layouts)
                   + " |" for style in styles]
-    _atomic(base / "study.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
-    _atomic(base / "study.json", lambda f: f.write(json.dumps(
+    atomic_write(base / "study.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    atomic_write(base / "study.json", lambda f: f.write(json.dumps(
         {"task": task, "metric": head, "seeds": seeds,
          "cells": [{"variant": v, "layout": l, "mask_style": m, head: x} for (v, l, m), x in cells.items()]},
         indent=2).encode()))

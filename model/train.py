@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from model.checkpoint import load_safely, save_atomically
+from model.files import atomic_write, atomic_write_bytes
 from model.data import (CropDataset, MixtureSampler, ResumableSampler, TokenCache, fingerprint,
                         list_images, normalize)
 from model.mae_vqgan import ARCHS, arch_sizes, build
@@ -245,12 +246,7 @@ def optimizer_step(optimizer, scaler):
 
 
 def save_npy_atomically(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.save(f, array))
 
 
 def build_token_cache(files, vqgan, folder, crops_per_image: int, size: int, scale, seed: int,
@@ -296,9 +292,7 @@ def build_token_cache(files, vqgan, folder, crops_per_image: int, size: int, sca
     meta = {"fingerprint": key, "num_images": len(files), "size": size,
             "scale": list(scale), "seed": seed, "n_embed": vqgan.quantize.n_e,
             "crops_per_image": crops_per_image, "num_tokens": n_tokens, "built_by_ranks": world_size}
-    tmp = folder / ".meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, folder / "meta.json")
+    atomic_write_bytes(folder / "meta.json", json.dumps(meta, indent=2).encode())
     for path in parts:
         path.unlink()
 

@@ -12,15 +12,13 @@ OAI-PMH (`fetch_license`) adds what the Atom API lacks: the paper's licence.
 from __future__ import annotations
 
 import calendar
-import random
-import time
 from datetime import datetime, timedelta
 
 import arxiv
 from arxiv import _feed  # the package's own Atom parser (private, stable across 4.x)
 from lxml import etree
 
-from pipeline.fetch import PoliteFetcher
+from pipeline.fetch import BadResponse, PoliteFetcher
 from pipeline.shards import parse_month
 
 
@@ -35,48 +33,57 @@ class MetadataError(Exception):
 class ArxivAPI(arxiv.Client):
     """An `arxiv.Client` that talks to `api_url` (arXiv or the replay) through a PoliteFetcher."""
 
-    def __init__(self, fetcher: PoliteFetcher, api_url: str, page_size: int = 2000, num_retries: int = 4):
-        # The fetcher enforces the delay; the package's own (per-instance, per-process) sleep is off.
-        super().__init__(page_size=min(page_size, 2000), delay_seconds=0, num_retries=num_retries)
+    def __init__(self, fetcher: PoliteFetcher, api_url: str, page_size: int = 2000):
+        # The fetcher enforces the delay and is the one retry layer (its `max_retries`); the
+        # package's own (per-instance, per-process) sleep and retries are off.
+        super().__init__(page_size=min(page_size, 2000), delay_seconds=0, num_retries=0)
         self.query_url_format = api_url + "?{}"
         self.fetcher = fetcher
         self.last_total: int | None = None  # totalResults of the last first page
 
     def _parse_feed(self, url: str, first_page: bool = True, _try_index: int = 0) -> _feed.ParsedFeed:
-        problem = ""
-        for attempt in range(self.num_retries + 1):
-            if attempt:
-                time.sleep(self.fetcher.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-            resp = self.fetcher.get(url)  # raises TransientError after its own retries
+        parsed: dict[str, _feed.ParsedFeed] = {}
+
+        def problem(resp) -> str:
+            """Why a 200 answer is no usable page ('' when it is one; other statuses are answers)."""
+            if resp.status_code != 200:
+                return ""
             try:  # strict parse first: the package's parser recovers silently from broken XML
                 root = strict_xml(resp.content)
             except etree.XMLSyntaxError as e:
-                root, problem = None, f"malformed Atom: {e}"
-            # arXiv reports a wrong query as an Atom entry (with HTTP 400): asking again will not help
-            if resp.status_code != 200 or (root is not None and _api_error(root)):
-                error = _api_error(root) if root is not None else ""
-                raise MetadataError(f"API answered HTTP {resp.status_code}{': ' + error if error else ''} ({url})",
-                                    resp.status_code)
-            if root is None or (problem := _not_a_usable_feed(root)):
-                continue
+                return f"malformed Atom: {e}"
+            if _api_error(root):  # a wrong query: asking again will not help
+                return ""
+            if why := _not_a_usable_feed(root):
+                return why
             try:
                 feed = _feed.parse(resp.content)
             except (ValueError, TypeError) as e:  # well-formed, but a value the package cannot read (a date)
-                problem = f"malformed Atom: {e}"
-                continue
+                return f"malformed Atom: {e}"
             # the package drops an entry without its id or dates, and paging on what it kept would
             # re-fetch a neighbour in its place: the paper would vanish while the count adds up
             if (entries := len(root.findall(f"{_ATOM}entry"))) != len(feed.results):
-                problem = f"malformed Atom: {entries - len(feed.results)} of {entries} entries lack an id or a date"
-                continue
+                return f"malformed Atom: {entries - len(feed.results)} of {entries} entries lack an id or a date"
             if not feed.results and (not first_page or feed.header.total_results > feed.header.start_index):
-                problem = (f"empty page at start={feed.header.start_index} while totalResults="
-                           f"{feed.header.total_results}")
-                continue
-            if first_page:
-                self.last_total = feed.header.total_results
-            return feed
-        raise MetadataError(f"{problem} ({url}), {self.num_retries + 1} tries")
+                return f"empty page at start={feed.header.start_index} while totalResults={feed.header.total_results}"
+            parsed["feed"] = feed
+            return ""
+
+        try:
+            resp = self.fetcher.get(url, check=problem)  # TransientError when the server kept failing
+        except BadResponse as e:
+            raise MetadataError(f"{e} ({url})") from None
+        if "feed" not in parsed:
+            # arXiv reports a wrong query as an Atom entry (with HTTP 400)
+            try:
+                error = _api_error(strict_xml(resp.content))
+            except etree.XMLSyntaxError:
+                error = ""
+            raise MetadataError(f"API answered HTTP {resp.status_code}{': ' + error if error else ''} ({url})",
+                                resp.status_code)
+        if first_page:
+            self.last_total = parsed["feed"].header.total_results
+        return parsed["feed"]
 
 
 _ATOM = "{http://www.w3.org/2005/Atom}"

@@ -5,7 +5,6 @@ every tar that can hold a month's papers is done.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -24,7 +23,8 @@ from pipeline.archive import Limits, safe_member_path
 from pipeline.bulk_s3 import (Md5Mismatch, describe_s3_error, download_tar, file_md5, s3_client,
                               s3_errors)
 from pipeline.bulk_selection import BulkError, Paper, SourceTar, bulk_dir, pick_tars, tar_done
-from pipeline.crawl import PAPER_SCHEMA, crawl_lock, empty_downloads, shard_stats
+from pipeline.contract import PAPER_SCHEMA, TAR_SCHEMA
+from pipeline.crawl import crawl_lock, empty_downloads, shard_stats
 from pipeline.fetch import SOURCE_KINDS, download_row, sniff_kind, verify
 from pipeline.licenses import licenses_for
 
@@ -33,12 +33,6 @@ MEMBER_CAP = Limits().max_file_bytes  # one e-print read into memory at most (ar
 
 
 # --- one tar -----------------------------------------------------------------------------------
-
-TAR_SCHEMA = pa.schema(
-    [("arxiv_id", pa.string()), ("version", pa.int32()), ("member", pa.string())]
-    + [(f"eprint_{f}", pa.int64() if f == "bytes" else pa.string())
-       for f in ("status", "path", "sha256", "bytes", "kind", "error")]
-    + [("crawled_at", pa.timestamp("us", tz="UTC"))])
 
 
 def _member_item(rel: str) -> tuple[str, str]:
@@ -91,15 +85,12 @@ def read_members(tar_path: Path, papers: dict[str, Paper], root: Path, tar: Sour
 
 def _tar_lock(root: Path, tar: SourceTar):
     """An exclusive lock on one tar, so two workers on one data root never write the same part file."""
-    path = bulk_dir(root) / "tars" / f".{tar.name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")
+    lock = store.Lock(bulk_dir(root) / "tars" / f".{tar.name}.lock", wait=False)
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
+        lock.acquire()
+    except store.Busy:
         raise BulkError(f"{tar.name} is being fetched by another run on this data root") from None
-    return f
+    return lock
 
 
 def process_tar(tar: SourceTar, papers: list[Paper], root: str | os.PathLike, bucket: str = "arxiv",
@@ -138,7 +129,7 @@ def process_tar(tar: SourceTar, papers: list[Paper], root: str | os.PathLike, bu
         log.warning("%s", error)
         return {"tar": tar.name, "done": False, "error": error}
     finally:
-        lock.close()
+        lock.release()
     store.write_rows(folder / f"{tar.name}.parquet", rows, TAR_SCHEMA)
     stats = {
         "tar": tar.name, "key": tar.filename, "month": tar.month, "md5sum": tar.md5sum, "size": tar.size,
@@ -219,10 +210,7 @@ def write_month(month: str, papers: list[Paper], tars: list[SourceTar], root: Pa
     stored is kept over a bulk failure. Files are rewritten only when their content changes."""
     papers_dir = root / "papers"
     shard_file = papers_dir / f"{month}.parquet"
-    lock_path = papers_dir / f".{month}.bulk.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with store.Lock(papers_dir / f".{month}.bulk.lock"):
         records, stats = month_records(month, papers, tars, root, params)
         old_rows = store.read_rows(shard_file) if shard_file.exists() else []
         old = {r["arxiv_id"]: r for r in old_rows}

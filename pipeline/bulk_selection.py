@@ -24,6 +24,7 @@ from lxml import etree
 
 from pipeline import store
 from pipeline.arxiv_api import strict_xml
+from pipeline.contract import TAR_SELECTION_SCHEMA
 from pipeline.shards import month_range, shard_of_id
 
 
@@ -125,7 +126,7 @@ def parse_manifest(data: bytes) -> list[SourceTar]:
 
 @dataclass
 class Paper:
-    record: dict                           # the contract's metadata columns (crawl.PAPER_SCHEMA)
+    record: dict                           # the contract's metadata columns (contract.PAPER_SCHEMA)
     versions: list[tuple[int, datetime]]   # (number, created); empty when the metadata has none
     month: str
     item: str
@@ -363,11 +364,6 @@ SOURCE = "s3"
 
 # --- the selection file: the picked papers of each tar ------------------------------------------
 
-SELECTION_SCHEMA = pa.schema([("tar", pa.string()), ("arxiv_id", pa.string()),
-                              ("version_numbers", pa.list_(pa.int32())),
-                              ("version_dates", pa.list_(pa.timestamp("us", tz="UTC")))])
-
-
 def write_selection(root: Path, picked: dict[str, list[Paper]]) -> Path:
     """The picked papers of every tar (ids and version dates: all a tar's worker needs), as
     `bulk/selection-<hash>.parquet`: workers read their tar's part instead of every paper's metadata
@@ -378,7 +374,7 @@ def write_selection(root: Path, picked: dict[str, list[Paper]]) -> Path:
     digest = hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()[:16]
     path = bulk_dir(root) / f"selection-{digest}.parquet"
     if not path.exists():
-        store.write_rows(path, rows, SELECTION_SCHEMA)
+        store.write_rows(path, rows, TAR_SELECTION_SCHEMA)
     return path
 
 

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from pipeline import labels as labels_mod
 from pipeline import store
+from pipeline.contract import SCORE_SCHEMA
 from pipeline.config import data_root
 from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, caption_features, layout_features
 from pipeline.shards import check_shard_files
@@ -55,15 +56,6 @@ WEIGHTS_HELP = (
     f"pass it with --weights PATH or set ${WEIGHTS_ENV}"
 )
 
-SCORE_SCHEMA = pa.schema([
-    ("paper_id", pa.string()),
-    ("img_name", pa.string()),
-    ("sha256", pa.string()),
-    ("score", pa.float64()),  # calibrated probability of positive; null when the image failed
-    ("model_version", pa.string()),
-    ("status", pa.string()),  # ok | error
-    ("error", pa.string()),
-])
 
 
 # --- the backbone -----------------------------------------------------------------------------

@@ -44,14 +44,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pyarrow as pa
 import requests
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline import config, store
+from pipeline.contract import DOWNLOAD_FIELDS, PAPER_SCHEMA
 from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, paper_record, search_month
-from pipeline.fetch import DOWNLOAD_FIELDS, PoliteFetcher, TransientError, download_file
+from pipeline.fetch import PoliteFetcher, TransientError, download_file
 from pipeline.licenses import licenses_for
 from pipeline.shards import add_selection_args, month_range
 
@@ -63,19 +63,6 @@ PDF_MODES = ("auto", "all", "none")
 SOURCE_ARCHIVES = ("tar.gz", "tar", "gz-tex")  # e-print kinds that hold the LaTeX source
 FAILED = ("missing", "withdrawn", "error")  # final statuses without a file: what --retry-failed reopens
 BLOCK_AFTER = 3  # papers in a row answered like a block before the run stops
-_TS = pa.timestamp("us", tz="UTC")
-PAPER_SCHEMA = pa.schema(
-    [("arxiv_id", pa.string()), ("version", pa.int32()), ("title", pa.string()),
-     ("authors", pa.list_(pa.string())), ("summary", pa.string()), ("published", _TS), ("updated", _TS),
-     ("primary_category", pa.string()), ("categories", pa.list_(pa.string())), ("license", pa.string()),
-     ("doi", pa.string()), ("journal_ref", pa.string()), ("comment", pa.string())]
-    + [(f"{d}_{f}", pa.int64() if f == "bytes" else pa.string()) for d in DOWNLOADS for f in DOWNLOAD_FIELDS]
-    + [(f"{d}_attempts", pa.int32()) for d in DOWNLOADS]
-    # When this version's files were first stored: the crawl date the published manifests carry.
-    + [("crawled_at", _TS)]
-)
-
-
 def make_fetcher(root: Path, delay: float | None = None, **kw) -> PoliteFetcher:
     """A fetcher whose politeness budget is shared by every worker using the same data root."""
     return PoliteFetcher(config.arxiv_delay() if delay is None else delay, root / ".politeness", **kw)

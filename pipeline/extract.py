@@ -17,18 +17,22 @@ skips papers already there, and skips the shard once `figures/<shard>_stats.json
 paper whose download the crawl still has `pending` is not extracted, and keeps the shard open
 (no stats file) until a rerun after the crawl settles it.
 
+Every record names the download it was read from (`version`, `eprint_sha256`, as the paper's
+crawl record had them). When the crawl has since fetched another e-print of a paper (a new
+version), a rerun reopens the shard and extracts that paper again: its old records are
+replaced and the PNGs of the old version that the new one does not make are deleted.
+
     python -m pipeline.extract --shards 2020-02 2022-02
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import tempfile
 import time
 from collections import Counter
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -37,53 +41,16 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import config, store
+from pipeline.contract import FIGURE_SCHEMA
 from pipeline.archive import ArchiveError, Limits, read_eprint
 from pipeline.latex import figure_texts
-from pipeline.latex_source import decode_tex, normalise
+from pipeline.latex_source import decode_tex
 from pipeline.near_duplicates import NEAR_DUP_BITS, NEAR_DUP_BUCKET_CAP, nearest_earlier, png_phash
 from pipeline.naming import (ALL_FORMATS, CVF_FORMATS, cvf_name, figure_format, is_candidate,
                              official_name_filter, output_name, parse_formats)
 from pipeline.render import OFFICIAL, Renderer, RenderOptions
 from pipeline.shards import check_shard_files
 
-FIGURE_SCHEMA = pa.schema([
-    ("paper_id", pa.string()),
-    ("img_name", pa.string()),
-    ("source_path", pa.string()),
-    ("source_kind", pa.string()),
-    ("format", pa.string()),
-    ("image_path", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("sha256", pa.string()),
-    ("phash", pa.string()),
-    ("bytes", pa.int64()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("included", pa.bool_()),
-    ("name_filter", pa.bool_()),
-    ("dup_of", pa.string()),
-    ("near_dup_of", pa.string()),
-    ("page_count", pa.int32()),
-    ("mediabox", pa.list_(pa.float64())),
-    ("cropbox", pa.list_(pa.float64())),
-    # PDF fallback only: page (0-based) and region (PDF points) of the figure.
-    ("page", pa.int32()),
-    ("bbox", pa.list_(pa.float64())),
-    # The figure's words (`pipeline.latex`; the PDF fallback: the caption it anchors on):
-    # caption as text, as LaTeX, the graphic's sub-caption, the float's label, the float's
-    # graphics and this one's place among them (from 0), and why the caption is empty.
-    ("caption", pa.string()),
-    ("caption_latex", pa.string()),
-    ("subcaption", pa.string()),
-    ("figure_label", pa.string()),
-    ("n_panels", pa.int32()),
-    ("panel_index", pa.int32()),
-    ("caption_error", pa.string()),
-    # How the PNG was made (a key of RENDER_SETTINGS, or PDF_REGION); null in records written
-    # before the column existed, and for figures without a PNG.
-    ("render", pa.string()),
-])
 
 
 # The render settings a figure record can name, so a rebuild can make the same pixels again.
@@ -111,53 +78,6 @@ def figure_row(paper_id: str, **fields) -> dict:
                name_filter=False, dup_of="", near_dup_of="")
     row.update(fields)
     return row
-
-
-# --- which files the LaTeX includes -------------------------------------------------------------
-
-_COMMENT = re.compile(r"(?<!\\)%.*")
-_INCLUDE = re.compile(  # the file argument may hold one level of braces: {{figs/a.b}.pdf}
-    r"\\(?:includegraphics|includesvg|epsfbox|epsffile|overpic)\*?\s*(?:\[[^\]]*\]\s*)*"
-    r"\{((?:[^{}]|\{[^{}]*\})*)\}")
-_EPSFIG = re.compile(r"\\(?:epsfig|psfig)\s*\{[^}]*?(?:file|figure)\s*=\s*([^,}]+)")
-_GRAPHICSPATH = re.compile(r"\\graphicspath\s*\{((?:\s*\{[^}]*\}\s*)+)\}")
-
-
-def latex_references(tex_files: dict[str, str]) -> set[str]:
-    """Paths (relative to the archive root, extension as written or none) that the LaTeX
-    sources pass to `\\includegraphics` and friends, tried against every `\\graphicspath`
-    folder and the including file's own folder."""
-    refs, folders = [], {""}
-    for path, text in tex_files.items():
-        text = _COMMENT.sub("", text)
-        here = str(PurePosixPath(path).parent)
-        folders.add("" if here == "." else here + "/")
-        for m in _GRAPHICSPATH.finditer(text):
-            folders.update(p.strip() for p in re.findall(r"\{([^}]*)\}", m.group(1)))
-        refs += [m.group(1) for m in _INCLUDE.finditer(text)]
-        refs += [m.group(1) for m in _EPSFIG.finditer(text)]
-    out = set()
-    for ref in refs:
-        ref = ref.replace("{", "").replace("}", "").strip().strip('"').strip()
-        if not ref or "#" in ref:  # a macro argument, not a file
-            continue
-        for folder in folders:
-            folder = folder if not folder or folder.endswith("/") else folder + "/"
-            out.add(normalise(folder + ref))
-    return out
-
-
-def is_included(member_path: str, references: set[str]) -> bool:
-    """Whether `member_path` is what one of the references names (LaTeX may leave out the
-    extension, and an `x-eps-converted-to.pdf` stands for `x.eps`)."""
-    path = PurePosixPath(member_path)
-    stem = str(path.with_suffix("")) if path.suffix else member_path
-    stem = re.sub(r"-(?i:eps|ps)-converted-to$", "", stem)
-    keys = {member_path, stem}
-    for ref in references:
-        if ref in keys or str(PurePosixPath(ref).with_suffix("")) == stem:
-            return True
-    return False
 
 
 # --- one paper ----------------------------------------------------------------------------------
@@ -236,21 +156,20 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
             f"figure files present ({figure_files}) but not the listed "
             f"{'one' if only is not None and len(only) == 1 else 'ones'} ({kind})"
             if figure_files else f"no figure files in the e-print ({kind})"))
-    references = latex_references(tex)
-    for row in rows.values():
-        if row["source_path"]:
-            row["included"] = is_included(row["source_path"], references)
     add_figure_texts(list(rows.values()), tex)
     return list(rows.values())
 
 
 def add_figure_texts(rows: list[dict], tex: dict[str, str]) -> None:
-    """Fill the caption columns of an e-print's figure records from its LaTeX `tex`."""
+    """Fill the caption columns and `included` of an e-print's figure records from its LaTeX
+    `tex`: a file is included when a graphic of the LaTeX, as `pipeline.latex` reads it
+    (comments, `\\iffalse`, macros and `\\input` resolved), names it."""
     paths = sorted({r["source_path"] for r in rows if r["source_path"]})
     texts = figure_texts(tex, paths)
     for row in rows:
         if row["source_path"] in texts:
-            row.update(texts[row["source_path"]].columns())
+            text = texts[row["source_path"]]
+            row.update(text.columns(), included=text.included)
 
 
 def extract_pdf(paper_id: str, pdf: Path, image_dir: Path, root: Path,
@@ -290,9 +209,61 @@ def _png_facts(path: Path) -> dict:
 def extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
                   apply_name_filter: bool = True, limits: Limits = Limits(),
                   formats: tuple[str, ...] = CVF_FORMATS) -> list[dict]:
-    """Figure records of one paper record: from its e-print, else from its PDF."""
+    """Figure records of one paper record (from its e-print, else from its PDF), each naming
+    the paper's version and e-print sha256 it was read from."""
+    rows = _extract_paper(paper, shard, root, renderer, apply_name_filter, limits, formats)
+    for row in rows:
+        row.update(provenance(paper))
+    remove_orphan_images(paper_image_dir(root, shard, paper["arxiv_id"]), rows, root)
+    return rows
+
+
+def provenance(paper: dict) -> dict:
+    """The figure-record columns naming the download a paper's figures come from."""
+    return {"version": paper.get("version"), "eprint_sha256": paper.get("eprint_sha256") or ""}
+
+
+def paper_image_dir(root: Path, shard: str, paper_id: str) -> Path:
+    return root / "images" / shard / paper_id.replace("/", "_")
+
+
+def remove_orphan_images(image_dir: Path, rows: list[dict], root: Path) -> None:
+    """Delete the PNGs in a paper's image folder that none of its figure records names: those
+    of an earlier version the paper has no more (a renamed or dropped figure)."""
+    if not image_dir.is_dir():
+        return
+    named = {(root / r["image_path"]).resolve() for r in rows if r["image_path"]}
+    for png in image_dir.iterdir():
+        if png.is_file() and png.suffix == ".png" and png.resolve() not in named:
+            png.unlink()
+
+
+PROVENANCE_PAPER_COLUMNS = ["arxiv_id", "version", "eprint_sha256"]
+PROVENANCE_FIGURE_COLUMNS = ["paper_id", "version", "eprint_sha256"]
+
+
+def _columns(path: Path, columns: list[str]) -> list[dict]:
+    """Those of `columns` a Parquet file has, as rows ([] when there is no file)."""
+    if not path.exists():
+        return []
+    have = pq.read_schema(path).names
+    return pq.read_table(path, columns=[c for c in columns if c in have]).to_pylist()
+
+
+def stale_papers(papers: list[dict], figure_rows: list[dict]) -> set[str]:
+    """Papers whose figure records were read from another download than the one their crawl
+    record names now (a newer version, or the same version fetched again with other bytes).
+    Records written before figures carried a version are not judged (`--force` redoes them)."""
+    now = {p["arxiv_id"]: (p.get("version"), p.get("eprint_sha256") or "") for p in papers}
+    return {r["paper_id"] for r in figure_rows
+            if r.get("version") is not None and r["paper_id"] in now
+            and (r["version"], r.get("eprint_sha256") or "") != now[r["paper_id"]]}
+
+
+def _extract_paper(paper: dict, shard: str, root: Path, renderer: Renderer,
+                   apply_name_filter: bool, limits: Limits, formats: tuple[str, ...]) -> list[dict]:
     paper_id = paper["arxiv_id"]
-    image_dir = root / "images" / shard / paper_id.replace("/", "_")
+    image_dir = paper_image_dir(root, shard, paper_id)
     eprint = root / paper["eprint_path"] if paper.get("eprint_path") else None
     pdf = root / paper["pdf_path"] if paper.get("pdf_path") else None
     if eprint is not None and paper.get("eprint_status", "ok") == "ok" and eprint.exists():
@@ -401,14 +372,22 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
     if force:
         store.stats_path(figures_dir, shard).unlink(missing_ok=True)
         out_path.unlink(missing_ok=True)
+    papers_path = root / "papers" / f"{shard}.parquet"
+    # A paper the crawl has fetched another e-print of since (a new version) is extracted again;
+    # its old records go, and so do the PNGs the new e-print does not make again. A done shard
+    # is judged from these few columns, and left alone when nothing in it is stale.
+    stale = stale_papers(_columns(papers_path, PROVENANCE_PAPER_COLUMNS),
+                         _columns(out_path, PROVENANCE_FIGURE_COLUMNS))
     if store.shard_done(figures_dir, shard):
-        return store.read_stats(figures_dir, shard)
-    papers = store.read_rows(root / "papers" / f"{shard}.parquet")
+        if not stale:
+            return store.read_stats(figures_dir, shard)
+        store.stats_path(figures_dir, shard).unlink()  # open again until the stale papers are redone
+    papers = store.read_rows(papers_path)
+    rows = store.read_rows(out_path) if out_path.exists() else []  # checkpoint of a past run
     # A paper whose download the crawl will still retry is left for a later run, and the shard
     # stays open (no stats file) until the crawl has settled every paper.
     waiting = {p["arxiv_id"] for p in papers if crawl_pending(p)}
-    rows = store.read_rows(out_path) if out_path.exists() else []  # checkpoint of a past run
-    rows = [r for r in rows if r["paper_id"] not in waiting]
+    rows = [r for r in rows if r["paper_id"] not in waiting and r["paper_id"] not in stale]
     done = {r["paper_id"] for r in rows}
     start, resumed = time.monotonic(), len(done)
     todo = [p for p in papers if p["arxiv_id"] not in done and p["arxiv_id"] not in waiting]
@@ -426,6 +405,7 @@ def extract_shard(shard: str, root: str | Path | None = None, *,
     figures = [r for r in rows if r["img_name"]]
     stats = {
         "shard": shard, "done": not waiting, "papers": len(papers), "papers_resumed": resumed,
+        "papers_stale": len(stale),  # extracted again: the crawl holds a newer e-print of them
         "papers_waiting_for_crawl": len(waiting),
         "papers_failed": len({r["paper_id"] for r in rows if not r["img_name"]
                               and r["status"] == "error"}),
@@ -498,7 +478,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pipeline.extract",
         description="Extract figures from crawled e-prints (papers/<shard>.parquet) into figure "
                     "records (figures/<shard>.parquet) and RGB PNGs (images/<shard>/...), then "
-                    "flag exact and near duplicates across the corpus. Done shards are skipped; "
+                    "flag exact and near duplicates across the corpus. Done shards are skipped "
+                    "(but a paper the crawl has since fetched a new version of is extracted again); "
                     "interrupted ones resume. For many shards in parallel use the Prefect flow "
                     "`python -m flows.extract`.")
     parser.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")

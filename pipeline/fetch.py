@@ -17,7 +17,6 @@ arrive as bare TeX), so `get(url, raw=True)` asks for `identity` and does not de
 from __future__ import annotations
 
 import email.utils
-import fcntl
 import os
 import random
 import time
@@ -32,8 +31,6 @@ import urllib3
 from pipeline import config, store
 from pipeline.archive import ArchiveError, OverLimit, check_blob, gunzip_head, sniff
 
-# The contract's per-download columns (`eprint_*` and `pdf_*` in paper records).
-DOWNLOAD_FIELDS = ("status", "path", "sha256", "bytes", "kind", "error")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_REDIRECTS = 10  # hops followed per GET, each one a polite request of its own
 SOURCE_KINDS = ("tar.gz", "tar", "gz-tex", "gz", "pdf", "zip")
@@ -116,6 +113,10 @@ class TransientError(Exception):
     """The request failed in a way a later retry might fix (timeouts, 5xx, 429, cut bodies)."""
 
 
+class BadResponse(Exception):
+    """Every try was answered, but with a response the caller's `check` found unusable."""
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -158,27 +159,23 @@ class PoliteFetcher:
 
     def _polite_get(self, url: str, raw: bool) -> requests.Response:
         """One request, holding the host's lock, started no earlier than the shared next-slot time."""
-        with open(self._lock_path(url), "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even on SIGKILL
+        with store.Lock(self._lock_path(url)) as f:  # the file holds the host's next slot
+            f.seek(0)
+            text = f.read().strip()
+            not_before = float(text) if text else 0.0
+            if (wait := not_before - time.time()) > 0:
+                time.sleep(wait)
+            self.requests_made += 1
             try:
-                f.seek(0)
-                text = f.read().strip()
-                not_before = float(text) if text else 0.0
-                if (wait := not_before - time.time()) > 0:
-                    time.sleep(wait)
-                self.requests_made += 1
-                try:
-                    # the body is read inside the lock: one connection at a time
-                    resp = self._get_whole(url, raw)
-                finally:  # the pause counts from the end of this request, so it holds even for slow ones
-                    self._set_not_before(f, time.time() + self.delay)
-                if resp.status_code in (429, 503):
-                    ra = _retry_after_seconds(resp.headers.get("Retry-After"))
-                    if ra is not None:  # everyone waits what the server said
-                        self._set_not_before(f, time.time() + max(ra, self.delay))
-                return resp
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                # the body is read inside the lock: one connection at a time
+                resp = self._get_whole(url, raw)
+            finally:  # the pause counts from the end of this request, so it holds even for slow ones
+                self._set_not_before(f, time.time() + self.delay)
+            if resp.status_code in (429, 503):
+                ra = _retry_after_seconds(resp.headers.get("Retry-After"))
+                if ra is not None:  # everyone waits what the server said
+                    self._set_not_before(f, time.time() + max(ra, self.delay))
+            return resp
 
     def _get_whole(self, url: str, raw: bool) -> requests.Response:
         """GET and read the whole body within `max_seconds`; `raw`: the bytes as served, undecoded."""
@@ -208,31 +205,40 @@ class PoliteFetcher:
         f.write(f"{t:.6f}")
         f.flush()
 
-    def get(self, url: str, raw: bool = False) -> requests.Response:
+    def get(self, url: str, raw: bool = False, check=None) -> requests.Response:
         """GET `url`; retry transient failures, then raise TransientError. Returns any other response.
 
         Redirects are followed here, not inside `requests`, so that every hop waits its turn in
         the target host's politeness budget; more than MAX_REDIRECTS raise TooManyRedirects.
         `raw`: keep the body as served (no Content-Encoding decoding), for files we store.
+        `check(response)`: why an answer is unusable ('' when it is fine), e.g. a broken page a
+        glitching server sends; such an answer is tried again within the same budget of
+        `max_retries` (this is the one retry layer: callers do not loop around it), and
+        BadResponse is raised when the last try was one.
         """
         for _ in range(MAX_REDIRECTS + 1):
-            resp = self._get_retrying(url, raw)
+            resp = self._get_retrying(url, raw, check)
             if not resp.is_redirect:
                 return resp
             url = urljoin(url, resp.headers["Location"])
         raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects ({url})")
 
-    def _get_retrying(self, url: str, raw: bool) -> requests.Response:
-        last = ""
+    def _get_retrying(self, url: str, raw: bool, check=None) -> requests.Response:
+        last, unusable = "", False
         for attempt in range(self.max_retries + 1):
             try:
                 resp = self._polite_get(url, raw)
             except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
-                last = f"{type(e).__name__}: {e}"
+                last, unusable = f"{type(e).__name__}: {e}", False
             else:
                 if resp.status_code not in RETRY_STATUSES:
-                    return resp
-                last = f"HTTP {resp.status_code}"
+                    if check is None or resp.is_redirect or not (problem := check(resp)):
+                        return resp
+                    last, unusable = problem, True
+                    if attempt < self.max_retries:
+                        time.sleep(self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
+                    continue
+                last, unusable = f"HTTP {resp.status_code}", False
                 ra = _retry_after_seconds(resp.headers.get("Retry-After"))
                 if ra is not None:
                     if ra > self.max_retry_after:
@@ -240,7 +246,7 @@ class PoliteFetcher:
                     continue  # the shared next-slot time already holds the wait
             if attempt < self.max_retries:  # exponential backoff with jitter
                 time.sleep(self.backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
-        raise TransientError(f"{last} after {self.max_retries + 1} tries")
+        raise (BadResponse if unusable else TransientError)(f"{last} after {self.max_retries + 1} tries")
 
 
 # --- downloads ------------------------------------------------------------------------------

@@ -30,13 +30,12 @@ import pyarrow.parquet as pq
 
 from pipeline import store
 from pipeline.config import data_root
+from pipeline.contract import SELECTION_SCHEMA
 from pipeline.latex import PANEL_COLUMNS, TEXT_COLUMNS
 from pipeline.shards import shard_of_id
 from pipeline.split import split_of
 
-SELECTION_COLUMNS = ["paper_id", "img_name", "split", "year", "sha256", "width", "height", "score",
-                     "model_version", "version", "license", "source_url", "crawl_date", "image_path",
-                     "near_dup_of", "render", "phash", "page", "bbox"] + TEXT_COLUMNS + PANEL_COLUMNS
+SELECTION_COLUMNS = SELECTION_SCHEMA.names
 
 
 def _read_stage(root: Path, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
@@ -86,9 +85,13 @@ def candidates(root: Path) -> pd.DataFrame:
     scores = scores[scores["score"].notna()].rename(columns={"sha256": "scored_sha256"})
     figures = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "width", "height", "image_path",
                                             "source_kind", "dup_of", "near_dup_of", "render", "phash",
-                                            "page", "bbox"] + TEXT_COLUMNS + PANEL_COLUMNS)
-    df = scores.merge(figures, on=["paper_id", "img_name"], how="inner")
+                                            "page", "bbox", "version"] + TEXT_COLUMNS + PANEL_COLUMNS)
+    df = scores.merge(figures.rename(columns={"version": "figure_version"}), on=["paper_id", "img_name"], how="inner")
     df = df.merge(_papers(root), on="paper_id", how="left")
+    # The version the pixels came from: the figure record's; the paper record's (its latest
+    # crawl) only for figure records written before they carried one.
+    if "figure_version" in df:
+        df["version"] = df.pop("figure_version").fillna(df["version"] if "version" in df else pd.NA)
     scored = df.pop("scored_sha256").fillna("") if "scored_sha256" in df else ""
     now = df["sha256"].fillna("")
     df["stale_score"] = (scored != "") & (now != "") & (scored != now)

@@ -17,19 +17,12 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.naming import CVF_FORMATS, figure_format
 
 SOURCES = ("label-studio", "replay-truth", "cvf-index")  # most trusted first
 
-LABEL_SCHEMA = pa.schema([
-    ("paper_id", pa.string()),
-    ("img_name", pa.string()),
-    ("label", pa.int8()),
-    ("source", pa.string()),
-])
 
 
 def from_label_studio(path: str | Path) -> list[dict]:

@@ -61,6 +61,7 @@ class FigureText:
     panel_index: int | None = None  # this graphic's place among them, from 0
     float_env: str = ""        # figure, figure*, table, wrapfigure, center (\captionof), ...
     caption_error: str = ""    # why the caption is empty; '' when there is one
+    included: bool = False     # whether a graphic of the LaTeX resolves to this file
 
     def columns(self) -> dict:
         """The figure-record columns (`pipeline.extract.FIGURE_SCHEMA`)."""
@@ -429,5 +430,7 @@ def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
             if problems:
                 why += "; LaTeX problems: " + "; ".join(problems[:3])
             text = FigureText(caption_error=why)
+        else:
+            text = dataclasses.replace(text, included=True)
         out[path] = text
     return out

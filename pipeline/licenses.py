@@ -15,9 +15,10 @@ date: a month of submissions cannot be cut out by a date window. So the harvest 
 Writes `<root>/licenses/<set>.parquet` (`arxiv_id`, `license` URL or '', `datestamp`, `created`, and
 the rest of each record's arXiv metadata: `updated`, `categories` (space-separated, primary first),
 `title`, `authors`, `abstract`, `comments`, `journal_ref`, `doi`; `python -m pipeline.bulk` selects
-papers from them)
-after every page, atomically, with the next resumptionToken in the file's metadata: a killed
-harvest run again goes on from its last page. A token the server no longer knows
+papers from them). Each page is stored as it arrives, as a part file of its own
+(`<set>.parts/`, atomically, with the next resumptionToken in its metadata), and the parts are
+merged into the table once, at the end: a killed harvest run again merges them and goes on from
+its last page. A token the server no longer knows
 (`badResumptionToken`: tokens expire) restarts the list from the beginning, keeping the rows; a
 record seen twice keeps its newest datestamp; deleted records drop the id. Last,
 `<root>/licenses/<set>_stats.json` marks the harvest done (pages, records, seconds, requests);
@@ -45,18 +46,13 @@ from lxml import etree
 from tqdm import tqdm
 
 from pipeline import config, store
+from pipeline.contract import LICENSE_SCHEMA
 from pipeline.arxiv_api import OAI_NS, strict_xml
 from pipeline.fetch import PoliteFetcher, TransientError
 
 log = logging.getLogger("cvf.licenses")
 
 DEFAULT_OAI_URL = "https://oaipmh.arxiv.org/oai"
-LICENSE_SCHEMA = pa.schema([("arxiv_id", pa.string()), ("license", pa.string()),
-                            ("datestamp", pa.string()), ("created", pa.string()),
-                            # the record's other metadata (null in tables harvested before these columns)
-                            ("updated", pa.string()), ("categories", pa.string()), ("title", pa.string()),
-                            ("authors", pa.list_(pa.string())), ("abstract", pa.string()),
-                            ("comments", pa.string()), ("journal_ref", pa.string()), ("doi", pa.string())])
 _TEXT_FIELDS = {"updated": "updated", "categories": "categories", "title": "title", "abstract": "abstract",
                 "comments": "comments", "journal_ref": "journal-ref", "doi": "doi"}
 _STATE_KEY = b"cvf_harvest"  # Parquet metadata key of the checkpoint: next token, pages, requests, ...
@@ -131,20 +127,50 @@ def merge(rows: dict[str, dict], page: dict) -> None:
             del rows[gone["arxiv_id"]]
 
 
-# --- checkpoints: the rows so far and the next token, in one atomic file --------------------------
+# --- checkpoints: the table, plus one part file per page harvested since ---------------------------
+#
+# Each page is appended as its own part file (`<set>.parts/<page>.parquet`, its rows, with the
+# harvest's state after it and the page's deleted ids in the file's metadata), so storing a page
+# costs what the page holds, not what the table holds. The parts are merged into the table once,
+# at the end of a harvest (and when a stopped one is taken up again).
+
+def parts_dir(path: Path) -> Path:
+    return path.with_suffix(".parts")
+
+
+def _part_state(table: pa.Table) -> dict:
+    return json.loads((table.schema.metadata or {}).get(_STATE_KEY, b"{}"))
+
 
 def read_checkpoint(path: Path) -> tuple[dict[str, dict], dict]:
-    """The rows a harvest stored in `path` and its state ({} when there is no file)."""
-    if not path.exists():
-        return {}, {}
-    table = pq.read_table(path)
-    state = json.loads((table.schema.metadata or {}).get(_STATE_KEY, b"{}"))
-    return {r["arxiv_id"]: r for r in table.to_pylist()}, state
+    """The rows a harvest stored (the table with its parts folded in, in page order) and its
+    state ({} when nothing is stored)."""
+    rows, state = {}, {}
+    if path.exists():
+        table = pq.read_table(path)
+        state = _part_state(table)
+        rows = {r["arxiv_id"]: r for r in table.to_pylist()}
+    for part in sorted(parts_dir(path).glob("*.parquet")):
+        table = pq.read_table(part)
+        meta = _part_state(table)
+        merge(rows, {"records": table.to_pylist(), "deleted": meta.pop("deleted_ids", [])})
+        state = meta
+    return rows, state
 
 
 def write_checkpoint(path: Path, rows: dict[str, dict], state: dict) -> None:
+    """Write the whole table (with the harvest's state) and drop the parts it now holds."""
     schema = LICENSE_SCHEMA.with_metadata({_STATE_KEY: json.dumps(state).encode()})
     store.write_rows(path, sorted(rows.values(), key=lambda r: r["arxiv_id"]), schema)
+    for part in sorted(parts_dir(path).glob("*.parquet")):  # folding one in again would change nothing
+        part.unlink()
+
+
+def append_page(path: Path, page: dict, state: dict) -> None:
+    """Store one harvested page as a part file, with the state after it."""
+    meta = dict(state, deleted_ids=[{"arxiv_id": d["arxiv_id"], "datestamp": d["datestamp"]} for d in page["deleted"]])
+    schema = LICENSE_SCHEMA.with_metadata({_STATE_KEY: json.dumps(meta).encode()})
+    store.write_rows(parts_dir(path) / f"{state['pages']:07d}.parquet", page["records"], schema)
 
 
 # --- the harvest -----------------------------------------------------------------------------------
@@ -164,9 +190,11 @@ def harvest(url: str, root: Path, fetcher: PoliteFetcher, *, set_spec: str = "cs
     done = store.read_stats(folder, name)
     if done and done["params"] == params and path.exists():
         return done
-    for tmp in folder.glob(f".{path.name}.*.tmp"):
+    for tmp in [*folder.glob(f".{path.name}.*.tmp"), *parts_dir(path).glob(".*.tmp")]:
         tmp.unlink(missing_ok=True)  # half-written by a killed run (one harvest per set at a time)
     rows, state = read_checkpoint(path)
+    if any(parts_dir(path).glob("*.parquet")):  # a stopped harvest's pages: merged once, now
+        write_checkpoint(path, rows, state)
     if done or state.get("params") != params:  # a new harvest over the rows stored (e.g. a later --from)
         state = {"params": params, "token": None, "pages": 0, "requests": 0, "seconds": 0.0, "restarts": 0,
                  "deleted": 0, "complete_list_size": None}
@@ -179,9 +207,8 @@ def harvest(url: str, root: Path, fetcher: PoliteFetcher, *, set_spec: str = "cs
                disable=not progress)
     bar.update(len(rows))
 
-    def save() -> None:
+    def account() -> None:
         state.update(requests=requests0 + fetcher.requests_made, seconds=round(seconds0 + time.time() - t0, 3))
-        write_checkpoint(path, rows, state)
 
     restarts = 0  # in this run: a server whose tokens expire faster than we page must not loop forever
     # a run stopped after storing the last page but before its stats: nothing is left to ask
@@ -213,7 +240,8 @@ def harvest(url: str, root: Path, fetcher: PoliteFetcher, *, set_spec: str = "cs
             merge(rows, page)
             state.update(token=page["token"], pages=state["pages"] + 1, deleted=state["deleted"] + len(page["deleted"]),
                          complete_list_size=page["complete_list_size"] or state["complete_list_size"])
-            save()
+            account()
+            append_page(path, page, state)
             bar.total = state["complete_list_size"]
             bar.update(len(page["records"]) + len(page["deleted"]))
             bar.set_postfix(pages=state["pages"], stored=len(rows))
@@ -221,7 +249,8 @@ def harvest(url: str, root: Path, fetcher: PoliteFetcher, *, set_spec: str = "cs
                 break
     finally:
         bar.close()
-    save()  # also for an empty list: the table exists, with no rows
+    account()
+    write_checkpoint(path, rows, state)  # the parts merged once; also for an empty list: the table, no rows
     stats = {"set": set_spec, "params": params, "records": len(rows), "pages": state["pages"],
              "deleted": state["deleted"], "restarts": state["restarts"],
              "complete_list_size": state["complete_list_size"], "requests": state["requests"],
@@ -249,7 +278,8 @@ def licenses_for(root: Path, arxiv_ids: list[str]) -> dict[str, str]:
     (finished or not); ids no table holds are absent. Newest datestamp wins across tables."""
     found: dict[str, tuple[str, str]] = {}
     wanted = sorted(set(arxiv_ids))
-    for path in sorted((Path(root) / "licenses").glob("*.parquet")) if wanted else []:
+    folder = Path(root) / "licenses"  # the tables, and the pages of a harvest still running
+    for path in [*sorted(folder.glob("*.parquet")), *sorted(folder.glob("*.parts/*.parquet"))] if wanted else []:
         table = pq.read_table(path, columns=["arxiv_id", "license", "datestamp"],
                               filters=[("arxiv_id", "in", wanted)])
         for r in table.to_pylist():

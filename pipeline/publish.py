@@ -16,7 +16,9 @@ Writes, from `selection/` (see pipeline.filter) and the classifier's card:
 
 Manifests point to arXiv; they do not redistribute images. `croissant.json` is validated with
 mlcroissant (metadata, and the first record read back) before anything is written. A name that exists is never
-replaced unless `--overwrite` is given; locally the new folder replaces the old in one rename.
+replaced unless `--overwrite` is given; the new folder is written beside the old and moved in
+when complete (locally one rename), and a Hub push is one commit. A write or push that fails is
+one `error:` line and exit status 1.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 import tempfile
@@ -42,13 +45,12 @@ import pyarrow.parquet as pq
 from pipeline import store
 from pipeline.config import data_root
 from pipeline.contact_sheet import contact_sheet
+from pipeline.contract import MANIFEST_SCHEMA, description
 from pipeline.latex import PANEL_COLUMNS, TEXT_COLUMNS
 from pipeline.licenses import allows_redistribution
 
 SPLITS = ("train", "val")
-MANIFEST_COLUMNS = ["paper_id", "img_name", "split", "sha256", "width", "height", "score", "version", "license",
-                    "source_url", "crawl_date", "year", "image_path", "render", "phash", "page", "bbox"
-                    ] + TEXT_COLUMNS + PANEL_COLUMNS
+MANIFEST_COLUMNS = MANIFEST_SCHEMA.names
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 CROISSANT_CONTEXT = {
@@ -71,40 +73,10 @@ _FIELD_TYPES = {"paper_id": "sc:Text", "img_name": "sc:Text", "split": "sc:Text"
                 "image_path": "sc:Text", "render": "sc:Text", "phash": "sc:Text", "page": "sc:Integer",
                 "bbox": "sc:Text", "caption": "sc:Text", "caption_latex": "sc:Text", "subcaption": "sc:Text",
                 "figure_label": "sc:Text", "n_panels": "sc:Integer", "panel_index": "sc:Integer"}
-_FIELD_DOCS = {"paper_id": "arXiv id, no version", "img_name": "CVF figure name (path in the e-print, / -> _)",
-               "split": "train or val: a hash of paper_id and seed", "sha256": "sha256 of the rendered PNG",
-               "width": "PNG width in pixels", "height": "PNG height in pixels",
-               "score": "classifier's calibrated probability of a grid with a natural image",
-               "version": "arXiv version the figure was extracted from", "license": "the paper's licence URL",
-               "source_url": "where the figure's source was downloaded", "crawl_date": "date of the crawl",
-               "year": "year the paper was first published", "image_path": "PNG path under the image folder",
-               "render": "how the PNG was made: crop or media (PDF page box, rendered straight to size), official "
-                         "(the official downloader's settings), official-poppler (the same through pdftoppm), "
-                         "pdf-region (cut from the paper PDF); empty if not recorded. `pipeline.rebuild` follows it",
-               "phash": "64-bit perceptual hash of the PNG (hex, imagehash.phash): `pipeline.verify` accepts a copy "
-                        "whose pixels differ slightly (another renderer version) when it is within a few bits",
-               "page": "pdf-region figures only (else null): the 0-based page of the paper PDF the figure was cut from",
-               "bbox": "pdf-region figures only (else empty): the region cut from `page`, \"x0,y0,x1,y1\" in PDF points "
-                       "(top-left origin) as exact decimals; `pipeline.rebuild` renders it again to the same sha256",
-               "caption": "the figure's caption as text (the long \\caption of its float in the LaTeX, inline math kept "
-                          "as $...$; for pdf-region figures the caption the PDF figure finder anchored on, without its "
-                          "'Figure N' label); empty when none was found",
-               "caption_latex": "the same caption as LaTeX, as written in the source (comments dropped, macros not "
-                                "expanded); empty for pdf-region figures",
-               "subcaption": "the figure file's own sub-caption (subfigure, subfloat, \\subcaptionbox, ...) as text; "
-                             "empty when it has none",
-               "figure_label": "the \\label of the figure's float (LaTeX), or 'Figure N' / 'Table N' as printed "
-                               "(pdf-region figures); empty when none",
-               "n_panels": "how many graphics the figure's float includes (null when the file sits in no float or "
-                           "for pdf-region figures)",
-               "panel_index": "this file's place among the float's graphics, from 0 (null like n_panels)"}
-
-
 def manifest_tables(kept: pd.DataFrame) -> dict[str, pa.Table]:
     """split -> the manifest table with stable column types (nullable ints for missing versions)."""
     kept = kept.sort_values(["paper_id", "img_name"], kind="stable")
-    schema = pa.schema([(c, pa.int64() if _FIELD_TYPES[c] == "sc:Integer" else
-                         pa.float64() if c == "score" else pa.string()) for c in MANIFEST_COLUMNS])
+    schema = MANIFEST_SCHEMA
     out = {}
     for split in SPLITS:
         part = kept[kept["split"] == split][MANIFEST_COLUMNS].copy()
@@ -135,7 +107,7 @@ def croissant(name: str, report: dict, card: dict | None, files: dict[str, bytes
     distribution.append({"@type": "cr:FileSet", "@id": "parquet-files", "name": "parquet-files",
                          "description": "train.parquet and val.parquet (column `split`)",
                          "encodingFormat": "application/x-parquet", "includes": "*.parquet"})
-    fields = [{"@type": "cr:Field", "@id": f"figures/{c}", "name": c, "description": _FIELD_DOCS[c],
+    fields = [{"@type": "cr:Field", "@id": f"figures/{c}", "name": c, "description": description(MANIFEST_SCHEMA.field(c)),
                "dataType": _FIELD_TYPES[c], "source": {"fileSet": {"@id": "parquet-files"}, "extract": {"column": c}}}
               for c in MANIFEST_COLUMNS]
     metrics = (card or {}).get("cv", {}).get("at_threshold", {})
@@ -449,8 +421,18 @@ def validate_croissant(files: dict[str, bytes]) -> None:
             raise ValueError(f"croissant.json does not validate with mlcroissant: {first}") from None
 
 
+class PublishError(Exception):
+    """Writing to a remote filesystem or pushing to the Hugging Face Hub failed (nothing of the
+    manifest there was replaced by half of a new one)."""
+
+
 def write(files: dict[str, bytes], target: str, overwrite: bool = False) -> str:
-    """Write the files into the folder `target` (a path or fsspec URL); never replace one silently."""
+    """Write the files into the folder `target` (a path or fsspec URL); never replace one silently.
+
+    The new folder is written beside the target first and moved in only when every file is
+    there; a manifest it replaces is moved aside before and removed after, never deleted
+    first. Locally that is two renames; on an object store the moves are copies, but a reader
+    still meets either the whole old manifest or the whole new one under `target`."""
     fs, path = fsspec.core.url_to_fs(target)
     if fs.exists(path) and not overwrite:
         raise FileExistsError(f"{target} is already published; pass --overwrite to replace it")
@@ -468,38 +450,74 @@ def write(files: dict[str, bytes], target: str, overwrite: bool = False) -> str:
             os.replace(dest, old)
         os.replace(new, dest)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        fs.makedirs(path, exist_ok=True)
-        for fname, data in files.items():
-            with fs.open(f"{path}/{fname}", "wb") as f:
-                f.write(data)
+        return target
+    parent, name = path.rstrip("/").rsplit("/", 1) if "/" in path.rstrip("/") else ("", path)
+    token = secrets.token_hex(4)
+    new, old = f"{parent}/.{name}.new-{token}", f"{parent}/.{name}.old-{token}"
+    try:
+        fs.pipe({f"{new}/{fname}": data for fname, data in files.items()})
+    except Exception as e:  # noqa: BLE001 - each filesystem raises its own kinds
+        _remove_quietly(fs, new)
+        raise PublishError(f"writing {target} failed, the published one is unchanged: {_why(e)}") from e
+    replacing = fs.exists(path)
+    try:
+        if replacing:
+            fs.mv(path, old, recursive=True)
+        fs.mv(new, path, recursive=True)
+    except Exception as e:  # noqa: BLE001
+        if replacing and fs.exists(old) and not fs.exists(path):
+            fs.mv(old, path, recursive=True)  # put the published one back
+        raise PublishError(f"moving the new manifest into {target} failed: {_why(e)} "
+                           f"(the new files are at {new})") from e
+    if replacing:
+        _remove_quietly(fs, old)
     return target
 
 
-def push_to_hub(manifest_dir: str, repo_id: str) -> str:
-    """Upload the Parquet files and the card to a Hugging Face dataset repository; a message, never a crash."""
+def _remove_quietly(fs, path: str) -> None:
+    try:
+        fs.rm(path, recursive=True)
+    except Exception:  # noqa: BLE001 - a leftover temporary folder, named by its prefix
+        pass
+
+
+def _why(e: Exception) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def hub_api():
+    """The Hugging Face Hub client (its endpoint: $HF_ENDPOINT, else the Hub); PublishError
+    when huggingface_hub is not installed."""
     try:
         from huggingface_hub import HfApi
     except ImportError:
-        return "Hugging Face push skipped: huggingface_hub is not installed (pip install huggingface_hub)"
+        raise PublishError("--hf-repo needs huggingface_hub (pip install huggingface_hub)") from None
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+
+
+def push_to_hub(files: dict[str, bytes], repo_id: str, name: str) -> str:
+    """Push the Parquet files and the card to a Hugging Face dataset repository in one commit
+    (readers of the repository see the old manifest or the new one, never a mix); PublishError
+    when the Hub refuses or cannot be reached."""
+    from huggingface_hub import CommitOperationAdd
+
+    api = hub_api()
+    # Same names as in the folder: the card's header maps them to splits; its images come along.
+    operations = [CommitOperationAdd(path_in_repo=fname, path_or_fileobj=files[fname])
+                  for fname in HUB_FILES if fname in files]
     try:
-        api = HfApi()
         api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
-        # Same names as in the folder: the card's header maps them to splits; its images come along.
-        fs, path = fsspec.core.url_to_fs(manifest_dir)
-        for fname in HUB_FILES:
-            if fs.exists(f"{path}/{fname}"):
-                api.upload_file(path_or_fileobj=fs.cat_file(f"{path}/{fname}"), path_in_repo=fname,
-                                repo_id=repo_id, repo_type="dataset")
-    except Exception as e:  # no network, no token, no permission
-        return f"Hugging Face push skipped: {type(e).__name__}: {e}"
-    return f"pushed to https://huggingface.co/datasets/{repo_id}"
+        commit = api.create_commit(repo_id, operations, commit_message=f"Publish {name}", repo_type="dataset")
+    except Exception as e:  # noqa: BLE001 - no network, no token, no permission, a Hub error
+        raise PublishError(f"pushing to the Hugging Face dataset {repo_id} failed: {_why(e)}") from e
+    return f"pushed {len(operations)} files to {commit.commit_url}"
 
 
 def publish(root=None, name: str = "", out: str = "manifests", overwrite: bool = False, hf_repo: str | None = None,
             samples: int = 24, seed: int = 0) -> tuple[str, dict[str, bytes]]:
+    """Build, validate and write the manifest `name` under `out`, then (with `hf_repo`) push it.
+    Raises ValueError/FileExistsError for bad input, PublishError when a remote write fails."""
     if not _NAME.match(name or ""):
         raise ValueError(f"bad manifest name {name!r}: use letters, digits, '.', '-', e.g. cvf-2026.11")
     root = data_root(root)
@@ -507,11 +525,16 @@ def publish(root=None, name: str = "", out: str = "manifests", overwrite: bool =
     fs, path = fsspec.core.url_to_fs(target)
     if fs.exists(path) and not overwrite:  # fail before the work, not after
         raise FileExistsError(f"{target} is already published; pass --overwrite to replace it")
+    if hf_repo:
+        hub_api()  # installed? (before the work)
     files = build(root, name, samples, seed)
     validate_croissant(files)
     write(files, target, overwrite)
     if hf_repo:
-        print(push_to_hub(target, hf_repo))
+        try:
+            print(push_to_hub(files, hf_repo, name))
+        except PublishError as e:
+            raise PublishError(f"{target} is written, but {e}; run again with --overwrite to retry") from e
     return target, files
 
 
@@ -522,7 +545,9 @@ def main(argv=None) -> int:
     p.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
     p.add_argument("--out", default="manifests", help="parent folder or fsspec URL (default ./manifests)")
     p.add_argument("--overwrite", action="store_true", help="replace a manifest of the same name")
-    p.add_argument("--hf-repo", help="also push the Parquet files to this Hugging Face dataset repo (needs network)")
+    p.add_argument("--hf-repo", help="also push the Parquet files and the card to this Hugging Face dataset repo, "
+                                     "in one commit (needs network and a token: $HF_TOKEN or `hf auth login`); "
+                                     "a failed push is an error (exit 1)")
     p.add_argument("--samples", type=int, default=24, help="figures per contact sheet")
     p.add_argument("--seed", type=int, default=0, help="seed of the contact-sheet samples")
     args = p.parse_args(argv)
@@ -531,6 +556,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except PublishError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     counts = {s: files[f"{s}.jsonl"].count(b"\n") for s in SPLITS}
     print(f"published {target}: {counts['train']} train + {counts['val']} val figures, {len(files)} files")
     return 0

@@ -63,9 +63,9 @@ from pipeline.render import Renderer
 from pipeline.shards import shard_of_id
 from pipeline.versions import VersionDates, api_dates, read_snapshot, try_order
 
-# The rebuild's figure records: extraction's, plus the arXiv version the image came from
-# (null: the unversioned e-print, `--version latest` or one at hand in --eprints).
-REBUILD_SCHEMA = FIGURE_SCHEMA.append(pa.field("version", pa.int32()))
+# The rebuild's figure records are extraction's; `version` is the arXiv version the image came
+# from (null: the unversioned e-print, `--version latest` or one at hand in --eprints).
+REBUILD_SCHEMA = FIGURE_SCHEMA
 
 
 def index_rows(path: str | Path) -> list[dict]:
@@ -425,8 +425,8 @@ def rebuild(index: str | Path, split: str, out: str | Path, root: str | Path | N
                         cannot_have(paper_id, from_pdf, f"cutting the regions failed: {why}")
                     rows += cut or []
             if names and got["status"] == "ok":
-                rows += [{**r, "version": paper_versions.get(paper_id)}
-                         for r in from_eprint(paper_id, eprint, names)]
+                source = {"version": paper_versions.get(paper_id), "eprint_sha256": store.sha256_file(eprint)}
+                rows += [{**r, **source} for r in from_eprint(paper_id, eprint, names)]
             if i % checkpoint_every == 0:  # a killed run resumes from here
                 store.write_rows(records_path, rows, REBUILD_SCHEMA)
     by_key = {(r["paper_id"], r["img_name"]): r for r in rows}

@@ -6,6 +6,10 @@ temporary file is flock'd while it is written: `remove_dead_temporaries` clears 
 dead writers, so a cleaner never deletes another live process's file.
 A shard is done only when its `<shard>_stats.json` exists; the stats file is always the
 last thing a shard writes.
+
+`Lock` is the one inter-process lock of the project (an flock on a file that may carry the
+holder's state: who holds it, or a host's next request slot), `exclusive` its "one run at a
+time" form that names the holder.
 """
 from __future__ import annotations
 
@@ -13,19 +17,28 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import socket
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _new_temporary(folder: Path, prefix: str) -> tuple[int, str]:
+    """Create `folder/<prefix><random>.tmp` with the mode a plain open() would give it: the
+    kernel applies the process's umask to 0o666 (mkstemp's 0o600 would need the umask, and
+    reading it means setting it, which races with other threads)."""
+    for _ in range(100):
+        tmp = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 def _locked_temporary(path: Path) -> tuple[int, str]:
@@ -34,7 +47,7 @@ def _locked_temporary(path: Path) -> tuple[int, str]:
     # A name near NAME_MAX (255 bytes) is cut short in the temporary's, which must fit too.
     stem = path.name if len(path.name.encode()) <= 200 else path.name[:40]
     while True:
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _new_temporary(path.parent, f".{stem}.")
         fcntl.flock(fd, fcntl.LOCK_EX)
         if os.fstat(fd).st_nlink:
             return fd, tmp
@@ -50,8 +63,6 @@ def _atomic_replace(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-            # mkstemp creates 0600; give the file the mode a plain open() would have.
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             os.replace(tmp, path)  # still holding the lock: a cleaner cannot take it before the rename
     except BaseException:
         try:
@@ -85,35 +96,65 @@ class Busy(Exception):
     """Another process holds a lock this one needs."""
 
 
+class Lock:
+    """An exclusive flock on `lock_file`, held from `acquire` (or `with`) to `release`.
+
+    The file is opened "a+" and handed to the holder, who may keep state in it (who holds it,
+    a host's next request slot). The kernel drops the lock when its process dies (even by
+    SIGKILL), so a lock left by a dead process is simply taken. `wait=False`: raise Busy at
+    once when another process holds it, quoting what the holder wrote in the file.
+    (filelock's locks truncate the file when they open it: no state could survive.)"""
+
+    def __init__(self, lock_file: str | os.PathLike, *, wait: bool = True, what: str = ""):
+        self.path, self.wait, self.what = Path(lock_file), wait, what or str(lock_file)
+        self.file: IO[str] | None = None
+
+    def acquire(self) -> IO[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not said who it is yet"
+            f.close()
+            raise Busy(f"{self.what} is already running ({holder}; lock {self.path}): wait for it "
+                       "to end, or stop it, then run again") from None
+        except BaseException:
+            f.close()
+            raise
+        self.file = f
+        return f
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()  # releases the lock
+            self.file = None
+
+    close = release
+
+    def __enter__(self) -> IO[str]:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 @contextmanager
 def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold `lock_file` (an flock) for the block, or raise Busy naming its holder.
-
-    The holder writes its pid, host and start time into the file. The kernel drops the lock
-    when its process dies (even by SIGKILL), so a lock left by a dead process is simply taken.
-    """
-    lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    f = open(lock_file, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "a process that has not said who it is yet"
-        f.close()
-        raise Busy(f"{what} is already running ({holder}; lock {lock_file}): wait for it to end, "
-                   "or stop it, then run again") from None
-    try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on host {socket.gethostname()}, started "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-        f.flush()
-        yield
-    finally:
-        f.seek(0)
-        f.truncate()
-        f.close()  # releases the lock
+    """One `what` at a time: hold `lock_file` for the block, or raise Busy naming its holder
+    (the holder writes its pid, host and start time into the file)."""
+    with Lock(lock_file, wait=False, what=what) as f:
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on host {socket.gethostname()}, started "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+            f.flush()
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -68,15 +68,16 @@ def pictures(testdata, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo_server(checkpoint, pictures):
-    """`model.demo`'s server on a free port, serving the set_a weights on the CPU."""
+def demo_server(checkpoint, pictures, tmp_path_factory):
+    """`model.demo`'s server on a free port, serving the set_a weights on the CPU; "load model"
+    may read from the tests' temporary folders."""
     from model.evaluate import read_arch
 
     model = demo.load_model(checkpoint["ckpt"], checkpoint["yaml"], read_arch(str(checkpoint["arch"])),
                             checkpoint["size"])
     examples = [demo.folder_examples(pictures), demo.synthetic_examples("color")]
     state = demo.Demo(model, str(checkpoint["ckpt"]), str(checkpoint["yaml"]), torch.device("cpu"),
-                      examples)
+                      examples, allowed=[tmp_path_factory.getbasetemp()])
     server = demo.make_server(state, port=0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -85,9 +86,13 @@ def demo_server(checkpoint, pictures):
     server.server_close()
 
 
-def expected_pasted(model, pair: tuple[Path, Path], query: Path) -> np.ndarray:
-    """`model.prompting.inpaint` on the released 2x2 canvas of these files, independently of the
-    demo: PIL bicubic to the cell (as the evaluation's loaders), float64 normalisation."""
+def expected_pasted(model, pair: tuple[Path, Path], queries: list[Path]) -> np.ndarray:
+    """`model.prompting.inpaint` on the released 2x2 canvases of these files (one batch, as the
+    demo runs a request's queries), independently of the demo: PIL bicubic to the cell (as the
+    evaluation's loaders), float64 normalisation, under the evaluation's arithmetic
+    (`ExactArithmetic`: attention as released, no TF32)."""
+    from model.evaluate import ExactArithmetic
+
     size = model.patch_embed.img_size
     side = cell_size(size)
 
@@ -95,8 +100,9 @@ def expected_pasted(model, pair: tuple[Path, Path], query: Path) -> np.ndarray:
         with Image.open(path) as img:
             return tasks.to_tensor(img.convert("RGB").resize((side, side), Image.BICUBIC))
 
-    canvas = make_canvas(cell(pair[0]), cell(pair[1]), cell(query), size=size)
-    return inpaint(model, normalize(canvas[None], torch.float64))[0].numpy()
+    canvases = torch.stack([make_canvas(cell(pair[0]), cell(pair[1]), cell(q), size=size) for q in queries])
+    with ExactArithmetic():
+        return inpaint(model, normalize(canvases, torch.float64)).numpy()
 
 
 def image_of(data_url: str) -> np.ndarray:
@@ -136,8 +142,8 @@ def test_demo_page_paints_what_inpaint_paints(page, demo_server, pictures, testd
     rows = run_and_wait(page, 2)
     size = model.patch_embed.img_size
     c = size - cell_size(size)
-    for (prompt, answer, pasted), query in zip(rows, [queries[0], upload]):
-        want = expected_pasted(model, pair, query)
+    expected = expected_pasted(model, pair, [queries[0], upload])
+    for (prompt, answer, pasted), want in zip(rows, expected):
         got = image_of(pasted)
         assert got.shape == want.shape == (size, size, 3)
         assert np.array_equal(got, want)                       # pixel-identical

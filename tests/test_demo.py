@@ -151,3 +151,57 @@ def test_the_command_serves_the_page_on_loopback(testdata, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_load_answers_only_its_own_page_and_allowed_folders(tmp_path):
+    """/api/load from another origin, or through another host name (DNS rebinding), is 403;
+    so is a checkpoint outside the folders allowed at start. The page's own requests work."""
+    import argparse
+    import http.client
+    import json
+    import threading
+
+    from model.mae_vqgan import MaeVqgan
+
+    sizes = dict(img_size=32, patch_size=16, embed_dim=16, depth=1, num_heads=2,
+                 decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+    mae = MaeVqgan(None, target="pixels", **sizes).eval()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    for folder in ("run", "elsewhere"):
+        torch.save({"model": mae.state_dict(), "args": argparse.Namespace(**sizes)}, tmp_path / folder / "m.pth")
+    checkpoint = str(tmp_path / "run" / "m.pth")
+    state = demo.Demo(demo.load_model(checkpoint, None, arch=sizes), checkpoint, None, torch.device("cpu"))
+    server = demo.make_server(state, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+
+    def request(method, path, body=None, **headers):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json", **headers})
+        resp = conn.getresponse()
+        out = resp.status, json.loads(resp.read() or b"{}")
+        conn.close()
+        return out
+
+    try:
+        load = {"checkpoint": str(tmp_path / "run" / "m.pth")}
+        status, answer = request("POST", "/api/load", load, Origin="http://evil.example")
+        assert status == 403 and "only its own page" in answer["error"]
+        assert request("POST", "/api/load", load, Host=f"rebound.example:{port}")[0] == 403
+        assert request("GET", "/api/info", Host=f"rebound.example:{port}")[0] == 403
+        status, answer = request("POST", "/api/load", {"checkpoint": str(tmp_path / "elsewhere" / "m.pth")},
+                                 Origin=f"http://127.0.0.1:{port}")
+        assert status == 403 and "--allow" in answer["error"]
+        # a path that climbs out of the allowed folder is outside it too
+        outside = str(tmp_path / "run" / ".." / "elsewhere" / "m.pth")
+        assert request("POST", "/api/load", {"checkpoint": outside})[0] == 403
+        assert state.checkpoint == checkpoint  # nothing was loaded
+        # the page's own request reaches the loader (which wants the arch of this small model)
+        status, answer = request("POST", "/api/load", load, Origin=f"http://localhost:{port}")
+        assert status == 400 and "does not fit --arch" in answer["error"]
+        assert request("GET", "/api/info")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -18,7 +18,7 @@ from pipeline import store
 from pipeline.archive import Limits
 from pipeline.crawl import PAPER_SCHEMA
 from pipeline.naming import ALL_FORMATS
-from pipeline.extract import (FIGURE_SCHEMA, dedup_corpus, extract_shard, is_included, latex_references,
+from pipeline.extract import (FIGURE_SCHEMA, add_figure_texts, dedup_corpus, extract_shard,
                               mark_duplicates, png_phash, render_options, write_contact_sheet)
 from pipeline.replay.corpus import tar_gz
 from pipeline.shards import shard_of_id
@@ -152,24 +152,34 @@ def test_included_agrees_with_latex(real_root):
     assert not rows[("1710.10473", "figures_teaser_database.png")]["included"]
 
 
-def test_latex_reference_forms():
-    refs = latex_references({
-        "main.tex": "\\graphicspath{{figs/}{img/}}\n"
-                    "\\includegraphics[width=\\linewidth]{teaser}\n"
-                    "% \\includegraphics{commented_out.png}\n"
-                    "\\epsfig{file=old/plot.eps,width=3in}\n",
-        "sec/results.tex": "\\includegraphics*[scale=.5]{../shared/grid.png}"})
-    assert is_included("figs/teaser.pdf", refs)
-    assert is_included("img/teaser.png", refs)
-    assert is_included("old/plot-eps-converted-to.pdf", refs)
-    assert is_included("shared/grid.png", refs)
-    assert not is_included("commented_out.png", refs)
-    assert not is_included("figs/teaser_old.pdf", refs)
-    # A dotted name is braced so LaTeX sees its extension; `\input` files are read as well.
-    refs = latex_references({"paper/main.tex": "\\input{sec}\\includegraphics{{figs/v1.2}.pdf}",
-                             "paper/sec.tex": "\\includegraphics[trim={0 0 1cm 0},clip]{y}"})
-    assert is_included("paper/figs/v1.2.pdf", refs)
-    assert is_included("paper/y.EPS", refs) and is_included("paper/y-EPS-converted-to.pdf", refs)
+def included(tex: dict[str, str], paths: list[str]) -> set[str]:
+    """Which of `paths` an e-print with LaTeX `tex` includes, as extraction records it."""
+    rows = [{"source_path": p, "included": None} for p in paths]
+    add_figure_texts(rows, tex)
+    return {r["source_path"] for r in rows if r["included"]}
+
+
+def test_included_is_what_the_latex_reader_resolves():
+    files = ["figs/teaser.pdf", "img/teaser.png", "old/plot-eps-converted-to.pdf", "shared/grid.png",
+             "commented_out.png", "figs/teaser_old.pdf", "figs/hidden.pdf", "figs/verb.png",
+             "figs/macro.pdf", "figs/after_escaped_backslash.png"]
+    tex = {"main.tex": "\\graphicspath{{figs/}{img/}}\n"
+                       "\\newcommand{\\fig}[1]{\\includegraphics{#1}}\n"
+                       "\\begin{figure}\\includegraphics[width=\\linewidth]{teaser}\\caption{T.}\\end{figure}\n"
+                       "% \\includegraphics{commented_out.png}\n"
+                       "\\iffalse\n\\includegraphics{hidden}\n\\fi\n"
+                       "\\begin{verbatim}\\includegraphics{verb.png}\\end{verbatim}\n"
+                       "\\fig{macro}\n"
+                       "a line break \\\\% then a comment \\includegraphics{after_escaped_backslash}\n"
+                       "\\input{sec/results}\n"
+                       "\\epsfig{file=old/plot.eps,width=3in}\n",
+           "sec/results.tex": "\\includegraphics*[scale=.5]{shared/grid.png}"}
+    assert included(tex, files) == {"figs/teaser.pdf", "old/plot-eps-converted-to.pdf", "shared/grid.png",
+                                    "figs/macro.pdf"}
+    # A dotted name is braced so LaTeX sees its extension.
+    assert included({"paper/main.tex": "\\includegraphics{{figs/v1.2}.pdf}"},
+                    ["paper/figs/v1.2.pdf", "paper/figs/v1.pdf"]) == {"paper/figs/v1.2.pdf"}
+    assert included({}, ["a.png"]) == set()  # no LaTeX: nothing is included
 
 
 def test_exact_and_near_duplicates_flagged_not_dropped(real_root):

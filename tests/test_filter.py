@@ -155,3 +155,18 @@ def test_pdf_region_columns_carry_page_and_exact_bbox_text():
     old = pd.DataFrame({"render": ["pdf-region", ""]})  # figure records without the columns
     page, bbox = pdf_region_columns(old)
     assert page.isna().all() and bbox.tolist() == ["", ""]
+
+
+def test_the_selection_cites_the_version_the_pixels_came_from(data_root):
+    """A figure extracted from v1 of a paper the crawl has since moved to v2 keeps citing v1
+    (its pixels are v1's); a figure record without a version falls back to the paper's."""
+    figures, _ = write_scored_records(data_root, n_papers=4, per_paper=2)
+    for f in figures:
+        f["version"] = 1 if f["paper_id"].endswith("0") else None
+    schema = pa.Table.from_pylist(figures).schema.set(
+        len(figures[0]) - 1, pa.field("version", pa.int32()))
+    store.write_rows(data_root / "figures" / "2020-07.parquet", figures, schema)
+    kept, _ = flt.select(flt.candidates(data_root), threshold=0.0)
+    by_paper = kept.groupby("paper_id")[["version", "source_url"]].first()
+    assert by_paper.loc["2007.00000"].tolist() == [1, "https://arxiv.org/e-print/2007.00000v1"]
+    assert by_paper.loc["2007.00001"].tolist() == [2, "https://arxiv.org/e-print/2007.00001v2"]

@@ -19,7 +19,7 @@ from pipeline import store
 from pipeline.crawl import crawl_shard
 from pipeline.fetch import PoliteFetcher, TransientError
 from pipeline.licenses import (LICENSE_SCHEMA, HarvestError, fill_paper_licenses, harvest, licenses_for, main, merge,
-                               read_checkpoint, table_path, write_checkpoint)
+                               parts_dir, read_checkpoint, table_path, write_checkpoint)
 from pipeline.replay.corpus import load_papers
 from pipeline.replay.server import Replay, ReplayServer
 from replay_fixtures import corpus  # noqa: F401 (fixture)
@@ -352,3 +352,21 @@ def test_harvests_a_documentation_faithful_imitation(imitation, data_root):
     OaiImitation.error = True
     with pytest.raises(HarvestError, match="OAI-PMH error badArgument: Illegal argument: froms"):
         harvest(imitation, data_root, _fetcher(data_root), from_date="2024-01-01")
+
+
+def test_each_page_is_stored_as_a_part_and_merged_once(server, corpus, data_root):
+    """Storing a page writes that page alone (the table is not rewritten after every page: that
+    grows with the square of the pages); the parts are merged into the table once, at the end."""
+    url = server.endpoints()["CVF_ARXIV_OAI_URL"]
+    _stop_after_two_pages(server)
+    with pytest.raises(TransientError):
+        harvest(url, data_root, _fetcher(data_root))
+    path = table_path(data_root, "cs")
+    parts = sorted(parts_dir(path).glob("*.parquet"))
+    assert not path.exists() and len(parts) == 2
+    assert all(pq.read_metadata(p).num_rows <= PAGE for p in parts)
+
+    server.replay.set_faults([])
+    harvest(url, data_root, _fetcher(data_root))
+    assert not list(parts_dir(path).glob("*.parquet")) and _harvested(data_root) == _truth(corpus)
+    assert pq.read_table(path).schema.remove_metadata().equals(LICENSE_SCHEMA)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import fsspec
+from fsspec.implementations.memory import MemoryFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -296,13 +297,6 @@ def test_fsspec_url_output(selected):
     assert verify.verify(target)["ok_overall"]
 
 
-def test_hugging_face_push_without_network_is_skipped_with_a_message(published, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never try the network from a test (DNS may hang)
-    _, _, out, _ = published
-    message = publish.push_to_hub(str(out), "nobody/cvf-test")
-    assert message.startswith("Hugging Face push skipped")
-
-
 def test_verify_accepts_a_fresh_manifest_and_its_images(published):
     root, report, out, _ = published
     result = verify.verify(str(out), root / "images")
@@ -459,3 +453,138 @@ def test_publish_refuses_a_croissant_mlcroissant_rejects(selected, tmp_path, mon
     monkeypatch.setattr(publish, "build", lambda *a, **k: {**built(*a, **k), "croissant.json": b"[]"})
     assert publish.main(["--name", NAME, "--root", str(root), "--out", str(tmp_path / "m")]) == 2
     assert not (tmp_path / "m" / NAME).exists()
+
+
+# --- remote writes: a Hugging Face Hub and an object store that fail -------------------------------
+
+class FakeHub:
+    """The Hub's side of a push, on 127.0.0.1: creates repositories, answers which upload mode
+    each file takes, and takes or refuses (`fail_commit`) the commit; every request is logged."""
+
+    def __init__(self, fail_commit: bool):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hub = self
+        self.requests: list[tuple[str, str, bytes]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, status: int, obj: dict) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                hub.requests.append(("GET", self.path, b""))
+                self.answer(404, {"error": "not here"})
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hub.requests.append(("POST", self.path, body))
+                if self.path == "/api/repos/create":
+                    return self.answer(200, {"url": f"{hub.url}/datasets/nobody/cvf-test"})
+                if self.path == "/api/validate-yaml":  # the card's header
+                    return self.answer(200, {"errors": [], "warnings": []})
+                if "/preupload/" in self.path:
+                    files = json.loads(body)["files"]
+                    return self.answer(200, {"files": [{"path": f["path"], "uploadMode": "regular",
+                                                        "shouldIgnore": False} for f in files]})
+                if "/commit/" in self.path:
+                    if fail_commit:
+                        return self.answer(403, {"error": "You don't have the rights to create a commit"})
+                    return self.answer(200, {"commitUrl": f"{hub.url}/datasets/nobody/cvf-test/commit/abc",
+                                             "commitOid": "a" * 40, "pullRequestUrl": None})
+                self.answer(404, {"error": "not here"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def commits(self) -> list[list[str]]:
+        """The paths each commit request carried (its NDJSON lines of kind `file`)."""
+        out = []
+        for method, path, body in self.requests:
+            if method == "POST" and "/commit/" in path:
+                lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+                out.append([x["value"]["path"] for x in lines if x["key"] == "file"])
+        return out
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, request):
+    hub = FakeHub(fail_commit=request.param)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    from huggingface_hub import constants  # read once, at import: another test may have set it offline
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield hub
+    hub.close()
+
+
+@pytest.mark.parametrize("fake_hub", [False], indirect=True)
+def test_a_hub_push_is_one_commit_of_every_file(selected, tmp_path, fake_hub, capsys):
+    root, _ = selected
+    code = publish.main(["--name", NAME, "--root", str(root), "--out", str(tmp_path / "m"),
+                         "--hf-repo", "nobody/cvf-test"])
+    assert code == 0, capsys.readouterr().err
+    [paths] = fake_hub.commits()
+    assert sorted(paths) == sorted(f for f in publish.HUB_FILES if (tmp_path / "m" / NAME / f).exists())
+    assert "pushed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fake_hub", [True], indirect=True)
+def test_a_failing_hub_push_is_one_error_line_and_a_non_zero_exit(selected, tmp_path, fake_hub, capsys):
+    root, _ = selected
+    code = publish.main(["--name", NAME, "--root", str(root), "--out", str(tmp_path / "m"),
+                         "--hf-repo", "nobody/cvf-test"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("error: ") and "nobody/cvf-test" in err[0], err
+    assert len(fake_hub.commits()) == 1  # one commit asked for, not one per file
+
+
+class FailingMemoryFS(MemoryFileSystem):
+    """An object store (in memory) whose writes fail once `fail_writes` is set."""
+    protocol = "failmem"
+    fail_writes = False
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path.removeprefix("failmem://"))
+
+    def pipe_file(self, path, value, *args, **kwargs):
+        if FailingMemoryFS.fail_writes and "croissant" in path:
+            raise OSError("connection reset by the store")
+        return super().pipe_file(path, value, *args, **kwargs)
+
+
+def test_a_remote_overwrite_never_deletes_the_published_manifest_first(selected, monkeypatch, capsys):
+    root, _ = selected
+    fsspec.register_implementation("failmem", FailingMemoryFS, clobber=True)
+    out = "failmem://bucket/manifests"
+    publish.publish(root, NAME, out=out)
+    fs = fsspec.filesystem("failmem")
+    before = {p: fs.cat_file(p) for p in fs.find(f"/bucket/manifests/{NAME}")}
+    monkeypatch.setattr(FailingMemoryFS, "fail_writes", True)
+    code = publish.main(["--name", NAME, "--root", str(root), "--out", out, "--overwrite", "--samples", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("error: writing ")
+    assert {p: fs.cat_file(p) for p in fs.find(f"/bucket/manifests/{NAME}")} == before  # untouched
+    assert fs.find("/bucket/manifests") == sorted(before)  # no half-written folder beside it
+    monkeypatch.setattr(FailingMemoryFS, "fail_writes", False)
+    assert publish.main(["--name", NAME, "--root", str(root), "--out", out, "--overwrite", "--samples", "2"]) == 0
+    after = {p: fs.cat_file(p) for p in fs.find(f"/bucket/manifests/{NAME}")}
+    assert after.keys() == before.keys() and after != before  # replaced (smaller contact sheets)
+    assert fs.find("/bucket/manifests") == sorted(before)  # the old one moved aside, then removed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import tarfile
@@ -101,6 +102,9 @@ def test_rebuild_finds_the_version_cvf_used(versioned, testdata, tmp_path, data_
     assert report["papers_not_on_first_version_tried"] == ["1904.03249"]
     rows = pq.read_table(data_root / "rebuild" / "train" / "figures.parquet").to_pylist()
     assert {r["version"] for r in rows} == {1}
+    v1 = {"1801.04461": "a1", "1904.03249": "b1"}  # the e-print each figure was read from
+    assert all(r["eprint_sha256"] == hashlib.sha256((versioned.replay.corpus_dir / v1[r["paper_id"]])
+                                                    .read_bytes()).hexdigest() for r in rows)
     assert (data_root / "raw" / "2019-04" / "1904.03249v3.eprint").exists()
     # the API was asked twice: every paper's latest, then the older versions of the revised
     api = [path for _, path, _ in versioned.replay.log if path.startswith("/api/")]

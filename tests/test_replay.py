@@ -137,7 +137,7 @@ def test_a_window_deeper_than_the_api_serves_is_listed_in_halves(server, fetcher
 
 def test_api_empty_first_page_glitch_is_retried(server, fetcher):
     server.replay.set_faults([{"match": "/api/query", "fault": "empty", "times": 2}])
-    api = ArxivAPI(fetcher, server.endpoints()["CVF_ARXIV_API_URL"], num_retries=3)
+    api = ArxivAPI(fetcher, server.endpoints()["CVF_ARXIV_API_URL"])  # the fetcher tries 3 times
     results = search_month(api, "cs.CV", "2021-01")
     assert len(results) == api.last_total > 0
     # the stock client takes the same glitch for "no results": the month silently vanishes
@@ -149,11 +149,26 @@ def test_api_empty_first_page_glitch_is_retried(server, fetcher):
 
 def test_api_malformed_atom_is_retried_then_reported(server, fetcher):
     server.replay.set_faults([{"match": "/api/query", "fault": "malformed", "times": 1}])
-    api = ArxivAPI(fetcher, server.endpoints()["CVF_ARXIV_API_URL"], num_retries=2)
+    api = ArxivAPI(fetcher, server.endpoints()["CVF_ARXIV_API_URL"])
     assert len(search_month(api, "cs.CV", "2021-02")) > 0
     server.replay.set_faults([{"match": "/api/query", "fault": "malformed"}])
     with pytest.raises(MetadataError, match="malformed Atom"):
         search_month(api, "cs.CV", "2021-02")
+
+
+@pytest.mark.parametrize("faults", [["malformed"], ["empty"], ["503"], ["503"] * 4 + ["malformed"]])
+def test_one_retry_layer_for_an_api_page(server, tmp_path, faults):
+    """A page that keeps failing (server errors, broken or empty pages, or server errors then a
+    broken page) is asked for max_retries + 1 times in all: the fetcher's budget, not one
+    multiplied by another."""
+    fetcher = PoliteFetcher(delay=0, lock_dir=tmp_path / "locks", timeout=2, max_retries=4, backoff=0.001)
+    server.replay.set_faults([{"match": "/api/query", "fault": fault, "times": 1} for fault in faults[:-1]]
+                             + [{"match": "/api/query", "fault": faults[-1]}])
+    api = ArxivAPI(fetcher, server.endpoints()["CVF_ARXIV_API_URL"])
+    with pytest.raises(TransientError if faults[-1] == "503" else MetadataError, match="after 5 tries"):
+        search_month(api, "cs.CV", "2021-02")
+    gets = [path for _, path, _ in server.replay.log if path.startswith("/api/query")]
+    assert len(gets) == 5
 
 
 def test_oai_pmh_gives_the_licence(server, fetcher, corpus):
