@@ -206,6 +206,11 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
             # An EPS and pdfLaTeX's conversion of it beside it are one CVF image: the archive's
             # PDF is preferred, the EPS is the fallback when the PDF does not render.
             earlier = rows.get(name)
+            if earlier is not None and earlier["source_path"] == member.path:
+                # The same member path twice (legal in a tar): extracting the tar leaves the last
+                # copy on disk, so that one is the figure; the earlier copy is recorded, without an image.
+                rows[f"{name}\0{member.path}\0{len(rows)}"] = duplicate_member_row(earlier, image_dir)
+                earlier = None
             if earlier is not None:
                 if {fmt, earlier["format"]} not in ({"pdf", "eps"}, {"pdf", "ps"}):
                     rows[f"{name}\0{member.path}"] = figure_row(
@@ -244,6 +249,17 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
             row["included"] = is_included(row["source_path"], references)
     add_figure_texts(list(rows.values()), tex)
     return list(rows.values())
+
+
+def duplicate_member_row(earlier: dict, image_dir: Path) -> dict:
+    """The record of an archive member that a later member of the same path replaces: status
+    `duplicate`, no image (its PNG, if it rendered, is removed: the later copy's goes there)."""
+    if earlier["status"] == "ok":
+        (image_dir / output_name(earlier["paper_id"], earlier["img_name"])).unlink(missing_ok=True)
+    return figure_row(earlier["paper_id"], img_name=earlier["img_name"], source_path=earlier["source_path"],
+                      format=earlier["format"], bytes=earlier["bytes"], name_filter=earlier["name_filter"],
+                      status="duplicate", error="the archive holds this path again later; tar extraction "
+                                                "keeps the last copy, which is the figure")
 
 
 def add_figure_texts(rows: list[dict], tex: dict[str, str]) -> None:

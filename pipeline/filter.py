@@ -86,7 +86,12 @@ def candidates(root: Path) -> pd.DataFrame:
     scores = scores[scores["score"].notna()].rename(columns={"sha256": "scored_sha256"})
     figures = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "width", "height", "image_path",
                                             "source_kind", "dup_of", "near_dup_of", "render", "phash",
-                                            "page", "bbox"] + TEXT_COLUMNS + PANEL_COLUMNS)
+                                            "page", "bbox", "status"] + TEXT_COLUMNS + PANEL_COLUMNS)
+    # Only a figure with an image: the records of a name without one (a later copy of the same
+    # archive path won, another file has the same CVF name, it failed to render) must not join
+    # the score of the one that has it.
+    if "status" in figures:
+        figures = figures[figures["status"].fillna("ok") == "ok"].drop(columns="status")
     df = scores.merge(figures, on=["paper_id", "img_name"], how="inner")
     df = df.merge(_papers(root), on="paper_id", how="left")
     scored = df.pop("scored_sha256").fillna("") if "scored_sha256" in df else ""

@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="from_date", metavar="YYYY-MM-DD",
                     help="only records whose metadata changed on or after this day (default: the whole set)")
     ap.add_argument("--oai-url", help=f"OAI-PMH base URL (default $CVF_ARXIV_OAI_URL or {DEFAULT_OAI_URL})")
-    ap.add_argument("--data", help="dataset root (default $CVF_DATA or ./data)")
+    ap.add_argument("--root", "--data", dest="data", metavar="ROOT", help="dataset root (default $CVF_DATA or ./data)")
     ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
                                                 f"or {config.DEFAULT_DELAY})")
     ap.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default 120)")
