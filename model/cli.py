@@ -69,7 +69,7 @@ def open_unit_interval(text: str) -> float:
     """A fraction strictly between 0 and 1 (a mask ratio, a share)."""
     value = _number(text, float)
     if not 0 < value < 1:
-        raise ArgumentTypeError(f"{value:g}: give a number between 0 and 1 (both excluded)")
+        raise ArgumentTypeError(f"{value:g}: give a number in (0, 1), both ends excluded")
     return value
 
 
@@ -77,7 +77,7 @@ def unit_interval(text: str) -> float:
     """A fraction from 0 to 1, both included (a score threshold)."""
     value = _number(text, float)
     if not 0 <= value <= 1:
-        raise ArgumentTypeError(f"{value:g}: give a number from 0 to 1")
+        raise ArgumentTypeError(f"{value:g}: give a number in [0, 1]")
     return value
 
 
@@ -122,6 +122,22 @@ def writable_dir(text: str) -> str:
         raise ArgumentTypeError(f"{text}: {existing} is a file, so no folder can be made under it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ArgumentTypeError(f"{text}: {existing} is not writable")
+    return text
+
+
+def writable_file(text: str) -> str:
+    """A file to write: not a folder, and its folder passes `writable_dir`."""
+    path = Path(text).expanduser()
+    if not text or path.is_dir():
+        raise ArgumentTypeError(f"{text!r}: a folder, not a file name" if text else "give a file name")
+    writable_dir(str(path.parent))
+    return text
+
+
+def folder_name(text: str) -> str:
+    """One folder name (a split, a run name): no separator, not `.` or `..`."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise ArgumentTypeError(f"{text!r}: give a plain folder name, e.g. train")
     return text
 
 

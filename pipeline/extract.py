@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from model import cli
 from pipeline import config, store
 from pipeline.archive import ArchiveError, Limits, read_eprint
 from pipeline.latex import decode_tex, figure_texts, normalise
@@ -594,7 +595,10 @@ def crawl_pending(paper: dict) -> bool:
 
 def render_options(box: str = "crop", official: bool = False,
                    timeout_s: float = 60.0) -> RenderOptions:
-    """The CLI's and the flow's rendering choices as RenderOptions."""
+    """The CLI's and the flow's rendering choices as RenderOptions (ValueError for a time limit
+    that is not above 0: every figure would time out and the shard would be marked done)."""
+    if not timeout_s > 0:
+        raise ValueError(f"timeout {timeout_s}: give a number of seconds above 0")
     if official:
         return dataclasses.replace(OFFICIAL, timeout_s=timeout_s)
     return RenderOptions(box=box, timeout_s=timeout_s)
@@ -653,7 +657,7 @@ def main(argv: list[str] | None = None) -> None:
                              "dropped (slower)")
     parser.add_argument("--no-name-filter", action="store_true",
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    parser.add_argument("--timeout", type=cli.positive_float, default=60.0, help="seconds per figure file (default 60)")
     parser.add_argument("--formats", default=",".join(CVF_FORMATS), metavar="LIST",
                         help="comma-separated figure file formats taken as candidates (default "
                              "pdf,png: what CVF's figures are; EPS/PS count as the PDF they "
@@ -661,7 +665,7 @@ def main(argv: list[str] | None = None) -> None:
                                                             if f not in CVF_FORMATS))
     parser.add_argument("--force", action="store_true",
                         help="redo shards that are done (default: skip them)")
-    parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
+    parser.add_argument("--contact-sheet", type=cli.non_negative_int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
     root = config.data_root(args.root)

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model import cli
 from pipeline import store
 from pipeline.config import data_root
 from pipeline.latex import PANEL_COLUMNS, TEXT_COLUMNS
@@ -240,10 +241,10 @@ def run(root=None, threshold=None, target_count=None, seed=0) -> tuple[Path, dic
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.filter", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    p.add_argument("--root", type=cli.writable_dir, help="dataset root (default $CVF_DATA or ./data)")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--threshold", type=float, help="keep figures with score >= T (0 <= T <= 1)")
-    how.add_argument("--target-count", type=int, help="pick the threshold that keeps N figures")
+    how.add_argument("--threshold", type=cli.unit_interval, help="keep figures with score >= T (0 <= T <= 1)")
+    how.add_argument("--target-count", type=cli.positive_int, help="pick the threshold that keeps N figures")
     p.add_argument("--seed", type=int, default=0, help="split seed (changing it reshuffles every paper)")
     args = p.parse_args(argv)
     try:

@@ -41,6 +41,8 @@ import numpy as np
 import pymupdf
 from PIL import Image, ImageFile
 
+from model import cli
+
 MAX_SIDE = 1024
 OFFICIAL_DPI = 200
 # Decompression-bomb guard: refuse rasters (and official-DPI pages) over this many pixels.
@@ -627,13 +629,13 @@ def main(argv: list[str] | None = None) -> None:
         description="Render one figure file (PDF, EPS/PS, PNG, JPEG, GIF, BMP, TIFF) to an RGB "
                     "PNG with the longer side at most 1024 px, as the extraction stage does.")
     parser.add_argument("file", nargs="?", help="figure file to render")
-    parser.add_argument("-o", "--out", help="output PNG (default: <file>.png)")
+    parser.add_argument("-o", "--out", type=cli.writable_file, help="output PNG (default: <file>.png)")
     parser.add_argument("--official", action="store_true",
                         help="the CVF downloader's pixels: MediaBox, 200 DPI then thumbnail, "
                              "alpha dropped")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-mb", type=int, default=4096, help=argparse.SUPPRESS)
-    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-mb", type=cli.positive_int, default=4096, help=argparse.SUPPRESS)
+    parser.add_argument("--parent-pid", type=cli.non_negative_int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         return serve(args.memory_mb, args.parent_pid)
