@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Prefect flow extract-figures: extract figures from every crawled month "
                     "shard in parallel on Dask (a local cluster, or --scheduler-address), then "
                     "flag duplicates across the corpus. Same records as python -m pipeline.extract.")
-    parser.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    parser.add_argument("--root", type=cli.writable_dir, help="dataset root (default $CVF_DATA or ./data)")
     parser.add_argument("--shards", nargs="*", metavar="YYYY-MM",
                         help="month shards (default: every shard with papers)")
     parser.add_argument("--scheduler-address", help="Dask scheduler of an existing cluster, "

@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m labeling.demo",
         description="Demo of the labeling stage: start Label Studio, push figures, answer a "
                     "share from the replay's ground truth, pull the labels table.")
-    parser.add_argument("--root", type=cli.writable_dir, help="dataset root with figures/ and images/ (default: $CVF_DATA or ./data)")
+    parser.add_argument("--root", type=cli.writable_dir,
+                        help="dataset root with figures/ and images/ (default: $CVF_DATA or ./data)")
     parser.add_argument("--truth", help="the replay's truth.parquet, or a folder holding it "
                                         "(default: the first one found under the root)")
     parser.add_argument("--count", type=cli.positive_int, default=200, help="figures to push (default 200)")

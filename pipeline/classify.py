@@ -618,7 +618,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    common.add_argument("--root", type=cli.writable_dir, help="dataset root (default $CVF_DATA or ./data)")
     common.add_argument("--weights", help=f"backbone weights: {WEIGHTS_HELP}. Without it: layout features only")
     common.add_argument("--batch-size", type=cli.positive_int, default=32, help="figures per batch (default 32)")
     common.add_argument("--workers", type=cli.non_negative_int, default=0,

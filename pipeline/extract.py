@@ -646,7 +646,7 @@ def main(argv: list[str] | None = None) -> None:
                     "flag exact and near duplicates across the corpus. Done shards are skipped; "
                     "interrupted ones resume. For many shards in parallel use the Prefect flow "
                     "`python -m flows.extract`.")
-    parser.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    parser.add_argument("--root", type=cli.writable_dir, help="dataset root (default $CVF_DATA or ./data)")
     parser.add_argument("--shards", nargs="*", metavar="YYYY-MM",
                         help="month shards to extract (default: every shard with papers)")
     parser.add_argument("--box", choices=["crop", "media"], default="crop",

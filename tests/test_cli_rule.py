@@ -17,54 +17,56 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 NOWHERE = "/dev/null/x"  # under a file: no folder can ever be made there
 
-# (module, argv, exit status); `{name}` is replaced by the path of the fixture file or folder `name`.
+# (module, argv, exit status[, what the error line says]); `{name}` is replaced by the path of the
+# fixture file or folder `name`. Without the last item the error line must name the argv's last --flag,
+# so that a case passes only when it is refused for the value it is about.
 CASES = [
     # pipeline.classify
     ("pipeline.classify", ["train", "--batch-size", "0"], 2),
     ("pipeline.classify", ["train", "--folds", "0"], 2),
-    ("pipeline.classify", ["train", "--root", "{root}", "--version", "../../escape"], 2),
+    ("pipeline.classify", ["train", "--root", "{root}", "--version", "../../escape"], 2, "leaves"),
     ("pipeline.classify", ["score", "--batch-size", "0"], 2),
     ("pipeline.classify", ["score", "--batch-size", "many"], 2),
     ("pipeline.classify", ["score", "--workers", "-1"], 2),
-    ("pipeline.classify", ["score", "--root", "{root}", "--version", "../.."], 2),
-    ("pipeline.classify", ["score", "--root", "{pickled_root}"], 2),
-    ("pipeline.classify", ["score", "--root", "{root}", "--shard", "2021-13"], 2),
+    ("pipeline.classify", ["score", "--root", "{root}", "--version", "../.."], 2, "leaves"),
+    ("pipeline.classify", ["score", "--root", "{pickled_root}"], 2, "--trust-pickle"),
+    ("pipeline.classify", ["score", "--root", "{root}", "--shard", "2021-13"], 2, "not a month shard"),
     # pipeline.extract
-    ("pipeline.extract", ["--root", "{root}", "--timeout", "-1", "--force"], 2),
+    ("pipeline.extract", ["--root", "{root}", "--timeout", "-1", "--force"], 2, "--timeout"),
     ("pipeline.extract", ["--root", "{root}", "--timeout", "0"], 2),
     ("pipeline.extract", ["--root", "{root}", "--timeout", "nan"], 2),
     ("pipeline.extract", ["--root", "{root}", "--contact-sheet", "-3"], 2),
     ("pipeline.extract", ["--root", NOWHERE], 2),
-    ("pipeline.extract", ["--root", "{root}", "--shards", "2021-13"], 2),
-    ("pipeline.extract", ["--root", "{root}", "--formats", "exe"], 2),
+    ("pipeline.extract", ["--root", "{root}", "--shards", "2021-13"], 2, "not a month shard"),
+    ("pipeline.extract", ["--root", "{root}", "--formats", "exe"], 2, "exe"),
     # pipeline.verify
-    ("pipeline.verify", ["{empty}"], 2),
-    ("pipeline.verify", ["{missing}"], 2),
-    ("pipeline.verify", ["{deep_manifest}"], 1),
+    ("pipeline.verify", ["{empty}"], 2, "no croissant.json"),
+    ("pipeline.verify", ["{missing}"], 2, "not found"),
+    ("pipeline.verify", ["{deep_manifest}"], 1, "not JSON"),
     ("pipeline.verify", ["{empty}", "--images", NOWHERE], 2),
     ("pipeline.verify", ["{empty}", "--split", "test"], 2),
     # pipeline.render
-    ("pipeline.render", [], 2),
-    ("pipeline.render", ["{missing}"], 2),
-    ("pipeline.render", ["{text}", "-o", NOWHERE + "/a.png"], 2),
+    ("pipeline.render", [], 2, "give a figure file"),
+    ("pipeline.render", ["{missing}"], 2, "no such file"),
+    ("pipeline.render", ["{text}", "-o", NOWHERE + "/a.png"], 2, "--out"),
     # pipeline.licenses
     ("pipeline.licenses", ["--timeout", "0"], 2),
     ("pipeline.licenses", ["--retries", "-1"], 2),
     ("pipeline.licenses", ["--delay", "-1"], 2),
     ("pipeline.licenses", ["--root", NOWHERE], 2),
     # pipeline.pdffigures
-    ("pipeline.pdffigures", ["{missing}", "--out", "{empty}"], 2),
+    ("pipeline.pdffigures", ["{missing}", "--out", "{empty}"], 2, "no such file"),
     ("pipeline.pdffigures", ["{text}", "--out", NOWHERE], 2),
     ("pipeline.pdffigures", ["{text}", "--out", "{empty}", "--dpi", "0"], 2),
     # pipeline.publish
     ("pipeline.publish", ["--name", "cvf-x", "--root", "{root}", "--samples", "-1"], 2),
     ("pipeline.publish", ["--name", "cvf-x", "--root", "{root}", "--out", NOWHERE], 2),
     ("pipeline.publish", ["--name", "cvf-x", "--root", "{missing}"], 2),
-    ("pipeline.publish", ["--name", "../escape", "--root", "{root}", "--out", "{empty}"], 2),
+    ("pipeline.publish", ["--name", "../escape", "--root", "{root}", "--out", "{empty}"], 2, "bad manifest name"),
     # pipeline.rebuild
-    ("pipeline.rebuild", ["--index", "{header_only}", "--split", "val", "--out", "{empty}", "--root", "{root}"], 2),
-    ("pipeline.rebuild", ["--index", "{missing}", "--split", "val", "--out", "{empty}"], 2),
-    ("pipeline.rebuild", ["--index", "{index}", "--split", "../val", "--out", "{empty}"], 2),
+    ("pipeline.rebuild", ["--index", "{header_only}", "--split", "val", "--out", "{empty}", "--root", "{root}"], 2, "lists no images"),
+    ("pipeline.rebuild", ["--index", "{missing}", "--split", "val", "--out", "{empty}"], 2, "--index"),
+    ("pipeline.rebuild", ["--index", "{index}", "--split", "../val", "--out", "{empty}"], 2, "--split"),
     ("pipeline.rebuild", ["--index", "{index}", "--split", "val", "--out", NOWHERE], 2),
     ("pipeline.rebuild", ["--index", "{index}", "--split", "val", "--out", "{empty}", "--delay", "-1"], 2),
     ("pipeline.rebuild", ["--index", "{index}", "--split", "val", "--out", "{empty}", "--eprints", "{missing}"], 2),
@@ -78,9 +80,9 @@ CASES = [
     ("pipeline.crawl", ["--from", "2021-01", "--to", "2021-01", "--max-attempts", "0"], 2),
     ("pipeline.crawl", ["--from", "2021-01", "--to", "2021-01", "--block-after", "-1"], 2),
     ("pipeline.crawl", ["--from", "2021-01", "--to", "2021-01", "--delay", "-3"], 2),
-    ("pipeline.crawl", ["--from", "2021-13", "--to", "2021-01"], 2),
+    ("pipeline.crawl", ["--from", "2021-13", "--to", "2021-01"], 2, "not a month shard"),
     # pipeline.bulk
-    ("pipeline.bulk", ["--metadata", "{missing}", "--from", "2021-01", "--to", "2021-01"], 2),
+    ("pipeline.bulk", ["--metadata", "{missing}", "--from", "2021-01", "--to", "2021-01"], 2, "--metadata"),
     ("pipeline.bulk", ["--metadata", "{text}", "--from", "2021-01", "--to", "2021-01", "--bandwidth", "0"], 2),
     ("pipeline.bulk", ["--metadata", "{text}", "--from", "2021-01", "--to", "2021-01", "--root", NOWHERE], 2),
     # pipeline.replay
@@ -94,7 +96,7 @@ CASES = [
     ("pipeline.filter", ["--threshold", "2"], 2),
     ("pipeline.filter", ["--threshold", "-0.1"], 2),
     ("pipeline.filter", ["--target-count", "0"], 2),
-    ("pipeline.filter", ["--root", NOWHERE, "--threshold", "0.5"], 2),
+    ("pipeline.filter", ["--root", NOWHERE, "--threshold", "0.5"], 2, "--root"),
     # pipeline.pdffigures_eval
     ("pipeline.pdffigures_eval", ["--testdata", "{missing}"], 2),
     # labeling
@@ -113,11 +115,11 @@ CASES = [
     ("model.demo", ["--checkpoint", "{missing}"], 2),
     ("model.demo", ["--checkpoint", "{text}", "--port", "99999"], 2),
     ("model.demo", ["--checkpoint", "{text}", "--size", "0"], 2),
-    ("model.demo", ["--checkpoint", "{text}"], 2),
+    ("model.demo", ["--checkpoint", "{text}"], 2, "notes.txt"),
     ("model.demo", ["--checkpoint", "{text}", "--vqgan-config", "{text}"], 2),
     ("model.demo", ["--checkpoint", "{text}", "--examples", "{missing}"], 2),
     # model.data
-    ("model.data", ["pack", "{missing}", "--out", "{empty}"], 2),
+    ("model.data", ["pack", "{missing}", "--out", "{empty}"], 2, "no such manifest"),
     ("model.data", ["pack", "{empty}", "--out", NOWHERE], 2),
     ("model.data", ["pack", "{empty}", "--out", "{empty}", "--shard-size", "0"], 2),
     ("model.data", ["pack", "{empty}", "--out", "{empty}", "--jpeg-quality", "0"], 2),
@@ -129,7 +131,7 @@ CASES = [
     ("model.evaluate", ["--task", "synthetic", "--checkpoint", "{text}", "--episodes", "0"], 2),
     ("model.evaluate", ["--task", "segmentation", "--checkpoint", "{text}", "--shots", "0"], 2),
     ("model.evaluate", ["--task", "synthetic", "--checkpoint", "{text}", "--device", "cpu",
-                        "--out", "{empty}"], 2),
+                        "--out", "{empty}"], 2, "not a readable PyTorch checkpoint"),
     # model.train
     ("model.train", ["{images}", "--epochs", "-1"], 2),
     ("model.train", ["{images}", "--mask-ratio", "1.5"], 2),
@@ -142,7 +144,7 @@ CASES = [
     ("model.train", ["{images}", "--target", "pixels", "--input-size", "32", "--embed-dim", "16", "--depth", "1",
                      "--num-heads", "2", "--decoder-embed-dim", "16", "--decoder-depth", "1",
                      "--decoder-num-heads", "2", "--batch-size", "1", "--num-workers", "0", "--device", "cpu",
-                     "--no-progress", "--init", "{text}", "--out", "{run}"], 2),
+                     "--no-progress", "--init", "{text}", "--out", "{run}"], 2, "not a readable PyTorch checkpoint"),
     # model.voc
     ("model.voc", ["--data", "{missing}"], 2),
     ("model.voc", ["--data", "{empty}", "--write-splits", NOWHERE], 2),
@@ -175,13 +177,13 @@ class Evil:
 
 
 def make_fixtures(base: Path) -> dict[str, str]:
-    from test_extract import photo
+    from test_extract import photo, tar_gz, write_papers
 
     paths = {name: base / name for name in ("root", "pickled_root", "empty", "missing", "images",
                                             "deep_manifest", "run")}
     for name in ("root", "empty", "images", "deep_manifest"):
         paths[name].mkdir()
-    (paths["root"] / "papers").mkdir()
+    write_papers(paths["root"], "2021-01", {"2101.00001": tar_gz({"a.png": photo(0, (40, 40))})})
     (paths["root"] / "figures").mkdir()
     paths["text"] = base / "notes.txt"
     paths["text"].write_text("not a checkpoint, not a model.yaml, not a PDF\n")
@@ -211,21 +213,27 @@ def fill(argv: list[str], fixtures: dict[str, str]) -> list[str]:
     return [a.format(**fixtures) if "{" in a else a for a in argv]
 
 
-def check_rule(code, err: str, expected: int) -> None:
+def check_rule(code, err: str, expected: int, why: str) -> None:
     assert "Traceback" not in err, err
     assert code == expected, (code, err)
     lines = [line for line in err.splitlines() if line.startswith("error:") or ": error: " in line]
-    assert len(lines) == 1, err
+    assert len(lines) == 1 and why in lines[0], err
+
+
+def says(case) -> str:
+    if len(case) == 4:
+        return case[3]
+    return [a for a in case[1] if a.startswith("--")][-1]
 
 
 def case_id(case) -> str:
-    module, argv, _ = case
+    module, argv = case[:2]
     return f"{module} {' '.join(argv)}"[:80]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_bad_invocation_follows_the_rule(case, fixtures, capsys, monkeypatch, tmp_path):
-    module, argv, expected = case
+    module, argv, expected = case[:3]
     offline = {**OFFLINE, "CVF_DATA": fixtures["root"]}
     for name, value in offline.items():
         monkeypatch.setenv(name, value)
@@ -236,14 +244,14 @@ def test_bad_invocation_follows_the_rule(case, fixtures, capsys, monkeypatch, tm
         env = {**os.environ, **offline, "PYTHONPATH": str(REPO)}
         out = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
                              env=env, cwd=tmp_path, timeout=120)
-        check_rule(out.returncode, out.stderr, expected)
+        check_rule(out.returncode, out.stderr, expected, says(case))
     else:
         main = importlib.import_module(module if module != "pipeline.replay" else "pipeline.replay.__main__").main
         try:
             code = main(argv)
         except SystemExit as e:
             code = e.code
-        check_rule(code, capsys.readouterr().err, expected)
+        check_rule(code, capsys.readouterr().err, expected, says(case))
     ran = Path(fixtures["root"]).parent / "code-ran"
     if ran.exists():
         ran.unlink()  # so that the next case starts clean
@@ -263,5 +271,5 @@ def test_every_cli_module_is_in_the_table():
             if "def main(" in path.read_text(encoding="utf-8"):
                 parts = path.relative_to(REPO).with_suffix("").parts
                 with_main.add(".".join(parts[:-1] if parts[-1] == "__main__" else parts))
-    assert with_main == {module for module, _, _ in CASES}
+    assert with_main == {case[0] for case in CASES}
 
