@@ -163,7 +163,9 @@ def row_problem(row: dict) -> str:
     """Why a manifest row cannot be checked ('' when it can): a column of the wrong type."""
     for column, kind in ROW_TYPES.items():
         value = row.get(column)
-        if not isinstance(value, kind) or isinstance(value, bool) or value in ("",):
+        if value == "":
+            return f"{column} is empty"
+        if not isinstance(value, kind) or isinstance(value, bool):
             return f"{column} is {type(value).__name__} {str(value)[:40]!r}, not a {kind.__name__}"
     for column in ("image_path", "phash"):
         if row.get(column) is not None and not isinstance(row[column], str):
@@ -171,20 +173,28 @@ def row_problem(row: dict) -> str:
     return ""
 
 
-def locate(images: Path, row: dict) -> Path | None:
-    """The row's image in `images`, looked for where each layout puts it; a candidate that leaves
-    the folder (`..` or a link out in image_path, paper_id or img_name) is never opened."""
-    base = os.path.realpath(images)
+def candidate_paths(row: dict) -> list[str]:
+    """Where each layout puts the row's image, relative to the image folder."""
     name = output_name(row["paper_id"], row["img_name"])
     candidates = [row["split"] + "/" + row["paper_id"] + "/" + name, row["paper_id"] + "/" + name, name]
-    if row.get("image_path"):
-        candidates.insert(0, row["image_path"])
-    for rel in candidates:
-        if "\0" in rel or rel.startswith("/"):
-            continue
-        candidate = os.path.realpath(os.path.join(base, rel))
-        if candidate.startswith(base + os.sep) and os.path.isfile(candidate):
-            return Path(candidate)
+    return ([row["image_path"]] if row.get("image_path") else []) + candidates
+
+
+def inside(base: str, rel: str) -> str | None:
+    """`base/rel` with `..` and links resolved, or None when that leaves the folder `base`."""
+    if "\0" in rel or rel.startswith("/"):
+        return None
+    path = os.path.realpath(os.path.join(base, rel))
+    return path if path.startswith(base + os.sep) else None
+
+
+def locate(images: Path, row: dict) -> Path | None:
+    """The row's image in `images`; a candidate that leaves the folder (`..` or a link out in
+    image_path, paper_id or img_name) is never opened."""
+    base = os.path.realpath(images)
+    for rel in candidate_paths(row):
+        if (path := inside(base, rel)) is not None and os.path.isfile(path):
+            return Path(path)
     return None
 
 
@@ -200,6 +210,10 @@ def check_image(images: Path, row: dict, strict: bool = False) -> dict:
         return {"figure": key, "result": "problem", "problem": f"manifest row of wrong types: {problem}"}
     path = locate(images, row)
     if path is None:
+        base = os.path.realpath(images)
+        if leaving := [rel for rel in candidate_paths(row) if inside(base, rel) is None]:
+            return {"figure": key, "result": "problem",
+                    "problem": f"its path leads outside the image folder: {leaving[0]!r} refused, not read"}
         return {"figure": key, "result": "problem", "problem": "missing"}
     found = {"figure": key, "path": str(path)}
     try:
