@@ -673,6 +673,9 @@ def main(argv=None) -> int:
         else:
             summary = score(args.root, args.version, args.weights, args.batch_size, args.workers, args.shard,
                             args.device, trust_pickle=args.trust_pickle)
+            if not summary["shards"] + summary["skipped_shards"] + len(summary["failed_shards"]):
+                raise FileNotFoundError(f"nothing to score: no extracted figures/<shard>.parquet under "
+                                        f"{data_root(args.root)} (run python -m pipeline.extract)")
             print(f"scored {summary['scored']} figures in {summary['shards']} shards "
                   f"({summary['skipped_shards']} already done, {summary['errors']} unreadable)")
             if summary["failed_shards"]:

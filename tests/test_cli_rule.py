@@ -30,6 +30,7 @@ CASES = [
     ("pipeline.classify", ["score", "--workers", "-1"], 2),
     ("pipeline.classify", ["score", "--root", "{root}", "--version", "../.."], 2, "leaves"),
     ("pipeline.classify", ["score", "--root", "{pickled_root}"], 2, "--trust-pickle"),
+    ("pipeline.classify", ["score", "--root", "{scoring_root}"], 2, "nothing to score"),
     ("pipeline.classify", ["score", "--root", "{root}", "--shard", "2021-13"], 2, "not a month shard"),
     # pipeline.extract
     ("pipeline.extract", ["--root", "{root}", "--timeout", "-1", "--force"], 2, "--timeout"),
@@ -201,6 +202,18 @@ def make_fixtures(base: Path) -> dict[str, str]:
 
     (folder / "model.joblib").write_bytes(pickle.dumps(Evil(str(base / "code-ran"))))
     (paths["pickled_root"] / "classifier" / "LATEST").write_text("clf-old\n")
+    # a usable classifier, and no extracted figures to score
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline import classify
+
+    paths["scoring_root"] = base / "scoring_root"
+    folder = classify.classifier_dir(paths["scoring_root"], "clf-1")
+    folder.mkdir(parents=True)
+    head = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+    classify.save_classifier(folder, {"head": head, "calibrator": head,
+                                      "card": {"version": "clf-1", "backbone": None}})
+    (paths["scoring_root"] / "classifier" / "LATEST").write_text("clf-1\n")
     return {name: str(p) for name, p in paths.items()}
 
 
