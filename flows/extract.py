@@ -19,6 +19,7 @@ import sys
 from prefect import flow, get_run_logger, task
 
 from flows.common import ShardsFailed, dask_runner, failed_message, outcomes
+from model import cli
 from pipeline import extract
 from pipeline.config import data_root
 from pipeline.naming import CVF_FORMATS, parse_formats
@@ -82,23 +83,23 @@ def main(argv: list[str] | None = None) -> None:
         description="Prefect flow extract-figures: extract figures from every crawled month "
                     "shard in parallel on Dask (a local cluster, or --scheduler-address), then "
                     "flag duplicates across the corpus. Same records as python -m pipeline.extract.")
-    parser.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    parser.add_argument("--root", type=cli.writable_dir, help="dataset root (default $CVF_DATA or ./data)")
     parser.add_argument("--shards", nargs="*", metavar="YYYY-MM",
                         help="month shards (default: every shard with papers)")
     parser.add_argument("--scheduler-address", help="Dask scheduler of an existing cluster, "
                                                     "e.g. tcp://10.0.0.5:8786")
-    parser.add_argument("--workers", type=int, help="local cluster size (default: CPU count)")
+    parser.add_argument("--workers", type=cli.positive_int, help="local cluster size (default: CPU count)")
     parser.add_argument("--box", choices=["crop", "media"], default="crop",
                         help="PDF page box to render (default crop: what the paper shows)")
     parser.add_argument("--official", action="store_true",
                         help="the official CVF pixels (MediaBox, 200 DPI then thumbnail)")
     parser.add_argument("--no-name-filter", action="store_true",
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    parser.add_argument("--timeout", type=cli.positive_float, default=60.0, help="seconds per figure file (default 60)")
     parser.add_argument("--formats", default=",".join(CVF_FORMATS), metavar="LIST",
                         help="figure file formats taken as candidates (default pdf,png, as CVF; "
                              "EPS counts as the PDF it becomes), e.g. pdf,png,jpg")
-    parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
+    parser.add_argument("--contact-sheet", type=cli.non_negative_int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from model import cli
 from labeling import pull, push, serve, simulate
 from labeling.client import LabelStudioError, connect
 from pipeline.config import data_root
@@ -23,13 +24,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m labeling.demo",
         description="Demo of the labeling stage: start Label Studio, push figures, answer a "
                     "share from the replay's ground truth, pull the labels table.")
-    parser.add_argument("--root", help="dataset root with figures/ and images/ (default: $CVF_DATA or ./data)")
+    parser.add_argument("--root", type=cli.writable_dir,
+                        help="dataset root with figures/ and images/ (default: $CVF_DATA or ./data)")
     parser.add_argument("--truth", help="the replay's truth.parquet, or a folder holding it "
                                         "(default: the first one found under the root)")
-    parser.add_argument("--count", type=int, default=200, help="figures to push (default 200)")
-    parser.add_argument("--share", type=float, default=0.5,
+    parser.add_argument("--count", type=cli.positive_int, default=200, help="figures to push (default 200)")
+    parser.add_argument("--share", type=cli.unit_interval, default=0.5,
                         help="share of tasks the simulated annotator answers (default 0.5)")
-    parser.add_argument("--port", type=int, default=serve.DEFAULT_PORT,
+    parser.add_argument("--port", type=cli.port, default=serve.DEFAULT_PORT,
                         help="port for a new server (default 8080, or any free one if taken)")
     args = parser.parse_args(argv)
     root = data_root(args.root)
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     if running is None:
         port = args.port if serve.port_is_free(args.port) else 0
         print("starting Label Studio (the first start migrates its database: ~40 s) ...")
-        url = serve.serve(root, port).url
+        with cli.exit_on(FileNotFoundError, RuntimeError, TimeoutError, OSError):
+            url = serve.serve(root, port).url
     else:
         url = running["url"]
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from label_studio_sdk import LabelStudio
 
+from model import cli
 from labeling import interface
 from labeling.client import LabelStudioError, api_errors, connect, export_tasks, find_project
 from labeling.push import PROJECT_TITLE
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Export the annotations of the Label Studio project into "
                     "<root>/labels/labels.parquet (current label per figure) and "
                     "<root>/labels/history.parquet (every annotation ever pulled).")
-    parser.add_argument("--root", help="dataset root (default: $CVF_DATA or ./data)")
+    parser.add_argument("--root", type=cli.writable_dir, help="dataset root (default: $CVF_DATA or ./data)")
     parser.add_argument("--url", help="Label Studio URL (default: $CVF_LABEL_STUDIO_URL or the local server)")
     parser.add_argument("--project", default=PROJECT_TITLE, help="project title")
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from pathlib import Path
 from label_studio_sdk import LabelStudio
 from tqdm import tqdm
 
+from model import cli
 from labeling import interface
 from labeling.client import LabelStudioError, api_errors, connect, export_tasks, find_project
 from labeling.sample import Key, choose, figure_key, labelable_figures, latest_scores, score_of
@@ -187,13 +188,6 @@ def refresh_predictions(client: LabelStudio, project_id: int, tasks: list[dict],
     return answer.created
 
 
-def count_arg(text: str) -> int:
-    count = int(text)
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {count}")
-    return count
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m labeling.push",
@@ -201,14 +195,15 @@ def main(argv: list[str] | None = None) -> int:
                     "(created on first use). Round 0 is stratified by year and source kind; "
                     "once scores/ exist, rounds pick the figures the classifier is least sure "
                     "of and show its prediction.")
-    parser.add_argument("--count", type=count_arg, default=2000,
+    parser.add_argument("--count", type=cli.non_negative_int, default=2000,
                         help="figures in this round (default 2000; 0 only refreshes predictions)")
-    parser.add_argument("--root", help="dataset root (default: $CVF_DATA or ./data)")
+    parser.add_argument("--root", type=cli.writable_dir, help="dataset root (default: $CVF_DATA or ./data)")
     parser.add_argument("--url", help="Label Studio URL (default: $CVF_LABEL_STUDIO_URL or the local server)")
     parser.add_argument("--project", default=PROJECT_TITLE, help="project title")
     parser.add_argument("--rule", choices=["auto", "stratified", "uncertainty"], default="auto",
                         help="how to choose (auto: uncertainty once scores exist)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="classifier decision threshold")
+    parser.add_argument("--threshold", type=cli.unit_interval, default=0.5,
+                        help="classifier decision threshold, 0 to 1 (default 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified sample")
     parser.add_argument("--document-root", help="the server's local-files document root "
                         "(default: $CVF_LABEL_STUDIO_DOCUMENT_ROOT or the dataset root)")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from model import cli
 from labeling.client import read_private_file, server_file, write_private_file
 from pipeline.config import data_root
 from pipeline.store import atomic_write_json
@@ -211,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m labeling.serve",
         description="Start a local, offline Label Studio (127.0.0.1 only) whose data lives in "
                     "<root>/labelstudio and which serves the figure images of the dataset root.")
-    parser.add_argument("--root", help="dataset root (default: $CVF_DATA or ./data)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--root", type=cli.writable_dir, help="dataset root (default: $CVF_DATA or ./data)")
+    parser.add_argument("--port", type=cli.port_or_zero, default=DEFAULT_PORT,
                         help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0 = any free port)")
     parser.add_argument("--background", action="store_true",
                         help="start, wait until it answers, and return (stop it with --stop)")
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"starting Label Studio for {root} (the first start migrates its database: ~40 s) ...")
     try:
         server = serve(root, args.port)
-    except (FileNotFoundError, RuntimeError, TimeoutError) as e:
+    except (FileNotFoundError, RuntimeError, TimeoutError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(how_to_log_in(server.url, root))

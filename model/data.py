@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from model import cli
 from model.files import atomic_write
 from model.vqgan import imagenet_mean_std
 
@@ -402,6 +403,14 @@ def image_bytes(f: Path, max_side: int | None, jpeg_quality: int | None) -> tupl
         return buf.getvalue(), ".png"
 
 
+def jpeg_quality(text: str) -> int:
+    """argparse type: a JPEG quality Pillow accepts, 1 to 95."""
+    value = cli.positive_int(text)
+    if value > 95:
+        raise cli.ArgumentTypeError(f"{value}: give 1 to 95 (Pillow's highest useful quality)")
+    return value
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m model.data",
@@ -415,18 +424,16 @@ def main(argv=None):
                     "model.data pack manifests/<name>/train.parquet --images $CVF_DATA/images "
                     "--out shards/train")
     pk.add_argument("source", help="image folder, or manifest (.parquet/.jsonl/official .csv)")
-    pk.add_argument("--images", help="folder the manifest's images were rebuilt into (manifests only)")
+    pk.add_argument("--images", type=cli.existing_dir, help="folder the manifest's images were rebuilt into (manifests only)")
     pk.add_argument("--split", help="keep only the manifest rows of this split (default: every row)")
-    pk.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar")
-    pk.add_argument("--shard-size", type=int, default=10_000, help="images per shard (default: 10000)")
-    pk.add_argument("--max-side", type=int, help="shrink images whose longer side exceeds this (e.g. 512)")
-    pk.add_argument("--jpeg-quality", type=int, help="re-encode as JPEG at this quality (e.g. 95)")
+    pk.add_argument("--out", required=True, type=cli.writable_dir, help="folder for shard-NNNNNN.tar")
+    pk.add_argument("--shard-size", type=cli.positive_int, default=10_000, help="images per shard (default: 10000)")
+    pk.add_argument("--max-side", type=cli.positive_int, help="shrink images whose longer side exceeds this (e.g. 512)")
+    pk.add_argument("--jpeg-quality", type=jpeg_quality, help="re-encode as JPEG at this quality, 1-95 (e.g. 95)")
     args = p.parse_args(argv)
-    try:
+    with cli.exit_on(ValueError, OSError):  # a wrong path or manifest, an unwritable --out: one line
         files = list_images(args.source, args.images, args.split)
-    except (ValueError, FileNotFoundError) as e:  # a wrong path or manifest: say so, no traceback
-        raise SystemExit(f"error: {e}") from None
-    shards = pack_shards(files, args.out, args.shard_size, args.max_side, args.jpeg_quality)
+        shards = pack_shards(files, args.out, args.shard_size, args.max_side, args.jpeg_quality)
     print(f"{len(files)} images in {len(shards)} shards under {args.out}")
 
 

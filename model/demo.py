@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model import tasks
+from model import cli, tasks
 from model.prompting import (cell_size, inpaint, inpaint_ensemble, make_canvas, make_rows_canvas,
                              normalize, patch_mask_to_pixels, quadrant_mask, rows_answer_box,
                              rows_figure_size, rows_mask, to_uint8)
@@ -102,6 +102,12 @@ def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=N
     # No config: the loader says whether this checkpoint needs one (a pixel MAE would not).
     if vqgan_config and not Path(vqgan_config).is_file():
         raise DemoError(f"VQGAN config not found: {vqgan_config}")
+    if vqgan_config:  # read it even where the checkpoint needs none: a wrong file is a wrong start
+        from model.vqgan import vqgan_params
+        try:
+            vqgan_params(vqgan_config)
+        except (ValueError, OSError) as e:
+            raise DemoError(f"--vqgan-config {vqgan_config}: {e}") from None
     try:
         return load_for_evaluation(checkpoint, vqgan_config, arch, size, vqgan_ckpt, device)
     except DemoError:
@@ -492,21 +498,22 @@ def make_server(demo: Demo, port: int = DEFAULT_PORT, verbose: bool = False) -> 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint", required=True, type=cli.readable_file,
                    help="MAE-VQGAN or pixel-MAE checkpoint ({'model': state_dict})")
-    p.add_argument("--vqgan-config", help="taming VQGAN model.yaml the MAE-VQGAN was trained with "
+    p.add_argument("--vqgan-config", type=cli.readable_file, help="taming VQGAN model.yaml the MAE-VQGAN was trained with "
                                           "(a pixel MAE needs none)")
-    p.add_argument("--vqgan-ckpt", help="taming last.ckpt, if the checkpoint has no vae.* weights")
+    p.add_argument("--vqgan-ckpt", type=cli.readable_file,
+                   help="taming last.ckpt, if the checkpoint has no vae.* weights")
     p.add_argument("--arch", help="released arch name, or a JSON file/string of MaeVqgan sizes "
                                   "(default: what the checkpoint records)")
-    p.add_argument("--size", type=int, help="canvas size (default: the checkpoint's)")
+    p.add_argument("--size", type=cli.positive_int, help="canvas size (default: the checkpoint's)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    p.add_argument("--examples", help="a folder of your own pictures to offer as examples "
+    p.add_argument("--examples", type=cli.existing_dir, help="a folder of your own pictures to offer as examples "
                                       "(<name>.png + <name>_out.png pairs, other images are queries)")
-    p.add_argument("--allow", action="append", metavar="DIR", default=[],
+    p.add_argument("--allow", action="append", metavar="DIR", default=[], type=cli.existing_dir,
                    help="a folder the page's 'load model' may read checkpoints and configs from "
                         "(repeatable; default: the folders of --checkpoint and --vqgan-config)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
+    p.add_argument("--port", type=cli.port_or_zero, default=DEFAULT_PORT,
                    help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0: any free port)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     return p

@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model import metrics, tasks, voc
+from model import cli, metrics, tasks, voc
 from model.files import atomic_write
 from model.vqgan import exact_attention
 from model.prompting import (attention_overlay, cell_size, compile_for_inference, decoder_attention,
@@ -568,41 +568,31 @@ def attention_picture(model, examples, mask, patch_index, layer, device, path: P
     atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: give at least 1")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--checkpoint", required=True,
+    p.add_argument("--checkpoint", required=True, type=cli.readable_file,
                    help="MAE-VQGAN checkpoint ({'model': state_dict}, released or cvf's), or a pixel "
                         "MAE (cvf's --target pixels, or the public MAE {'model': ...} layout)")
-    p.add_argument("--vqgan-config",
+    p.add_argument("--vqgan-config", type=cli.readable_file,
                    help="taming VQGAN model.yaml of an MAE-VQGAN checkpoint (not for a pixel MAE)")
-    p.add_argument("--vqgan-ckpt", help="taming last.ckpt, if the checkpoint has no vae.* weights")
+    p.add_argument("--vqgan-ckpt", type=cli.readable_file,
+                   help="taming last.ckpt, if the checkpoint has no vae.* weights")
     p.add_argument("--arch", help="released arch name, or a JSON file/string of MaeVqgan sizes "
                                   "(default: what the checkpoint's args record, as `python -m "
                                   "model.train` writes them; else mae_vit_large_patch16)")
-    p.add_argument("--data", help="VOC root (segmentation, detection) or ImageNet root with val/ "
+    p.add_argument("--data", type=cli.existing_dir, help="VOC root (segmentation, detection) or ImageNet root with val/ "
                                   "(colorization); unused for synthetic")
     p.add_argument("--fold", default="0", choices=("0", "1", "2", "3", "all"),
                    help="Pascal-5i fold (segmentation); all: the four folds and their mean")
     p.add_argument("--synthetic", default="color", choices=sorted(tasks.SYNTHETIC_TASKS) + ["all"],
                    help="which synthetic task; all: the six of the paper")
-    p.add_argument("--episodes", type=positive_int, help="episodes per seed (default: the release's)")
+    p.add_argument("--episodes", type=cli.positive_int, help="episodes per seed (default: the release's)")
     p.add_argument("--seeds", type=int, nargs="+",
                    help="episode-sampling seeds; mean ± std over them (default 0; colorization 5)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, help="DataLoader workers (default 8 on GPU, 0 on CPU)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=64)
+    p.add_argument("--workers", type=cli.non_negative_int, help="DataLoader workers (default 8 on GPU, 0 on CPU)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model and VQGAN decode (GPU: faster after a minute or two "
@@ -610,7 +600,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                    help="fp32 (default): the release's arithmetic, TF32 off; bf16: autocast, faster "
                         "on GPU, moves borderline pixels (recorded in the results)")
-    p.add_argument("--size", type=int,
+    p.add_argument("--size", type=cli.positive_int,
                    help="canvas size = the model's image size (default: the --arch's, else the one "
                         "the checkpoint was trained at; 224 for the released model)")
     p.add_argument("--splits", default="standard",
@@ -621,7 +611,7 @@ def parser() -> argparse.ArgumentParser:
                    help="detection episodes: released (the release's queries and draws, through its "
                         "2012_val_flattened_set.pth) or clean (every single-object val image once, "
                         "a random same-class train support; --area-filter applies)")
-    p.add_argument("--detection-index", metavar="FILE",
+    p.add_argument("--detection-index", metavar="FILE", type=cli.readable_file,
                    help="the release's 2012_val_flattened_set.pth (default: looked up in --data and "
                         "the folders of the VOC root)")
     p.add_argument("--support", default="random", choices=("random", "nearest"),
@@ -633,12 +623,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--support-features", default="encoder", choices=("encoder",) + BACKBONES,
                    help="--support nearest: the model's encoder features, or a torchvision "
                         "backbone's (needs --support-weights)")
-    p.add_argument("--support-weights", metavar="FILE",
+    p.add_argument("--support-weights", metavar="FILE", type=cli.readable_file,
                    help="local torchvision weights for --support-features (never downloaded)")
-    p.add_argument("--shots", type=int, default=1,
+    p.add_argument("--shots", type=cli.positive_int, default=1,
                    help="examples per prompt: 1 is the released 2x2 canvas; n > 1 stacks n "
                         "example rows above the query row (segmentation, detection, colorization)")
-    p.add_argument("--ensemble", type=int, default=1,
+    p.add_argument("--ensemble", type=cli.positive_int, default=1,
                    help="prompts per query, each with other supports; probabilities averaged")
     p.add_argument("--layouts", nargs="+", default=["default"], choices=tasks.LAYOUTS,
                    help="canvas layouts to average over (flip: query top-right)")
@@ -653,11 +643,11 @@ def parser() -> argparse.ArgumentParser:
                         "purple (the release's yellow on purple), texture (checkered foreground), "
                         "edges (mask boundary only); several values or --layout values: every "
                         "combination, one table per fold in <out>/study.md")
-    p.add_argument("--attention-maps", type=int, nargs="?", const=4, default=0, metavar="N",
+    p.add_argument("--attention-maps", type=cli.non_negative_int, nargs="?", const=4, default=0, metavar="N",
                    help="write <out>/attention.png: for N episodes (default 4), the decoder's "
                         "attention of one hidden patch averaged over heads, over the canvas (paper "
                         "Fig. 9)")
-    p.add_argument("--attention-patch", type=int,
+    p.add_argument("--attention-patch", type=cli.non_negative_int,
                    help="the hidden patch (row-major index; default the middle hidden patch)")
     p.add_argument("--attention-layer", type=int, default=-1,
                    help="decoder block of the attention maps (default the last)")
@@ -668,10 +658,10 @@ def parser() -> argparse.ArgumentParser:
                    help="round pixels to the truly nearest colour; the released code computes "
                         "the distances in uint8, which wrap modulo 256 (default, as published)")
     p.add_argument("--lpips", action="store_true", help="colorization: also LPIPS (AlexNet)")
-    p.add_argument("--lpips-weights", help=f"local torchvision {metrics.ALEXNET_FILE} "
+    p.add_argument("--lpips-weights", type=cli.readable_file, help=f"local torchvision {metrics.ALEXNET_FILE} "
                                            f"(default {metrics.default_lpips_weights()})")
-    p.add_argument("--picture-rows", type=int, default=4, help="examples in the PNG")
-    p.add_argument("--out", help="output folder (default results/<task>)")
+    p.add_argument("--picture-rows", type=cli.non_negative_int, default=4, help="examples in the PNG")
+    p.add_argument("--out", type=cli.writable_dir, help="output folder (default results/<task>)")
     return p
 
 
@@ -785,7 +775,7 @@ def main(argv=None) -> int:
     args.mask_style = "bw"            # the study's variants set their own
     try:
         run_all(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a missing file, an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

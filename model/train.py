@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from model import cli
 from model.checkpoint import load_safely, save_atomically
 from model.files import atomic_write, atomic_write_bytes
 from model.data import (CropDataset, MixtureSampler, ResumableSampler, TokenCache, fingerprint,
@@ -81,38 +82,38 @@ def get_args(argv=None) -> argparse.Namespace:
     d.add_argument("--images", action="append", help="folder the manifest's images were rebuilt into "
                    "(manifests only); once for all manifests, or once per manifest in order")
     d.add_argument("--split", help="keep only the manifest rows of this split (default: every row)")
-    d.add_argument("--input-size", type=int, default=224, help="crop side in pixels (the model's image size)")
-    d.add_argument("--min-crop-scale", type=float, default=0.2, help="RandomResizedCrop scale lower bound")
-    d.add_argument("--num-workers", type=int, default=8, help="decoding processes per GPU")
-    d.add_argument("--token-cache", help="folder of cached VQGAN tokens for fixed crops; built on first use")
-    d.add_argument("--crops-per-image", type=int, default=10, help="crops per image in a new token cache")
+    d.add_argument("--input-size", type=cli.positive_int, default=224, help="crop side in pixels (the model's image size)")
+    d.add_argument("--min-crop-scale", type=cli.unit_interval, default=0.2, help="RandomResizedCrop scale lower bound")
+    d.add_argument("--num-workers", type=cli.non_negative_int, default=8, help="decoding processes per GPU")
+    d.add_argument("--token-cache", type=cli.writable_dir, help="folder of cached VQGAN tokens for fixed crops; built on first use")
+    d.add_argument("--crops-per-image", type=cli.positive_int, default=10, help="crops per image in a new token cache")
 
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="mae_vit_large_patch16", choices=sorted(ARCHS),
                    help="MAE encoder/decoder sizes (the released model is ViT-L/16)")
     for flag in SIZE_FLAGS:
-        m.add_argument("--" + flag.replace("_", "-"), type=int, help="override the arch's value")
+        m.add_argument("--" + flag.replace("_", "-"), type=cli.positive_int, help="override the arch's value")
     m.add_argument("--target", default="tokens", choices=["tokens", "pixels"],
                    help="tokens: VQGAN token classification (MAE-VQGAN); pixels: plain MAE regression")
     m.add_argument("--norm-pix-loss", action="store_true", help="per-patch normalised pixels (pixels target)")
     m.add_argument("--vqgan-config", default=str(DEFAULT_VQGAN_DIR / "model.yaml"), help="taming's model.yaml")
     m.add_argument("--vqgan-ckpt", default=str(DEFAULT_VQGAN_DIR / "last.ckpt"), help="taming's last.ckpt")
-    m.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches hidden from the encoder")
-    m.add_argument("--init", metavar="CKPT", help="start from these weights (the released checkpoint-*.pth "
+    m.add_argument("--mask-ratio", type=cli.open_unit_interval, default=0.75, help="fraction of patches hidden from the encoder")
+    m.add_argument("--init", metavar="CKPT", type=cli.readable_file, help="start from these weights (the released checkpoint-*.pth "
                    "or a cvf one; the VQGAN's from --vqgan-ckpt if it holds none); optimizer and "
                    "schedule start afresh. Ignored when resuming")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--batch-size", type=int, default=64, help="per GPU and per micro-step")
-    o.add_argument("--accum-iter", type=int, default=1, help="micro-steps per optimizer step")
-    o.add_argument("--epochs", type=int, default=1000, help="passes over the data (cosine lr schedule)")
-    o.add_argument("--warmup-epochs", type=float, default=15, help="linear lr warm-up")
-    o.add_argument("--blr", type=float, default=1e-4, help="lr = blr * effective batch / 256")
-    o.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
-    o.add_argument("--min-lr", type=float, default=0.0, help="lr at the end of the cosine schedule")
-    o.add_argument("--weight-decay", type=float, default=0.05, help="AdamW (not on biases and norms)")
-    o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95), help="AdamW betas")
-    o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total "
+    o.add_argument("--batch-size", type=cli.positive_int, default=64, help="per GPU and per micro-step")
+    o.add_argument("--accum-iter", type=cli.positive_int, default=1, help="micro-steps per optimizer step")
+    o.add_argument("--epochs", type=cli.positive_int, default=1000, help="passes over the data (cosine lr schedule)")
+    o.add_argument("--warmup-epochs", type=cli.non_negative_float, default=15, help="linear lr warm-up")
+    o.add_argument("--blr", type=cli.positive_float, default=1e-4, help="lr = blr * effective batch / 256")
+    o.add_argument("--lr", type=cli.non_negative_float, help="absolute lr (overrides --blr)")
+    o.add_argument("--min-lr", type=cli.non_negative_float, default=0.0, help="lr at the end of the cosine schedule")
+    o.add_argument("--weight-decay", type=cli.non_negative_float, default=0.05, help="AdamW (not on biases and norms)")
+    o.add_argument("--betas", type=cli.unit_interval, nargs=2, default=(0.9, 0.95), help="AdamW betas")
+    o.add_argument("--max-steps", type=cli.positive_int, help="stop after this many optimizer steps in total "
                    "(the schedule still spans --epochs); a checkpoint is written")
     o.add_argument("--seed", type=int, default=0, help="weights, crops, masks and data order")
 
@@ -130,10 +131,10 @@ def get_args(argv=None) -> argparse.Namespace:
                    "--fused-adamw --tokenizer-precision bf16")
 
     c = p.add_argument_group("output")
-    c.add_argument("--out", default="runs/mae_vqgan", help="checkpoints and TensorBoard logs")
-    c.add_argument("--save-every", type=int, default=1000, help="write checkpoint-last.pth every N steps")
-    c.add_argument("--save-epochs", type=int, default=20, help="keep checkpoint-<epoch>.pth every N epochs")
-    c.add_argument("--log-every", type=int, default=20, help="log loss and img/s every N steps")
+    c.add_argument("--out", default="runs/mae_vqgan", type=cli.writable_dir, help="checkpoints and TensorBoard logs")
+    c.add_argument("--save-every", type=cli.positive_int, default=1000, help="write checkpoint-last.pth every N steps")
+    c.add_argument("--save-epochs", type=cli.positive_int, default=20, help="keep checkpoint-<epoch>.pth every N epochs")
+    c.add_argument("--log-every", type=cli.positive_int, default=20, help="log loss and img/s every N steps")
     c.add_argument("--no-resume", action="store_true", help="start afresh even if --out has a checkpoint")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -574,7 +575,10 @@ def train(args) -> dict:
 
 
 def main(argv=None):
-    train(get_args(argv))
+    # A file that is not what its flag says (--init, --vqgan-config, a manifest) or an output that
+    # cannot be written: one `error:` line, exit 2
+    with cli.exit_on(ValueError, OSError):
+        train(get_args(argv))
 
 
 if __name__ == "__main__":

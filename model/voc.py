@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from model import cli
+
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -300,9 +302,9 @@ def main(argv=None) -> int:
         epilog="example:\n  python -m model.voc --data /data/pascal --check "
                "--write-splits /tmp/derived\n(--check alone compares with the released lists shipped "
                "with cvf)")
-    parser.add_argument("--data", required=True,
+    parser.add_argument("--data", required=True, type=cli.existing_dir,
                         help="VOC root (VOCdevkit/VOC2012 or a folder holding VOCdevkit/)")
-    parser.add_argument("--write-splits", metavar="DIR",
+    parser.add_argument("--write-splits", metavar="DIR", type=cli.writable_dir,
                         help="write DIR/val/fold{0..3}.txt in the standard format")
     parser.add_argument("--check", metavar="DIR", nargs="?", const=str(STANDARD_SPLITS),
                         help="standard lists (DIR/val/fold{0..3}.txt) to compare with (without "
@@ -310,7 +312,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return check_folds(args)
-    except (ValueError, FileNotFoundError) as e:  # VocError is a ValueError
+    except (ValueError, OSError) as e:  # VocError is a ValueError; OSError: an unwritable --write-splits
         print(f"error: {e}", file=sys.stderr)
         return 2
 

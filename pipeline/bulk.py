@@ -44,6 +44,7 @@ import os
 import sys
 from pathlib import Path
 
+from model import cli
 from pipeline import config, store
 from pipeline.bulk_records import process_tar, write_months
 from pipeline.bulk_s3 import describe_s3_error, fetch_manifest, s3_client, s3_errors
@@ -86,14 +87,14 @@ def run(metadata: str | os.PathLike, start: str, end: str, root: str | os.PathLi
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.bulk", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--metadata", required=True, metavar="FILE",
+    ap.add_argument("--metadata", required=True, metavar="FILE", type=cli.readable_file,
                     help="arXiv metadata snapshot (JSON lines, optionally .gz) or a licenses/<set>.parquet harvest")
     add_selection_args(ap)
     ap.add_argument("--bucket", default="arxiv", help="the requester-pays bucket (default arxiv)")
     ap.add_argument("--endpoint-url", help="S3 endpoint (default $AWS_ENDPOINT_URL, else AWS)")
     ap.add_argument("--plan", action="store_true",
                     help="print the tars, bytes, cost and time, and download nothing")
-    ap.add_argument("--bandwidth", type=float, default=DEFAULT_BANDWIDTH_MB_S, metavar="MB/S",
+    ap.add_argument("--bandwidth", type=cli.positive_float, default=DEFAULT_BANDWIDTH_MB_S, metavar="MB/S",
                     help=f"download speed the plan assumes, in MB/s (default {DEFAULT_BANDWIDTH_MB_S:g})")
     ap.add_argument("--keep-tars", action="store_true", help="keep each tar under bulk/tars/ once done")
     args = ap.parse_args(argv)
@@ -101,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         month_range(args.start, args.end)
     except ValueError as e:
         ap.error(str(e))
-    if args.bandwidth <= 0:
-        ap.error("--bandwidth must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     root = config.data_root(args.data)
     try:

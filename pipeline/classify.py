@@ -10,7 +10,7 @@ boosting) whose decision values are Platt-calibrated, so a score is a probabilit
 
 Training is cross-validated grouped by paper (all figures of a paper in one fold), and the
 calibrator of each fold is fit on the other folds only, so the reported metrics are honest.
-Outputs go to `classifier/<version>/`: `model.joblib`, `card.json`, `card.md`, `pr_curve.png`;
+Outputs go to `classifier/<version>/`: `model.skops`, `card.json`, `card.md`, `pr_curve.png`;
 `classifier/LATEST` names the newest. Scoring writes `scores/<shard>.parquet` + stats per
 figure shard and skips shards already scored by the same model version.
 """
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,6 +41,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from model import cli
 from pipeline import labels as labels_mod
 from pipeline import store
 from pipeline.contract import SCORE_SCHEMA
@@ -363,7 +364,7 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
     calibrator = fit_calibrator(decision, y)  # on all out-of-fold decision values
 
     version = version or "clf-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = root / "classifier" / version
+    out = classifier_dir(root, version)
     out.mkdir(parents=True, exist_ok=True)
     card = {
         "version": version,
@@ -383,7 +384,7 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
         "threshold": threshold,
         "featurize_seconds": round(featurize_s, 2),
     }
-    joblib.dump({"head": final, "calibrator": calibrator, "card": card}, out / "model.joblib")
+    save_classifier(out, {"head": final, "calibrator": calibrator, "card": card})
     plot_pr_curve(y, prob, threshold, out / "pr_curve.png")
     store.atomic_write_json(out / "card.json", card)
     store.atomic_write_text(out / "card.md", card_markdown(card))
@@ -446,25 +447,96 @@ Docling's figure classifier reports 0.907 accuracy but 0.688 balanced accuracy o
 # --- score --------------------------------------------------------------------------------------
 
 
-def load_model(root: Path, version: str | None = None) -> dict:
-    latest = root / "classifier" / "LATEST"
-    if version is None and latest.exists():
-        version = latest.read_text().strip()
+# --- saving and loading a classifier -----------------------------------------------------------
+# A classifier folder may come from someone else (a shared dataset root, a downloaded model), so
+# loading it must not run code: it is saved with skops, which rebuilds only the types it is told to
+# trust, never with pickle. `model.joblib` (older versions) is a pickle and loads only when the user
+# says they trust it.
+
+MODEL_FILE = "model.skops"
+PICKLE_FILE = "model.joblib"
+# What skops does not trust by default but the heads and calibrators here are made of: plain data
+# holders of scikit-learn (the fitted trees of HistGradientBoosting, CalibratedClassifierCV's parts).
+# Every other scikit-learn estimator, numpy array and builtin container skops trusts already.
+TRUSTED_TYPES = (
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)
+
+
+class ClassifierError(ValueError):
+    """A classifier that cannot be used safely or at all: outside classifier/, untrusted, unreadable."""
+
+
+def classifier_dir(root: Path, version: str) -> Path:
+    """`root/classifier/<version>`, refusing a version that leaves `classifier/` once `..` and
+    links are resolved (`--version ../..`, or a LATEST file naming such a path)."""
+    base = (Path(root) / "classifier").resolve()
+    if not version or "\0" in version:
+        raise ClassifierError(f"classifier version {version!r} is not a name")
+    path = (base / version).resolve()
+    if path == base or not path.is_relative_to(base):
+        raise ClassifierError(f"classifier version {version!r} leaves {base}: refused "
+                              f"(a version is a folder name under classifier/)")
+    return path
+
+
+def save_classifier(out_dir: Path, obj: dict) -> Path:
+    """Write `obj` (estimators, arrays, dicts of plain values) to `out_dir/model.skops`, atomically."""
+    import skops.io
+
+    path = Path(out_dir) / MODEL_FILE
+    store.atomic_write_bytes(path, skops.io.dumps(obj))
+    return path
+
+
+def load_classifier(root: Path, version: str | None = None, trust_pickle: bool = False) -> dict:
+    """The classifier `version` (default: the one classifier/LATEST names) of the data root.
+    A `model.skops` holding any type beyond skops' defaults and TRUSTED_TYPES is refused, naming
+    them; a `model.joblib` is unpickled only with `trust_pickle` (unpickling runs code from the file)."""
+    import skops.io
+
+    latest = Path(root) / "classifier" / "LATEST"
+    if version is None and latest.is_file():
+        version = latest.read_text(errors="replace").strip()
     if not version:
-        raise FileNotFoundError(f"no trained classifier under {root / 'classifier'} (run `python -m pipeline.classify train`)")
-    path = root / "classifier" / version / "model.joblib"
-    if not path.exists():
+        raise FileNotFoundError(f"no trained classifier under {Path(root) / 'classifier'} "
+                                f"(run `python -m pipeline.classify train`)")
+    folder = classifier_dir(root, version)
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        if (folder / PICKLE_FILE).is_file():
+            if not trust_pickle:
+                raise ClassifierError(
+                    f"{folder / PICKLE_FILE} is a pickle, which runs code from the file when loaded; "
+                    f"pass --trust-pickle only if you made it or trust who did, or retrain")
+            import joblib
+            return joblib.load(folder / PICKLE_FILE)
         raise FileNotFoundError(f"classifier {version!r} not found: {path}")
-    return joblib.load(path)
+    try:
+        data = path.read_bytes()
+        untrusted = skops.io.get_untrusted_types(data=data)
+    except Exception as e:  # a stranger's file: not a zip, a broken schema, ...
+        raise ClassifierError(f"{path} is not a readable classifier ({type(e).__name__}: {e})") from None
+    if refused := sorted(set(untrusted) - set(TRUSTED_TYPES)):
+        raise ClassifierError(f"{path} holds types that are not trusted, refused: {', '.join(refused[:5])}")
+    try:
+        obj = skops.io.loads(data, trusted=list(untrusted))
+    except Exception as e:
+        raise ClassifierError(f"{path} is not a readable classifier ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or not {"head", "calibrator", "card"} <= set(obj):
+        raise ClassifierError(f"{path} is not a classifier of this pipeline (no head, calibrator and card)")
+    return obj
 
 
 def score(root=None, version=None, weights=None, batch_size=64, workers=0, shards=None, device=None,
-          keep_going: bool = True) -> dict:
+          keep_going: bool = True, trust_pickle: bool = False) -> dict:
     """Score every extracted figure, shard by shard; done shards of the same model are skipped.
     A shard that cannot be scored (an unreadable figure shard, say) is named in `failed_shards`
     with why and the others go on; `keep_going=False` raises instead (a Prefect task's retry)."""
     root = data_root(root)
-    model = load_model(root, version)
+    model = load_classifier(root, version, trust_pickle)
     card = model["card"]
     backbone = None
     if card["backbone"]:
@@ -538,15 +610,16 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    common.add_argument("--root", type=cli.writable_dir, help="dataset root (default $CVF_DATA or ./data)")
     common.add_argument("--weights", help=f"backbone weights: {WEIGHTS_HELP}. Without it: layout features only")
-    common.add_argument("--batch-size", type=int, default=32, help="figures per batch (default 32)")
-    common.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (default 0)")
+    common.add_argument("--batch-size", type=cli.positive_int, default=32, help="figures per batch (default 32)")
+    common.add_argument("--workers", type=cli.non_negative_int, default=0,
+                        help="image-decoding worker processes (default 0)")
 
     t = sub.add_parser("train", parents=[common], help="fit the classifier with grouped-by-paper CV",
                        description="Gather labels (Label Studio > replay truth > official index), featurize the "
                                    "labelled figures, cross-validate by paper, fit, and write classifier/<version>/ "
-                                   "(model.joblib, card.json, card.md, pr_curve.png).")
+                                   "(model.skops, card.json, card.md, pr_curve.png).")
     t.add_argument("--arch", help="torchvision architecture of --weights (default: from the file name)")
     t.add_argument("--labels", help="Label Studio labels (default ROOT/labels/labels.parquet)")
     t.add_argument("--truth", help="replay ground truth (default ROOT/truth.parquet or ROOT/replay/truth.parquet)")
@@ -554,9 +627,9 @@ def main(argv=None) -> int:
                    help="official df_train.csv/df_val.csv for distant supervision")
     t.add_argument("--head", choices=["logreg", "hgb"], default="logreg",
                    help="logistic regression (default) or histogram gradient boosting")
-    t.add_argument("--folds", type=int, default=5, help="cross-validation folds, grouped by paper (default 5)")
+    t.add_argument("--folds", type=cli.positive_int, default=5, help="cross-validation folds, grouped by paper (default 5)")
     t.add_argument("--seed", type=int, default=0, help="seed of the folds and the head (default 0)")
-    t.add_argument("--version", help="name of the model (default clf-<UTC time>)")
+    t.add_argument("--version", help="name of the model, a folder name under classifier/ (default clf-<UTC time>)")
     t.add_argument("--captions", choices=["auto", "on", "off"], default="auto",
                    help="caption features (cue words such as 'qualitative', 'comparison'; length; sub-caption): "
                         "auto (default) uses them when grouped CV with them beats CV without; the model card "
@@ -566,7 +639,11 @@ def main(argv=None) -> int:
                        description="Score every extracted figure with a trained classifier, one month shard at a "
                                    "time, into scores/<shard>.parquet; shards already scored by the same model "
                                    "and figures are skipped.")
-    s.add_argument("--version", help="classifier version (default: classifier/LATEST)")
+    s.add_argument("--version", help="classifier version, a folder under ROOT/classifier/ (default: the one "
+                                      "classifier/LATEST names)")
+    s.add_argument("--trust-pickle", action="store_true",
+                   help="also load a classifier saved by older versions as model.joblib, a pickle: loading it "
+                        "RUNS CODE FROM THE FILE, so only for a file you made or whose maker you trust")
     s.add_argument("--shard", nargs="*", help="only these month shards")
     s.add_argument("--device", help="torch device for the backbone (default: cuda when present, else cpu)")
     args = p.parse_args(argv)
@@ -576,15 +653,21 @@ def main(argv=None) -> int:
         p.error(str(e))
     try:
         if args.command == "train":
+            if args.version:  # refused before any work when it leaves classifier/
+                classifier_dir(data_root(args.root), args.version)
             out = train(args.root, args.weights, args.arch, args.labels, args.truth, args.cvf_index, args.head,
                         args.folds, args.seed, args.version, args.batch_size, args.workers, args.captions)
-            card = joblib.load(out / "model.joblib")["card"]
+            card = json.loads((out / "card.json").read_text())
             m = card["cv"]["at_threshold"]
             print(f"classifier {card['version']} -> {out}\n  grouped CV over {card['cv']['papers']} papers: "
                   f"ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  balanced acc {m['balanced_accuracy']:.3f}  "
                   f"precision {m['precision']:.3f}  recall {m['recall']:.3f} at threshold {m['threshold']:.3f}")
         else:
-            summary = score(args.root, args.version, args.weights, args.batch_size, args.workers, args.shard, args.device)
+            summary = score(args.root, args.version, args.weights, args.batch_size, args.workers, args.shard,
+                            args.device, trust_pickle=args.trust_pickle)
+            if not summary["shards"] + summary["skipped_shards"] + len(summary["failed_shards"]):
+                raise FileNotFoundError(f"nothing to score: no extracted figures/<shard>.parquet under "
+                                        f"{data_root(args.root)} (run python -m pipeline.extract)")
             print(f"scored {summary['scored']} figures in {summary['shards']} shards "
                   f"({summary['skipped_shards']} already done, {summary['errors']} unreadable)")
             if summary["failed_shards"]:

@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from model import cli
 from pipeline.limits import MAX_PIXELS, error_text
 
 # --- confined helper programs -------------------------------------------------------------------
@@ -261,8 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m pipeline.confined",
         description="The confined child process (started by ConfinedChild, not by hand).")
     parser.add_argument("--serve", action="store_true", required=True)
-    parser.add_argument("--memory-mb", type=int, default=4096)
-    parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--memory-mb", type=cli.positive_int, default=4096)
+    parser.add_argument("--parent-pid", type=cli.non_negative_int, default=0)
     args = parser.parse_args(argv)
     serve(args.memory_mb, args.parent_pid)
 

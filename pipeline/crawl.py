@@ -48,6 +48,7 @@ import requests
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from model import cli
 from pipeline import config, store
 from pipeline.contract import DOWNLOAD_FIELDS, PAPER_SCHEMA
 from pipeline.arxiv_api import ArxivAPI, MetadataError, fetch_license, paper_record, search_month
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.crawl", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_selection_args(ap)
-    ap.add_argument("--max-papers", type=int, help="at most this many papers in this run (all shards together, "
+    ap.add_argument("--max-papers", type=cli.positive_int, help="at most this many papers in this run (all shards together, "
                                                   "in order; later shards are not started)")
     ap.add_argument("--downloads", nargs="*", default=list(DOWNLOADS), choices=DOWNLOADS,
                     help="what may be downloaded (default: eprint pdf; none = metadata only)")
@@ -359,15 +360,15 @@ def main(argv: list[str] | None = None) -> int:
                          "(PDF-only, or no e-print): the only PDFs extraction reads; all: every one; none: never")
     ap.add_argument("--retry-failed", action="store_true",
                     help="try again every download that failed for good (missing, withdrawn, error), attempts reset")
-    ap.add_argument("--block-after", type=int, default=BLOCK_AFTER,
+    ap.add_argument("--block-after", type=cli.non_negative_int, default=BLOCK_AFTER,
                     help=f"stop the run when a host refuses this many papers in a row (HTTP 403, an HTML page, "
                          f"transient failures beyond --retries), leaving them pending (default {BLOCK_AFTER}; "
                          "0: never stop)")
-    ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
+    ap.add_argument("--delay", type=cli.non_negative_float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
                                                 f"or {config.DEFAULT_DELAY})")
-    ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds (default 60)")
-    ap.add_argument("--retries", type=int, default=4, help="retries of a failing request within a run (default 4)")
-    ap.add_argument("--max-attempts", type=int, default=3, help="tries per download across runs before giving up (default 3)")
+    ap.add_argument("--timeout", type=cli.positive_float, default=60.0, help="per-request timeout in seconds (default 60)")
+    ap.add_argument("--retries", type=cli.non_negative_int, default=4, help="retries of a failing request within a run (default 4)")
+    ap.add_argument("--max-attempts", type=cli.positive_int, default=3, help="tries per download across runs before giving up (default 3)")
     ap.add_argument("--api-url", help="Atom API query URL (default $CVF_ARXIV_API_URL or arXiv's)")
     ap.add_argument("--eprint-url", help="e-print URL template with {id} (default $CVF_ARXIV_EPRINT_URL)")
     ap.add_argument("--pdf-url", help="PDF URL template with {id} (default $CVF_ARXIV_PDF_URL)")

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from model import cli
 from pipeline import config, store
 from pipeline.contract import FIGURE_SCHEMA
 from pipeline.archive import ArchiveError, Limits, read_eprint
@@ -124,6 +125,11 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
             # An EPS and pdfLaTeX's conversion of it beside it are one CVF image: the archive's
             # PDF is preferred, the EPS is the fallback when the PDF does not render.
             earlier = rows.get(name)
+            if earlier is not None and earlier["source_path"] == member.path:
+                # The same member path twice (legal in a tar): extracting the tar leaves the last
+                # copy on disk, so that one is the figure; the earlier copy is recorded, without an image.
+                rows[f"{name}\0{member.path}\0{len(rows)}"] = duplicate_member_row(earlier, image_dir)
+                earlier = None
             if earlier is not None:
                 if {fmt, earlier["format"]} not in ({"pdf", "eps"}, {"pdf", "ps"}):
                     rows[f"{name}\0{member.path}"] = figure_row(
@@ -158,6 +164,17 @@ def extract_eprint(paper_id: str, eprint: Path, image_dir: Path, root: Path,
             if figure_files else f"no figure files in the e-print ({kind})"))
     add_figure_texts(list(rows.values()), tex)
     return list(rows.values())
+
+
+def duplicate_member_row(earlier: dict, image_dir: Path) -> dict:
+    """The record of an archive member that a later member of the same path replaces: status
+    `duplicate`, no image (its PNG, if it rendered, is removed: the later copy's goes there)."""
+    if earlier["status"] == "ok":
+        (image_dir / output_name(earlier["paper_id"], earlier["img_name"])).unlink(missing_ok=True)
+    return figure_row(earlier["paper_id"], img_name=earlier["img_name"], source_path=earlier["source_path"],
+                      format=earlier["format"], bytes=earlier["bytes"], name_filter=earlier["name_filter"],
+                      status="duplicate", error="the archive holds this path again later; tar extraction "
+                                                "keeps the last copy, which is the figure")
 
 
 def add_figure_texts(rows: list[dict], tex: dict[str, str]) -> None:
@@ -433,7 +450,10 @@ def crawl_pending(paper: dict) -> bool:
 
 def render_options(box: str = "crop", official: bool = False,
                    timeout_s: float = 60.0) -> RenderOptions:
-    """The CLI's and the flow's rendering choices as RenderOptions."""
+    """The CLI's and the flow's rendering choices as RenderOptions (ValueError for a time limit
+    that is not above 0: every figure would time out and the shard would be marked done)."""
+    if not timeout_s > 0:
+        raise ValueError(f"timeout {timeout_s}: give a number of seconds above 0")
     if official:
         return dataclasses.replace(OFFICIAL, timeout_s=timeout_s)
     return RenderOptions(box=box, timeout_s=timeout_s)
@@ -482,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
                     "(but a paper the crawl has since fetched a new version of is extracted again); "
                     "interrupted ones resume. For many shards in parallel use the Prefect flow "
                     "`python -m flows.extract`.")
-    parser.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    parser.add_argument("--root", type=cli.writable_dir, help="dataset root (default $CVF_DATA or ./data)")
     parser.add_argument("--shards", nargs="*", metavar="YYYY-MM",
                         help="month shards to extract (default: every shard with papers)")
     parser.add_argument("--box", choices=["crop", "media"], default="crop",
@@ -493,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
                              "dropped (slower)")
     parser.add_argument("--no-name-filter", action="store_true",
                         help="also render names with 'arch'/'pipeline', which CVF dropped")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per figure file")
+    parser.add_argument("--timeout", type=cli.positive_float, default=60.0, help="seconds per figure file (default 60)")
     parser.add_argument("--formats", default=",".join(CVF_FORMATS), metavar="LIST",
                         help="comma-separated figure file formats taken as candidates (default "
                              "pdf,png: what CVF's figures are; EPS/PS count as the PDF they "
@@ -501,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
                                                             if f not in CVF_FORMATS))
     parser.add_argument("--force", action="store_true",
                         help="redo shards that are done (default: skip them)")
-    parser.add_argument("--contact-sheet", type=int, metavar="N", default=0,
+    parser.add_argument("--contact-sheet", type=cli.non_negative_int, metavar="N", default=0,
                         help="also write figures/contact_sheet.png of N sampled figures")
     args = parser.parse_args(argv)
     root = config.data_root(args.root)

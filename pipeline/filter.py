@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model import cli
 from pipeline import store
 from pipeline.config import data_root
 from pipeline.contract import SELECTION_SCHEMA
@@ -85,7 +86,12 @@ def candidates(root: Path) -> pd.DataFrame:
     scores = scores[scores["score"].notna()].rename(columns={"sha256": "scored_sha256"})
     figures = _read_stage(root, "figures", ["paper_id", "img_name", "sha256", "width", "height", "image_path",
                                             "source_kind", "dup_of", "near_dup_of", "render", "phash",
-                                            "page", "bbox", "version"] + TEXT_COLUMNS + PANEL_COLUMNS)
+                                            "page", "bbox", "version", "status"] + TEXT_COLUMNS + PANEL_COLUMNS)
+    # Only a figure with an image: the records of a name without one (a later copy of the same
+    # archive path won, another file has the same CVF name, it failed to render) must not join
+    # the score of the one that has it.
+    if "status" in figures:
+        figures = figures[figures["status"].fillna("ok") == "ok"].drop(columns="status")
     df = scores.merge(figures.rename(columns={"version": "figure_version"}), on=["paper_id", "img_name"], how="inner")
     df = df.merge(_papers(root), on="paper_id", how="left")
     # The version the pixels came from: the figure record's; the paper record's (its latest
@@ -238,10 +244,10 @@ def run(root=None, threshold=None, target_count=None, seed=0) -> tuple[Path, dic
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.filter", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
+    p.add_argument("--root", type=cli.writable_dir, help="dataset root (default $CVF_DATA or ./data)")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--threshold", type=float, help="keep figures with score >= T (0 <= T <= 1)")
-    how.add_argument("--target-count", type=int, help="pick the threshold that keeps N figures")
+    how.add_argument("--threshold", type=cli.unit_interval, help="keep figures with score >= T (0 <= T <= 1)")
+    how.add_argument("--target-count", type=cli.positive_int, help="pick the threshold that keeps N figures")
     p.add_argument("--seed", type=int, default=0, help="split seed (changing it reshuffles every paper)")
     args = p.parse_args(argv)
     try:

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from lxml import etree
 from tqdm import tqdm
 
+from model import cli
 from pipeline import config, store
 from pipeline.contract import LICENSE_SCHEMA
 from pipeline.arxiv_api import OAI_NS, strict_xml
@@ -318,11 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="from_date", metavar="YYYY-MM-DD",
                     help="only records whose metadata changed on or after this day (default: the whole set)")
     ap.add_argument("--oai-url", help=f"OAI-PMH base URL (default $CVF_ARXIV_OAI_URL or {DEFAULT_OAI_URL})")
-    ap.add_argument("--data", help="dataset root (default $CVF_DATA or ./data)")
-    ap.add_argument("--delay", type=float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
+    ap.add_argument("--root", "--data", dest="data", metavar="ROOT", type=cli.writable_dir,
+                    help="dataset root (default $CVF_DATA or ./data)")
+    ap.add_argument("--delay", type=cli.non_negative_float, help=f"seconds between requests to a host (default $CVF_ARXIV_DELAY "
                                                 f"or {config.DEFAULT_DELAY})")
-    ap.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in seconds (default 120)")
-    ap.add_argument("--retries", type=int, default=4, help="retries of a failing request (default 4)")
+    ap.add_argument("--timeout", type=cli.positive_float, default=120.0, help="per-request timeout in seconds (default 120)")
+    ap.add_argument("--retries", type=cli.non_negative_int, default=4, help="retries of a failing request (default 4)")
     ap.add_argument("--fill-papers", action="store_true",
                     help="after the harvest, write the licences into the paper records of done crawl shards")
     args = ap.parse_args(argv)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pymupdf
 from PIL import Image
 
+from model import cli
 from pipeline.limits import MAX_PIXELS, MAX_SIDE, error_text
 from pipeline.store import atomic_write_bytes
 
@@ -631,9 +632,10 @@ def main(argv=None) -> int:
         prog="python -m pipeline.pdffigures",
         description="Find the captioned figures of a paper PDF and write each as a PNG "
                     "(the fallback for papers without LaTeX sources). Prints one line per region.")
-    ap.add_argument("pdf", nargs="+", help="paper PDF file(s)")
-    ap.add_argument("--out", required=True, help="folder for the PNGs (one subfolder per PDF when several)")
-    ap.add_argument("--dpi", type=int, default=150, help="render resolution (default 150)")
+    ap.add_argument("pdf", nargs="+", type=cli.readable_file, help="paper PDF file(s)")
+    ap.add_argument("--out", required=True, type=cli.writable_dir,
+                    help="folder for the PNGs (one subfolder per PDF when several)")
+    ap.add_argument("--dpi", type=cli.positive_int, default=150, help="render resolution (default 150)")
     ap.add_argument("--tables", action="store_true", help="also write table regions")
     ap.add_argument("--overlay", action="store_true",
                     help="also write <page>_overlay.png per page with a region: boxes drawn on the page")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pymupdf
 
+from model import cli
 from pipeline.config import shared_testdata
 from pipeline.pdffigures import FIGURE_MENTION_RE, Region, find_figure_regions
 
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.pdffigures_eval",
                                  description="Score the PDF figure finder on shared/testdata "
                                              "(box IoU >= 0.8 where boxes exist, figure-number recall per paper).")
-    ap.add_argument("--testdata", type=Path, default=None, help="default: ../shared/testdata")
+    ap.add_argument("--testdata", type=cli.existing_dir, default=None, help="default: ../shared/testdata")
     ap.add_argument("--json", action="store_true", help="print the full report as JSON")
     args = ap.parse_args(argv)
     report = evaluate(args.testdata)

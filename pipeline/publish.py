@@ -42,6 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from model import cli
 from pipeline import store
 from pipeline.config import data_root
 from pipeline.contact_sheet import contact_sheet
@@ -542,18 +543,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.publish", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--name", required=True, help="manifest name, e.g. cvf-2026.11")
-    p.add_argument("--root", help="dataset root (default $CVF_DATA or ./data)")
-    p.add_argument("--out", default="manifests", help="parent folder or fsspec URL (default ./manifests)")
+    p.add_argument("--root", type=cli.existing_dir, help="dataset root (default $CVF_DATA or ./data)")
+    p.add_argument("--out", default="manifests", type=cli.writable_dir,
+                   help="parent folder or fsspec URL (default ./manifests)")
     p.add_argument("--overwrite", action="store_true", help="replace a manifest of the same name")
     p.add_argument("--hf-repo", help="also push the Parquet files and the card to this Hugging Face dataset repo, "
                                      "in one commit (needs network and a token: $HF_TOKEN or `hf auth login`); "
                                      "a failed push is an error (exit 1)")
-    p.add_argument("--samples", type=int, default=24, help="figures per contact sheet")
+    p.add_argument("--samples", type=cli.positive_int, default=24, help="figures per contact sheet (default 24)")
     p.add_argument("--seed", type=int, default=0, help="seed of the contact-sheet samples")
     args = p.parse_args(argv)
     try:
         target, files = publish(args.root, args.name, args.out, args.overwrite, args.hf_repo, args.samples, args.seed)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # OSError: FileNotFoundError, FileExistsError, an unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
     except PublishError as e:

@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 import pymupdf
 from tqdm import tqdm
 
+from model import cli
 from pipeline import config, store
 from pipeline.archive import ArchiveError, read_eprint
 from pipeline.extract import (FIGURE_SCHEMA, PDF_REGION, RENDER_SETTINGS, IsPaperPDF,
@@ -495,14 +496,14 @@ def main(argv: list[str] | None = None) -> None:
                     "publish`) is followed, so the images match the manifest's sha256; its "
                     "pdf-region figures are cut from the paper PDF again. A report of duplicates and of every image that could not "
                     "be had, with reasons, goes to $CVF_DATA/rebuild/SPLIT/.")
-    parser.add_argument("--index", required=True,
+    parser.add_argument("--index", required=True, type=cli.readable_file,
                         help="CSV with paper_id,img_name columns (the official ,paper_id,img_name "
                              "index works as is) or a Parquet manifest")
-    parser.add_argument("--split", required=True, help="output folder name, e.g. train or val")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--root", help="dataset root for e-prints and records "
+    parser.add_argument("--split", required=True, type=cli.folder_name, help="output folder name, e.g. train or val")
+    parser.add_argument("--out", required=True, type=cli.writable_dir, help="output directory")
+    parser.add_argument("--root", type=cli.writable_dir, help="dataset root for e-prints and records "
                                        "(default $CVF_DATA or ./data)")
-    parser.add_argument("--eprints", help="folder of e-prints already at hand (<id>.tar.gz, "
+    parser.add_argument("--eprints", type=cli.existing_dir, help="folder of e-prints already at hand (<id>.tar.gz, "
                                           "<id>.eprint or <id>); others are downloaded")
     parser.add_argument("--eprint-url", help="e-print URL template with {id}, as for the crawl "
                                              "(default $CVF_ARXIV_EPRINT_URL or arXiv's)")
@@ -515,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
                              "path, whose sizes are identical and pixels nearly so); applies to "
                              "every image of the official CSV, and to the images of a manifest "
                              "whose `render` is empty, or pdf-region without page/bbox")
-    parser.add_argument("--delay", type=float, default=None,
+    parser.add_argument("--delay", type=cli.non_negative_float, default=None,
                         help="seconds between requests to arXiv (default $CVF_ARXIV_DELAY or 3)")
     parser.add_argument("--version", default="auto", metavar="cvf|latest|YYYY-MM-DD",
                         help="which arXiv version of each paper: cvf = the version current on "
@@ -523,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
                              "until one holds every listed name; latest = /e-print/<id> as the "
                              "crawl fetches it; a date = the version current then first. "
                              "Default: cvf for the official CSV, latest for our manifests")
-    parser.add_argument("--metadata", metavar="FILE",
+    parser.add_argument("--metadata", metavar="FILE", type=cli.readable_file,
                         help="arXiv metadata snapshot (arxiv-metadata-oai-snapshot.json, JSON "
                              "lines with `versions`) for the version dates; papers it lacks are "
                              "asked of the API ($CVF_ARXIV_API_URL), 100 ids a request")
@@ -531,16 +532,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="exit 0 even when listed images could not be had (default: exit 1; "
                              "missing.csv says why for each)")
     args = parser.parse_args(argv)
-    if not Path(args.index).is_file():
-        parser.error(f"--index {args.index}: no such file")
-    if args.eprints and not Path(args.eprints).is_dir():
-        parser.error(f"--eprints {args.eprints}: no such folder")
-    if args.metadata and not Path(args.metadata).is_file():
-        parser.error(f"--metadata {args.metadata}: no such file")
     try:
-        read_index(args.index)  # a wrong CSV is a one-line error, not a traceback
+        listed = read_index(args.index)  # a wrong CSV is a one-line error, not a traceback
     except (ValueError, OSError) as e:
         parser.error(str(e))
+    if not listed:  # a header-only index: the user asked for images and there are none to make
+        parser.error(f"--index {args.index} lists no images (a header and no rows): nothing to rebuild")
     for flag, url in (("--eprint-url", args.eprint_url), ("--pdf-url", args.pdf_url)):
         if url and "{id}" not in url:
             parser.error(f"{flag} {url}: no {{id}} placeholder")

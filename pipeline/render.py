@@ -32,6 +32,7 @@ import numpy as np
 import pymupdf
 from PIL import Image
 
+from model import cli
 from pipeline.confined import ConfinedChild, private_folder, run_confined
 from pipeline.limits import MAX_PIXELS, MAX_SIDE, OFFICIAL_DPI, error_text, without_addresses
 
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Render one figure file (PDF, EPS/PS, PNG, JPEG, GIF, BMP, TIFF) to an RGB "
                     "PNG with the longer side at most 1024 px, as the extraction stage does.")
     parser.add_argument("file", nargs="?", help="figure file to render")
-    parser.add_argument("-o", "--out", help="output PNG (default: <file>.png)")
+    parser.add_argument("-o", "--out", type=cli.writable_file, help="output PNG (default: <file>.png)")
     parser.add_argument("--official", action="store_true",
                         help="the CVF downloader's pixels: MediaBox, 200 DPI then thumbnail, "
                              "alpha dropped")

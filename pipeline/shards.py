@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from model import cli
+
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _NEW_ID = re.compile(r"^(\d{2})(\d{2})\.\d{4,5}$")
 # old-style ids (before 2007-04): archive, optional subject class, then YYMMNNN: cs/0112017, math.AG/0101001
@@ -55,7 +57,8 @@ def add_selection_args(ap) -> None:
     """The paper-selection flags that crawl and bulk share: months, data root, category."""
     ap.add_argument("--from", dest="start", required=True, help="first month shard, YYYY-MM")
     ap.add_argument("--to", dest="end", required=True, help="last month shard, YYYY-MM (inclusive)")
-    ap.add_argument("--data", help="dataset root (default $CVF_DATA or ./data)")
+    ap.add_argument("--root", "--data", dest="data", metavar="ROOT", type=cli.writable_dir,
+                    help="dataset root (default $CVF_DATA or ./data)")
     ap.add_argument("--category", default="cs.CV", help="arXiv category (default cs.CV)")
     ap.add_argument("--include-cross-lists", action="store_true",
                     help="also take papers that list the category without it being their primary one")

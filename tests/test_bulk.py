@@ -333,8 +333,9 @@ def test_bad_input_is_one_error_line(s3_server, layout, tmp_path, capsys):
     base = ["--from", "2019-04", "--to", "2019-04", "--endpoint-url", s3_server, "--data", str(tmp_path / "d")]
     assert bulk.main(["--metadata", str(bad), *base]) == 1
     assert capsys.readouterr().err.strip().startswith(f"error: {bad} line 2: not JSON")
-    assert bulk.main(["--metadata", str(tmp_path / "absent.json"), *base]) == 1
-    assert "error: no metadata file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a bad value: refused before any work, exit 2
+        bulk.main(["--metadata", str(tmp_path / "absent.json"), *base])
+    assert exit_.value.code == 2 and "absent.json: no such file" in capsys.readouterr().err
     assert bulk.main(["--metadata", str(snapshot), *base, "--bucket", "no-such-bucket"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot read s3://no-such-bucket/src/arXiv_src_manifest.xml")

@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_model_card_and_pr_curve_with_honest_grouped_metrics(trained):
     root, truth, out = trained
-    for name in ["model.joblib", "card.json", "card.md", "pr_curve.png"]:
+    for name in ["model.skops", "card.json", "card.md", "pr_curve.png"]:
         assert (out / name).stat().st_size > 0, name
     card = json.loads((out / "card.json").read_text())
     assert card["backbone"] is None

@@ -651,7 +651,7 @@ def test_fp32_by_default_with_tf32_off_and_bf16_recorded(checkpoint, tmp_path):
     with evaluate.ExactArithmetic():
         assert [s.fp32_precision for s in evaluate.ExactArithmetic.SWITCHES] == ["ieee"] * 3 and EXACT.on
     assert [s.fp32_precision for s in evaluate.ExactArithmetic.SWITCHES] == before and not EXACT.on
-    assert evaluate.parser().parse_args(["--task", "synthetic", "--checkpoint", "x"]).dtype == "fp32"
+    assert evaluate.parser().parse_args(["--task", "synthetic", "--checkpoint", __file__]).dtype == "fp32"
     out = tmp_path / "bf16"
     assert evaluate.main(args_for(checkpoint, out, "--task", "synthetic", "--episodes", "2",
                                   "--dtype", "bf16")) == 0

@@ -157,13 +157,14 @@ def test_manifest_with_official_layout(tmp_path):
         list_images(tmp_path / "train.parquet")
 
 
-def test_wrong_data_path_is_a_clear_error_not_a_traceback(tmp_path):
+def test_wrong_data_path_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     from model.data import main as data_main
 
     with pytest.raises(SystemExit, match="error: no such manifest or image folder"):
         train(get_args([str(tmp_path / "nothing"), "--target", "pixels", "--out", str(tmp_path)]))
-    with pytest.raises(SystemExit, match="error: no such manifest or image folder"):
+    with pytest.raises(SystemExit) as exit_:  # the CLI: the one line on stderr, exit 2
         data_main(["pack", str(tmp_path / "nothing"), "--out", str(tmp_path / "shards")])
+    assert exit_.value.code == 2 and "error: no such manifest or image folder" in capsys.readouterr().err
 
 
 def test_sampler_shards_ranks_disjointly_and_resumes():

@@ -17,9 +17,20 @@ import signal
 import sys
 from pathlib import Path
 
+from model import cli
 from pipeline import config
 from pipeline.replay.corpus import generate_corpus
 from pipeline.replay.server import Replay, ReplayServer
+from pipeline.shards import parse_month
+
+
+def month(text: str) -> str:
+    """argparse type: a YYYY-MM month."""
+    try:
+        parse_month(text)
+    except ValueError as e:
+        raise cli.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,14 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     gen = sub.add_parser("generate", help="write a deterministic fake corpus (no copyrighted material)")
     srv = sub.add_parser("serve", help="serve a corpus as arXiv's API, e-print, PDF and OAI-PMH endpoints")
     for p in (gen, srv):
-        p.add_argument("--papers", type=int, default=20, help="papers to generate (default 20)")
-        p.add_argument("--months", nargs="+", default=["2021-01"], help="YYYY-MM months to spread papers over")
+        p.add_argument("--papers", type=cli.positive_int, default=20, help="papers to generate (default 20)")
+        p.add_argument("--months", nargs="+", default=["2021-01"], type=month,
+                       help="YYYY-MM months to spread papers over")
         p.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--out", required=True, type=Path, help="folder to write the corpus to")
+    gen.add_argument("--out", required=True, type=lambda text: Path(cli.writable_dir(text)),
+                     help="folder to write the corpus to")
     srv.add_argument("--corpus", type=Path, default=config.data_root() / "replay",
                      help="corpus folder, generated first when it has no papers.jsonl (default $CVF_DATA/replay)")
-    srv.add_argument("--eprints-dir", type=Path, help="also serve real e-prints named <arxiv id>.tar.gz from here")
-    srv.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free one)")
+    srv.add_argument("--eprints-dir", type=lambda text: Path(cli.existing_dir(text)), help="also serve real e-prints named <arxiv id>.tar.gz from here")
+    srv.add_argument("--port", type=cli.port_or_zero, default=0, help="port on 127.0.0.1 (0 = any free one)")
     srv.add_argument("--faults", default="[]",
                      help='fault rules as JSON text or a JSON file: a list of {"match": regex on the request path, '
                           '"fault": 503|429|500|404|slow|truncate|html|empty|malformed|block, "times": N (absent: '
@@ -61,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.corpus and not (args.corpus / "papers.jsonl").exists():
         print(f"generating {args.papers} papers in {args.corpus} ...", file=sys.stderr)
         generate_corpus(args.corpus, args.papers, args.months, args.seed)
-    server = ReplayServer(Replay(args.corpus, args.eprints_dir, faults), port=args.port)
+    try:
+        server = ReplayServer(Replay(args.corpus, args.eprints_dir, faults), port=args.port)
+    except OSError as e:  # the port is taken
+        cli.fail(f"cannot listen on 127.0.0.1:{args.port} ({e.strerror or e})")
     print(f"arXiv replay serving {len(server.replay.papers)} papers at {server.url}", flush=True)
     for k, v in server.endpoints().items():
         print(f"  export {k}='{v}'", flush=True)
