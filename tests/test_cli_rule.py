@@ -32,6 +32,11 @@ CASES = [
     ("pipeline.classify", ["score", "--root", "{pickled_root}"], 2, "--trust-pickle"),
     ("pipeline.classify", ["score", "--root", "{scoring_root}"], 2, "nothing to score"),
     ("pipeline.classify", ["score", "--root", "{root}", "--shard", "2021-13"], 2, "not a month shard"),
+    # pipeline.cli (the `cvf` command), pipeline.confined (the renderer's child), pipeline.contract
+    ("pipeline.cli", ["no-such-job"], 2, "no job"),
+    ("pipeline.cli", ["crawl", "--max-papers", "-5"], 2),
+    ("pipeline.confined", ["--serve", "--memory-mb", "0"], 2),
+    ("pipeline.contract", ["--out", "x"], 2, "unrecognized arguments"),
     # pipeline.extract
     ("pipeline.extract", ["--root", "{root}", "--timeout", "-1", "--force"], 2, "--timeout"),
     ("pipeline.extract", ["--root", "{root}", "--timeout", "0"], 2),
