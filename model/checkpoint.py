@@ -94,11 +94,11 @@ def load_with_placeholders(path, prefixes=_OPAQUE_PREFIXES, map_location="cpu"):
     """`torch.load(weights_only=True)` of a file that names classes outside its tensors: each
     global whose dotted name starts with one of `prefixes` is replaced by an inert placeholder
     (found one at a time from the unpickler's refusals), so no code of it runs and its package
-    need not be installed. Any other global (a function to call, a foreign class) is refused."""
+    need not be installed; `argparse.Namespace` (training args) is allowed. Any other global (a function to call, a foreign class) is refused."""
     opaque: dict[str, tuple] = {}
     for _ in range(256):  # a file references at most a few dozen such globals
         try:
-            with torch.serialization.safe_globals(list(opaque.values())):
+            with torch.serialization.safe_globals([argparse.Namespace, *opaque.values()]):
                 return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             unknown, container = _UNSUPPORTED.search(str(e)), _NOT_A_CONTAINER.search(str(e))

@@ -64,3 +64,37 @@ def randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> Non
                 p.copy_(0.5 + noise)
             else:
                 p.copy_(noise)
+
+
+# A VQGAN small enough for CPU tests: f16 (4 downsamplings), 40 codes, 64-px images.
+TINY_VQGAN = {"ddconfig": {"double_z": False, "z_channels": 32, "resolution": 64, "in_channels": 3,
+                           "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 1, 1, 1], "num_res_blocks": 1,
+                           "attn_resolutions": [], "dropout": 0.0},
+              "n_embed": 40, "embed_dim": 8}
+
+
+def tiny_vqgan(seed: int = 0):
+    from model.vqgan import VQModel
+
+    torch.manual_seed(seed)
+    vq = VQModel(**TINY_VQGAN)
+    with torch.no_grad():       # spread the codebook so that tokens vary with the image
+        vq.quantize.embedding.weight.normal_()
+    return vq.eval()
+
+
+def net2net_yaml(vocab_size=40, block_size=16, n_layer=2, n_head=4, n_embd=32, unconditional=True):
+    """taming's Net2NetTransformer model.yaml (as its configs/*.yaml) for the tiny VQGAN."""
+    params = {"transformer_config": {"target": "taming.modules.transformer.mingpt.GPT",
+                                     "params": {"vocab_size": vocab_size, "block_size": block_size,
+                                                "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}},
+              "first_stage_config": {"target": "taming.models.vqgan.VQModel",
+                                     "params": {**TINY_VQGAN, "lossconfig": {
+                                         "target": "taming.modules.losses.DummyLoss"}}}}
+    if unconditional:
+        params |= {"cond_stage_config": "__is_unconditional__", "unconditional": True, "sos_token": 0}
+    else:
+        params |= {"cond_stage_config": {"target": "taming.modules.util.Labelator",
+                                         "params": {"n_classes": 10}}, "cond_stage_key": "class_label"}
+    return {"model": {"base_learning_rate": 4.5e-6,
+                      "target": "taming.models.cond_transformer.Net2NetTransformer", "params": params}}
