@@ -99,7 +99,8 @@ def load_with_placeholders(path, prefixes=_OPAQUE_PREFIXES, map_location="cpu"):
     for _ in range(256):  # a file references at most a few dozen such globals
         try:
             with torch.serialization.safe_globals([argparse.Namespace, *opaque.values()]):
-                return torch.load(path, map_location=map_location, weights_only=True)
+                return torch.load(path, map_location=map_location, weights_only=True,
+                                  mmap=zipfile.is_zipfile(path))
         except pickle.UnpicklingError as e:
             unknown, container = _UNSUPPORTED.search(str(e)), _NOT_A_CONTAINER.search(str(e))
             if unknown and unknown.group(1).startswith(tuple(prefixes)):

@@ -151,6 +151,7 @@ class VqganTransformer(nn.Module):
         self.first_stage_model = first_stage.eval().requires_grad_(False)
         self.transformer = transformer
         self.sos_token, self.be_unconditional = int(sos_token), bool(unconditional)
+        self.class_label: int | None = None   # a class-conditional model's default condition
         self.target = "tokens"
         f = first_stage.downsample_factor
         img_size = img_size or f * math.isqrt(transformer.block_size)
@@ -177,7 +178,10 @@ class VqganTransformer(nn.Module):
         return self
 
     def condition(self, batch: int, cond=None, device=None) -> torch.Tensor:
-        """The first sequence token [B, 1]: the SOS token, or class indices (int or [B])."""
+        """The first sequence token [B, 1]: the SOS token, or class indices (int or [B];
+        default `class_label`)."""
+        if cond is None and not self.be_unconditional:
+            cond = self.class_label
         if cond is None:
             if not self.be_unconditional:
                 raise ValueError("this transformer is class-conditional: pass the class index (cond=, "
