@@ -247,6 +247,9 @@ class Beit(nn.Module):
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
 
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}     # unilm's, besides biases and 1-D parameters
+
     def forward_features(self, x, bool_masked_pos):
         x = self.patch_embed(x)
         w = bool_masked_pos.unsqueeze(-1).type_as(x)

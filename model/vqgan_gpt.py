@@ -177,6 +177,9 @@ class VqganTransformer(nn.Module):
         self.first_stage_model.eval()
         return self
 
+    def no_weight_decay(self) -> set[str]:
+        return {"transformer.tok_emb.weight", "transformer.pos_emb"}   # taming decays Linear weights only
+
     def condition(self, batch: int, cond=None, device=None) -> torch.Tensor:
         """The first sequence token [B, 1]: the SOS token, or class indices (int or [B];
         default `class_label`)."""
@@ -288,7 +291,7 @@ def build_from_config(config, img_size: int | None = None) -> VqganTransformer:
         raise ValueError(f"condition {cond!r} is not supported: unconditional (SOS token) or class "
                          "labels (Labelator) only")
     return VqganTransformer(VQModel(**vqgan_params(first.get("params") or {})), gpt, params.get("sos_token", 0),
-                            unconditional, img_size)
+                            unconditional, img_size or params.get("img_size"))
 
 
 def load_checkpoint(config, ckpt, img_size: int | None = None) -> VqganTransformer:
@@ -321,6 +324,21 @@ def load_checkpoint(config, ckpt, img_size: int | None = None) -> VqganTransform
                          f"({len(wrong)} keys differ, e.g. {'; '.join(list(wrong.values())[:3])})")
     model.load_state_dict(keep, strict=True)
     return model.eval()
+
+
+def net2net_config(model: VqganTransformer, vqgan_config) -> dict:
+    """The taming Net2NetTransformer model.yaml content of `model` (recorded in cvf's checkpoints,
+    so that they load like taming's files). `vqgan_config`: the first stage's model.yaml or dict."""
+    c = model.transformer.config
+    return {"model": {"target": "taming.models.cond_transformer.Net2NetTransformer", "params": {
+        "transformer_config": {"target": "taming.modules.transformer.mingpt.GPT", "params": {
+            k: getattr(c, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd",
+                                       "embd_pdrop", "resid_pdrop", "attn_pdrop", "n_unmasked")}},
+        "first_stage_config": {"target": "taming.models.vqgan.VQModel", "params": vqgan_params(vqgan_config)},
+        "cond_stage_config": "__is_unconditional__" if model.be_unconditional else
+                             {"target": "taming.modules.util.Labelator"},
+        "unconditional": model.be_unconditional, "sos_token": model.sos_token,
+        "img_size": model.patch_embed.img_size}}}
 
 
 def is_gpt_state(state: dict) -> bool:
