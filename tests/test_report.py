@@ -40,13 +40,23 @@ def evaluate_all_tasks(ckpt, config, out, voc, imagenet, pretraining, *extra):
                           "--out", str(out / "color")]) == 0
 
 
-def test_four_models_table(images, vqgan_files, voc_root, imagenet_val, tmp_path, capsys):  # noqa: F811
+@pytest.fixture(scope="module")
+def trained(images, vqgan_files, tmp_path_factory):  # noqa: F811
+    """kind -> a checkpoint of that kind, one training step by model.train."""
+    out = {}
+    for kind in KINDS:
+        folder = tmp_path_factory.mktemp(kind)
+        train(get_args([str(images), *TINY, *vqgan_files, "--model", kind, "--batch-size", "4",
+                        "--epochs", "1", "--max-steps", "1", "--out", str(folder)]))
+        out[kind] = folder / "checkpoint-last.pth"
+    return out
+
+
+def test_four_models_table(trained, vqgan_files, voc_root, imagenet_val, tmp_path, capsys):  # noqa: F811
     runs = []
     for kind in KINDS:
-        train(get_args([str(images), *TINY, *vqgan_files, "--model", kind, "--batch-size", "4",
-                        "--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "train" / kind)]))
-        evaluate_all_tasks(tmp_path / "train" / kind / "checkpoint-last.pth", vqgan_files[1],
-                           tmp_path / "eval" / kind, voc_root, imagenet_val, "CVF")
+        evaluate_all_tasks(trained[kind], vqgan_files[1], tmp_path / "eval" / kind, voc_root,
+                           imagenet_val, "CVF")
         runs.append(tmp_path / "eval" / kind)
     # taming's own files: a Net2NetTransformer model.yaml and a Lightning last.ckpt
     ref = reference_gpt()
@@ -81,3 +91,39 @@ def test_four_models_table(images, vqgan_files, voc_root, imagenet_val, tmp_path
     assert report.main([str(runs[0]), str(runs[0]), "--out", str(tmp_path / "t2")]) == 2
     assert "two runs for MAE-VQGAN / CVF" in capsys.readouterr().err
     assert report.main([str(tmp_path / "nothing-here")]) == 2
+
+
+def data_url(colour):
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_demo_runs_every_kind(trained, vqgan_files, kind):  # noqa: F811
+    from model import demo
+    from model.inpainters import LABELS
+
+    model = demo.load_model(trained[kind], vqgan_files[1])
+    page = demo.Demo(model, str(trained[kind]), vqgan_files[1], torch.device("cpu"), [])
+    assert page.info()["model"].startswith(LABELS[kind].replace("MAE", "pixel MAE") if kind == "mae"
+                                           else LABELS[kind])
+    out = page.run({"pairs": [[data_url((200, 0, 0)), data_url((255, 255, 255))]],
+                    "queries": [data_url((0, 0, 200)), data_url((0, 200, 0))], "layout": "horizontal"})
+    assert len(out["results"]) == 2 and all(v.startswith("data:image/png") for v in out["results"][0].values())
+
+
+@pytest.mark.parametrize("kind", ["beit", "vqgan-gpt"])
+def test_prompt_study_takes_beit_and_the_transformer(trained, vqgan_files, voc_root, tmp_path, kind):  # noqa: F811
+    assert evaluate.main(["--checkpoint", str(trained[kind]), "--vqgan-config", vqgan_files[1],
+                          "--device", "cpu", "--task", "segmentation", "--data", str(voc_root),
+                          "--splits", "derived", "--fold", "0", "--episodes", "1", "--picture-rows", "0",
+                          "--layout", "horizontal", "vertical", "--mask-style", "bw", "purple",
+                          "--out", str(tmp_path)]) == 0
+    study = (tmp_path / "study.md").read_text()
+    assert "| mask style | horizontal | vertical |" in study and "| purple |" in study
