@@ -593,8 +593,8 @@ def positions_of(state: dict) -> str:
 
 def load_checkpoint(path, arch=None, vae=None, vqgan_config=None, vqgan_ckpt=None, dall_e=None,
                     map_location="cpu") -> Beit:
-    """A BEiT pre-training checkpoint (unilm's `{"model": state_dict, "args", ...}`, cvf's, or a
-    bare state_dict) -> an eval-mode Beit.
+    """A BEiT pre-training checkpoint (unilm's `{"model": state_dict, "args", ...}` or
+    `{"module": ...}`, cvf's, or a bare state_dict) -> an eval-mode Beit.
 
     Sizes: `arch` (a name of ARCHS or a dict of img_size, patch_size, embed_dim, depth,
     num_heads, vocab_size), else what the checkpoint's args and tensors hold. Positions
@@ -610,7 +610,9 @@ def load_checkpoint(path, arch=None, vae=None, vqgan_config=None, vqgan_ckpt=Non
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     ckpt = load_safely(path, map_location=map_location)
-    state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+    state = ckpt
+    if isinstance(ckpt, dict):   # unilm reads "model", or "module" (DeepSpeed's checkpoints)
+        state = ckpt.get("model", ckpt.get("module", ckpt))
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path} holds no state_dict (expected {{'model': state_dict}} or a state_dict)")
     for wrapper in ("module.", "_orig_mod."):

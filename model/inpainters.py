@@ -31,7 +31,7 @@ def read_state(path) -> tuple[dict, object]:
     obj = load_with_placeholders(path)
     state = obj
     if isinstance(obj, dict):
-        state = obj.get("model", obj.get("state_dict", obj))
+        state = obj.get("model", obj.get("state_dict", obj.get("module", obj)))
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{path} holds no state_dict")
     for wrapper in ("module.", "_orig_mod."):

@@ -118,15 +118,16 @@ class GPT(nn.Module):
     def get_block_size(self) -> int:
         return self.block_size
 
-    def forward(self, idx, cache=None, start: int = 0):
-        """Codes [B, T] (at positions start.., with a cache) -> logits [B, T, vocab]."""
+    def forward(self, idx, cache=None, start: int = 0, last_only: bool = False):
+        """Codes [B, T] (at positions start.., with a cache) -> logits [B, T, vocab] (`last_only`:
+        of the last position only, [B, 1, vocab], what decoding needs)."""
         t = idx.shape[1]
         if start + t > self.block_size:
             raise ValueError(f"{start + t} positions exceed the transformer's block size {self.block_size}")
         x = self.drop(self.tok_emb(idx) + self.pos_emb[:, start:start + t])
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache[i], start)
-        return self.head(self.ln_f(x))
+        return self.head(self.ln_f(x[:, -1:] if last_only else x))
 
     def new_cache(self, batch: int, capacity: int, device=None, dtype=None):
         """Empty keys and values for `capacity` positions, one pair per block."""
@@ -233,7 +234,7 @@ class VqganTransformer(nn.Module):
         fed = 0
         for j in hidden:
             if use_cache:
-                logits = self.transformer(seq[:, fed:j + 1], cache, fed)[:, -1]
+                logits = self.transformer(seq[:, fed:j + 1], cache, fed, last_only=True)[:, -1]
             else:
                 logits = self.transformer(seq[:, :j + 1])[:, -1]
             if group > 1:
