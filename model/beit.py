@@ -19,6 +19,9 @@ of OpenAI's DALL-E dVAE (8192 codes, a 112-px input, factor 8, so one code per 1
 Inputs: `forward` takes images normalised as the model was trained (`input_norm`: "inception",
 i.e. [-1, 1], for unilm's checkpoints; "imagenet" for cvf's); `predict_logits`, what the
 visual-prompting code calls, takes ImageNet-normalised canvases like every cvf model.
+
+Attention is unilm's op for op on the CPU (its logits to the last bit) and under
+`model.vqgan.exact_attention()`; fused (`scaled_dot_product_attention`) on a GPU otherwise.
 """
 from __future__ import annotations
 
@@ -113,7 +116,7 @@ class Attention(nn.Module):
             attn_bias = self.own_bias()[None]
         if rel_pos_bias is not None:
             attn_bias = rel_pos_bias[None] if attn_bias is None else attn_bias + rel_pos_bias[None]
-        if EXACT.on:     # unilm's ops in its order
+        if EXACT.on or not x.is_cuda:     # unilm's ops in its order (on the CPU: its logits exactly)
             attn = (q * self.scale) @ k.transpose(-2, -1)
             if attn_bias is not None:
                 attn = attn + attn_bias

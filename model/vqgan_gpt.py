@@ -12,8 +12,8 @@ included (`transformer.*`, `first_stage_model.*`), so taming's `last.ckpt` loads
   (given or already decoded) is context. A key-value cache makes it one transformer step per
   hidden code, visible runs between hidden codes fed in one step.
 
-Attention is fused (`scaled_dot_product_attention`) unless `model.vqgan.exact_attention()` is on,
-then written out as minGPT computes it.
+Attention is written out as minGPT computes it on the CPU (taming's logits to the last bit) and
+under `model.vqgan.exact_attention()`; fused (`scaled_dot_product_attention`) on a GPU otherwise.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache[0][:, :, :start + t], cache[1][:, :, :start + t]
         allowed = self.allowed[start:start + t, :start + t]
         dropout = self.attn_pdrop if self.training else 0.0
-        if EXACT.on:    # minGPT's ops
+        if EXACT.on or not x.is_cuda:    # minGPT's ops (on the CPU: its logits exactly)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
             att = F.dropout(att.masked_fill(~allowed, float("-inf")).softmax(dim=-1), dropout, self.training)
             y = att @ v
