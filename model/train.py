@@ -151,7 +151,7 @@ def get_args(argv=None) -> argparse.Namespace:
     o.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95), help="AdamW betas")
     o.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
                    help="after warm-up: half-cosine to --min-lr, or constant")
-    o.add_argument("--clip-grad", type=float, help="clip the gradient norm to this (default: no clipping)")
+    o.add_argument("--clip-grad", type=float, help="clip the gradient norm to this (unset: no clipping)")
     o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in total "
                    "(the schedule still spans --epochs); a checkpoint is written")
     o.add_argument("--seed", type=int, default=0, help="weights, crops, masks and data order")
@@ -176,8 +176,12 @@ def get_args(argv=None) -> argparse.Namespace:
     c.add_argument("--log-every", type=int, default=20, help="log loss and img/s every N steps")
     c.add_argument("--no-resume", action="store_true", help="start afresh even if --out has a checkpoint")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
-    known, _ = p.parse_known_args(argv)
-    p.set_defaults(**RECIPES[known.model or ("mae" if known.target == "pixels" else "mae-vqgan")])
+    # The model's recipe becomes the defaults before parsing (so --help shows them too).
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    pre.add_argument("--target")
+    known, _ = pre.parse_known_args(argv)
+    p.set_defaults(**RECIPES.get(known.model or ("mae" if known.target == "pixels" else "mae-vqgan"), {}))
     args = p.parse_args(argv)
     args.model = args.model or ("mae" if args.target == "pixels" else "mae-vqgan")
     if args.target == "pixels" and args.model != "mae":

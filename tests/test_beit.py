@@ -138,3 +138,38 @@ def test_dall_e_file_that_calls_code_is_refused(tmp_path):
         pickle.dump(Evil(), f)
     with pytest.raises(ValueError, match="refused|not a readable"):
         load_dall_e(encoder=tmp_path / "encoder.pkl")
+
+
+def test_unilm_checkpoint_inpaints_with_dall_e_codes(tmp_path):
+    """unilm's layout + OpenAI's files -> the evaluation's loader tells BEiT, reads the dVAE and
+    paints the hidden quadrant from DALL-E codes decoded at half the canvas size; visible pixels
+    stay the canvas's."""
+    from model.inpainters import load_inpainter
+    from model.prompting import inpaint, normalize, quadrant_mask, to_uint8
+
+    modeling_pretrain, _ = unilm()
+    encoder_mod, decoder_mod = dall_e()
+    ref = modeling_pretrain.VisionTransformerForMaskedImageModeling(
+        **dict(TINY, vocab_size=512), norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        init_values=0.1, use_abs_pos_emb=False, use_shared_rel_pos_bias=True)
+    randomize(ref, 4)
+    torch.save({"model": ref.state_dict(), "args": argparse.Namespace(model="beit_base_patch16_224_8k_vocab")},
+               tmp_path / "beit.pth")
+    torch.manual_seed(0)
+    (tmp_path / "dall_e").mkdir()
+    save_whole_module(decoder_mod.Decoder(n_init=32, n_hid=64, n_blk_per_group=1, vocab_size=512),
+                      tmp_path / "dall_e" / "decoder.pkl")
+    with pytest.raises(ValueError, match="--dall-e"):
+        load_inpainter(tmp_path / "beit.pth")
+    model = load_inpainter(tmp_path / "beit.pth", dall_e=tmp_path / "dall_e")
+    assert model.input_norm == "inception" and model.vae.encoder is None
+    canvases = normalize(torch.rand(2, 3, 64, 64))
+    out = inpaint(model, canvases, quadrant_mask(64, 16))
+    assert out.shape == (2, 64, 64, 3) and out.dtype == torch.uint8
+    assert torch.equal(out[:, :32], to_uint8(canvases)[:, :32])
+    with torch.no_grad():      # the codes pasted are BEiT's argmax over unilm's [-1, 1] input
+        x = (canvases.float() * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+             + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) * 2 - 1
+        mask = quadrant_mask(64, 16).expand(2, -1)
+        torch.testing.assert_close(model.predict_logits(canvases.float(), mask),
+                                   ref.eval()(x, mask, return_all_tokens=True), atol=2e-5, rtol=0)
