@@ -112,6 +112,12 @@ def load_inpainter(checkpoint, vqgan_config=None, arch=None, size: int | None = 
                                      "not the VQGAN's own") from None
         model = load_checkpoint(config, checkpoint, img_size=size)
         if class_label is not None:
+            vocab = model.transformer.config.vocab_size
+            if model.be_unconditional:
+                raise ValueError(f"{checkpoint} is an unconditional transformer (SOS token): no --class-label")
+            if not 0 <= int(class_label) < vocab:
+                raise ValueError(f"--class-label {class_label} is not a class index of this transformer "
+                                 f"(0..{vocab - 1})")
             model.class_label = int(class_label)
         elif not model.be_unconditional:
             raise ValueError(f"{checkpoint} is a class-conditional transformer: pass the class index "
