@@ -150,3 +150,19 @@ def test_files_that_do_not_fit_or_run_code_are_refused(taming_files, tmp_path):
     torch.save({"state_dict": {}, "hyper_parameters": Evil()}, tmp_path / "evil.ckpt")
     with pytest.raises(UnreadableCheckpoint, match="refused"):
         load_checkpoint(config, tmp_path / "evil.ckpt")
+
+
+def test_evaluate_runs_tamings_class_conditional_files_and_says_what_they_need(tmp_path, capsys):
+    from model import evaluate
+
+    write_taming_files(tmp_path, reference_gpt(3), unconditional=False)
+    common = ["--task", "synthetic", "--checkpoint", str(tmp_path / "last.ckpt"), "--device", "cpu",
+              "--vqgan-config", str(tmp_path / "model.yaml"), "--episodes", "2", "--picture-rows", "0"]
+    assert evaluate.main([*common, "--out", str(tmp_path / "a")]) == 2
+    assert "--class-label" in capsys.readouterr().err
+    assert evaluate.main([*common, "--class-label", "99", "--out", str(tmp_path / "b")]) == 2
+    assert "not a class index" in capsys.readouterr().err
+    assert evaluate.main([*common, "--class-label", "3", "--out", str(tmp_path / "c")]) == 0
+    import json
+    res = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert res["model_kind"] == "vqgan-gpt" and "class 3" in res["model"] and res["size"] == 64
