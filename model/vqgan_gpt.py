@@ -213,8 +213,14 @@ class VqganTransformer(nn.Module):
         `use_cache=False` runs the full prefix at every step (the plain loop, for comparison).
         `group` K > 1: consecutive runs of K rows are prompts of one query; at each step their
         next-code probabilities are averaged and all K take the same code (an ensemble)."""
+        if tokens.dim() == 3:       # a [B, h, w] grid of codes: raster order, same shape back
+            return self.inpaint_tokens(tokens.flatten(1), mask.flatten(-2) if mask.dim() >= 2 and
+                                       mask.shape[-2:] == tokens.shape[-2:] else mask, cond, use_cache,
+                                       group).view_as(tokens)
         b, length = tokens.shape
         mask = mask.to(tokens.device).bool()
+        if mask.numel() == length:  # one mask for all ([L], or an [h, w] grid)
+            mask = mask.reshape(length)
         if mask.dim() == 2 and not (mask == mask[:1]).all():   # masks differ: one query (group) at a time
             step = group
             return torch.cat([self.inpaint_tokens(tokens[i:i + step], mask[i], cond if cond is None or
