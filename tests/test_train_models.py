@@ -73,3 +73,19 @@ def test_beit_resume_is_exact(images, vqgan_files, tmp_path):
     a = torch.load(tmp_path / "a" / "checkpoint-last.pth", weights_only=False)["model"]
     b = torch.load(tmp_path / "b" / "checkpoint-last.pth", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_beit_trains_under_ddp(images, vqgan_files, tmp_path):
+    """torchrun (gloo, 2 ranks): DDP wraps BEiT's training step; the ranks end on equal weights."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "model.train", str(images), *TINY, *vqgan_files, "--model", "beit", "--batch-size", "2",
+           "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "run")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=False)
+    assert ckpt["data"]["world_size"] == 2 and ckpt["step"] == 2 and ckpt["kind"] == "beit"
