@@ -118,8 +118,8 @@ def test_demo_runs_every_kind(trained, vqgan_files, kind):  # noqa: F811
     assert len(out["results"]) == 2 and all(v.startswith("data:image/png") for v in out["results"][0].values())
 
 
-@pytest.mark.parametrize("kind", ["beit", "vqgan-gpt"])
-def test_prompt_study_takes_beit_and_the_transformer(trained, vqgan_files, voc_root, tmp_path, kind):  # noqa: F811
+@pytest.mark.parametrize("kind", ["vqgan-gpt"])   # BEiT paints as MAE-VQGAN does; the transformer differs
+def test_prompt_study_takes_the_transformer(trained, vqgan_files, voc_root, tmp_path, kind):  # noqa: F811
     assert evaluate.main(["--checkpoint", str(trained[kind]), "--vqgan-config", vqgan_files[1],
                           "--device", "cpu", "--task", "segmentation", "--data", str(voc_root),
                           "--splits", "derived", "--fold", "0", "--episodes", "1", "--picture-rows", "0",
