@@ -30,6 +30,27 @@ from model.vqgan import EXACT, VQModel, vqgan_params
 
 # ----------------------------------------------------------------------------- minGPT
 
+class KVCache:
+    """One block's keys and values for `capacity` positions, allocated at the first write in the
+    dtype the keys come in (bf16 under autocast)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.k = self.v = None
+
+    def write(self, k, v, start: int):
+        """Store positions start..start+T-1; -> keys and values of positions 0..start+T-1."""
+        t = k.shape[2]
+        if start + t > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} positions, not {start + t}")
+        if self.k is None:
+            shape = (*k.shape[:2], self.capacity, k.shape[3])
+            self.k, self.v = k.new_empty(shape), v.new_empty(shape)
+        self.k[:, :, start:start + t] = k
+        self.v[:, :, start:start + t] = v
+        return self.k[:, :, :start + t], self.v[:, :, :start + t]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, block_size: int, attn_pdrop: float = 0.0,
                  resid_pdrop: float = 0.0, n_unmasked: int = 0):
@@ -47,15 +68,13 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer("allowed", mask, persistent=False)   # taming saves it as `mask`
 
     def forward(self, x, cache=None, start: int = 0):
-        """x [B, T, C] at sequence positions start..start+T-1. `cache`: (keys, values) of shape
-        [B, h, capacity, hs] holding positions < start; this chunk's are written into it."""
+        """x [B, T, C] at sequence positions start..start+T-1. `cache` (a KVCache) holds the keys
+        and values of positions < start; this chunk's are written into it."""
         b, t, c = x.shape
         k, q, v = (lin(x).view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
                    for lin in (self.key, self.query, self.value))
         if cache is not None:
-            cache[0][:, :, start:start + t] = k
-            cache[1][:, :, start:start + t] = v
-            k, v = cache[0][:, :, :start + t], cache[1][:, :, :start + t]
+            k, v = cache.write(k, v, start)
         allowed = self.allowed[start:start + t, :start + t]
         dropout = self.attn_pdrop if self.training else 0.0
         if EXACT.on or not x.is_cuda:    # minGPT's ops (on the CPU: its logits exactly)
@@ -129,13 +148,9 @@ class GPT(nn.Module):
             x = block(x, None if cache is None else cache[i], start)
         return self.head(self.ln_f(x[:, -1:] if last_only else x))
 
-    def new_cache(self, batch: int, capacity: int, device=None, dtype=None):
-        """Empty keys and values for `capacity` positions, one pair per block."""
-        c = self.config
-        shape = (batch, c.n_head, capacity, c.n_embd // c.n_head)
-        dtype = dtype or self.pos_emb.dtype
-        return [(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
-                for _ in range(c.n_layer)]
+    def new_cache(self, capacity: int) -> list[KVCache]:
+        """An empty key-value cache for `capacity` positions, one per block."""
+        return [KVCache(capacity) for _ in range(self.config.n_layer)]
 
 
 # ----------------------------------------------------------------------------- Net2NetTransformer
@@ -236,7 +251,7 @@ class VqganTransformer(nn.Module):
         if length > self.transformer.block_size:
             raise ValueError(f"{length} codes exceed the transformer's block size {self.transformer.block_size}")
         seq = torch.cat([self.condition(b, cond, tokens.device), tokens], dim=1)   # seq[j+1] = code j
-        cache = self.transformer.new_cache(b, hidden[-1] + 1, tokens.device) if use_cache else None
+        cache = self.transformer.new_cache(hidden[-1] + 1) if use_cache else None
         fed = 0
         for j in hidden:
             if use_cache:
