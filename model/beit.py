@@ -639,8 +639,11 @@ def load_checkpoint(path, arch=None, vae=None, vqgan_config=None, vqgan_ckpt=Non
     elif vae is None and dall_e is not None:
         vae = load_dall_e(dall_e, token_size=sizes.get("img_size", 224) // 2)
     layer_scale = 0.1 if "blocks.0.gamma_1" in state else None
+    # unilm normalises inputs to [-1, 1] unless told ImageNet's; cvf's BEiT (`model.train --model
+    # beit`, which holds its VQGAN as vae.*) takes ImageNet-normalised images like every cvf model
+    cvf = recorded.get("model") == "beit" or has_vae
     input_norm = recorded.get("input_norm") or (
-        "imagenet" if recorded.get("imagenet_default_mean_and_std") else "inception")
+        "imagenet" if cvf or recorded.get("imagenet_default_mean_and_std") else "inception")
     model = Beit(**sizes, positions=positions_of(state), layer_scale=layer_scale, vae=None,
                  input_norm=input_norm)
     wrong = mismatches(model, {k: v for k, v in state.items() if not k.startswith("vae.")})

@@ -50,6 +50,8 @@ def test_each_model_learns(model, images, vqgan_files, tmp_path):
     assert checkpoint_kind(ckpt, vqgan_files[1]) == model
     loaded = load_inpainter(ckpt, vqgan_files[1])
     assert kind_of(loaded) == model
+    if model == "beit":             # trained on ImageNet-normalised crops, evaluated on the same
+        assert loaded.input_norm == "imagenet"
 
 
 def test_recipes_are_each_models_defaults(images):
