@@ -220,14 +220,17 @@ class VqganTransformer(nn.Module):
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), z.reshape(-1))
 
     @torch.no_grad()
-    def inpaint_tokens(self, tokens, mask, cond=None, use_cache: bool = True, group: int = 1):
+    def inpaint_tokens(self, tokens, mask, cond=None, use_cache: bool = True, group: int = 1, *, c=None):
         """Fill the hidden codes greedily in raster order: tokens [B, L], mask [L] or [B, L]
         (True = hidden) -> [B, L], visible codes unchanged. Hidden position j takes the argmax
         of the logits given the condition and every code before j (given, or decoded).
 
+        `cond` (or `c`, taming's name): class indices (int, [B] or [B, 1]) of a class-conditional
+        model (default `class_label`); an unconditional one takes its SOS token.
         `use_cache=False` runs the full prefix at every step (the plain loop, for comparison).
         `group` K > 1: consecutive runs of K rows are prompts of one query; at each step their
         next-code probabilities are averaged and all K take the same code (an ensemble)."""
+        cond = c if cond is None else cond
         if tokens.dim() == 3:       # a [B, h, w] grid of codes: raster order, same shape back
             return self.inpaint_tokens(tokens.flatten(1), mask.flatten(-2) if mask.dim() >= 2 and
                                        mask.shape[-2:] == tokens.shape[-2:] else mask, cond, use_cache,
