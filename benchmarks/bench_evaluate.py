@@ -12,7 +12,7 @@ on the same random weights (one cvf state_dict loaded into both models), end to 
              episodes), numpy normalisation, mae_utils.generate_image, uint8 conversion,
              round_image, calculate_metric. Its PNG writes and log-file appends are LEFT OUT (they
              are I/O, not evaluation; with them the released loop is slower still).
-* cvf_fp32   `model.evaluate`'s whole path (model.evaluate.run: sampling, DataLoader workers
+* cvf_fp32   `model.evaluate`'s whole path (model.evaluation.run: sampling, DataLoader workers
              building canvases, batched model, metrics, its results/episodes files), fp32: the
              default.
 * cvf_bf16   the same with --dtype bf16.
@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import released as rel  # noqa: E402
 from benchmarks.bench_train import REAL_VQGAN, Report, random_vqgan  # noqa: E402
 from benchmarks.bench_train import TINY_VQGAN as TINY_VQGAN_64  # noqa: E402
-from model import evaluate, voc  # noqa: E402
+from model import evaluate, evaluation, voc  # noqa: E402
 from model.mae_vqgan import arch_sizes, build  # noqa: E402
 from model.prompting import compile_for_inference  # noqa: E402
 
@@ -126,7 +126,7 @@ def run_cvf(model, data, episodes, batch, workers, device, dtype, out, splits="s
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     true_fp32()
-    result = evaluate.run(args, model)
+    result = evaluation.run(args, model)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started

@@ -90,22 +90,20 @@ def _opaque(name: str, kind=None):
     return (cls, name)
 
 
-def load_lightning_checkpoint(path, map_location="cpu") -> dict:
-    """The `state_dict` of a (taming / PyTorch Lightning) `.ckpt`, or of a plain state_dict file.
-
-    Loads with `weights_only=True`; each Lightning (or numpy) global the file names is replaced
-    by an inert placeholder, found one at a time from the unpickler's refusals, so Lightning need
-    not be installed. Any other global (a function to call, a foreign class) is refused.
-    """
+def load_with_placeholders(path, prefixes=_OPAQUE_PREFIXES, map_location="cpu"):
+    """`torch.load(weights_only=True)` of a file that names classes outside its tensors: each
+    global whose dotted name starts with one of `prefixes` is replaced by an inert placeholder
+    (found one at a time from the unpickler's refusals), so no code of it runs and its package
+    need not be installed; `argparse.Namespace` (training args) is allowed. Any other global (a function to call, a foreign class) is refused."""
     opaque: dict[str, tuple] = {}
-    for _ in range(64):  # a checkpoint references at most a handful of such globals
+    for _ in range(256):  # a file references at most a few dozen such globals
         try:
-            with torch.serialization.safe_globals(list(opaque.values())):
-                obj = torch.load(path, map_location=map_location, weights_only=True)
-            break
+            with torch.serialization.safe_globals([argparse.Namespace, *opaque.values()]):
+                return torch.load(path, map_location=map_location, weights_only=True,
+                                  mmap=zipfile.is_zipfile(path))
         except pickle.UnpicklingError as e:
             unknown, container = _UNSUPPORTED.search(str(e)), _NOT_A_CONTAINER.search(str(e))
-            if unknown and unknown.group(1).startswith(_OPAQUE_PREFIXES):
+            if unknown and unknown.group(1).startswith(tuple(prefixes)):
                 opaque[unknown.group(1)] = _opaque(unknown.group(1))
             elif container and container.group(2) in opaque:   # a dict / list subclass
                 kind = dict if container.group(1).startswith("SETITEM") else list
@@ -116,8 +114,17 @@ def load_lightning_checkpoint(path, map_location="cpu") -> dict:
             raise
         except Exception as e:  # torch raises many kinds for a file that is no checkpoint
             raise refused(path, e) from None
-    else:
-        raise UnreadableCheckpoint(f"{path}: too many unknown Lightning globals")
+    raise UnreadableCheckpoint(f"{path}: too many unknown globals")
+
+
+def load_lightning_checkpoint(path, map_location="cpu") -> dict:
+    """The `state_dict` of a (taming / PyTorch Lightning) `.ckpt`, or of a plain state_dict file.
+
+    Loads with `weights_only=True`; each Lightning (or numpy) global the file names is replaced
+    by an inert placeholder (`load_with_placeholders`), so Lightning need not be installed. Any
+    other global (a function to call, a foreign class) is refused.
+    """
+    obj = load_with_placeholders(path, _OPAQUE_PREFIXES, map_location)
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj["state_dict"]
     return obj

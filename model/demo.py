@@ -3,6 +3,8 @@
     python -m model.demo --checkpoint checkpoint-1000.pth --vqgan-config vqgan/model.yaml
     python -m model.demo --checkpoint ckpt.pth --vqgan-config model.yaml --examples my_pictures/
     python -m model.demo --checkpoint mae_pixels.pth          # a pixel MAE (the paper's baseline)
+    python -m model.demo --checkpoint beit.pth --dall-e dall_e/    # unilm's BEiT, DALL-E codes
+    python -m model.demo --checkpoint last.ckpt --vqgan-config model.yaml --class-label 1  # taming's
 
 Open the printed address in a browser: pick a built-in example (the paper's synthetic tasks, or
 the pictures of --examples) or upload an example pair (input and output) and one or more query
@@ -46,6 +48,7 @@ import torch
 from PIL import Image
 
 from model import cli, tasks
+from model.inpainters import describe
 from model.prompting import (cell_size, inpaint, inpaint_ensemble, make_canvas, make_rows_canvas,
                              normalize, patch_mask_to_pixels, quadrant_mask, rows_answer_box,
                              rows_figure_size, rows_mask, to_uint8)
@@ -91,9 +94,11 @@ class Forbidden(DemoError):
 
 # ----------------------------------------------------------------------------- model
 
-def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=None, device="cpu"):
-    """The one place the demo loads a model, in eval mode on `device`: `model.evaluate`'s loader
-    (a MAE-VQGAN checkpoint with its taming `model.yaml`, or a pixel MAE). Any failure (missing
+def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=None, device="cpu",
+               dall_e=None, class_label=None):
+    """The one place the demo loads a model, in eval mode on `device`: `model.evaluate`'s loader,
+    any of the four inpainting models, the kind told from the checkpoint (MAE-VQGAN with its
+    taming `model.yaml`, pixel MAE, BEiT, the VQGAN transformer). Any failure (missing
     file, foreign pickle, wrong arch) is a DemoError saying why; unpickling is `weights_only`."""
     from model.evaluate import load_model as load_for_evaluation
 
@@ -109,7 +114,8 @@ def load_model(checkpoint, vqgan_config=None, arch=None, size=None, vqgan_ckpt=N
         except (ValueError, OSError) as e:
             raise DemoError(f"--vqgan-config {vqgan_config}: {e}") from None
     try:
-        return load_for_evaluation(checkpoint, vqgan_config, arch, size, vqgan_ckpt, device)
+        return load_for_evaluation(checkpoint, vqgan_config, arch, size, vqgan_ckpt, device,
+                                   dall_e=dall_e, class_label=class_label)
     except DemoError:
         raise
     except Exception as e:  # noqa: BLE001 - a stranger's file fails in many ways; say which
@@ -322,6 +328,7 @@ class Demo:
     def info(self) -> dict:
         m = self.model
         return {"device": device_label(self.device), "checkpoint": self.checkpoint,
+                "model": describe(m),
                 "vqgan_config": self.vqgan_config or "",
                 "size": int(m.patch_embed.img_size), "patch": int(m.patch_embed.patch_size),
                 "layouts": LAYOUTS, "mask_styles": MASK_STYLES,
@@ -507,6 +514,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="released arch name, or a JSON file/string of MaeVqgan sizes "
                                   "(default: what the checkpoint records)")
     p.add_argument("--size", type=cli.positive_int, help="canvas size (default: the checkpoint's)")
+    p.add_argument("--dall-e", metavar="DIR", type=cli.existing_dir,
+                   help="BEiT of unilm's checkpoints: folder holding OpenAI's DALL-E decoder.pkl")
+    p.add_argument("--class-label", type=cli.non_negative_int, metavar="N",
+                   help="class-conditional VQGAN transformer: the ImageNet class to condition on")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--examples", type=cli.existing_dir, help="a folder of your own pictures to offer as examples "
                                       "(<name>.png + <name>_out.png pairs, other images are queries)")
@@ -527,7 +538,7 @@ def main(argv=None) -> int:
     try:
         arch = read_arch(args.arch)
         model = load_model(args.checkpoint, args.vqgan_config, arch, args.size, args.vqgan_ckpt,
-                           device)
+                           device, dall_e=args.dall_e, class_label=args.class_label)
         examples = [synthetic_examples(t) for t in sorted(tasks.SYNTHETIC_TASKS)]
         if args.examples:
             examples.insert(0, folder_examples(Path(args.examples)))

@@ -16,7 +16,8 @@ Canvases are built in [0,1] and ImageNet-normalised for the model. The released 
 normalises and de-normalises in float64 and truncates `x * 255` to integers; we do the same,
 or about 1% of white pixels come out one level off (1.0 -> 254 is part of the protocol).
 
-`model/` never imports `pipeline/`; this module only needs a model with the MaeVqgan API.
+`model/` never imports `pipeline/`; this module takes any of the four inpainting models
+(model/inpainters.py): MAE-VQGAN, pixel MAE, BEiT, the VQGAN transformer.
 """
 from __future__ import annotations
 
@@ -184,9 +185,11 @@ def _patch_size(model) -> int:
 def compile_for_inference(model):
     """Compile, in place, the two halves `inpaint` runs: the MAE's logits and the VQGAN decode,
     the VQGAN's convolutions channels-last (the layout tensor cores want). Same answers up to
-    kernel rounding; the first batches of each new shape pay the compilation."""
+    kernel rounding; the first batches of each new shape pay the compilation. (The sequential
+    VQGAN transformer's steps are not compiled: one shape per step.)"""
     model.vae.to(memory_format=torch.channels_last)
-    model.predict_logits = torch.compile(model.predict_logits)
+    if hasattr(model, "predict_logits"):
+        model.predict_logits = torch.compile(model.predict_logits)
     model.vae.decode_tokens = torch.compile(model.vae.decode_tokens)
     return model
 
@@ -262,11 +265,26 @@ def paste_pixels(model, canvases: torch.Tensor, predicted: torch.Tensor,
 
 
 @torch.no_grad()
+def decode_sequentially(model, canvases: torch.Tensor, mask: torch.Tensor | None = None,
+                        dtype: torch.dtype | None = None, group: int = 1) -> torch.Tensor:
+    """The VQGAN transformer's answer: the canvases' VQGAN codes, the `mask` ones decoded in
+    raster order (`model.inpaint_tokens`, greedy, cached): codes [B, L]."""
+    B, _, H, _ = canvases.shape
+    if mask is None:
+        mask = quadrant_mask(H, _patch_size(model))
+    tokens = model.vae.tokenize(canvases.float())
+    with torch.autocast(canvases.device.type, dtype=dtype, enabled=dtype is not None):
+        return model.inpaint_tokens(tokens, mask.to(canvases.device), group=group)
+
+
+@torch.no_grad()
 def inpaint(model, canvases: torch.Tensor, mask: torch.Tensor | None = None,
             dtype: torch.dtype | None = None) -> torch.Tensor:
     """ImageNet-normalised canvases [B,3,H,W] -> the canvases with the answer painted in,
     uint8 [B,H,W,3], by either kind of model `model.mae_vqgan.load_checkpoint` loads.
 
+    BEiT predicts codes as MAE-VQGAN does (with its own tokenizer's decoder); the VQGAN
+    transformer decodes the hidden codes one at a time (`decode_sequentially`).
     MAE-VQGAN (`model.target == "tokens"`): argmax token at every position, VQGAN decode of
     the whole grid, only the hidden patches pasted, pixels truncated to uint8: the released
     `generate_image`, batched. Pixel MAE: the unpatchified prediction of the hidden patches,
@@ -275,6 +293,8 @@ def inpaint(model, canvases: torch.Tensor, mask: torch.Tensor | None = None,
     """
     if getattr(model, "target", "tokens") == "pixels":
         return paste_pixels(model, canvases, predict_pixels(model, canvases, mask, dtype), mask)
+    if hasattr(model, "inpaint_tokens"):
+        return paste(model, canvases, decode_sequentially(model, canvases, mask, dtype), mask, dtype)
     tokens = predict_logits(model, canvases, mask, dtype).argmax(-1)
     return paste(model, canvases, tokens, mask, dtype)
 
@@ -289,6 +309,9 @@ def inpaint_ensemble(model, canvases: torch.Tensor, mask: torch.Tensor | None = 
     into the first prompt. A pixel MAE's K predictions are averaged instead.
     """
     B, K = canvases.shape[:2]
+    if hasattr(model, "inpaint_tokens"):      # one code per step for all K, probabilities averaged
+        tokens = decode_sequentially(model, canvases.flatten(0, 1), mask, dtype, group=K)
+        return paste(model, canvases[:, 0], tokens[::K], mask, dtype)
     if getattr(model, "target", "tokens") == "pixels":
         pred = predict_pixels(model, canvases.flatten(0, 1), mask, dtype)
         return paste_pixels(model, canvases[:, 0], pred.view(B, K, *pred.shape[1:]).mean(1), mask)

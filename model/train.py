@@ -1,4 +1,5 @@
-"""Train MAE-VQGAN (or the plain pixel MAE) on CVF figures: `python -m model.train --help`.
+"""Train MAE-VQGAN (or the plain pixel MAE, BEiT, the VQGAN transformer) on CVF figures:
+`python -m model.train --help`.
 
 The released recipe by default (batch 64 per GPU, blr 1e-4, AdamW (0.9, 0.95), wd 0.05 except
 biases and 1-D params, 15 warm-up epochs then half-cosine per step, 1,000 epochs, 75% masking,
@@ -17,6 +18,15 @@ resumed run a different run.
 Several sources (`--data A --data B --data-weights 1 1`: manifests, image folders, ImageFolder
 trees, shard folders) are sampled with the given weights (the paper's data study, its Fig. 8);
 `--init CKPT` starts from the released checkpoint, or a cvf one, for fine-tuning.
+
+`--model` picks one of the paper's four inpainting models, each with its own recipe as defaults
+(RECIPES; any flag given overrides them), all on the same data, precision, DDP and resume:
+mae-vqgan (above), mae (pixels), beit (unilm's recipe: block-wise masking of 75 of 196 patches,
+AdamW (0.9, 0.999), lr 1.5e-3 at batch 2048, gradients clipped at 3, drop path 0.1, layer scale
+0.1; it predicts the same VQGAN codes as MAE-VQGAN) and vqgan-gpt (taming's: next-code
+cross-entropy over the raster sequence after an SOS token, lr 4.5e-6 x batch, constant,
+AdamW (0.9, 0.95), weight decay 0.01 off embeddings). BEiT and the transformer take their
+width, depth and heads from --arch / --embed-dim --depth --num-heads.
 """
 from __future__ import annotations
 
@@ -42,10 +52,28 @@ from model.files import atomic_write, atomic_write_bytes
 from model.data import (CropDataset, MixtureSampler, ResumableSampler, TokenCache, fingerprint,
                         list_images, normalize)
 from model.mae_vqgan import ARCHS, arch_sizes, build
+from model.beit import Beit, block_masks
+from model.inpainters import KINDS
+from model.vqgan_gpt import GPT, VqganTransformer, net2net_config
 from model.vqgan import load_vqgan
 
 DEFAULT_VQGAN_DIR = Path("checkpoints/vqgan")
 SIZE_FLAGS = ("embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+
+
+# Each model's recipe: the defaults `--model` sets (flags given on the command line win).
+RECIPES = {
+    "mae-vqgan": {},
+    "mae": {"target": "pixels"},
+    # unilm's run_beit_pretraining.py: lr 1.5e-3 at batch 2048 (= blr 1.875e-4 per 256), warm-up
+    # 10, betas (0.9, 0.999), clip 3.0, drop path 0.1, layer scale 0.1, 800 epochs
+    "beit": {"blr": 1.5e-3 * 256 / 2048, "betas": (0.9, 0.999), "warmup_epochs": 10, "epochs": 800,
+             "clip_grad": 3.0, "drop_path": 0.1, "layer_scale": 0.1, "min_lr": 1e-5},
+    # taming's Net2NetTransformer: lr = 4.5e-6 x batch (blr x batch / 256), constant, no warm-up,
+    # AdamW (0.9, 0.95), weight decay 0.01 on Linear weights only
+    "vqgan-gpt": {"blr": 4.5e-6 * 256, "betas": (0.9, 0.95), "warmup_epochs": 0, "epochs": 100,
+                  "lr_schedule": "constant", "weight_decay": 0.01},
+}
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -89,6 +117,8 @@ def get_args(argv=None) -> argparse.Namespace:
     d.add_argument("--crops-per-image", type=cli.positive_int, default=10, help="crops per image in a new token cache")
 
     m = p.add_argument_group("model")
+    m.add_argument("--model", choices=KINDS, help="which inpainting model: mae-vqgan (default; mae with "
+                   "--target pixels), mae, beit, vqgan-gpt; sets that model's recipe as the defaults")
     m.add_argument("--arch", default="mae_vit_large_patch16", choices=sorted(ARCHS),
                    help="MAE encoder/decoder sizes (the released model is ViT-L/16)")
     for flag in SIZE_FLAGS:
@@ -99,6 +129,14 @@ def get_args(argv=None) -> argparse.Namespace:
     m.add_argument("--vqgan-config", default=str(DEFAULT_VQGAN_DIR / "model.yaml"), help="taming's model.yaml")
     m.add_argument("--vqgan-ckpt", default=str(DEFAULT_VQGAN_DIR / "last.ckpt"), help="taming's last.ckpt")
     m.add_argument("--mask-ratio", type=cli.open_unit_interval, default=0.75, help="fraction of patches hidden from the encoder")
+    m.add_argument("--beit-mask-patches", type=cli.positive_int, help="beit: patches hidden per image by block-wise "
+                   "masking (default: 75 of 196, in proportion for other sizes)")
+    m.add_argument("--beit-min-block", type=cli.positive_int, default=16, help="beit: fewest patches per masked block")
+    m.add_argument("--beit-positions", default="shared", choices=("shared", "abs"),
+                   help="beit: a relative position bias shared by the blocks (unilm's checkpoints) or "
+                   "absolute positions")
+    m.add_argument("--layer-scale", type=cli.non_negative_float, default=0.0, help="beit: initial layer scale (0: none)")
+    m.add_argument("--drop-path", type=cli.unit_interval, default=0.0, help="beit: stochastic depth rate")
     m.add_argument("--init", metavar="CKPT", type=cli.readable_file, help="start from these weights (the released checkpoint-*.pth "
                    "or a cvf one; the VQGAN's from --vqgan-ckpt if it holds none); optimizer and "
                    "schedule start afresh. Ignored when resuming")
@@ -113,6 +151,9 @@ def get_args(argv=None) -> argparse.Namespace:
     o.add_argument("--min-lr", type=cli.non_negative_float, default=0.0, help="lr at the end of the cosine schedule")
     o.add_argument("--weight-decay", type=cli.non_negative_float, default=0.05, help="AdamW (not on biases and norms)")
     o.add_argument("--betas", type=cli.unit_interval, nargs=2, default=(0.9, 0.95), help="AdamW betas")
+    o.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                   help="after warm-up: half-cosine to --min-lr, or constant")
+    o.add_argument("--clip-grad", type=cli.positive_float, help="clip the gradient norm to this (unset: no clipping)")
     o.add_argument("--max-steps", type=cli.positive_int, help="stop after this many optimizer steps in total "
                    "(the schedule still spans --epochs); a checkpoint is written")
     o.add_argument("--seed", type=int, default=0, help="weights, crops, masks and data order")
@@ -137,7 +178,16 @@ def get_args(argv=None) -> argparse.Namespace:
     c.add_argument("--log-every", type=cli.positive_int, default=20, help="log loss and img/s every N steps")
     c.add_argument("--no-resume", action="store_true", help="start afresh even if --out has a checkpoint")
     c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # The model's recipe becomes the defaults before parsing (so --help shows them too).
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    pre.add_argument("--target")
+    known, _ = pre.parse_known_args(argv)
+    p.set_defaults(**RECIPES.get(known.model or ("mae" if known.target == "pixels" else "mae-vqgan"), {}))
     args = p.parse_args(argv)
+    args.model = args.model or ("mae" if args.target == "pixels" else "mae-vqgan")
+    if args.target == "pixels" and args.model != "mae":
+        p.error(f"--target pixels is the plain MAE; --model {args.model} predicts VQGAN codes")
     args.data = ([args.data] if args.data else []) + (args.more_data or [])
     del args.more_data
     if not args.data:
@@ -190,12 +240,14 @@ def load_tokenizer(args):
 
 
 def param_groups(model, weight_decay: float):
-    """MAE's rule: no weight decay on biases and 1-D parameters (norms, tokens)."""
+    """MAE's rule: no weight decay on biases and 1-D parameters (norms, tokens), nor on what the
+    model's `no_weight_decay()` names (BEiT: positions, cls; the transformer: its embeddings)."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") or name in skip else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
@@ -203,6 +255,8 @@ def lr_at(epoch: float, args) -> float:
     """Linear warm-up then half-cosine, evaluated at a fractional epoch (per step)."""
     if epoch < args.warmup_epochs:
         return args.lr * epoch / args.warmup_epochs
+    if getattr(args, "lr_schedule", "cosine") == "constant":
+        return args.lr
     progress = (epoch - args.warmup_epochs) / max(args.epochs - args.warmup_epochs, 1e-8)
     return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -212,6 +266,55 @@ def masking_noise(n: int, num_patches: int, seed: int, rank: int, micro_step: in
     g = torch.Generator(device=device)
     g.manual_seed(int(np.random.SeedSequence([seed, rank, micro_step]).generate_state(1)[0]))
     return torch.rand(n, num_patches, generator=g, device=device)
+
+
+def batch_masking(args, n: int, num_patches: int, rank: int, micro_step: int, device):
+    """What hides patches in one micro-batch, a pure function of (seed, rank, step): MAE's
+    random-masking noise, BEiT's block masks, nothing for the transformer (it sees every code)."""
+    if args.model == "beit":
+        grid = math.isqrt(num_patches)
+        hidden = args.beit_mask_patches or round(75 / 196 * num_patches)
+        return block_masks(n, grid, hidden, min(args.beit_min_block, hidden), args.seed, rank,
+                           micro_step).to(device)
+    if args.model == "vqgan-gpt":
+        return None
+    return masking_noise(n, num_patches, args.seed, rank, micro_step, device)
+
+
+class TrainStep(torch.nn.Module):
+    """BEiT's and the transformer's training loss behind MAE-VQGAN's call,
+    `step(imgs, mask_ratio, noise=..., targets=...) -> (loss, None, None)`, so that one
+    `forward_backward` (and DDP, which wraps this module) serves every model. For BEiT `noise`
+    is the block mask."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, imgs, mask_ratio=None, noise=None, targets=None):
+        if isinstance(self.model, Beit):
+            return self.model.training_loss(imgs, noise, targets), None, None
+        return self.model.training_loss(imgs, targets), None, None
+
+
+def build_model(args, vqgan, sizes: dict):
+    """The --model to train, of --arch's sizes (BEiT and the transformer take its encoder's
+    width, depth and heads), predicting the VQGAN's codes (pixels for the plain MAE)."""
+    if args.model in ("mae-vqgan", "mae"):
+        return build(sizes, vqgan, img_size=args.input_size, target=args.target,
+                     norm_pix_loss=args.norm_pix_loss)
+    f = vqgan.downsample_factor
+    if args.model == "beit":
+        if sizes["patch_size"] != f:
+            raise SystemExit(f"error: BEiT's patch ({sizes['patch_size']}) must be the VQGAN's factor ({f})")
+        return Beit(img_size=args.input_size, patch_size=f, embed_dim=sizes["embed_dim"],
+                    depth=sizes["depth"], num_heads=sizes["num_heads"], vocab_size=vqgan.quantize.n_e,
+                    mlp_ratio=sizes.get("mlp_ratio", 4.0), positions=args.beit_positions,
+                    layer_scale=args.layer_scale or None, vae=vqgan, input_norm="imagenet",
+                    drop_path=args.drop_path)
+    gpt = GPT(vocab_size=vqgan.quantize.n_e, block_size=(args.input_size // f) ** 2, n_layer=sizes["depth"],
+              n_head=sizes["num_heads"], n_embd=sizes["embed_dim"])
+    return VqganTransformer(vqgan, gpt, sos_token=0, unconditional=True, img_size=args.input_size)
 
 
 def make_tokenizer(vqgan, device, precision: str = "fp32", channels_last: bool = False,
@@ -240,7 +343,11 @@ def forward_backward(model, imgs, targets, noise, mask_ratio: float, amp_dtype, 
     return loss.detach()
 
 
-def optimizer_step(optimizer, scaler):
+def optimizer_step(optimizer, scaler, clip_grad: float | None = None):
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -332,7 +439,7 @@ def list_sources(sources, images, split) -> tuple[list, list[int]]:
 
 def run_identity(args, sizes: list[int]) -> dict:
     """What a resume must not change (it would make the resumed run another run)."""
-    return {"--accum-iter": args.accum_iter, "--seed": args.seed,
+    return {"--model": args.model, "--accum-iter": args.accum_iter, "--seed": args.seed,
             "schedule (--epochs, --warmup-epochs, lr, --min-lr)":
                 [args.epochs, args.warmup_epochs, args.lr, args.min_lr],
             "data mixture (sources, --data-weights, images per source)":
@@ -346,7 +453,7 @@ def changed_since(recorded: dict, now: dict) -> str | None:
     return "; ".join(diffs) or None
 
 
-def init_weights(model, path, has_vqgan: bool) -> None:
+def init_weights(model, path, has_vqgan: bool, prefix: str = "vae.") -> None:
     """--init: the weights of a released or cvf checkpoint ({'model': state_dict} or a state_dict).
     VQGAN weights it lacks stay those of --vqgan-ckpt; a pixel-target model drops its `vae.*`."""
     from model.checkpoint import mismatches
@@ -361,10 +468,10 @@ def init_weights(model, path, has_vqgan: bool) -> None:
         if all(k.startswith(wrapper) for k in state):
             state = {k[len(wrapper):]: v for k, v in state.items()}
     own = model.state_dict()
-    if has_vqgan and not any(k.startswith("vae.") for k in state):
-        state = {**state, **{k: v for k, v in own.items() if k.startswith("vae.")}}
+    if has_vqgan and not any(k.startswith(prefix) for k in state):
+        state = {**state, **{k: v for k, v in own.items() if k.startswith(prefix)}}
     if not has_vqgan:
-        state = {k: v for k, v in state.items() if not k.startswith("vae.")}
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
     wrong = mismatches(model, state)
     if wrong:
         raise SystemExit(f"error: --init {path} does not fit this model ({len(wrong)} keys differ, e.g. "
@@ -429,8 +536,7 @@ def train(args) -> dict:
     sizes = arch_sizes(args.arch)
     sizes.update({k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k) is not None})
     torch.manual_seed(args.seed)  # identical initial weights on every rank
-    model = build(sizes, vqgan, img_size=args.input_size, target=args.target,
-                  norm_pix_loss=args.norm_pix_loss).to(device)
+    model = build_model(args, vqgan, sizes).to(device)
     eff_batch = args.batch_size * args.accum_iter * world_size
     if args.lr is None:
         args.lr = args.blr * eff_batch / 256
@@ -461,13 +567,14 @@ def train(args) -> dict:
             print(f"resumed from {last}: step {step}, epoch {epoch}, batch {micro_done}"
                   + (f" (--init {args.init} ignored: the checkpoint's weights continue)" if args.init else ""))
     elif args.init:
-        init_weights(model, args.init, vqgan is not None)
+        init_weights(model, args.init, vqgan is not None,
+                     "first_stage_model." if args.model == "vqgan-gpt" else "vae.")
         if is_main:
             print(f"initialised from {args.init}")
 
-    train_model = model
+    train_model = model if args.model in ("mae-vqgan", "mae") else TrainStep(model)
     if world_size > 1:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
         train_model = torch.compile(train_model)
 
@@ -490,7 +597,9 @@ def train(args) -> dict:
         if is_main:
             save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scaler": scaler.state_dict(), "epoch": epoch, "args": plain_args(args),
-                             "step": step, "rng": states, "run": identity,
+                             "step": step, "rng": states, "run": identity, "kind": args.model,
+                             **({"config": net2net_config(model, args.vqgan_config)}
+                                if args.model == "vqgan-gpt" else {}),
                              "data": {"epoch": epoch, "micro_done": micro_done,
                                       "world_size": world_size, "batch_size": args.batch_size}}, path)
 
@@ -516,8 +625,13 @@ def train(args) -> dict:
             targets = cached.to(device, non_blocking=True) if cached.numel() else None
             if targets is None and tokenize is not None:
                 targets = tokenize(imgs)
-            noise = masking_noise(imgs.shape[0], model.num_patches, args.seed, rank,
-                                  epoch * micro_per_epoch + micro_done, device)
+            micro_step = epoch * micro_per_epoch + micro_done
+            noise = batch_masking(args, imgs.shape[0], model.num_patches, rank, micro_step, device)
+            if args.model in ("beit", "vqgan-gpt"):
+                # drop path / dropout draw from the global generator, which DataLoaders also draw
+                # from: seeded per micro-step, so that a resumed run draws the same
+                torch.manual_seed(int(np.random.SeedSequence([args.seed, rank, micro_step, 2])
+                                      .generate_state(1)[0]))
             last_micro = micro_in_step == args.accum_iter - 1
             sync = nullcontext() if last_micro or world_size == 1 else train_model.no_sync()
             with sync:
@@ -528,7 +642,7 @@ def train(args) -> dict:
             micro_done += 1
             if not last_micro:
                 continue
-            optimizer_step(optimizer, scaler)
+            optimizer_step(optimizer, scaler, args.clip_grad)
             step += 1
             bar.update(1)
             if step % args.log_every == 0 or step == end_step:

@@ -108,3 +108,10 @@ def test_summary_picks_the_fastest_accurate_evaluation_and_says_what_is_missing(
     md = (tmp_path / f"{name}.md").read_text()
     assert "train 160 s (timed out)" in md and "not measured" in md
     assert re.search(r"evaluation, whole path .*\| 40\.0 \| 500\.0 \| 12\.5x", md), md
+
+
+def test_bench_decode_tiny_cached_equals_plain():
+    """The sequential-decoding benchmark runs; it fails unless the cached and plain decodes agree."""
+    out = run_benchmark("bench_decode.py", "--preset", "tiny", "--batch", "2", "--repeats", "1",
+                        "--threads", "1")
+    assert "same codes: True" in out and "cached" in out

@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from model import evaluate, metrics, tasks, voc
+from model import evaluate, evaluation, metrics, tasks, voc
 from reference_vectors import SETS, config, full_state, set_dir, vqgan_params
 
 SIZES = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
@@ -647,10 +647,10 @@ def test_support_weights_that_are_not_the_backbone_are_refused(checkpoint, voc_r
 def test_fp32_by_default_with_tf32_off_and_bf16_recorded(checkpoint, tmp_path):
     from model.vqgan import EXACT
 
-    before = [s.fp32_precision for s in evaluate.ExactArithmetic.SWITCHES]
-    with evaluate.ExactArithmetic():
-        assert [s.fp32_precision for s in evaluate.ExactArithmetic.SWITCHES] == ["ieee"] * 3 and EXACT.on
-    assert [s.fp32_precision for s in evaluate.ExactArithmetic.SWITCHES] == before and not EXACT.on
+    before = [s.fp32_precision for s in evaluation.ExactArithmetic.SWITCHES]
+    with evaluation.ExactArithmetic():
+        assert [s.fp32_precision for s in evaluation.ExactArithmetic.SWITCHES] == ["ieee"] * 3 and EXACT.on
+    assert [s.fp32_precision for s in evaluation.ExactArithmetic.SWITCHES] == before and not EXACT.on
     assert evaluate.parser().parse_args(["--task", "synthetic", "--checkpoint", __file__]).dtype == "fp32"
     out = tmp_path / "bf16"
     assert evaluate.main(args_for(checkpoint, out, "--task", "synthetic", "--episodes", "2",

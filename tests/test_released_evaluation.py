@@ -17,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from model import evaluate, metrics, tasks, voc
+from model import evaluate, evaluation, metrics, tasks, voc
 from model.mae_vqgan import ARCHS
 from model.prompting import inpaint, normalize, quadrant_mask
 from released_code import DETECTION_INDEX, import_released, tiny_vqgan_factory, unload_released
@@ -312,7 +312,7 @@ def test_inpainted_pixels_equal_generate_image(testdata, monkeypatch):
         canvas = (canvas01 - torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)[:, None, None]) / \
             torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)[:, None, None]
         theirs = released_generate_image(ref, canvas, monkeypatch)
-        with evaluate.ExactArithmetic():
+        with evaluation.ExactArithmetic():
             ours = inpaint(ours_model, normalize(canvas01)[None], quadrant_mask(size, 16))[0].numpy()
         assert ours.shape == theirs.shape and (ours == theirs).all()
 
