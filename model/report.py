@@ -22,7 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from model import voc
+from model import cli, voc
+from model.files import atomic_write
 from model.inpainters import KINDS, LABELS
 
 SEG = [f"seg_fold{f}" for f in range(voc.N_FOLDS)]
@@ -117,23 +118,21 @@ def csv_text(table) -> str:
 
 
 def write(table, out: Path) -> None:
-    from model.evaluation import _atomic
-
-    _atomic(out / "table.md", lambda f: f.write(markdown(table).encode()))
-    _atomic(out / "table.csv", lambda f: f.write(csv_text(table).encode()))
+    atomic_write(out / "table.md", lambda f: f.write(markdown(table).encode()))
+    atomic_write(out / "table.csv", lambda f: f.write(csv_text(table).encode()))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="model.evaluate output folders (searched "
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", type=cli.existing_dir, help="model.evaluate output folders (searched "
                    "recursively for results.json)")
-    p.add_argument("--out", default="results/table1", help="where table.md and table.csv go")
+    p.add_argument("--out", default="results/table1", type=cli.writable_dir, help="where table.md and table.csv go")
     args = p.parse_args(argv)
     try:
         table = collect(args.runs)
         write(table, Path(args.out))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(table), end="")

@@ -132,6 +132,11 @@ CASES = [
     ("model.data", ["pack", "{empty}", "--out", "{empty}", "--max-side", "-1"], 2),
     # model.evaluate
     ("model.evaluate", ["--task", "synthetic", "--checkpoint", "{missing}"], 2),
+    ("model.evaluate", ["--task", "synthetic", "--checkpoint", "{text}", "--class-label", "-1"], 2),
+    # model.report
+    ("model.report", ["{missing}"], 2, "RUN_DIR"),
+    ("model.report", ["{empty}", "--out", NOWHERE], 2),
+    ("model.report", ["{empty}"], 2, "results.json"),
     ("model.evaluate", ["--task", "synthetic", "--checkpoint", "{text}", "--batch-size", "0"], 2),
     ("model.evaluate", ["--task", "synthetic", "--checkpoint", "{text}", "--out", NOWHERE], 2),
     ("model.evaluate", ["--task", "synthetic", "--checkpoint", "{text}", "--episodes", "0"], 2),
