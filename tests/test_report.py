@@ -94,7 +94,9 @@ def test_four_models_table(trained, vqgan_files, voc_root, imagenet_val, tmp_pat
     # a cell filled twice is refused, naming both runs
     assert report.main([str(runs[0]), str(runs[0]), "--out", str(tmp_path / "t2")]) == 2
     assert "two runs for MAE-VQGAN / CVF" in capsys.readouterr().err
-    assert report.main([str(tmp_path / "nothing-here")]) == 2
+    with pytest.raises(SystemExit) as refused:  # a folder that is not there: argparse's refusal
+        report.main([str(tmp_path / "nothing-here")])
+    assert refused.value.code == 2 and "no such folder" in capsys.readouterr().err
 
 
 def data_url(colour):
