@@ -65,7 +65,8 @@ CONTAMINATION_SCHEMA = pa.schema([
     pa.field("kind", pa.string(), metadata={
         "doc": "exact (the whole image, same pixels up to resizing), near (cropped, recoloured, drawn on, recompressed) "
                "or flipped (mirrored left-right)"}),
-    pa.field("score", pa.float32(), metadata={"doc": "verification score: correlation of the aligned grey thumbnails (0-1)"}),
+    pa.field("score", pa.float32(), metadata={"doc": "verification: robust correlation of the aligned grey thumbnails (1: same)"}),
+    pa.field("detail", pa.float32(), metadata={"doc": "verification: robust correlation of their high-pass detail (1: same)"}),
     pa.field("image_path", pa.string(), metadata={"doc": "the figure PNG, relative to the data root"}),
 ])
 
@@ -81,10 +82,14 @@ BUCKET_CAP = 64          # most index hashes compared per probed bucket (bounds 
 CANDIDATES = 4           # evaluation images verified per panel (the nearest by hash)
 MIN_PANEL = 24           # panels smaller than this (pixels, either side) are not compared
 TEMPLATE = 64            # verification thumbnail's longer side
+MIN_TEMPLATE_SIDE = 20  # ... and its shorter side at least this (regions longer than 3:1 are not verified)
 SEARCH_MARGIN = 0.15     # the candidate region is searched this much beyond its box on each side ...
 SEARCH_SCALES = (0.88, 0.94, 1.0, 1.06, 1.13)  # ... at these scales
-DETAIL_MIN = 0.6         # verified: robust correlation of high-pass detail at least this ...
+DETAIL_MIN = 0.65        # verified: robust correlation of high-pass detail at least this ...
 GREY_MIN = 0.85          # ... and robust correlation of grey levels at least this
+CONTRAST_RATIO = 2.0     # grey contrast (std) of panel and image region within this factor of each other ...
+DETAIL_RATIO = 2.5       # ... and their detail (high-pass std) within this one
+FLAT_STD = 2.0           # a region with less grey spread (of 255) than this is flat: never a match
 EXACT_MIN = 0.995        # an unflipped whole-image match this close is `exact`
 METHOD = "phash-mih-ncc-1"  # changes when the method does: cached hashes and results are redone
 
@@ -268,6 +273,8 @@ def verify(panel: np.ndarray, image: np.ndarray, variant: int) -> tuple[float, f
                                         max(0, int((x0 - mx) * w)):min(w, int(np.ceil((x1 + mx) * w)))])
     bw, bh = (x1 - x0) * w, (y1 - y0) * h
     s = TEMPLATE / max(bw, bh)
+    if min(bw, bh) * s < MIN_TEMPLATE_SIDE:  # a sliver (a label row, a strip): too little to tell
+        return 0.0, 0.0
     template = cv2.resize(panel, (max(8, round(bw * s)), max(8, round(bh * s))), interpolation=cv2.INTER_AREA)
     best, best_patch = -1.0, None
     for f in SEARCH_SCALES:
@@ -280,8 +287,14 @@ def verify(panel: np.ndarray, image: np.ndarray, variant: int) -> tuple[float, f
             best, best_patch = score, scaled[y:y + template.shape[0], x:x + template.shape[1]]
     if best_patch is None:
         return 0.0, 0.0
-    return (robust_correlation(template, best_patch),
-            robust_correlation(_detail(template), _detail(best_patch)))
+    detail_t, detail_p = _detail(template), _detail(best_patch)
+    # A copy keeps its contrast within a modest colour change; a flat region matched to a busy panel
+    # (or a blank one to anything) correlates by chance, so it scores 0.
+    for a, b, most in ((template, best_patch, CONTRAST_RATIO), (detail_t, detail_p, DETAIL_RATIO)):
+        sa, sb = float(a.std()), float(b.std())
+        if min(sa, sb) < FLAT_STD or max(sa, sb) > most * min(sa, sb):
+            return 0.0, 0.0
+    return robust_correlation(template, best_patch), robust_correlation(detail_t, detail_p)
 
 
 def is_match(grey_score: float, detail_score: float) -> bool:
@@ -532,7 +545,7 @@ def match_shard(queries: dict, index: HashIndex, eval_index: dict, eval_set: Eva
                 "exact" if v == 0 and dist == 0 and grey_score >= EXACT_MIN else "near")
         row = {"paper_id": str(queries["paper_id"][fig]), "img_name": str(queries["img_name"][fig]),
                "eval_image": eval_set.images[i], "panel_bbox": [x0, y0, x1, y1], "distance": int(dist),
-               "kind": kind, "score": round(float(grey_score), 4), "image_path": str(queries["image_path"][fig])}
+               "kind": kind, "score": round(float(grey_score), 4), "detail": round(float(detail_score), 4), "image_path": str(queries["image_path"][fig])}
         earlier = best.get((fig, i))
         if earlier is None or row["score"] > earlier["score"]:
             best[(fig, i)] = row
