@@ -653,6 +653,66 @@ def contaminated_figures(root=None) -> dict[str, set[tuple[str, str]]]:
     return out
 
 
+CONTACT_SHEET = "contact_contamination.png"
+
+
+def card_section(root, selection_report: dict, out_dir: Path, samples: int = 24) -> tuple[str, list[Path]]:
+    """The dataset card's section on evaluation images (Markdown) and the contact sheet it shows
+    (written to `out_dir`, returned in the list; none when no figure may be shown). The sheet follows
+    the card's licence rule: only figures of papers whose licence allows redistribution."""
+    from pipeline.contact_sheet import contact_sheet
+    from pipeline.licenses import allows_redistribution
+
+    root = config.data_root(root)
+    reports = {}
+    for path in sorted((root / "contamination").glob("*.json")):
+        try:
+            reports[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    reports = {k: v for k, v in reports.items() if (root / "contamination" / f"{k}.parquet").exists()}
+    left_out = selection_report.get("contaminated_left_out", {})
+    if not reports:
+        return ("No evaluation set was checked: figures may show test images of benchmarks "
+                "(`python -m pipeline.contamination --against DIR` checks a folder of them)."), []
+    kept = selection_report.get("contaminated_kept", False)
+    rows = "\n".join(
+        f"| {n} | {r['eval_images']} | {r['figures_matched']} | {r['papers_matched']} | {r['eval_images_found']} | "
+        f"{', '.join(f'{k} {v}' for k, v in r['by_kind'].items())} | "
+        f"{'kept (--keep-contaminated)' if kept else left_out.get(n, 0)} |" for n, r in reports.items())
+    text = ("Figures were compared with the evaluation images below, panel by panel, also as resized, cropped, "
+            "recompressed, recoloured, drawn-on or mirrored copies (`pipeline.contamination`). "
+            + ("The figures found are **kept** in this release (`--keep-contaminated`)." if kept else
+               "The figures found are **left out** of this release, so it can be used to train for these "
+               "benchmarks.") + " The matches are listed in `contamination/<set>.parquet` of the build.\n\n"
+            "| evaluation set | images | figures showing them | papers | images found | kind | left out of candidates |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n" + rows)
+    licences = _paper_licences(root)
+    matches = []
+    for name in reports:
+        for r in pq.read_table(root / "contamination" / f"{name}.parquet",
+                               columns=["paper_id", "img_name", "image_path"]).to_pylist():
+            if allows_redistribution(licences.get(r["paper_id"])) and (root / r["image_path"]).exists():
+                matches.append(r)
+    unique = sorted({(r["paper_id"], r["img_name"]): r for r in matches}.values(),
+                    key=lambda r: (r["paper_id"], r["img_name"]))[:samples]
+    if not unique:
+        return text + "\n\n_(no match is from an openly licensed paper, so none is shown)_", []
+    sheet = contact_sheet([root / r["image_path"] for r in unique], Path(out_dir) / CONTACT_SHEET,
+                          captions=[r["paper_id"] for r in unique])
+    return (text + "\n\nMatches from openly licensed papers (CC BY, CC BY-SA, CC0, public domain), crediting their "
+            f"arXiv ids:\n\n![figures showing evaluation images]({CONTACT_SHEET})"), [sheet]
+
+
+def _paper_licences(root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted((root / "papers").glob("*.parquet")):
+        table = pq.read_table(path)
+        if "license" in table.column_names:
+            out.update(zip(table["arxiv_id"].to_pylist(), table["license"].to_pylist()))
+    return out
+
+
 def format_report(report: dict) -> str:
     if report.get("skipped"):
         return (f"{report['name']}: unchanged since the last run (same images, list and figure shards): "

@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import store
+from pipeline import contamination, store
 from pipeline.config import data_root
 from pipeline.contact_sheet import contact_sheet
 from pipeline.latex import PANEL_COLUMNS, TEXT_COLUMNS
@@ -178,7 +178,7 @@ configs:
 
 
 HUB_FILES = ["train.parquet", "val.parquet", "README.md", "croissant.json", "year_histogram.png",
-             "contact_train.png", "contact_val.png"]
+             "contact_train.png", "contact_val.png", contamination.CONTACT_SHEET]
 
 
 def year_histogram(report: dict) -> bytes:
@@ -425,8 +425,12 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
             files[out.name] = out.read_bytes()
             sheets.append((split, out.name))
 
+        evaluation_md, evaluation_sheets = contamination.card_section(root, report, Path(tmp), samples)
+        for sheet in evaluation_sheets:
+            files[sheet.name] = sheet.read_bytes()
+
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    card_md = dataset_card(name, report, card, tables, sheets)
+    card_md = dataset_card(name, report, card, tables, sheets) + f"\n## Evaluation images\n\n{evaluation_md}\n"
     files["README.md"] = card_md.encode()
     files["index.html"] = render_html(name, card_md).encode()
     files["croissant.json"] = (json.dumps(croissant(name, report, card, files, created), indent=2) + "\n").encode()
