@@ -37,6 +37,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -107,7 +108,10 @@ def open_grey(path: str | os.PathLike, side: int) -> np.ndarray:
     at more than needed: JPEGs are decoded at reduced scale (draft), anything over MAX_PIXELS is
     refused before decoding. Raises ValueError with the reason for an unreadable or refused file."""
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, never decoded
+            img = Image.open(path)
+        with img:
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ValueError(f"{w}x{h} is over the {MAX_PIXELS / 1e6:.0f} Mpx limit")
