@@ -198,12 +198,14 @@ def fit(a: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(img.resize((max(8, round(img.width * s)), max(8, round(img.height * s))), Image.Resampling.BILINEAR))
 
 
-def grid_figure(panels: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+def grid_figure(panels: list[np.ndarray], rng: np.random.Generator, layout: dict | None = None) -> np.ndarray:
     """Panels in rows (random columns per row, gutters of 0-12 px, some framed), on white, at most
-    1024 px wide: how papers lay out results."""
+    1024 px wide: how papers lay out results. `layout` (if given) gets the gutter and frame chosen."""
     columns = int(rng.integers(2, 5)) if len(panels) > 2 else len(panels)
     gutter = int(rng.choice([0, 4, 8, 12]))
     frame = int(rng.choice([0, 0, 2]))
+    if layout is not None:
+        layout.update(gutter=gutter, frame=frame)
     rows = [panels[i:i + columns] for i in range(0, len(panels), columns)]
     cell_h = int(rng.integers(110, 260))
     placed = []
@@ -246,6 +248,7 @@ def build_case(root: Path, eval_dir: Path, n_figures: int, n_distractors: int, s
     extraction stage's records of one shard; returns the truth: figure name -> evaluation image or ''."""
     rng = np.random.default_rng(seed)
     photos = evaluation_photos(testdata)
+    photos.pop("voc513/0_image.png", None)  # the same photo as voc/2007_000033.jpg, re-rendered
     for name, a in photos.items():
         (eval_dir / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(a).save(eval_dir / name)
@@ -254,7 +257,7 @@ def build_case(root: Path, eval_dir: Path, n_figures: int, n_distractors: int, s
         Image.fromarray(a).save(eval_dir / "distractors" / f"{i:05d}.jpg", quality=90)
     others, masks = other_photos(), masks_of(testdata)
     names = sorted(photos)
-    shard, truth, rows = "2021-01", {}, []
+    shard, truth, rows, layouts = "2021-01", {}, [], {}
     for i in range(2 * n_figures):
         positive = i < n_figures
         panels = [clean_panel(rng, others, masks) for _ in range(int(rng.integers(1, 6)))]
@@ -265,18 +268,21 @@ def build_case(root: Path, eval_dir: Path, n_figures: int, n_distractors: int, s
             if rng.random() < combined_share:
                 kinds = tuple(rng.choice(KINDS, 3, replace=False))
             panels.insert(int(rng.integers(len(panels) + 1)), transform(photos[target], kinds, rng))
-        figure = grid_figure(panels, rng)
+        layout = {"kinds": "+".join(kinds) if positive else "", "panels": len(panels)}
+        figure = grid_figure(panels, rng, layout)
         paper = f"2101.{i:05d}"
         path = root / "images" / shard / paper / "fig.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(figure).save(path)
         truth[f"{paper}/fig.png"] = target
+        layouts[f"{paper}/fig.png"] = layout
         rows.append({"paper_id": paper, "img_name": "fig.png", "status": "ok",
                      "image_path": path.relative_to(root).as_posix()})
     from pipeline.extract import FIGURE_SCHEMA, figure_row
 
     store.write_rows(root / "figures" / f"{shard}.parquet", [figure_row(**r) for r in rows], FIGURE_SCHEMA)
     store.write_stats(root / "figures", shard, {})
+    store.atomic_write_json(root / "truth.json", {"truth": truth, "layouts": layouts})
     return truth
 
 
@@ -290,10 +296,20 @@ def score(root: Path, name: str, truth: dict) -> dict:
     positives = [k for k, v in truth.items() if v]
     hits = sum(truth[k] in found.get(k, set()) for k in positives)
     false = [(k, e) for k, es in found.items() for e in es if e != truth.get(k)]
+    layouts = json.loads((root / "truth.json").read_text())["layouts"]
+    by_kind: dict[str, list[int]] = {}
+    for k in positives:
+        kind = layouts[k]["kinds"] if "+" not in layouts[k]["kinds"] else "combined (3 of them)"
+        for key in (kind, "gutter 0 and frames" if layouts[k]["gutter"] == 0 and layouts[k]["frame"] else
+                    "gutter 0, no frame" if layouts[k]["gutter"] == 0 else "white gutters"):
+            by_kind.setdefault(key, [0, 0])
+            by_kind[key][0] += truth[k] in found.get(k, set())
+            by_kind[key][1] += 1
     return {"positives": len(positives), "found": hits, "recall": hits / max(1, len(positives)),
             "rows": len(rows), "false_rows": len(false), "precision": (len(rows) - len(false)) / max(1, len(rows)),
             "negative_figures_flagged": sum(1 for k in found if not truth.get(k)),
-            "missed": [f"{k}: {truth[k]}" for k in positives if truth[k] not in found.get(k, set())][:20],
+            "found_by_kind_and_layout": {k: f"{a}/{b}" for k, (a, b) in sorted(by_kind.items())},
+            "missed": [f"{k}: {truth[k]} ({layouts[k]})" for k in positives if truth[k] not in found.get(k, set())][:20],
             "false_examples": [f"{k} ~ {e}" for k, e in false[:20]]}
 
 

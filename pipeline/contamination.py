@@ -73,17 +73,19 @@ CONTAMINATION_SCHEMA = pa.schema([
 
 # --- parameters (calibrated in docs/contamination.md) -------------------------------------------
 EVAL_SIDE = 256          # evaluation images are hashed and verified at this longer side
-MAX_PIXELS = 150_000_000  # an image over this many pixels is refused, never decoded (decompression bomb)
+MAX_PIXELS = 64_000_000  # an image over this many pixels is refused, never decoded (bomb; a PNG this big is 192 MB)
 CROP_SCALES = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # index crops: share of each side kept ...
 CROP_STEP = 0.05         # ... at offsets this far apart
 QUERY_CROP = 0.94        # a panel is also hashed as its centre and corner crops of this share
 RADIUS = 8               # hash bits a candidate may differ by
-BLOCKS = 3               # bit blocks of the multi-index hash (RADIUS // BLOCKS bits may differ in one block)
+BLOCKS = 3               # bit blocks of the multi-index hash ...
+PROBE_BITS = 1           # ... probed up to this many bits off: exact up to 5 bits, most pairs up to RADIUS
 BUCKET_CAP = 64          # most index hashes compared per probed bucket (bounds the work on crowded buckets)
 CANDIDATES = 4           # evaluation images verified per panel (the nearest by hash)
 MIN_PANEL = 24           # panels smaller than this (pixels, either side) are not compared
 TEMPLATE = 64            # verification thumbnail's longer side
 MIN_TEMPLATE_SIDE = 20  # ... and its shorter side at least this (regions longer than 3:1 are not verified)
+ASPECT_TOLERANCE = 1.4   # a panel's aspect ratio within this factor of the matched region's (crops change it)
 SEARCH_MARGIN = 0.15     # the candidate region is searched this much beyond its box on each side ...
 SEARCH_SCALES = (0.88, 0.94, 1.0, 1.06, 1.13)  # ... at these scales
 DETAIL_MIN = 0.65        # verified: robust correlation of high-pass detail at least this ...
@@ -183,28 +185,32 @@ QUERIES_PER_REGION = 6
 # --- multi-index hashing over a fixed set -------------------------------------------------------
 
 class HashIndex:
-    """Finds, for query hashes, the stored 64-bit hashes within `radius` bits: multi-index hashing.
+    """Finds, for query hashes, stored 64-bit hashes within `radius` bits: multi-index hashing.
 
-    The 64 bits are cut into `blocks` blocks (`pipeline.near_duplicates._bit_blocks`); two hashes
-    within `radius` bits differ in at most radius // blocks bits of some block (pigeonhole), so a query
-    is compared only with the stored hashes whose block value is its own or that many bits off
-    (`_flips`). Each block's hashes are sorted by block value, so a probe is two binary searches and a
-    bucket a contiguous run; at most `bucket_cap` hashes of a bucket are compared (a crowded bucket of
-    near-identical flat images costs no more than a full one). Work per query: blocks x probes x cap at
-    most, independent of how many hashes are stored beyond that."""
+    The 64 bits are cut into `blocks` blocks (`pipeline.near_duplicates._bit_blocks`). A query is
+    compared only with the stored hashes whose value on some block is its own or up to `probe_bits`
+    bits off (`_flips`): its buckets. By pigeonhole every stored hash within
+    blocks x (probe_bits + 1) - 1 bits is in one of them, so up to that distance the search is exact;
+    between that and `radius`, a pair is found when its differing bits are unevenly spread over the
+    blocks (most are), which the several hashes of a panel and of an image make up for. Each block's
+    hashes are sorted by block value, so a probe is two binary searches and a bucket a contiguous run;
+    at most `bucket_cap` hashes of a bucket are compared (a crowded bucket of near-identical flat images
+    costs no more than a full one). Work per query hash: blocks x probes x min(bucket, cap), where a
+    bucket holds stored / 2^(64 / blocks) hashes on average: about 2 x 10^-6 of the index for 3 blocks."""
 
     def __init__(self, hashes: np.ndarray, radius: int = RADIUS, blocks: int = BLOCKS,
-                 bucket_cap: int = BUCKET_CAP):
+                 probe_bits: int | None = None, bucket_cap: int = BUCKET_CAP):
         self.hashes = np.asarray(hashes, np.uint64)
         self.radius, self.bucket_cap = radius, bucket_cap
         self.blocks = _bit_blocks(blocks)
-        self.flips = [np.array(_flips(mask.bit_length(), radius // blocks), np.uint64)
-                      for _, mask in self.blocks]
+        probe_bits = radius // blocks if probe_bits is None else probe_bits
+        self.exact_up_to = blocks * (probe_bits + 1) - 1
+        self.flips = [np.array(_flips(mask.bit_length(), probe_bits), np.uint64) for _, mask in self.blocks]
         self.order, self.keys = [], []
-        for shift, mask in self.blocks:
-            key = (self.hashes >> np.uint64(shift)) & np.uint64(mask)
-            order = np.argsort(key, kind="stable")
-            self.order.append(order.astype(np.int64))
+        for shift, mask in self.blocks:  # blocks of at most 32 bits: keys and places fit 4 bytes
+            key = ((self.hashes >> np.uint64(shift)) & np.uint64(mask)).astype(np.uint32)
+            order = np.argsort(key, kind="stable").astype(np.int32 if len(key) < 2**31 else np.int64)
+            self.order.append(order)
             self.keys.append(key[order])
 
     def search(self, queries: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,7 +221,8 @@ class HashIndex:
             q = queries[start:start + chunk]
             pairs_q, pairs_s = [], []
             for (shift, mask), flips, order, keys in zip(self.blocks, self.flips, self.order, self.keys):
-                probe = (((q >> np.uint64(shift)) & np.uint64(mask))[:, None] ^ flips[None, :]).ravel()
+                probe = ((((q >> np.uint64(shift)) & np.uint64(mask))[:, None] ^ flips[None, :]).ravel()
+                         .astype(np.uint32))
                 lo = np.searchsorted(keys, probe, "left")
                 size = np.minimum(np.searchsorted(keys, probe, "right") - lo, self.bucket_cap)
                 total = int(size.sum())
@@ -278,6 +285,9 @@ def verify(panel: np.ndarray, image: np.ndarray, variant: int) -> tuple[float, f
     bw, bh = (x1 - x0) * w, (y1 - y0) * h
     s = TEMPLATE / max(bw, bh)
     if min(bw, bh) * s < MIN_TEMPLATE_SIDE:  # a sliver (a label row, a strip): too little to tell
+        return 0.0, 0.0
+    aspect = (panel.shape[1] / panel.shape[0]) / (bw / bh)
+    if not 1 / ASPECT_TOLERANCE <= aspect <= ASPECT_TOLERANCE:  # a copy keeps its shape, up to a crop
         return 0.0, 0.0
     template = cv2.resize(panel, (max(8, round(bw * s)), max(8, round(bh * s))), interpolation=cv2.INTER_AREA)
     best, best_patch = -1.0, None
@@ -609,7 +619,7 @@ def run(against: list[str | os.PathLike], root=None, names: list[str] | None = N
         if not len(eval_index["hashes"]):
             raise ContaminationError(f"--against {eval_set.folder}: none of its {len(statuses)} images could be read "
                                      f"(first: {eval_set.images[0]}: {statuses[0]})")
-        index = HashIndex(eval_index["hashes"])
+        index = HashIndex(eval_index["hashes"], probe_bits=PROBE_BITS)
         eval_images, figure_images = _GreyCache(EVAL_SIDE), _GreyCache(_figure_grey_side(), size=64)
         rows, figures, unreadable = [], 0, []
         for shard in tqdm(shards, desc=f"compare {eval_set.name}", unit="shard", disable=not progress or len(shards) < 2):
