@@ -73,13 +73,16 @@ CONTAMINATION_SCHEMA = pa.schema([
 
 # --- parameters (calibrated in docs/contamination.md) -------------------------------------------
 EVAL_SIDE = 256          # evaluation images are hashed and verified at this longer side
+HASH_SIDE = 512          # figures are hashed from a copy of at most this longer side
 MAX_PIXELS = 64_000_000  # an image over this many pixels is refused, never decoded (bomb; a PNG this big is 192 MB)
 CROP_SCALES = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # index crops: share of each side kept ...
 CROP_STEP = 0.05         # ... at offsets this far apart
 QUERY_CROP = 0.94        # a panel is also hashed as its centre and corner crops of this share
 RADIUS = 8               # hash bits a candidate may differ by
 BLOCKS = 3               # bit blocks of the multi-index hash ...
-PROBE_BITS = 1           # ... probed up to this many bits off: exact up to 5 bits, most pairs up to RADIUS
+PROBE_BITS = 1           # ... probed up to this many bits off for a panel's corner crops (exact up to 5 bits,
+                         # most pairs up to RADIUS); up to RADIUS // BLOCKS (exact to RADIUS) for its first
+EXACT_QUERIES = 2        # hashes: the whole panel and its centre
 BUCKET_CAP = 64          # most index hashes compared per probed bucket (bounds the work on crowded buckets)
 CANDIDATES = 4           # evaluation images verified per panel (the nearest by hash)
 MIN_PANEL = 24           # panels smaller than this (pixels, either side) are not compared
@@ -94,7 +97,7 @@ CONTRAST_RATIO = 2.0     # grey contrast (std) of panel and image region within 
 DETAIL_RATIO = 2.5       # ... and their detail (high-pass std) within this one
 FLAT_STD = 2.0           # a region with less grey spread (of 255) than this is flat: never a match
 EXACT_MIN = 0.995        # an unflipped whole-image match this close is `exact`
-METHOD = "phash-mih-ncc-1"  # changes when the method does: cached hashes and results are redone
+METHOD = "phash-mih-ncc-2"  # changes when the method does: cached hashes and results are redone
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -203,9 +206,8 @@ class HashIndex:
         self.hashes = np.asarray(hashes, np.uint64)
         self.radius, self.bucket_cap = radius, bucket_cap
         self.blocks = _bit_blocks(blocks)
-        probe_bits = radius // blocks if probe_bits is None else probe_bits
-        self.exact_up_to = blocks * (probe_bits + 1) - 1
-        self.flips = [np.array(_flips(mask.bit_length(), probe_bits), np.uint64) for _, mask in self.blocks]
+        self.probe_bits = radius // blocks if probe_bits is None else probe_bits
+        self.exact_up_to = blocks * (self.probe_bits + 1) - 1
         self.order, self.keys = [], []
         for shift, mask in self.blocks:  # blocks of at most 32 bits: keys and places fit 4 bytes
             key = ((self.hashes >> np.uint64(shift)) & np.uint64(mask)).astype(np.uint32)
@@ -213,14 +215,18 @@ class HashIndex:
             self.order.append(order)
             self.keys.append(key[order])
 
-    def search(self, queries: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query index, stored index, bits apart) of every pair within the radius, each pair once."""
+    def search(self, queries: np.ndarray, probe_bits: int | None = None,
+               chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query index, stored index, bits apart) of the pairs within the radius that the probes reach
+        (`probe_bits`: this call's, else the index's), each pair once."""
         queries = np.asarray(queries, np.uint64)
+        bits = self.probe_bits if probe_bits is None else probe_bits
+        flip_masks = [np.array(_flips(mask.bit_length(), bits), np.uint64) for _, mask in self.blocks]
         found_q, found_s, found_d = [], [], []
         for start in range(0, len(queries), chunk):
             q = queries[start:start + chunk]
             pairs_q, pairs_s = [], []
-            for (shift, mask), flips, order, keys in zip(self.blocks, self.flips, self.order, self.keys):
+            for (shift, mask), flips, order, keys in zip(self.blocks, flip_masks, self.order, self.keys):
                 probe = ((((q >> np.uint64(shift)) & np.uint64(mask))[:, None] ^ flips[None, :]).ravel()
                          .astype(np.uint32))
                 lo = np.searchsorted(keys, probe, "left")
@@ -437,8 +443,16 @@ def figure_queries(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, i
     whole = (0, 0, rgb.shape[1], rgb.shape[0])
     if len(boxes) != 1 and min(whole[2:]) >= MIN_PANEL:
         boxes.append(whole)
-    g = grey(rgb)
-    regions = [r for b in boxes for r in query_regions(g[b[1]:b[3], b[0]:b[2]])]
+    # hashed from a copy of at most HASH_SIDE pixels: a hash sees 32x32 of a region anyway, and
+    # squeezing a large region straight to 32x32 costs more than shrinking the figure once
+    scale = min(1.0, HASH_SIDE / max(rgb.shape[:2]))
+    g = grey(rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)),
+                                                        max(1, round(rgb.shape[0] * scale))),
+                                                  interpolation=cv2.INTER_AREA))
+    regions = []
+    for x0, y0, x1, y1 in boxes:
+        x0, y0 = int(x0 * scale), int(y0 * scale)
+        regions += query_regions(g[y0:max(y0 + 1, int(np.ceil(y1 * scale))), x0:max(x0 + 1, int(np.ceil(x1 * scale)))])
     return boxes, dct_hashes(regions).reshape(len(boxes), QUERIES_PER_REGION), "ok"
 
 
@@ -528,8 +542,13 @@ def match_shard(queries: dict, index: HashIndex, eval_index: dict, eval_set: Eva
     hashes = queries["hashes"]
     if not len(hashes):
         return []
-    q, s, d = index.search(hashes.ravel())
-    region = q // QUERIES_PER_REGION
+    # the hashes of the whole panel and its centre are searched exactly up to RADIUS; the corner crops'
+    # up to 5 bits (and most pairs beyond): a third of the work of searching all exactly
+    e = EXACT_QUERIES
+    exact_q, exact_s, exact_d = index.search(hashes[:, :e].ravel(), probe_bits=RADIUS // BLOCKS)
+    crop_q, crop_s, crop_d = index.search(hashes[:, e:].ravel(), probe_bits=PROBE_BITS)
+    region = np.concatenate([exact_q // e, crop_q // (QUERIES_PER_REGION - e)])
+    s, d = np.concatenate([exact_s, crop_s]), np.concatenate([exact_d, crop_d])
     image, variant = eval_index["image"][s].astype(np.int64), eval_index["variant"][s].astype(np.int64)
     # per (region, evaluation image): the nearest hash; per region: the CANDIDATES nearest images
     order = np.lexsort((d, image, region))
@@ -619,7 +638,7 @@ def run(against: list[str | os.PathLike], root=None, names: list[str] | None = N
         if not len(eval_index["hashes"]):
             raise ContaminationError(f"--against {eval_set.folder}: none of its {len(statuses)} images could be read "
                                      f"(first: {eval_set.images[0]}: {statuses[0]})")
-        index = HashIndex(eval_index["hashes"], probe_bits=PROBE_BITS)
+        index = HashIndex(eval_index["hashes"])
         eval_images, figure_images = _GreyCache(EVAL_SIDE), _GreyCache(_figure_grey_side(), size=64)
         rows, figures, unreadable = [], 0, []
         for shard in tqdm(shards, desc=f"compare {eval_set.name}", unit="shard", disable=not progress or len(shards) < 2):

@@ -100,9 +100,9 @@ def matches(root: Path, name: str = "evalset") -> dict[str, list[dict]]:
 def test_copies_in_grids_are_found_and_clean_figures_are_not(case, capsys):
     eval_dir, root, truth = case
     assert main(["--against", str(eval_dir), "--root", str(root), "--workers", "1"]) == 0
-    assert "6 of 12 figures" in capsys.readouterr().out
     found = matches(root)
-    assert set(found) == set(truth), f"flagged {sorted(found)}, expected {sorted(truth)}"
+    assert set(found) == set(truth), f"flagged {sorted(found)}, expected {sorted(truth.items())}"
+    assert "6 of 12 figures" in capsys.readouterr().out
     for paper, (target, kind) in truth.items():
         assert [r["eval_image"] for r in found[paper]] == [target], (kind, found[paper])
         row = found[paper][0]
