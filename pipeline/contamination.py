@@ -73,7 +73,8 @@ CONTAMINATION_SCHEMA = pa.schema([
 
 # --- parameters (calibrated in docs/contamination.md) -------------------------------------------
 EVAL_SIDE = 256          # evaluation images are hashed and verified at this longer side
-HASH_SIDE = 512          # figures are hashed from a copy of at most this longer side
+HASH_SIDE = 512          # figures are hashed from a copy of at most this longer side ...
+FIGURE_SIDE = 4096       # ... and verified at full size (extraction makes them at most 1024 px)
 MAX_PIXELS = 64_000_000  # an image over this many pixels is refused, never decoded (bomb; a PNG this big is 192 MB)
 CROP_SCALES = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # index crops: share of each side kept ...
 CROP_STEP = 0.05         # ... at offsets this far apart
@@ -578,7 +579,8 @@ def match_shard(queries: dict, index: HashIndex, eval_index: dict, eval_set: Eva
                 "exact" if v == 0 and dist == 0 and grey_score >= EXACT_MIN else "near")
         row = {"paper_id": str(queries["paper_id"][fig]), "img_name": str(queries["img_name"][fig]),
                "eval_image": eval_set.images[i], "panel_bbox": [x0, y0, x1, y1], "distance": int(dist),
-               "kind": kind, "score": round(float(grey_score), 4), "detail": round(float(detail_score), 4), "image_path": str(queries["image_path"][fig])}
+               "kind": kind, "score": round(float(grey_score), 4), "detail": round(float(detail_score), 4),
+               "image_path": str(queries["image_path"][fig])}
         earlier = best.get((fig, i))
         if earlier is None or row["score"] > earlier["score"]:
             best[(fig, i)] = row
@@ -586,10 +588,6 @@ def match_shard(queries: dict, index: HashIndex, eval_index: dict, eval_set: Eva
 
 
 # --- the stage ----------------------------------------------------------------------------------
-
-def _figure_grey_side() -> int:
-    return 4096  # figure PNGs are at most 1024 px (extraction): read them at full size
-
 
 def run(against: list[str | os.PathLike], root=None, names: list[str] | None = None,
         lists: list[str | os.PathLike | None] | None = None, workers: int | None = None,
@@ -639,7 +637,7 @@ def run(against: list[str | os.PathLike], root=None, names: list[str] | None = N
             raise ContaminationError(f"--against {eval_set.folder}: none of its {len(statuses)} images could be read "
                                      f"(first: {eval_set.images[0]}: {statuses[0]})")
         index = HashIndex(eval_index["hashes"])
-        eval_images, figure_images = _GreyCache(EVAL_SIDE), _GreyCache(_figure_grey_side(), size=64)
+        eval_images, figure_images = _GreyCache(EVAL_SIDE), _GreyCache(FIGURE_SIDE, size=64)
         rows, figures, unreadable = [], 0, []
         for shard in tqdm(shards, desc=f"compare {eval_set.name}", unit="shard", disable=not progress or len(shards) < 2):
             queries = shard_queries(root, shard, work, workers, progress)

@@ -172,19 +172,26 @@ def test_bad_input_is_reported(case, tmp_path, capsys):
     (root / "contamination" / "mixed.json").unlink()
 
 
-def test_filter_leaves_out_found_figures_and_the_card_counts_them(case, tmp_path):
-    import pyarrow as pa
-
-    from pipeline import filter as flt, publish
+def write_scores(root: Path) -> list[dict]:
+    """Every rendered figure scored 0.9 by a classifier `m1`; returns the figure records."""
     from pipeline.classify import SCORE_SCHEMA
 
-    eval_dir, root, truth = case
-    contamination.run([eval_dir], root, workers=1, progress=False)
     figures = [r for r in store.read_rows(root / "figures" / "2021-01.parquet") if r["status"] == "ok"]
     scores = [{"paper_id": r["paper_id"], "img_name": r["img_name"], "sha256": r["sha256"], "score": 0.9,
                "model_version": "m1", "status": "ok", "error": ""} for r in figures]
     store.write_rows(root / "scores" / "2021-01.parquet", scores, SCORE_SCHEMA)
     store.write_stats(root / "scores", "2021-01", {"model_version": "m1"})
+    return figures
+
+
+def test_filter_leaves_out_found_figures_and_the_card_counts_them(case, tmp_path):
+    import pyarrow as pa
+
+    from pipeline import filter as flt, publish
+
+    eval_dir, root, truth = case
+    contamination.run([eval_dir], root, workers=1, progress=False)
+    figures = write_scores(root)
     papers = store.read_rows(root / "papers" / "2021-01.parquet")
     for p in papers:  # one contaminated paper openly licensed: its figure may be shown
         p["license"] = ("http://creativecommons.org/licenses/by/4.0/" if p["arxiv_id"] == "2101.00001"
@@ -207,3 +214,21 @@ def test_filter_leaves_out_found_figures_and_the_card_counts_them(case, tmp_path
     _, report = flt.run(root, threshold=0.5, keep_contaminated=True)
     kept = set(pq.read_table(root / "selection" / "selection.parquet")["paper_id"].to_pylist())
     assert report["contaminated_left_out"] == {} and kept >= set(truth)
+
+
+@pytest.mark.server
+def test_flow_checks_the_evaluation_sets_before_filtering(case, tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.classify import filter_and_publish
+
+    eval_dir, root, truth = case
+    write_scores(root)
+    (root / "contamination" / "evalset.json").unlink(missing_ok=True)  # the flow must compute it
+    with prefect_test_harness(server_startup_timeout=120):
+        summary = filter_and_publish("cvf-flow", str(root), threshold=0.5, out=str(tmp_path / "manifests"),
+                                     evaluation_sets=[str(eval_dir)])
+    assert summary["train"] + summary["val"] == 6  # 12 figures, the 6 showing evaluation images left out
+    assert set(matches(root)) == set(truth)
+    card = (tmp_path / "manifests" / "cvf-flow" / "README.md").read_text()
+    assert "| evalset |" in card
