@@ -24,7 +24,6 @@ verification in one).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource

@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -457,10 +458,6 @@ def figure_queries(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, i
     return boxes, dct_hashes(regions).reshape(len(boxes), QUERIES_PER_REGION), "ok"
 
 
-def _figure_queries_of(path: str):
-    return figure_queries(path)
-
-
 def figure_shards(root: Path) -> list[str]:
     """Done figure shards (their stats written)."""
     return sorted(p.name[: -len("_stats.json")] for p in (root / "figures").glob("*_stats.json")
@@ -485,7 +482,7 @@ def shard_queries(root: Path, shard: str, work: Path, workers: int = 1, progress
                 return {k: z[k] for k in z.files}
     table = pq.read_table(parquet, columns=["paper_id", "img_name", "status", "image_path"])
     rows = [r for r in table.to_pylist() if r["status"] == "ok" and r["image_path"]]
-    results = _map(_figure_queries_of, [str(root / r["image_path"]) for r in rows], workers,
+    results = _map(figure_queries, [str(root / r["image_path"]) for r in rows], workers,
                    desc=f"panels {shard}", unit="figure", progress=progress)
     figure, boxes, hashes, errors = [], [], [], []
     for i, (bxs, hs, status) in enumerate(results):
@@ -668,8 +665,6 @@ def run(against: list[str | os.PathLike], root=None, names: list[str] | None = N
 
 
 def _valid_name(name: str) -> bool:
-    import re
-
     return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name))
 
 
