@@ -97,9 +97,10 @@ DETAIL_MIN = 0.65        # verified: robust correlation of high-pass detail at l
 GREY_MIN = 0.85          # ... and robust correlation of grey levels at least this
 CONTRAST_RATIO = 2.0     # grey contrast (std) of panel and image region within this factor of each other ...
 DETAIL_RATIO = 2.5       # ... and their detail (high-pass std) within this one
+DETAIL_GAIN = 1.5        # ... and the panel's detail at most this much above the region's
 FLAT_STD = 2.0           # a region with less grey spread (of 255) than this is flat: never a match
 EXACT_MIN = 0.995        # an unflipped whole-image match this close is `exact`
-METHOD = "phash-mih-ncc-2"  # changes when the method does: cached hashes and results are redone
+METHOD = "phash-mih-ncc-3"  # changes when the method does: cached hashes and results are redone
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -268,10 +269,15 @@ def robust_correlation(a: np.ndarray, b: np.ndarray, keep: float = 0.9) -> float
     """Correlation of two equal-size arrays over the `keep` share of pixels where they agree best
     (standardised): lines and boxes drawn over a copy are outliers, not disagreement."""
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    inliers = _inliers(a, b, keep)
+    return _correlation(a[inliers], b[inliers])
+
+
+def _inliers(a: np.ndarray, b: np.ndarray, keep: float = 0.9) -> np.ndarray:
+    """The `keep` share of pixels where two flat arrays, standardised, agree best."""
     za, zb = (a - a.mean()) / (a.std() + 1e-6), (b - b.mean()) / (b.std() + 1e-6)
     residual = np.abs(za - zb)
-    inliers = residual <= np.quantile(residual, keep)
-    return _correlation(a[inliers], b[inliers])
+    return residual <= np.quantile(residual, keep)
 
 
 def _detail(x: np.ndarray) -> np.ndarray:
@@ -316,6 +322,12 @@ def verify(panel: np.ndarray, image: np.ndarray, variant: int) -> tuple[float, f
         sa, sb = float(a.std()), float(b.std())
         if min(sa, sb) < FLAT_STD or max(sa, sb) > most * min(sa, sb):
             return 0.0, 0.0
+    # Nor does a copy gain detail (it loses some to resizing and JPEG): a panel busier than the region,
+    # where they agree (lines drawn over the copy left out), is another picture with the same layout.
+    a, b = detail_t.ravel().astype(np.float64), detail_p.ravel().astype(np.float64)
+    inliers = _inliers(a, b)
+    if a[inliers].std() > DETAIL_GAIN * b[inliers].std():
+        return 0.0, 0.0
     return robust_correlation(template, best_patch), robust_correlation(detail_t, detail_p)
 
 
