@@ -6,14 +6,16 @@
   one by its scheduler's address). Each shard is checkpointed by the stage (its scores and
   stats; done shards of the same model are skipped); a failed shard is retried alone, then
   reported, and the others finish before the flow fails naming it.
-* `filter-and-publish`: pipeline.filter.run then pipeline.publish.publish
+* `filter-and-publish`: pipeline.contamination.run (when evaluation folders are given), then
+  pipeline.filter.run (which leaves out the figures it found unless keep_contaminated), then
+  pipeline.publish.publish
 """
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
 from flows.common import ShardsFailed, dask_runner, failed_message, outcomes
-from pipeline import classify, filter as flt, publish
+from pipeline import classify, contamination, filter as flt, publish
 from pipeline.config import data_root
 
 
@@ -30,9 +32,19 @@ def score_shard(root: str, shard: str, version: str | None, weights: str | None,
                           keep_going=False)  # a failure fails the task: Prefect retries it
 
 
+@task(name="contamination")
+def contamination_task(root: str, evaluation_sets: list[str], names: list[str] | None,
+                       lists: list[str] | None) -> dict:
+    reports = contamination.run(evaluation_sets, root, names, lists, progress=False)
+    for report in reports.values():
+        get_run_logger().info(contamination.format_report(report))
+    return reports
+
+
 @task(name="filter")
-def filter_task(root: str, threshold: float | None, target_count: int | None, seed: int) -> dict:
-    _, report = flt.run(root, threshold, target_count, seed)
+def filter_task(root: str, threshold: float | None, target_count: int | None, seed: int,
+                keep_contaminated: bool = False) -> dict:
+    _, report = flt.run(root, threshold, target_count, seed, keep_contaminated)
     get_run_logger().info(flt.format_report(report))
     return report
 
@@ -80,9 +92,16 @@ def score_figures(root: str | None = None, version: str | None = None, weights: 
 @flow(name="filter-and-publish")
 def filter_and_publish(name: str, root: str | None = None, threshold: float | None = None,
                        target_count: int | None = None, seed: int = 0, out: str = "manifests",
-                       overwrite: bool = False, hf_repo: str | None = None) -> dict:
+                       overwrite: bool = False, hf_repo: str | None = None,
+                       evaluation_sets: list[str] | None = None, evaluation_names: list[str] | None = None,
+                       evaluation_lists: list[str] | None = None, keep_contaminated: bool = False) -> dict:
+    """`evaluation_sets`: folders of evaluation images to look for in the figures first (names and id
+    lists as `python -m pipeline.contamination --name/--list`); the figures found are left out unless
+    `keep_contaminated`. Results of earlier runs (contamination/*.parquet) are applied either way."""
     root = str(data_root(root))
-    report = filter_task(root, threshold, target_count, seed)
+    if evaluation_sets:
+        contamination_task(root, evaluation_sets, evaluation_names, evaluation_lists)
+    report = filter_task(root, threshold, target_count, seed, keep_contaminated)
     target = publish_task(root, name, out, overwrite, hf_repo)
     summary = {"manifest": target, "train": report["per_split"]["train"]["figures"],
                "val": report["per_split"]["val"]["figures"], "threshold": report["threshold"]}

@@ -241,7 +241,21 @@ SELECTION_SCHEMA = _schema(
     + _MANIFEST_COLUMNS[13:])
 
 
-# --- contamination (figures near an evaluation image): to be added here -------------------------
+# --- contamination: figures that show an evaluation image (python -m pipeline.contamination) -----
+
+CONTAMINATION_SCHEMA = _schema([
+    ("paper_id", pa.string(), "arXiv id of the paper whose figure shows the image"),
+    ("img_name", pa.string(), "CVF name of that figure (as in figures/<shard>.parquet)"),
+    ("eval_image", pa.string(), "the evaluation image, its path relative to the folder given"),
+    ("panel_bbox", pa.list_(pa.int32()), "where it is in the figure PNG: x0, y0, x1, y1 in pixels (the whole "
+                                         "figure when no panel matched alone)"),
+    ("distance", pa.int32(), "bits between the panel's hash and the nearest hash of the image (0-64)"),
+    ("kind", pa.string(), "exact (the whole image, same pixels up to resizing), near (cropped, recoloured, drawn "
+                          "on, recompressed) or flipped (mirrored left-right)"),
+    ("score", pa.float32(), "verification: robust correlation of the aligned grey thumbnails (1: same)"),
+    ("detail", pa.float32(), "verification: robust correlation of their high-pass detail (1: same)"),
+    ("image_path", pa.string(), "the figure PNG, relative to the data root"),
+])
 
 
 # Every table of the contract, in pipeline order: (schema, name, where it is written).
@@ -258,6 +272,8 @@ TABLES = [
                                       "source (held in memory while training)"),
     (SCORE_SCHEMA, "scores", "`scores/<YYYY-MM>.parquet`: one classifier score per figure"),
     (SELECTION_SCHEMA, "selection", "`selection/selection.parquet`: the kept figures"),
+    (CONTAMINATION_SCHEMA, "contamination", "`contamination/<NAME>.parquet`: one row per figure that shows "
+                                            "an image of the evaluation set NAME"),
     (MANIFEST_SCHEMA, "manifest", "`manifests/<name>/{train,val}.parquet`: one published figure per row"),
 ]
 

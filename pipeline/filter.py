@@ -9,9 +9,11 @@ Joins the scores with the figure records (hash, size, duplicate marks) and the p
 1. drops exact duplicates: figures extraction marked `dup_of`, and any figure whose PNG hash
    repeats one kept before it (first by paper id, then name, wins);
 2. keeps figures with `score >= threshold`;
-3. reports near duplicates (`near_dup_of` pointing at another kept figure) without dropping
+3. leaves out (before steps 1-2) the figures that show evaluation images (`contamination/*.parquet`,
+   written by `python -m pipeline.contamination`) unless `--keep-contaminated`;
+4. reports near duplicates (`near_dup_of` pointing at another kept figure) without dropping
    them: they are often the same photo with a different overlay, a judgement call;
-4. assigns each paper's split with `pipeline.split.split_of` (90/10, a hash of id and seed).
+5. assigns each paper's split with `pipeline.split.split_of` (90/10, a hash of id and seed).
 
 Writes `selection/selection.parquet`, `selection/report.json` and `selection/per_year.csv`,
 and prints the per-year / per-split table.
@@ -215,6 +217,8 @@ def format_report(report: dict) -> str:
     if len(report["model_version"]) > 1:
         lines.insert(0, f"warning: scores come from several classifiers {report['model_version']}: "
                         "rescore with one (`python -m pipeline.classify score`)")
+    for name, n in report.get("contaminated_left_out", {}).items():
+        lines.insert(1, f"left out {n} figures showing images of evaluation set {name} (contamination/{name}.parquet)")
     lines.append(f"{'all':>6} {s['train']['figures']:>8} {s['val']['figures']:>8} {report['kept']:>8}"
                  f"   (papers: {s['train']['papers']} train, {s['val']['papers']} val)")
     return "\n".join(lines)
@@ -235,9 +239,29 @@ def write_selection(root: Path, kept: pd.DataFrame, report: dict) -> Path:
     return out
 
 
-def run(root=None, threshold=None, target_count=None, seed=0) -> tuple[Path, dict]:
+def leave_out_contaminated(root: Path, df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The candidates without the figures `pipeline.contamination` found evaluation images in, and how
+    many each evaluation set took out (a figure in several sets counts in each)."""
+    from pipeline.contamination import contaminated_figures
+
+    keys = pd.Series(list(zip(df["paper_id"], df["img_name"])), index=df.index, dtype=object)
+    out, counts = pd.Series(False, index=df.index), {}
+    for name, figures in contaminated_figures(root).items():
+        hit = keys.isin(figures)
+        counts[name] = int(hit.sum())
+        out |= hit
+    return df[~out], counts
+
+
+def run(root=None, threshold=None, target_count=None, seed=0, keep_contaminated=False) -> tuple[Path, dict]:
     root = data_root(root)
-    kept, report = select(candidates(root), threshold, target_count, seed)
+    df = candidates(root)
+    left_out: dict[str, int] = {}
+    if not keep_contaminated:
+        df, left_out = leave_out_contaminated(root, df)
+    kept, report = select(df, threshold, target_count, seed)
+    report["contaminated_left_out"] = left_out  # by evaluation set; {} with --keep-contaminated or none found
+    report["contaminated_kept"] = bool(keep_contaminated)
     return write_selection(root, kept, report), report
 
 
@@ -249,9 +273,12 @@ def main(argv=None) -> int:
     how.add_argument("--threshold", type=cli.unit_interval, help="keep figures with score >= T (0 <= T <= 1)")
     how.add_argument("--target-count", type=cli.positive_int, help="pick the threshold that keeps N figures")
     p.add_argument("--seed", type=int, default=0, help="split seed (changing it reshuffles every paper)")
+    p.add_argument("--keep-contaminated", action="store_true",
+                   help="keep figures that show evaluation images (contamination/*.parquet, written by "
+                        "python -m pipeline.contamination); by default they are left out")
     args = p.parse_args(argv)
     try:
-        out, report = run(args.root, args.threshold, args.target_count, args.seed)
+        out, report = run(args.root, args.threshold, args.target_count, args.seed, args.keep_contaminated)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model import cli
-from pipeline import store
+from pipeline import contamination, store
 from pipeline.config import data_root
 from pipeline.contact_sheet import contact_sheet
 from pipeline.contract import MANIFEST_SCHEMA, description
@@ -151,7 +151,7 @@ configs:
 
 
 HUB_FILES = ["train.parquet", "val.parquet", "README.md", "croissant.json", "year_histogram.png",
-             "contact_train.png", "contact_val.png"]
+             "contact_train.png", "contact_val.png", contamination.CONTACT_SHEET]
 
 
 def year_histogram(report: dict) -> bytes:
@@ -398,8 +398,12 @@ def build(root: Path, name: str, samples: int = 24, seed: int = 0) -> dict[str, 
             files[out.name] = out.read_bytes()
             sheets.append((split, out.name))
 
+        evaluation_md, evaluation_sheets = contamination.card_section(root, report, Path(tmp), samples)
+        for sheet in evaluation_sheets:
+            files[sheet.name] = sheet.read_bytes()
+
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    card_md = dataset_card(name, report, card, tables, sheets)
+    card_md = dataset_card(name, report, card, tables, sheets) + f"\n## Evaluation images\n\n{evaluation_md}\n"
     files["README.md"] = card_md.encode()
     files["index.html"] = render_html(name, card_md).encode()
     files["croissant.json"] = (json.dumps(croissant(name, report, card, files, created), indent=2) + "\n").encode()

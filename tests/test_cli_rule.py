@@ -37,6 +37,11 @@ CASES = [
     ("pipeline.cli", ["crawl", "--max-papers", "-5"], 2),
     ("pipeline.confined", ["--serve", "--memory-mb", "0"], 2),
     ("pipeline.contract", ["--out", "x"], 2, "unrecognized arguments"),
+    # pipeline.contamination
+    ("pipeline.contamination", ["--against", "{empty}", "--root", "{root}"], 2, "no image"),
+    ("pipeline.contamination", ["--against", "{missing}", "--root", "{root}"], 2, "not"),
+    ("pipeline.contamination", ["--against", "{images}", "--workers", "-1"], 2),
+    ("pipeline.contamination", ["--against", "{images}", "--root", NOWHERE], 2),
     # pipeline.extract
     ("pipeline.extract", ["--root", "{root}", "--timeout", "-1", "--force"], 2, "--timeout"),
     ("pipeline.extract", ["--root", "{root}", "--timeout", "0"], 2),
