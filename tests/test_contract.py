@@ -22,10 +22,12 @@ def test_every_column_has_a_one_line_description():
 
 def test_the_stages_use_the_contract_schemas_not_copies():
     from labeling import pull
-    from pipeline import bulk, classify, crawl, extract, filter, licenses, publish, rebuild
+    from pipeline import (bulk, bulk_records, bulk_selection, bulk_s3, classify, contamination, crawl, extract,
+                          filter, licenses, publish, rebuild)
 
     assert crawl.PAPER_SCHEMA is contract.PAPER_SCHEMA
-    assert bulk.TAR_SCHEMA is contract.TAR_SCHEMA
+    assert bulk_records.TAR_SCHEMA is contract.TAR_SCHEMA
+    assert contamination.CONTAMINATION_SCHEMA is contract.CONTAMINATION_SCHEMA
     assert licenses.LICENSE_SCHEMA is contract.LICENSE_SCHEMA
     assert extract.FIGURE_SCHEMA is rebuild.REBUILD_SCHEMA is contract.FIGURE_SCHEMA
     assert {"eprint_sha256", "version"} <= set(contract.FIGURE_SCHEMA.names)
@@ -34,7 +36,8 @@ def test_the_stages_use_the_contract_schemas_not_copies():
     assert filter.SELECTION_COLUMNS == contract.SELECTION_SCHEMA.names
     assert publish.MANIFEST_COLUMNS == contract.MANIFEST_SCHEMA.names
     # no stage module spells out a schema of its own
-    for module in (bulk, classify, crawl, extract, filter, licenses, publish, rebuild, pull):
+    for module in (bulk, bulk_records, bulk_selection, bulk_s3, classify, contamination, crawl, extract, filter,
+                   licenses, publish, rebuild, pull):
         source = open(module.__file__).read()
         assert "pa.schema(" not in source, f"{module.__name__} defines a schema outside pipeline.contract"
 

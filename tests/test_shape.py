@@ -150,7 +150,7 @@ def test_cvf_lists_every_job_with_one_line_each():
         assert job in JOBS
     # every job names a module of this project (a missing one fails clearly, below)
     files = module_files()
-    assert set(JOBS.values()) - set(files) <= {"pipeline.contamination", "model.report"}
+    assert set(JOBS.values()) <= set(files)
 
 
 def test_a_cvf_job_is_its_module():
@@ -159,7 +159,7 @@ def test_a_cvf_job_is_its_module():
         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
     assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout,
                                                            theirs.stderr)
-    assert ours.returncode == 2 and ours.stderr.startswith("error: --threshold")
+    assert ours.returncode == 2 and "error: argument --threshold" in ours.stderr
     run = cvf("replay", "--help")  # a package run by its __main__
     assert run.returncode == 0 and "generate" in run.stdout
 
