@@ -44,7 +44,7 @@ from tqdm import tqdm
 from pipeline import labels as labels_mod
 from pipeline import store
 from pipeline.config import data_root
-from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, caption_features, layout_features
+from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, layout_features, record_caption_features
 from pipeline.shards import check_shard_files
 
 WEIGHTS_ENV = "CVF_BACKBONE_WEIGHTS"
@@ -178,11 +178,38 @@ def featurize(root: Path, image_paths: list[str], backbone: Backbone | None, bat
 
 def make_head(kind: str, seed: int = 0):
     if kind == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000))
     if kind == "hgb":
         return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, class_weight="balanced",
                                               random_state=seed)
     raise ValueError(f"unknown head {kind!r} (logreg or hgb)")
+
+
+def unnamed_offset(y: np.ndarray, named: np.ndarray) -> float:
+    """How much less often CVF kept a figure that no whole document of its LaTeX names (a copy
+    left unused in the tree) than one it names, in log-odds, from the labels (smoothed; 0 when
+    no labelled figure is unnamed, since then nothing says so)."""
+    if named.all():
+        return 0.0
+
+    def log_odds(kept, n):
+        p = (kept + 0.5) / (n + 1.0)
+        return float(np.log(p / (1 - p)))
+    return max(0.0, log_odds(y[named].sum(), named.sum()) - log_odds(y[~named].sum(), (~named).sum()))
+
+
+def fit_head(kind: str, seed: int, x: np.ndarray, y: np.ndarray, named: np.ndarray):
+    """The head and the unnamed figures' offset. The head learns from the figures the LaTeX
+    names (those CVF's own classifier saw; unused copies in the tree are photo grids as often
+    as not, and would teach it that photo grids are dropped); unnamed figures get its decision
+    lowered by `unnamed_offset`."""
+    fit_on = named if len(set(y[named])) == 2 else np.ones(len(y), bool)
+    return clone(make_head(kind, seed)).fit(x[fit_on], y[fit_on]), unnamed_offset(y, named)
+
+
+def decide(head, offset: float, x: np.ndarray, named: np.ndarray) -> np.ndarray:
+    """The head's decision values, lowered by `offset` for figures no whole document names."""
+    return head.decision_function(x) - offset * ~named
 
 
 def fit_calibrator(decision: np.ndarray, y: np.ndarray) -> LogisticRegression:
@@ -194,31 +221,51 @@ def calibrated(calibrator: LogisticRegression, decision: np.ndarray) -> np.ndarr
     return calibrator.predict_proba(decision.reshape(-1, 1))[:, 1]
 
 
-def cross_validate(x, y, groups, head_kind: str, folds: int, seed: int):
-    """Out-of-fold (calibrated probabilities, decision values, number of folds), grouped by paper.
-
-    Decision values come from heads that never saw the paper; the calibrator applied to fold k
-    is fit on the other folds' out-of-fold decision values, so nothing is scored by a model
-    that saw it.
-    """
-    n_groups = len(set(groups))
-    folds = min(folds, n_groups, int(min(y.sum(), len(y) - y.sum())))
-    if folds < 2:
-        raise ValueError(f"need at least 2 papers and 2 labels of each class for grouped CV "
-                         f"(have {n_groups} papers, {int(y.sum())} positives, {int(len(y) - y.sum())} negatives)")
+def out_of_fold_decisions(x, y, groups, head_kind: str, folds: int, seed: int, named: np.ndarray):
+    """Decision values of every figure from a head that never saw its paper, and each figure's fold."""
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold_of = np.empty(len(y), int)
     decision = np.empty(len(y))
     for k, (train, test) in enumerate(splitter.split(x, y, groups)):
-        head = clone(make_head(head_kind, seed)).fit(x[train], y[train])
-        decision[test] = head.decision_function(x[test])
+        head, offset = fit_head(head_kind, seed, x[train], y[train], named[train])
+        decision[test] = decide(head, offset, x[test], named[test])
         fold_of[test] = k
+    return decision, fold_of
+
+
+def usable_folds(y, groups, folds: int) -> int:
+    """As many folds as asked, but no more than papers or than labels of the rarer class."""
+    return min(folds, len(set(groups)), int(min(y.sum(), len(y) - y.sum())))
+
+
+def cross_validate(x, y, groups, head_kind: str, folds: int, seed: int, named: np.ndarray | None = None):
+    """Out-of-fold (calibrated probabilities, decision values, number of folds), grouped by paper.
+
+    Decision values come from heads that never saw the paper. The calibrator of fold k is fit
+    the way the final model's is, inside fold k's training papers only: on the out-of-fold
+    decision values of an inner grouped CV over them. So it learns the scale of heads trained
+    like fold k's, and nothing is scored by a model or calibrator that saw its paper. `named`:
+    whether a whole document of the paper's LaTeX names each figure (`fit_head`); all by default.
+    """
+    named = np.ones(len(y), bool) if named is None else np.asarray(named, bool)
+    folds = usable_folds(y, groups, folds)
+    if folds < 2:
+        raise ValueError(f"need at least 2 papers and 2 labels of each class for grouped CV "
+                         f"(have {len(set(groups))} papers, {int(y.sum())} positives, "
+                         f"{int(len(y) - y.sum())} negatives)")
+    decision, fold_of = out_of_fold_decisions(x, y, groups, head_kind, folds, seed, named)
     prob = np.empty(len(y))
     for k in range(folds):
-        rest, this = fold_of != k, fold_of == k
-        if len(set(y[rest])) < 2:  # degenerate fold split: fall back to all out-of-fold values
-            rest = np.ones(len(y), bool)
-        prob[this] = calibrated(fit_calibrator(decision[rest], y[rest]), decision[this])
+        train, this = fold_of != k, fold_of == k
+        inner = usable_folds(y[train], groups[train], folds - 1)
+        if inner >= 2:
+            inner_decision, _ = out_of_fold_decisions(x[train], y[train], groups[train], head_kind, inner, seed,
+                                                      named[train])
+            calibrator = fit_calibrator(inner_decision, y[train])
+        else:  # too few papers for an inner CV: the other folds' out-of-fold values
+            rest = train if len(set(y[train])) == 2 else np.ones(len(y), bool)
+            calibrator = fit_calibrator(decision[rest], y[rest])
+        prob[this] = calibrated(calibrator, decision[this])
     return prob, decision, folds
 
 
@@ -285,23 +332,28 @@ def scorable(fig: dict) -> bool:
 
 def figure_caption_features(figures: list[dict]) -> np.ndarray:
     """The caption features (`pipeline.features.caption_features`) of figure records."""
-    return np.stack([caption_features(f.get("caption"), f.get("subcaption"), f.get("n_panels"))
-                     for f in figures]) if figures else np.zeros((0, len(CAPTION_FEATURE_NAMES)), np.float32)
+    return np.stack([record_caption_features(f) for f in figures]) if figures else np.zeros((0, len(CAPTION_FEATURE_NAMES)), np.float32)
+
+
+def named_by_latex(xc: np.ndarray) -> np.ndarray:
+    """The `named_by_latex` column of caption features, as booleans."""
+    return xc[:, CAPTION_FEATURE_NAMES.index("named_by_latex")] > 0.5
 
 
 def caption_ablation(x, xc, y, groups, head: str, folds: int, seed: int, mode: str) -> tuple[bool, dict]:
     """Whether to use the caption features `xc` beside `x`, and the card's account of it: grouped CV
     with and without them (same folds). `mode` on/off decides; auto uses them when the
     out-of-fold PR-AUC is higher with them."""
-    captioned = int(xc[:, 0].sum()) if len(xc) else 0
+    captioned = int(xc[:, CAPTION_FEATURE_NAMES.index("has_caption")].sum()) if len(xc) else 0
     report = {"mode": mode, "names": CAPTION_FEATURE_NAMES, "labelled_with_caption": captioned}
     if mode == "off":
         return False, dict(report, used=False, reason="turned off (--captions off)")
-    if captioned == 0:
-        return False, dict(report, used=False, reason="no labelled figure has a caption: not measured")
+    if not len(xc) or (xc == xc[0]).all():
+        return False, dict(report, used=False, reason="the LaTeX signals (inclusion, caption) are the same for every "
+                                                      "labelled figure: not measured")
     measured = {}
     for name, features in (("without", x), ("with", np.concatenate([x, xc], axis=1))):
-        prob, _, _ = cross_validate(features, y, groups, head, folds, seed)
+        prob, _, _ = cross_validate(features, y, groups, head, folds, seed, named_by_latex(xc))
         measured[name] = metrics(y, prob, best_threshold(y, prob))
     helps = measured["with"]["pr_auc"] > measured["without"]["pr_auc"]
     used = mode == "on" or helps
@@ -360,14 +412,15 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
     if use_captions:
         x = np.concatenate([x, xc], axis=1)
 
-    prob, decision, n_folds = cross_validate(x, y, groups, head, folds, seed)
+    named = named_by_latex(xc)
+    prob, decision, n_folds = cross_validate(x, y, groups, head, folds, seed, named)
     threshold = best_threshold(y, prob)
     cv = {"at_threshold": metrics(y, prob, threshold), "at_0.5": metrics(y, prob, 0.5)}
     # Per label source: distant labels (cvf-index) are noisier than people's; show how each fares.
     sources = np.array([r["source"] for r in labels])[good]
     cv["by_source"] = {s: metrics(y[sources == s], prob[sources == s], threshold)
                        for s in labels_mod.SOURCES if len(set(y[sources == s])) == 2}
-    final = make_head(head, seed).fit(x, y)
+    final, offset = fit_head(head, seed, x, y, named)
     calibrator = fit_calibrator(decision, y)  # on all out-of-fold decision values
 
     version = version or "clf-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -384,6 +437,10 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
         "caption_features": caption_card,
         "head": head,
         "calibration": "Platt scaling on out-of-fold decision values",
+        "head_fit_on": "figures a whole document of the LaTeX names (both classes present)"
+                       if len(set(y[named])) == 2 else "every labelled figure",
+        "unnamed_offset": offset,
+        "labelled_unnamed": int((~named).sum()),
         "labels": label_report,
         "unreadable_images": int((~good).sum()),
         "cv": {"scheme": "StratifiedGroupKFold by paper_id", "folds": n_folds, "seed": seed,
@@ -517,9 +574,11 @@ def score_shard(root: Path, shard: str, model: dict, backbone, batch_size: int, 
     start = 0
     with_captions = (card.get("caption_features") or {}).get("used", False)
     for x, errors in batches:
+        xc = figure_caption_features(figures[start:start + len(errors)])
         if with_captions:
-            x = np.concatenate([x, figure_caption_features(figures[start:start + len(errors)])], axis=1)
-        prob = calibrated(model["calibrator"], model["head"].decision_function(x))
+            x = np.concatenate([x, xc], axis=1)
+        decision = decide(model["head"], card.get("unnamed_offset", 0.0), x, named_by_latex(xc))
+        prob = calibrated(model["calibrator"], decision)
         for f, p, err in zip(figures[start:start + len(errors)], prob, errors):
             rows.append({"paper_id": f["paper_id"], "img_name": f["img_name"], "sha256": f.get("sha256", ""),
                          "score": None if err else float(p), "model_version": card["version"],

@@ -355,11 +355,15 @@ def root_documents(files: dict[str, str]) -> list[str]:
                 included.add(target)
 
     def full(path: str) -> bool:
-        text = files[path]
-        return "\\documentclass" in text and "\\begin{document}" in text.replace(" ", "")
+        return is_full_document(files[path])
     # a full document is a root even where a file (in a loop) includes it back
     roots = [p for p in files if p not in included or full(p)]
     return sorted(roots, key=lambda p: (not full(p), -files[p].count("\\includegraphics"), p))
+
+
+def is_full_document(text: str) -> bool:
+    """Whether a LaTeX file is a whole document (`\\documentclass` ... `\\begin{document}`)."""
+    return "\\documentclass" in text and "\\begin{document}" in text.replace(" ", "")
 
 
 # --- macros ---------------------------------------------------------------------------------------
@@ -804,19 +808,29 @@ def _figure_index(figure_paths: list[str]) -> dict:
 
 # --- the whole paper ------------------------------------------------------------------------------
 
+# The caption_error of a file no graphic of the LaTeX names (an unused copy, a leftover), and
+# of one only a stray .tex names that no whole document of the tree reads (an appendix whose
+# \\input is commented out): neither is in the paper.
+NOT_NAMED = "no \\includegraphics of the LaTeX names this file"
+NOT_IN_DOCUMENT = "named only by a .tex file that no whole document reads"
+NO_LATEX = "no LaTeX source in the e-print"
+
+
 def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
                  time_budget_s: float = TIME_BUDGET_S) -> dict[str, FigureText]:
     """What the LaTeX says about each of `figure_paths` (archive paths). `tex_files`: the
     e-print's LaTeX sources by archive path. Every path gets an entry; one no graphic names
     (or the LaTeX cannot be read) has an empty caption and the reason in `caption_error`."""
     if not tex_files:
-        return {p: FigureText(caption_error="no LaTeX source in the e-print") for p in figure_paths}
+        return {p: FigureText(caption_error=NO_LATEX) for p in figure_paths}
     files = {path: strip_comments(text) for path, text in tex_files.items()}
     index = _figure_index(figure_paths)
     found: dict[str, FigureText] = {}
     problems: list[str] = []
     deadline = time.monotonic() + time_budget_s
-    for root in root_documents(files):
+    roots = root_documents(files)
+    whole = {r for r in roots if is_full_document(files[r])}
+    for root in roots:
         if time.monotonic() > deadline:
             problems.append(f"reading the LaTeX stopped after {time_budget_s:g} s (time budget)")
             break
@@ -836,14 +850,17 @@ def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
             for path in resolve_graphic(graphic.ref, list(dict.fromkeys(folders)), figure_paths,
                                         index):
                 known = found.get(path)
-                if known is None or (not known.caption and graphic.text.caption):
+                if whole and root not in whole:  # roots read after every whole document
+                    if known is None:
+                        found[path] = FigureText(caption_error=f"{NOT_IN_DOCUMENT} ({root})")
+                elif known is None or (not known.caption and graphic.text.caption):
                     found[path] = graphic.text
     problems = list(dict.fromkeys(problems))
     out = {}
     for path in figure_paths:
         text = found.get(path)
         if text is None:
-            why = "no \\includegraphics of the LaTeX names this file"
+            why = NOT_NAMED
             if problems:
                 why += "; LaTeX problems: " + "; ".join(problems[:3])
             text = FigureText(caption_error=why)
