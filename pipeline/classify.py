@@ -436,7 +436,8 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
         "layout_features": FEATURE_NAMES,
         "caption_features": caption_card,
         "head": head,
-        "calibration": "Platt scaling on out-of-fold decision values",
+        "calibration": "Platt scaling on the out-of-fold decision values (in grouped CV, each fold's calibrator "
+                       "on an inner grouped CV over that fold's training papers)",
         "head_fit_on": "figures a whole document of the LaTeX names (both classes present)"
                        if len(set(y[named])) == 2 else "every labelled figure",
         "unnamed_offset": offset,
@@ -448,12 +449,51 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
         "threshold": threshold,
         "featurize_seconds": round(featurize_s, 2),
     }
+    card["disagreements"] = write_cv_predictions(root, out, [r for r, ok_ in zip(labels, good) if ok_],
+                                                 [path for path, ok_ in zip(paths, good) if ok_], prob, threshold)
     joblib.dump({"head": final, "calibrator": calibrator, "card": card}, out / "model.joblib")
     plot_pr_curve(y, prob, threshold, out / "pr_curve.png")
     store.atomic_write_json(out / "card.json", card)
     store.atomic_write_text(out / "card.md", card_markdown(card))
     store.atomic_write_text(root / "classifier" / "LATEST", version + "\n")
     return out
+
+
+CV_PREDICTION_SCHEMA = pa.schema([
+    ("paper_id", pa.string()),
+    ("img_name", pa.string()),
+    ("image_path", pa.string()),
+    ("label", pa.int8()),
+    ("source", pa.string()),
+    ("prob", pa.float64()),  # out-of-fold calibrated probability (a model that never saw the paper)
+    ("outcome", pa.string()),  # at the card's threshold: keep, drop, false keep, false drop
+])
+
+
+def write_cv_predictions(root: Path, out: Path, labels: list[dict], paths: list[str], prob: np.ndarray,
+                         threshold: float, max_sheet: int = 48) -> dict:
+    """`cv_predictions.parquet` (every labelled figure's out-of-fold probability) and
+    `disagreements.png`, a contact sheet of the false keeps then the false drops at the
+    threshold, most confident first; returns the card's account of them."""
+    rows = []
+    for r, path, p in zip(labels, paths, prob):
+        keep = p >= threshold
+        outcome = ("keep" if r["label"] else "false keep") if keep else ("false drop" if r["label"] else "drop")
+        rows.append({"paper_id": r["paper_id"], "img_name": r["img_name"], "image_path": path, "label": r["label"],
+                     "source": r["source"], "prob": float(p), "outcome": outcome})
+    store.write_rows(out / "cv_predictions.parquet", rows, CV_PREDICTION_SCHEMA)
+    false_keeps = sorted((r for r in rows if r["outcome"] == "false keep"), key=lambda r: -r["prob"])
+    false_drops = sorted((r for r in rows if r["outcome"] == "false drop"), key=lambda r: r["prob"])
+    shown = (false_keeps[:max_sheet // 2] + false_drops[:max_sheet // 2]) or []
+    if shown:
+        from pipeline.contact_sheet import contact_sheet
+
+        contact_sheet([root / r["image_path"] for r in shown], out / "disagreements.png", columns=6,
+                      captions=[f"{'FK' if r['outcome'] == 'false keep' else 'FD'} {r['prob']:.2f} {r['paper_id']}"
+                                for r in shown])
+    return {"false_keeps": len(false_keeps), "false_drops": len(false_drops), "sheet": bool(shown),
+            "examples": [f"{r['outcome']} {r['prob']:.2f} {r['paper_id']}/{r['img_name']}"
+                         for r in (false_keeps[:5] + false_drops[:5])]}
 
 
 def _caption_line(card: dict) -> str:
@@ -475,15 +515,26 @@ def card_markdown(card: dict) -> str:
     m, m5 = card["cv"]["at_threshold"], card["cv"]["at_0.5"]
     lab = card["labels"]
     backbone = (f"`{card['backbone']['arch']}` embeddings (weights `{card['backbone']['weights_file']}`) + "
-                f"{len(card['layout_features'])} layout features" if card["backbone"]
-                else f"{len(card['layout_features'])} layout features only (no backbone weights were given)")
+                f"{len(card['layout_features'])} image features" if card["backbone"]
+                else f"{len(card['layout_features'])} image features (whole-figure layout and pixels; panels and "
+                     f"their photo probability from the bundled photo model) without a backbone (no weights given)")
+    gate = (f"The head is fit on {card.get('head_fit_on', 'every labelled figure')}; a figure no whole document "
+            f"of its LaTeX names (a copy left unused in the tree) has its decision lowered by "
+            f"{card.get('unnamed_offset', 0.0):.2f} in log-odds, learnt from the labels "
+            f"({card.get('labelled_unnamed', 0)} labelled figures are unnamed).")
+    dis = card.get("disagreements") or {}
+    disagreements = (f"At the threshold, {dis['false_keeps']} false keeps and {dis['false_drops']} false drops "
+                     f"(out of fold); `cv_predictions.parquet` holds every labelled figure's out-of-fold probability"
+                     + (", and the contact sheet below shows the disagreements (FK false keep, FD false drop, "
+                        "most confident first).\n\n![disagreements](disagreements.png)" if dis.get("sheet") else ".")
+                     if dis else "")
     rows = "\n".join(f"| {k.replace('_', ' ')} | {m[k]:.3f} | {m5[k]:.3f} |"
                      for k in ["roc_auc", "pr_auc", "balanced_accuracy", "precision", "recall", "accuracy", "brier"])
     return f"""# Figure classifier `{card['version']}`
 
 **Task.** {card['task']}.
 
-**Inputs.** {backbone}; head `{card['head']}`, {card['calibration']}.
+**Inputs.** {backbone}; head `{card['head']}`, {card['calibration']}. {gate}
 
 **Labels.** {lab['labels']} ({lab['positives']} positive, {lab['negatives']} negative), by source:
 {', '.join(f'{k}: {v}' for k, v in lab['by_source'].items())}. Left out: labels for figures that do not exist
@@ -505,6 +556,8 @@ Balanced accuracy is the figure to compare (accuracy flatters a classifier on im
 Docling's figure classifier reports 0.907 accuracy but 0.688 balanced accuracy over 26 classes).
 
 ![PR curve](pr_curve.png)
+
+{disagreements}
 """
 
 
