@@ -1,0 +1,157 @@
+"""The figure classifier on real papers: crawl real e-prints, extract, train with the official index.
+
+    python benchmarks/bench_real.py --eprints-dir ../shared/testdata/eprints \\
+        --cvf-index ../shared/testdata/cvf_index/df_train.csv ../shared/testdata/cvf_index/df_val.csv
+
+1. Serves the e-prints (`<arxiv id>.tar.gz`) from the local arXiv replay and crawls their month
+   shards through it, as a crawl of arXiv would (`pipeline.crawl`, no PDFs).
+2. Extracts them (`pipeline.extract`) and measures the extraction recall of the figures the
+   official index lists for these papers.
+3. Trains the classifier exactly as `python -m pipeline.classify train --cvf-index ...` does by
+   default (distant labels from the index, grouped CV by paper, no backbone unless --weights).
+4. Reports ROC-AUC and PR-AUC, precision and recall at the card's threshold and at the threshold
+   from the target count (as many kept as CVF kept of these candidates, the small-scale analogue
+   of `pipeline.filter --target-count 88645`), and points at the card and the contact sheet of
+   disagreements (`disagreements.png`, false keeps and false drops) beside it.
+
+Writes `real.json` and `real.md` to --out (default: the classifier's folder).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "testdata"
+
+
+def crawl_real(eprints_dir: Path, root: Path) -> list[str]:
+    """Crawl the e-prints in `eprints_dir` through the replay into `root`; return their month shards."""
+    from pipeline import crawl
+    from pipeline.replay.server import Replay, ReplayServer, real_eprint_papers
+    from pipeline.shards import shard_of_id
+
+    months = sorted({shard_of_id(p["arxiv_id"]) for p in real_eprint_papers(eprints_dir)})
+    if not months:
+        raise ValueError(f"no <arxiv id>.tar.gz e-prints in {eprints_dir}")
+    with ReplayServer(Replay(extra_eprints=eprints_dir)) as server:
+        urls = server.endpoints()
+        for month in months:
+            crawl.crawl(month, month, root, delay=0, api_url=urls["CVF_ARXIV_API_URL"],
+                        eprint_url=urls["CVF_ARXIV_EPRINT_URL"], pdf_url=urls["CVF_ARXIV_PDF_URL"],
+                        downloads=("eprint",), pdfs="none")
+    return months
+
+
+def extraction_recall(root: Path, cvf_index: list[Path], months: list[str]) -> dict:
+    """How many of the figures the index lists for the crawled papers came out of extraction."""
+    from pipeline import labels, store
+
+    papers = {r["arxiv_id"] for m in months for r in store.read_rows(root / "papers" / f"{m}.parquet")}
+    figures = {(r["paper_id"], r["img_name"]) for m in months
+               for r in store.read_rows(root / "figures" / f"{m}.parquet") if r["status"] == "ok"}
+    listed = {(p, n) for p, names in labels.read_cvf_index(cvf_index).items() if p in papers for n in names}
+    found = listed & figures
+    return {"listed": len(listed), "extracted": len(found), "recall": len(found) / max(len(listed), 1),
+            "missing": sorted("/".join(k) for k in listed - figures)}
+
+
+def at_count(y: np.ndarray, prob: np.ndarray, count: int) -> dict:
+    """Precision and recall when the `count` most probable figures are kept."""
+    keep = np.zeros(len(y), bool)
+    keep[np.argsort(-prob, kind="stable")[:count]] = True
+    tp = int((keep & (y == 1)).sum())
+    return {"kept": count, "threshold": float(np.sort(prob)[::-1][count - 1]) if count else 1.0,
+            "precision": tp / max(count, 1), "recall": tp / max(int(y.sum()), 1)}
+
+
+def evaluate(eprints_dir: Path, cvf_index: list[Path], root: Path, weights: str | None = None,
+             version: str = "real") -> dict:
+    """Crawl, extract, train; the numbers of the real-paper benchmark."""
+    from pipeline import classify, extract, store
+
+    t0 = time.time()
+    months = crawl_real(eprints_dir, root)
+    t1 = time.time()
+    extract.extract_shards(months, root, progress=False)
+    t2 = time.time()
+    recall = extraction_recall(root, cvf_index, months)
+    out = classify.train(root, weights=weights or "", cvf_index=[str(p) for p in cvf_index], version=version)
+    t3 = time.time()
+    card = json.loads((out / "card.json").read_text())
+    preds = store.read_rows(out / "cv_predictions.parquet")
+    y = np.array([r["label"] for r in preds])
+    prob = np.array([r["prob"] for r in preds])
+    m = card["cv"]["at_threshold"]
+    return {
+        "papers": card["cv"]["papers"], "labelled": len(y), "kept_by_cvf": int(y.sum()),
+        "roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "base_rate": float(y.mean()),
+        "at_card_threshold": {k: m[k] for k in ("threshold", "precision", "recall", "balanced_accuracy")},
+        "at_target_count": at_count(y, prob, int(y.sum())),
+        "extraction": recall, "captions_used": card["caption_features"]["used"],
+        "disagreements": card["disagreements"], "classifier": str(out),
+        "seconds": {"crawl": round(t1 - t0, 1), "extract": round(t2 - t1, 1), "train": round(t3 - t2, 1)},
+    }
+
+
+def markdown(r: dict) -> str:
+    c, t = r["at_card_threshold"], r["at_target_count"]
+    return f"""# The classifier on real papers
+
+{r['papers']} real e-prints crawled through the replay, extracted, labelled by the official index
+({r['labelled']} candidates, {r['kept_by_cvf']} kept by CVF, base rate {r['base_rate']:.2f}), grouped CV by paper.
+
+| ROC-AUC | PR-AUC | precision / recall at the card's threshold ({c['threshold']:.2f}) | precision / recall keeping as many as CVF ({t['kept']}) |
+| --- | --- | --- | --- |
+| {r['roc_auc']:.3f} | {r['pr_auc']:.3f} | {c['precision']:.3f} / {c['recall']:.3f} | {t['precision']:.3f} / {t['recall']:.3f} |
+
+Extraction recall of the figures the index lists: {r['extraction']['extracted']} of {r['extraction']['listed']}
+({r['extraction']['recall']:.3f}){'; missing: ' + ', '.join(r['extraction']['missing']) if r['extraction']['missing'] else ''}.
+
+Disagreements ({r['disagreements']['false_keeps']} false keeps, {r['disagreements']['false_drops']} false drops):
+`{r['classifier']}/disagreements.png`; the card: `{r['classifier']}/card.md`.
+"""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--eprints-dir", type=Path, default=SHARED / "eprints",
+                   help="folder of real e-prints named <arxiv id>.tar.gz (default ../shared/testdata/eprints)")
+    p.add_argument("--cvf-index", type=Path, nargs="+",
+                   default=[SHARED / "cvf_index" / "df_train.csv", SHARED / "cvf_index" / "df_val.csv"],
+                   help="the official index's df_train.csv and df_val.csv")
+    p.add_argument("--root", type=Path, help="dataset root to crawl into (default: a temporary folder)")
+    p.add_argument("--weights", help="backbone weights, as for `pipeline.classify train --weights` (default none)")
+    p.add_argument("--out", type=Path, help="where to write real.json and real.md (default: the classifier folder)")
+    args = p.parse_args()
+    for path in [args.eprints_dir, *args.cvf_index]:
+        if not path.exists():
+            p.error(f"{path} not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.root or Path(tmp) / "data"
+        result = evaluate(args.eprints_dir, args.cvf_index, root, args.weights)
+        out = args.out or Path(result["classifier"])
+        out.mkdir(parents=True, exist_ok=True)
+        if args.out and not args.root:  # the temporary root goes away: keep the card and the sheet
+            import shutil
+
+            for name in ("card.md", "card.json", "pr_curve.png", "disagreements.png", "cv_predictions.parquet"):
+                if (Path(result["classifier"]) / name).exists():
+                    shutil.copy(Path(result["classifier"]) / name, out / name)
+            result["classifier"] = str(out)
+        (out / "real.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "real.md").write_text(markdown(result))
+        print(json.dumps({k: v for k, v in result.items() if k != "extraction"} | {
+            "extraction_recall": result["extraction"]["recall"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
