@@ -34,7 +34,7 @@ from PIL import Image, ImageFilter
 
 WEIGHTS = Path(__file__).with_name("photo_model.json")
 WORK_SIDE = 512  # the working copy's longer side (that of `pipeline.panels`)
-MAX_STAT_SIDE = 160  # panels are subsampled to at most this side for their statistics
+MAX_STAT_SIDE = 96  # panels are subsampled to at most this side for their statistics (speed)
 WHITE = 235
 
 STAT_NAMES = [
@@ -89,7 +89,7 @@ def panel_stats(rgb: np.ndarray) -> np.ndarray:
     q = rgb >> 4
     codes = (q[..., 0].astype(np.int32) << 8) | (q[..., 1].astype(np.int32) << 4) | q[..., 2]
     counts = np.bincount(codes.ravel(), minlength=4096)
-    top = np.sort(counts)[::-1]
+    top = np.sort(counts[counts > 0])[::-1]  # the colours' counts, largest first
     hist = np.bincount((gray // 4).astype(np.int64).ravel(), minlength=64).astype(np.float64)
     p = hist[hist > 0] / hist.sum()
     mx, mn = f.max(axis=2), f.min(axis=2)
