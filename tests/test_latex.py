@@ -364,3 +364,20 @@ def test_captionof_in_a_group_outside_any_environment():
     assert (out["figs/a.png"].caption, out["figs/a.png"].figure_label) == ("Teaser.", "fig:teaser")
     logo = out["figs/logo.png"]  # the document's other labels and captions are not its
     assert logo.caption == logo.figure_label == "" and "not in a figure float" in logo.caption_error
+
+
+def test_a_file_only_a_stray_tex_names_is_not_in_the_paper():
+    """An appendix whose \\input the main document comments out: its graphics are not in the
+    paper (the reason says which file names them); the main document's keep their captions."""
+    tex = {
+        "main.tex": MAIN % ("\\begin{figure}\\includegraphics{figs/a}\\caption{Used.}\\end{figure}\n"
+                            "%\\input{appendix}\n"),
+        "appendix.tex": "\\begin{figure}\\includegraphics{figs/b}\\caption{Extra results.}\\end{figure}",
+    }
+    got = texts_of(tex, ("figs/a.pdf", "figs/b.pdf", "figs/c.pdf"))
+    assert got["figs/a.pdf"].caption == "Used." and not got["figs/a.pdf"].caption_error
+    assert got["figs/b.pdf"].caption == "" and got["figs/b.pdf"].caption_error == f"{NOT_IN_DOCUMENT} (appendix.tex)"
+    assert got["figs/c.pdf"].caption_error.startswith("no \\includegraphics")
+    # a tree without a whole document (sections only): every file is read as before
+    alone = texts_of({"appendix.tex": tex["appendix.tex"]}, ("figs/b.pdf",))
+    assert alone["figs/b.pdf"].caption == "Extra results."
