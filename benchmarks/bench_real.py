@@ -14,6 +14,9 @@
    of `pipeline.filter --target-count 88645`), and points at the card and the contact sheet of
    disagreements (`disagreements.png`, false keeps and false drops) beside it.
 
+5. Does the same on a generated replay corpus labelled by its truth (--replay-papers), to put
+   the real numbers next to the replay's.
+
 Writes `real.json` and `real.md` to --out (default: the classifier's folder).
 """
 from __future__ import annotations
@@ -100,6 +103,30 @@ def evaluate(eprints_dir: Path, cvf_index: list[Path], root: Path, weights: str 
     }
 
 
+def evaluate_replay(n_papers: int, root: Path, corpus: Path, weights: str | None = None) -> dict:
+    """The same crawl, extraction and training on a generated replay corpus, labelled by its truth:
+    the number to put next to the real one (how much easier the replay is)."""
+    from pipeline import classify, crawl, extract
+    from pipeline.replay.corpus import generate_corpus
+    from pipeline.replay.server import Replay, ReplayServer
+
+    months = ["2021-01", "2021-02"]
+    generate_corpus(corpus, n_papers=n_papers, months=months)
+    with ReplayServer(Replay(corpus)) as server:
+        urls = server.endpoints()
+        for month in months:
+            crawl.crawl(month, month, root, delay=0, api_url=urls["CVF_ARXIV_API_URL"],
+                        eprint_url=urls["CVF_ARXIV_EPRINT_URL"], pdf_url=urls["CVF_ARXIV_PDF_URL"],
+                        downloads=("eprint",), pdfs="none")
+    extract.extract_shards(months, root, progress=False)
+    out = classify.train(root, weights=weights or "", truth=str(corpus / "truth.parquet"), version="replay")
+    card = json.loads((out / "card.json").read_text())
+    m = card["cv"]["at_threshold"]
+    return {"papers": card["cv"]["papers"], "labelled": card["labels"]["labels"],
+            "positives": card["labels"]["positives"], "roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"],
+            "classifier": str(out)}
+
+
 def markdown(r: dict) -> str:
     c, t = r["at_card_threshold"], r["at_target_count"]
     return f"""# The classifier on real papers
@@ -114,9 +141,19 @@ def markdown(r: dict) -> str:
 Extraction recall of the figures the index lists: {r['extraction']['extracted']} of {r['extraction']['listed']}
 ({r['extraction']['recall']:.3f}){'; missing: ' + ', '.join(r['extraction']['missing']) if r['extraction']['missing'] else ''}.
 
+{replay_line(r)}
+
 Disagreements ({r['disagreements']['false_keeps']} false keeps, {r['disagreements']['false_drops']} false drops):
 `{r['classifier']}/disagreements.png`; the card: `{r['classifier']}/card.md`.
 """
+
+
+def replay_line(r: dict) -> str:
+    rp = r.get("replay")
+    if not rp:
+        return "The replay was not measured in this run (--replay-papers 0)."
+    return (f"Next to it, the generated replay ({rp['papers']} papers, {rp['labelled']} figures, {rp['positives']} "
+            f"photo grids, labelled by its truth): ROC-AUC {rp['roc_auc']:.3f}, PR-AUC {rp['pr_auc']:.3f}.")
 
 
 def main() -> int:
@@ -129,6 +166,8 @@ def main() -> int:
                    help="the official index's df_train.csv and df_val.csv")
     p.add_argument("--root", type=Path, help="dataset root to crawl into (default: a temporary folder)")
     p.add_argument("--weights", help="backbone weights, as for `pipeline.classify train --weights` (default none)")
+    p.add_argument("--replay-papers", type=int, default=40,
+                   help="also measure a generated replay corpus of this many papers, for comparison (0: skip)")
     p.add_argument("--out", type=Path, help="where to write real.json and real.md (default: the classifier folder)")
     args = p.parse_args()
     for path in [args.eprints_dir, *args.cvf_index]:
@@ -137,6 +176,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp) / "data"
         result = evaluate(args.eprints_dir, args.cvf_index, root, args.weights)
+        if args.replay_papers:
+            result["replay"] = evaluate_replay(args.replay_papers, Path(tmp) / "replay-data", Path(tmp) / "replay",
+                                               args.weights)
         out = args.out or Path(result["classifier"])
         out.mkdir(parents=True, exist_ok=True)
         if args.out and not args.root:  # the temporary root goes away: keep the card and the sheet
