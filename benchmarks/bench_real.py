@@ -166,7 +166,7 @@ def main() -> int:
                    help="the official index's df_train.csv and df_val.csv")
     p.add_argument("--root", type=Path, help="dataset root to crawl into (default: a temporary folder)")
     p.add_argument("--weights", help="backbone weights, as for `pipeline.classify train --weights` (default none)")
-    p.add_argument("--replay-papers", type=int, default=40,
+    p.add_argument("--replay-papers", type=int, default=60,
                    help="also measure a generated replay corpus of this many papers, for comparison (0: skip)")
     p.add_argument("--out", type=Path, help="where to write real.json and real.md (default: the classifier folder)")
     args = p.parse_args()
