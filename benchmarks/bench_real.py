@@ -14,8 +14,10 @@
    of `pipeline.filter --target-count 88645`), and points at the card and the contact sheet of
    disagreements (`disagreements.png`, false keeps and false drops) beside it.
 
-5. Does the same on a generated replay corpus labelled by its truth (--replay-papers), to put
-   the real numbers next to the replay's.
+5. Scores other real papers it never trained on: the figures the PDF fallback cuts from the
+   papers of `pdf_figure_labels.tsv` (--pdf-dir), labelled there by hand by CVF's rule.
+6. Does the same as 1-4 on a generated replay corpus labelled by its truth (--replay-papers), to
+   put the real numbers next to the replay's.
 
 Writes `real.json` and `real.md` to --out (default: the classifier's folder).
 """
@@ -127,6 +129,60 @@ def evaluate_replay(n_papers: int, root: Path, corpus: Path, weights: str | None
             "classifier": str(out)}
 
 
+PDF_LABELS = Path(__file__).with_name("pdf_figure_labels.tsv")
+
+
+def evaluate_pdfs(pdf_dir: Path, classifier: Path, root: Path, labels_tsv: Path = PDF_LABELS) -> dict:
+    """Other real papers: figures the PDF fallback cuts from the papers in `labels_tsv`, labelled
+    by hand by CVF's rule (paper, page, box in PDF points, label), scored by the classifier trained
+    on the e-prints (never trained on them). A cut figure matches a labelled box on the same page
+    when they overlap by IoU 0.5 or more."""
+    import csv
+    import shutil
+
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from pipeline import classify, extract, store
+    from pipeline.crawl import PAPER_SCHEMA
+
+    rows = list(csv.DictReader(open(labels_tsv, newline=""), delimiter="\t"))
+    pdfs = sorted({r["pdf"] for r in rows})
+    ids = {pdf: f"2301.{10001 + i:05d}" for i, pdf in enumerate(pdfs)}  # stand-in ids, one month shard
+    (root / "raw" / "2023-01").mkdir(parents=True, exist_ok=True)
+    papers = []
+    for pdf, paper_id in ids.items():
+        shutil.copy(pdf_dir / pdf, root / "raw" / "2023-01" / f"{paper_id}.pdf")
+        papers.append({"arxiv_id": paper_id, "version": 1, "eprint_status": "missing", "eprint_path": "",
+                       "pdf_status": "ok", "pdf_path": f"raw/2023-01/{paper_id}.pdf"})
+    store.write_rows(root / "papers" / "2023-01.parquet", papers, PAPER_SCHEMA)
+    extract.extract_shard("2023-01", root, progress=False)
+    shutil.copytree(classifier.parent, root / "classifier", dirs_exist_ok=True)
+    classify.score(root, version=classifier.name)
+    scores = {(r["paper_id"], r["img_name"]): r["score"] for r in store.read_rows(root / "scores" / "2023-01.parquet")}
+    cut = [f for f in store.read_rows(root / "figures" / "2023-01.parquet") if f["status"] == "ok"]
+
+    def iou(a, b):
+        w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+        return w * h / union if union > 0 else 0.0
+    y, prob, unmatched = [], [], 0
+    for r in rows:
+        box = [float(r[k]) for k in ("x0", "y0", "x1", "y1")]
+        match = max((f for f in cut if f["paper_id"] == ids[r["pdf"]] and f["page"] == int(r["page"])),
+                    key=lambda f: iou(box, f["bbox"]), default=None)
+        if match is None or iou(box, match["bbox"]) < 0.5 or scores.get((match["paper_id"], match["img_name"])) is None:
+            unmatched += 1
+            continue
+        y.append(int(r["label"]))
+        prob.append(scores[(match["paper_id"], match["img_name"])])
+    y, prob = np.array(y), np.array(prob)
+    return {"papers": len(pdfs), "labelled": len(rows), "matched": len(y), "unmatched": unmatched,
+            "positives": int(y.sum()), "roc_auc": float(roc_auc_score(y, prob)),
+            "pr_auc": float(average_precision_score(y, prob)), "base_rate": float(y.mean()),
+            "at_target_count": at_count(y, prob, int(y.sum()))}
+
+
 def markdown(r: dict) -> str:
     c, t = r["at_card_threshold"], r["at_target_count"]
     return f"""# The classifier on real papers
@@ -141,11 +197,23 @@ def markdown(r: dict) -> str:
 Extraction recall of the figures the index lists: {r['extraction']['extracted']} of {r['extraction']['listed']}
 ({r['extraction']['recall']:.3f}){'; missing: ' + ', '.join(r['extraction']['missing']) if r['extraction']['missing'] else ''}.
 
+{pdf_line(r)}
+
 {replay_line(r)}
 
 Disagreements ({r['disagreements']['false_keeps']} false keeps, {r['disagreements']['false_drops']} false drops):
 `{r['classifier']}/disagreements.png`; the card: `{r['classifier']}/card.md`.
 """
+
+
+def pdf_line(r: dict) -> str:
+    pl = r.get("pdfs")
+    if not pl:
+        return "Other real papers (hand-labelled PDF figures) were not measured in this run (no --pdf-dir)."
+    return (f"Other real papers, never trained on: {pl['matched']} figures the PDF fallback cut from {pl['papers']} "
+            f"papers, labelled by hand by CVF's rule ({pl['positives']} positive, base rate {pl['base_rate']:.2f}; "
+            f"`benchmarks/pdf_figure_labels.tsv`), scored by the classifier above: ROC-AUC {pl['roc_auc']:.3f}, "
+            f"PR-AUC {pl['pr_auc']:.3f}.")
 
 
 def replay_line(r: dict) -> str:
@@ -166,6 +234,9 @@ def main() -> int:
                    help="the official index's df_train.csv and df_val.csv")
     p.add_argument("--root", type=Path, help="dataset root to crawl into (default: a temporary folder)")
     p.add_argument("--weights", help="backbone weights, as for `pipeline.classify train --weights` (default none)")
+    p.add_argument("--pdf-dir", type=Path, default=SHARED / "pdfs",
+                   help="folder of the PDFs that pdf_figure_labels.tsv labels (default ../shared/testdata/pdfs; "
+                        "skipped when absent)")
     p.add_argument("--replay-papers", type=int, default=60,
                    help="also measure a generated replay corpus of this many papers, for comparison (0: skip)")
     p.add_argument("--out", type=Path, help="where to write real.json and real.md (default: the classifier folder)")
@@ -176,6 +247,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp) / "data"
         result = evaluate(args.eprints_dir, args.cvf_index, root, args.weights)
+        if args.pdf_dir and args.pdf_dir.is_dir():
+            result["pdfs"] = evaluate_pdfs(args.pdf_dir, Path(result["classifier"]), Path(tmp) / "pdf-data")
         if args.replay_papers:
             result["replay"] = evaluate_replay(args.replay_papers, Path(tmp) / "replay-data", Path(tmp) / "replay",
                                                args.weights)

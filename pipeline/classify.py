@@ -45,6 +45,7 @@ from pipeline import labels as labels_mod
 from pipeline import store
 from pipeline.config import data_root
 from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, layout_features, record_caption_features
+from pipeline.photo_model import WEIGHTS as PHOTO_WEIGHTS
 from pipeline.shards import check_shard_files
 
 WEIGHTS_ENV = "CVF_BACKBONE_WEIGHTS"
@@ -434,6 +435,7 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
                       "weights_sha256": backbone.weights_sha256} if backbone else None),
         "features": int(x.shape[1]),
         "layout_features": FEATURE_NAMES,
+        "photo_model_sha256": photo_model_sha256(),
         "caption_features": caption_card,
         "head": head,
         "calibration": "Platt scaling on the out-of-fold decision values (in grouped CV, each fold's calibrator "
@@ -576,6 +578,23 @@ def load_model(root: Path, version: str | None = None) -> dict:
     return joblib.load(path)
 
 
+def photo_model_sha256() -> str:
+    """The bundled photo model's weights file: the panel features depend on it."""
+    return store.sha256_file(PHOTO_WEIGHTS)
+
+
+def check_features(card: dict) -> None:
+    """Refuse a classifier whose image features are not the ones computed now (it was trained
+    before they changed): its scores would be meaningless."""
+    if card.get("layout_features") != FEATURE_NAMES:
+        raise ValueError(f"classifier {card['version']} was trained on other image features "
+                         f"({len(card.get('layout_features') or [])}, now {len(FEATURE_NAMES)}): retrain it with "
+                         f"`python -m pipeline.classify train`")
+    if card.get("photo_model_sha256") not in (None, photo_model_sha256()):
+        raise ValueError(f"classifier {card['version']} was trained with another photo model "
+                         f"({PHOTO_WEIGHTS.name} changed since): retrain it with `python -m pipeline.classify train`")
+
+
 def score(root=None, version=None, weights=None, batch_size=64, workers=0, shards=None, device=None,
           keep_going: bool = True) -> dict:
     """Score every extracted figure, shard by shard; done shards of the same model are skipped.
@@ -584,6 +603,7 @@ def score(root=None, version=None, weights=None, batch_size=64, workers=0, shard
     root = data_root(root)
     model = load_model(root, version)
     card = model["card"]
+    check_features(card)
     backbone = None
     if card["backbone"]:
         weights = resolve_weights(weights)

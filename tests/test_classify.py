@@ -289,3 +289,13 @@ def test_unnamed_copies_get_the_offset_the_labels_say_and_the_head_learns_from_n
     assert got == offset
     d = classify.decide(head, offset, x, named)
     assert np.allclose(d[10:], head.decision_function(x[10:])) and np.allclose(d[:10], head.decision_function(x[:10]) - offset)
+
+
+def test_score_refuses_a_classifier_trained_on_other_features(trained):
+    root, _, out = trained
+    card = classify.load_model(root)["card"]
+    classify.check_features(card)  # as trained: fine
+    with pytest.raises(ValueError, match="other image features"):
+        classify.check_features({**card, "layout_features": card["layout_features"][:17]})
+    with pytest.raises(ValueError, match="another photo model"):
+        classify.check_features({**card, "photo_model_sha256": "0" * 64})
