@@ -294,6 +294,10 @@ def main(argv=None) -> int:
     t.add_argument("--voc", type=Path, help="a folder of PASCAL VOC JPEGs to add to the photos (optional)")
     t.add_argument("--out", type=Path, default=WEIGHTS, help=f"weights file to write (default {WEIGHTS.name})")
     args = p.parse_args(argv)
+    if args.panels < 20:
+        p.error(f"--panels must be at least 20 (half photos, half graphics), got {args.panels}")
+    if args.voc is not None and not args.voc.is_dir():
+        p.error(f"--voc {args.voc} is not a folder")
     card = train(args.panels, args.seed, args.voc, args.out)
     print(f"photo model -> {args.out}: held-out accuracy {card['heldout_accuracy']:.3f}, "
           f"ROC-AUC {card['heldout_roc_auc']:.3f} on {card['heldout_panels']} panels")

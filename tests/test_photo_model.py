@@ -47,3 +47,12 @@ def test_training_recipe_writes_weights_that_load(tmp_path):
 def test_tiny_and_flat_panels_do_not_crash():
     assert panel_stats(np.zeros((2, 2, 3), np.uint8)).shape == (len(STAT_NAMES),)
     assert np.isfinite(panel_stats(np.full((50, 80, 3), 255, np.uint8))).all()
+
+
+def test_cli_refuses_bad_values_with_one_line(capsys, tmp_path):
+    from pipeline.photo_model import main
+
+    for argv in (["train", "--panels", "3"], ["train", "--voc", str(tmp_path / "nowhere")]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and "error:" in capsys.readouterr().err
