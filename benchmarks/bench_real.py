@@ -161,7 +161,8 @@ def evaluate_pdfs(pdf_dir: Path, classifier: Path, root: Path, labels_tsv: Path 
     scores = {(r["paper_id"], r["img_name"]): r["score"] for r in store.read_rows(root / "scores" / "2023-01.parquet")}
     cut = [f for f in store.read_rows(root / "figures" / "2023-01.parquet") if f["status"] == "ok"]
 
-    def iou(a, b):
+    def iou(a, b):  # boxes grown by a point: a figure cut one pixel high still matches its label
+        a, b = [a[0] - 1, a[1] - 1, a[2] + 1, a[3] + 1], [b[0] - 1, b[1] - 1, b[2] + 1, b[3] + 1]
         w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
         h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
         union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h

@@ -26,7 +26,7 @@ from pipeline.panels import find_panels
 from pipeline.photo_model import STAT_NAMES, PhotoModel, panel_stats, working_copy
 
 LAYOUT_FEATURE_NAMES = [
-    "aspect",  # width / height
+    "aspect",  # width / height, clipped to [0.1, 10]
     "log_pixels",  # log10 of the original pixel count
     "white_fraction",  # share of near-white pixels
     "row_bands",  # bands of content between white gutters, top to bottom
@@ -160,7 +160,7 @@ def _whole_figure_features(rgb: np.ndarray, w0: int, h0: int) -> np.ndarray:
             cells += bool(t.size) and t.mean() > 0.35
 
     return np.array([
-        w0 / max(h0, 1),
+        min(max(w0 / max(h0, 1), 0.1), 10.0),  # clipped: a sliver's aspect would swamp a linear head
         np.log10(max(w0 * h0, 1)),
         white.mean(),
         len(row_runs),
