@@ -816,6 +816,15 @@ NOT_IN_DOCUMENT = "named only by a .tex file that no whole document reads"
 NO_LATEX = "no LaTeX source in the e-print"
 
 
+_INPUT_LIKE = r"\\(?:input|include|subfile|subimport|import|inputfrom|includefrom)(?![A-Za-z@])[^\n]*"
+
+
+def _mentioned(path: str, texts: list[str]) -> bool:
+    """Whether one of `texts` (comments stripped) names the file `path` in an \\input-like command."""
+    pattern = re.compile(_INPUT_LIKE + re.escape(PurePosixPath(path).stem))
+    return any(pattern.search(t) for t in texts)
+
+
 def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
                  time_budget_s: float = TIME_BUDGET_S) -> dict[str, FigureText]:
     """What the LaTeX says about each of `figure_paths` (archive paths). `tex_files`: the
@@ -830,6 +839,9 @@ def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
     deadline = time.monotonic() + time_budget_s
     roots = root_documents(files)
     whole = {r for r in roots if is_full_document(files[r])}
+    # a stray root a whole document still mentions in an \input-like command the reader could
+    # not follow (a macro in the path, say) is likely in the paper after all: read as before
+    stray = {r for r in roots if whole and r not in whole and not _mentioned(r, [files[w] for w in whole])}
     for root in roots:
         if time.monotonic() > deadline:
             problems.append(f"reading the LaTeX stopped after {time_budget_s:g} s (time budget)")
@@ -850,7 +862,7 @@ def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
             for path in resolve_graphic(graphic.ref, list(dict.fromkeys(folders)), figure_paths,
                                         index):
                 known = found.get(path)
-                if whole and root not in whole:  # roots read after every whole document
+                if root in stray:  # roots read after every whole document
                     if known is None:
                         found[path] = FigureText(caption_error=f"{NOT_IN_DOCUMENT} ({root})")
                 elif known is None or (not known.caption and graphic.text.caption):

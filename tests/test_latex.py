@@ -378,6 +378,9 @@ def test_a_file_only_a_stray_tex_names_is_not_in_the_paper():
     assert got["figs/a.pdf"].caption == "Used." and not got["figs/a.pdf"].caption_error
     assert got["figs/b.pdf"].caption == "" and got["figs/b.pdf"].caption_error == f"{NOT_IN_DOCUMENT} (appendix.tex)"
     assert got["figs/c.pdf"].caption_error.startswith("no \\includegraphics")
+    # an \input the reader cannot follow (a macro in its path) still counts: read as before
+    hidden = dict(tex, **{"main.tex": MAIN % "\\newcommand{\\secdir}{.}\n\\input{\\secdir/appendix}\n"})
+    assert texts_of(hidden, ("figs/b.pdf",))["figs/b.pdf"].caption == "Extra results."
     # a tree without a whole document (sections only): every file is read as before
     alone = texts_of({"appendix.tex": tex["appendix.tex"]}, ("figs/b.pdf",))
     assert alone["figs/b.pdf"].caption == "Extra results."
