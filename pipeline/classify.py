@@ -332,8 +332,10 @@ def scorable(fig: dict) -> bool:
 
 
 def figure_caption_features(figures: list[dict]) -> np.ndarray:
-    """The caption features (`pipeline.features.caption_features`) of figure records."""
-    return np.stack([record_caption_features(f) for f in figures]) if figures else np.zeros((0, len(CAPTION_FEATURE_NAMES)), np.float32)
+    """The LaTeX and caption features (`pipeline.features.record_caption_features`) of figure records."""
+    if not figures:
+        return np.zeros((0, len(CAPTION_FEATURE_NAMES)), np.float32)
+    return np.stack([record_caption_features(f) for f in figures])
 
 
 def named_by_latex(xc: np.ndarray) -> np.ndarray:
@@ -486,7 +488,8 @@ def write_cv_predictions(root: Path, out: Path, labels: list[dict], paths: list[
     store.write_rows(out / "cv_predictions.parquet", rows, CV_PREDICTION_SCHEMA)
     false_keeps = sorted((r for r in rows if r["outcome"] == "false keep"), key=lambda r: -r["prob"])
     false_drops = sorted((r for r in rows if r["outcome"] == "false drop"), key=lambda r: r["prob"])
-    shown = (false_keeps[:max_sheet // 2] + false_drops[:max_sheet // 2]) or []
+    shown = false_keeps[:max_sheet // 2] + false_drops[:max_sheet // 2]
+    (out / "disagreements.png").unlink(missing_ok=True)  # a sheet of an earlier model of this name
     if shown:
         from pipeline.contact_sheet import contact_sheet
 
