@@ -267,7 +267,7 @@ def train(n: int = 1200, seed: int = 0, voc: Path | None = None, out: Path = WEI
     from sklearn.metrics import accuracy_score, roc_auc_score
 
     x, y = training_set(n, seed, voc)
-    xt, yt = training_set(max(n // 4, 50), seed + 1, voc)
+    xt, yt = training_set(max(n // 4, 10), seed + 1, voc)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     lr = LogisticRegression(C=1.0, max_iter=2000).fit((x - mean) / scale, y)
     model = PhotoModel(mean, scale, lr.coef_[0], lr.intercept_[0])
