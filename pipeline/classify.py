@@ -46,7 +46,8 @@ from pipeline import labels as labels_mod
 from pipeline import store
 from pipeline.contract import SCORE_SCHEMA
 from pipeline.config import data_root
-from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, caption_features, layout_features
+from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, layout_features, record_caption_features
+from pipeline.photo_model import WEIGHTS as PHOTO_WEIGHTS
 from pipeline.shards import check_shard_files
 
 WEIGHTS_ENV = "CVF_BACKBONE_WEIGHTS"
@@ -171,11 +172,38 @@ def featurize(root: Path, image_paths: list[str], backbone: Backbone | None, bat
 
 def make_head(kind: str, seed: int = 0):
     if kind == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000))
     if kind == "hgb":
         return HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, class_weight="balanced",
                                               random_state=seed)
     raise ValueError(f"unknown head {kind!r} (logreg or hgb)")
+
+
+def unnamed_offset(y: np.ndarray, named: np.ndarray) -> float:
+    """How much less often CVF kept a figure that no whole document of its LaTeX names (a copy
+    left unused in the tree) than one it names, in log-odds, from the labels (smoothed; 0 when
+    no labelled figure is unnamed, since then nothing says so)."""
+    if named.all():
+        return 0.0
+
+    def log_odds(kept, n):
+        p = (kept + 0.5) / (n + 1.0)
+        return float(np.log(p / (1 - p)))
+    return max(0.0, log_odds(y[named].sum(), named.sum()) - log_odds(y[~named].sum(), (~named).sum()))
+
+
+def fit_head(kind: str, seed: int, x: np.ndarray, y: np.ndarray, named: np.ndarray):
+    """The head and the unnamed figures' offset. The head learns from the figures the LaTeX
+    names (those CVF's own classifier saw; unused copies in the tree are photo grids as often
+    as not, and would teach it that photo grids are dropped); unnamed figures get its decision
+    lowered by `unnamed_offset`."""
+    fit_on = named if len(set(y[named])) == 2 else np.ones(len(y), bool)
+    return clone(make_head(kind, seed)).fit(x[fit_on], y[fit_on]), unnamed_offset(y, named)
+
+
+def decide(head, offset: float, x: np.ndarray, named: np.ndarray) -> np.ndarray:
+    """The head's decision values, lowered by `offset` for figures no whole document names."""
+    return head.decision_function(x) - offset * ~named
 
 
 def fit_calibrator(decision: np.ndarray, y: np.ndarray) -> LogisticRegression:
@@ -187,31 +215,51 @@ def calibrated(calibrator: LogisticRegression, decision: np.ndarray) -> np.ndarr
     return calibrator.predict_proba(decision.reshape(-1, 1))[:, 1]
 
 
-def cross_validate(x, y, groups, head_kind: str, folds: int, seed: int):
-    """Out-of-fold (calibrated probabilities, decision values, number of folds), grouped by paper.
-
-    Decision values come from heads that never saw the paper; the calibrator applied to fold k
-    is fit on the other folds' out-of-fold decision values, so nothing is scored by a model
-    that saw it.
-    """
-    n_groups = len(set(groups))
-    folds = min(folds, n_groups, int(min(y.sum(), len(y) - y.sum())))
-    if folds < 2:
-        raise ValueError(f"need at least 2 papers and 2 labels of each class for grouped CV "
-                         f"(have {n_groups} papers, {int(y.sum())} positives, {int(len(y) - y.sum())} negatives)")
+def out_of_fold_decisions(x, y, groups, head_kind: str, folds: int, seed: int, named: np.ndarray):
+    """Decision values of every figure from a head that never saw its paper, and each figure's fold."""
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold_of = np.empty(len(y), int)
     decision = np.empty(len(y))
     for k, (train, test) in enumerate(splitter.split(x, y, groups)):
-        head = clone(make_head(head_kind, seed)).fit(x[train], y[train])
-        decision[test] = head.decision_function(x[test])
+        head, offset = fit_head(head_kind, seed, x[train], y[train], named[train])
+        decision[test] = decide(head, offset, x[test], named[test])
         fold_of[test] = k
+    return decision, fold_of
+
+
+def usable_folds(y, groups, folds: int) -> int:
+    """As many folds as asked, but no more than papers or than labels of the rarer class."""
+    return min(folds, len(set(groups)), int(min(y.sum(), len(y) - y.sum())))
+
+
+def cross_validate(x, y, groups, head_kind: str, folds: int, seed: int, named: np.ndarray | None = None):
+    """Out-of-fold (calibrated probabilities, decision values, number of folds), grouped by paper.
+
+    Decision values come from heads that never saw the paper. The calibrator of fold k is fit
+    the way the final model's is, inside fold k's training papers only: on the out-of-fold
+    decision values of an inner grouped CV over them. So it learns the scale of heads trained
+    like fold k's, and nothing is scored by a model or calibrator that saw its paper. `named`:
+    whether a whole document of the paper's LaTeX names each figure (`fit_head`); all by default.
+    """
+    named = np.ones(len(y), bool) if named is None else np.asarray(named, bool)
+    folds = usable_folds(y, groups, folds)
+    if folds < 2:
+        raise ValueError(f"need at least 2 papers and 2 labels of each class for grouped CV "
+                         f"(have {len(set(groups))} papers, {int(y.sum())} positives, "
+                         f"{int(len(y) - y.sum())} negatives)")
+    decision, fold_of = out_of_fold_decisions(x, y, groups, head_kind, folds, seed, named)
     prob = np.empty(len(y))
     for k in range(folds):
-        rest, this = fold_of != k, fold_of == k
-        if len(set(y[rest])) < 2:  # degenerate fold split: fall back to all out-of-fold values
-            rest = np.ones(len(y), bool)
-        prob[this] = calibrated(fit_calibrator(decision[rest], y[rest]), decision[this])
+        train, this = fold_of != k, fold_of == k
+        inner = usable_folds(y[train], groups[train], folds - 1)
+        if inner >= 2:
+            inner_decision, _ = out_of_fold_decisions(x[train], y[train], groups[train], head_kind, inner, seed,
+                                                      named[train])
+            calibrator = fit_calibrator(inner_decision, y[train])
+        else:  # too few papers for an inner CV: the other folds' out-of-fold values
+            rest = train if len(set(y[train])) == 2 else np.ones(len(y), bool)
+            calibrator = fit_calibrator(decision[rest], y[rest])
+        prob[this] = calibrated(calibrator, decision[this])
     return prob, decision, folds
 
 
@@ -277,24 +325,31 @@ def scorable(fig: dict) -> bool:
 
 
 def figure_caption_features(figures: list[dict]) -> np.ndarray:
-    """The caption features (`pipeline.features.caption_features`) of figure records."""
-    return np.stack([caption_features(f.get("caption"), f.get("subcaption"), f.get("n_panels"))
-                     for f in figures]) if figures else np.zeros((0, len(CAPTION_FEATURE_NAMES)), np.float32)
+    """The LaTeX and caption features (`pipeline.features.record_caption_features`) of figure records."""
+    if not figures:
+        return np.zeros((0, len(CAPTION_FEATURE_NAMES)), np.float32)
+    return np.stack([record_caption_features(f) for f in figures])
+
+
+def named_by_latex(xc: np.ndarray) -> np.ndarray:
+    """The `named_by_latex` column of caption features, as booleans."""
+    return xc[:, CAPTION_FEATURE_NAMES.index("named_by_latex")] > 0.5
 
 
 def caption_ablation(x, xc, y, groups, head: str, folds: int, seed: int, mode: str) -> tuple[bool, dict]:
     """Whether to use the caption features `xc` beside `x`, and the card's account of it: grouped CV
     with and without them (same folds). `mode` on/off decides; auto uses them when the
     out-of-fold PR-AUC is higher with them."""
-    captioned = int(xc[:, 0].sum()) if len(xc) else 0
+    captioned = int(xc[:, CAPTION_FEATURE_NAMES.index("has_caption")].sum()) if len(xc) else 0
     report = {"mode": mode, "names": CAPTION_FEATURE_NAMES, "labelled_with_caption": captioned}
     if mode == "off":
         return False, dict(report, used=False, reason="turned off (--captions off)")
-    if captioned == 0:
-        return False, dict(report, used=False, reason="no labelled figure has a caption: not measured")
+    if not len(xc) or (xc == xc[0]).all():
+        return False, dict(report, used=False, reason="the LaTeX signals (inclusion, caption) are the same for every "
+                                                      "labelled figure: not measured")
     measured = {}
     for name, features in (("without", x), ("with", np.concatenate([x, xc], axis=1))):
-        prob, _, _ = cross_validate(features, y, groups, head, folds, seed)
+        prob, _, _ = cross_validate(features, y, groups, head, folds, seed, named_by_latex(xc))
         measured[name] = metrics(y, prob, best_threshold(y, prob))
     helps = measured["with"]["pr_auc"] > measured["without"]["pr_auc"]
     used = mode == "on" or helps
@@ -353,14 +408,15 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
     if use_captions:
         x = np.concatenate([x, xc], axis=1)
 
-    prob, decision, n_folds = cross_validate(x, y, groups, head, folds, seed)
+    named = named_by_latex(xc)
+    prob, decision, n_folds = cross_validate(x, y, groups, head, folds, seed, named)
     threshold = best_threshold(y, prob)
     cv = {"at_threshold": metrics(y, prob, threshold), "at_0.5": metrics(y, prob, 0.5)}
     # Per label source: distant labels (cvf-index) are noisier than people's; show how each fares.
     sources = np.array([r["source"] for r in labels])[good]
     cv["by_source"] = {s: metrics(y[sources == s], prob[sources == s], threshold)
                        for s in labels_mod.SOURCES if len(set(y[sources == s])) == 2}
-    final = make_head(head, seed).fit(x, y)
+    final, offset = fit_head(head, seed, x, y, named)
     calibrator = fit_calibrator(decision, y)  # on all out-of-fold decision values
 
     version = version or "clf-" + dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -374,9 +430,15 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
                       "weights_sha256": backbone.weights_sha256} if backbone else None),
         "features": int(x.shape[1]),
         "layout_features": FEATURE_NAMES,
+        "photo_model_sha256": photo_model_sha256(),
         "caption_features": caption_card,
         "head": head,
-        "calibration": "Platt scaling on out-of-fold decision values",
+        "calibration": "Platt scaling on the out-of-fold decision values (in grouped CV, each fold's calibrator "
+                       "on an inner grouped CV over that fold's training papers)",
+        "head_fit_on": "figures a whole document of the LaTeX names (both classes present)"
+                       if len(set(y[named])) == 2 else "every labelled figure",
+        "unnamed_offset": offset,
+        "labelled_unnamed": int((~named).sum()),
         "labels": label_report,
         "unreadable_images": int((~good).sum()),
         "cv": {"scheme": "StratifiedGroupKFold by paper_id", "folds": n_folds, "seed": seed,
@@ -384,12 +446,52 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
         "threshold": threshold,
         "featurize_seconds": round(featurize_s, 2),
     }
+    card["disagreements"] = write_cv_predictions(root, out, [r for r, ok_ in zip(labels, good) if ok_],
+                                                 [path for path, ok_ in zip(paths, good) if ok_], prob, threshold)
     save_classifier(out, {"head": final, "calibrator": calibrator, "card": card})
     plot_pr_curve(y, prob, threshold, out / "pr_curve.png")
     store.atomic_write_json(out / "card.json", card)
     store.atomic_write_text(out / "card.md", card_markdown(card))
     store.atomic_write_text(root / "classifier" / "LATEST", version + "\n")
     return out
+
+
+CV_PREDICTION_SCHEMA = pa.schema([
+    ("paper_id", pa.string()),
+    ("img_name", pa.string()),
+    ("image_path", pa.string()),
+    ("label", pa.int8()),
+    ("source", pa.string()),
+    ("prob", pa.float64()),  # out-of-fold calibrated probability (a model that never saw the paper)
+    ("outcome", pa.string()),  # at the card's threshold: keep, drop, false keep, false drop
+])
+
+
+def write_cv_predictions(root: Path, out: Path, labels: list[dict], paths: list[str], prob: np.ndarray,
+                         threshold: float, max_sheet: int = 48) -> dict:
+    """`cv_predictions.parquet` (every labelled figure's out-of-fold probability) and
+    `disagreements.png`, a contact sheet of the false keeps then the false drops at the
+    threshold, most confident first; returns the card's account of them."""
+    rows = []
+    for r, path, p in zip(labels, paths, prob):
+        keep = p >= threshold
+        outcome = ("keep" if r["label"] else "false keep") if keep else ("false drop" if r["label"] else "drop")
+        rows.append({"paper_id": r["paper_id"], "img_name": r["img_name"], "image_path": path, "label": r["label"],
+                     "source": r["source"], "prob": float(p), "outcome": outcome})
+    store.write_rows(out / "cv_predictions.parquet", rows, CV_PREDICTION_SCHEMA)
+    false_keeps = sorted((r for r in rows if r["outcome"] == "false keep"), key=lambda r: -r["prob"])
+    false_drops = sorted((r for r in rows if r["outcome"] == "false drop"), key=lambda r: r["prob"])
+    shown = false_keeps[:max_sheet // 2] + false_drops[:max_sheet // 2]
+    (out / "disagreements.png").unlink(missing_ok=True)  # a sheet of an earlier model of this name
+    if shown:
+        from pipeline.contact_sheet import contact_sheet
+
+        contact_sheet([root / r["image_path"] for r in shown], out / "disagreements.png", columns=6,
+                      captions=[f"{'FK' if r['outcome'] == 'false keep' else 'FD'} {r['prob']:.2f} {r['paper_id']}"
+                                for r in shown])
+    return {"false_keeps": len(false_keeps), "false_drops": len(false_drops), "sheet": bool(shown),
+            "examples": [f"{r['outcome']} {r['prob']:.2f} {r['paper_id']}/{r['img_name']}"
+                         for r in (false_keeps[:5] + false_drops[:5])]}
 
 
 def _caption_line(card: dict) -> str:
@@ -411,15 +513,26 @@ def card_markdown(card: dict) -> str:
     m, m5 = card["cv"]["at_threshold"], card["cv"]["at_0.5"]
     lab = card["labels"]
     backbone = (f"`{card['backbone']['arch']}` embeddings (weights `{card['backbone']['weights_file']}`) + "
-                f"{len(card['layout_features'])} layout features" if card["backbone"]
-                else f"{len(card['layout_features'])} layout features only (no backbone weights were given)")
+                f"{len(card['layout_features'])} image features" if card["backbone"]
+                else f"{len(card['layout_features'])} image features (whole-figure layout and pixels; panels and "
+                     f"their photo probability from the bundled photo model) without a backbone (no weights given)")
+    gate = (f"The head is fit on {card.get('head_fit_on', 'every labelled figure')}; a figure no whole document "
+            f"of its LaTeX names (a copy left unused in the tree) has its decision lowered by "
+            f"{card.get('unnamed_offset', 0.0):.2f} in log-odds, learnt from the labels "
+            f"({card.get('labelled_unnamed', 0)} labelled figures are unnamed).")
+    dis = card.get("disagreements") or {}
+    disagreements = (f"At the threshold, {dis['false_keeps']} false keeps and {dis['false_drops']} false drops "
+                     f"(out of fold); `cv_predictions.parquet` holds every labelled figure's out-of-fold probability"
+                     + (", and the contact sheet below shows the disagreements (FK false keep, FD false drop, "
+                        "most confident first).\n\n![disagreements](disagreements.png)" if dis.get("sheet") else ".")
+                     if dis else "")
     rows = "\n".join(f"| {k.replace('_', ' ')} | {m[k]:.3f} | {m5[k]:.3f} |"
                      for k in ["roc_auc", "pr_auc", "balanced_accuracy", "precision", "recall", "accuracy", "brier"])
     return f"""# Figure classifier `{card['version']}`
 
 **Task.** {card['task']}.
 
-**Inputs.** {backbone}; head `{card['head']}`, {card['calibration']}.
+**Inputs.** {backbone}; head `{card['head']}`, {card['calibration']}. {gate}
 
 **Labels.** {lab['labels']} ({lab['positives']} positive, {lab['negatives']} negative), by source:
 {', '.join(f'{k}: {v}' for k, v in lab['by_source'].items())}. Left out: labels for figures that do not exist
@@ -441,6 +554,8 @@ Balanced accuracy is the figure to compare (accuracy flatters a classifier on im
 Docling's figure classifier reports 0.907 accuracy but 0.688 balanced accuracy over 26 classes).
 
 ![PR curve](pr_curve.png)
+
+{disagreements}
 """
 
 
@@ -530,6 +645,23 @@ def load_classifier(root: Path, version: str | None = None, trust_pickle: bool =
     return obj
 
 
+def photo_model_sha256() -> str:
+    """The bundled photo model's weights file: the panel features depend on it."""
+    return store.sha256_file(PHOTO_WEIGHTS)
+
+
+def check_features(card: dict) -> None:
+    """Refuse a classifier whose image features are not the ones computed now (it was trained
+    before they changed): its scores would be meaningless."""
+    if card.get("layout_features") != FEATURE_NAMES:
+        raise ValueError(f"classifier {card['version']} was trained on other image features "
+                         f"({len(card.get('layout_features') or [])}, now {len(FEATURE_NAMES)}): retrain it with "
+                         f"`python -m pipeline.classify train`")
+    if card.get("photo_model_sha256") not in (None, photo_model_sha256()):
+        raise ValueError(f"classifier {card['version']} was trained with another photo model "
+                         f"({PHOTO_WEIGHTS.name} changed since): retrain it with `python -m pipeline.classify train`")
+
+
 def score(root=None, version=None, weights=None, batch_size=64, workers=0, shards=None, device=None,
           keep_going: bool = True, trust_pickle: bool = False) -> dict:
     """Score every extracted figure, shard by shard; done shards of the same model are skipped.
@@ -538,6 +670,7 @@ def score(root=None, version=None, weights=None, batch_size=64, workers=0, shard
     root = data_root(root)
     model = load_classifier(root, version, trust_pickle)
     card = model["card"]
+    check_features(card)
     backbone = None
     if card["backbone"]:
         weights = resolve_weights(weights)
@@ -581,9 +714,11 @@ def score_shard(root: Path, shard: str, model: dict, backbone, batch_size: int, 
     start = 0
     with_captions = (card.get("caption_features") or {}).get("used", False)
     for x, errors in batches:
+        xc = figure_caption_features(figures[start:start + len(errors)])
         if with_captions:
-            x = np.concatenate([x, figure_caption_features(figures[start:start + len(errors)])], axis=1)
-        prob = calibrated(model["calibrator"], model["head"].decision_function(x))
+            x = np.concatenate([x, xc], axis=1)
+        decision = decide(model["head"], card.get("unnamed_offset", 0.0), x, named_by_latex(xc))
+        prob = calibrated(model["calibrator"], decision)
         for f, p, err in zip(figures[start:start + len(errors)], prob, errors):
             rows.append({"paper_id": f["paper_id"], "img_name": f["img_name"], "sha256": f.get("sha256", ""),
                          "score": None if err else float(p), "model_version": card["version"],

@@ -32,7 +32,8 @@ from pathlib import PurePosixPath
 from pipeline.latex_source import (CONTROL_WORD, GRAPHIC_COMMANDS, SUB_COMMANDS, Args,
                                    ExpansionError, Macro, collect_macros, expand_graphic_macros,
                                    expand_macros, flatten, folder_of, join_path, match_brace,
-                                   normalise, root_documents, skip_space, strip_comments)
+                                   is_full_document, normalise, root_documents, skip_space,
+                                   strip_comments)
 
 MAX_BODY_CHARS = 200_000  # the body of a \subfloat / \subcaptionbox
 TIME_BUDGET_S = 20.0  # per paper: past it, the graphics read so far are kept and the rest noted
@@ -387,19 +388,41 @@ def _figure_index(figure_paths: list[str]) -> dict:
 
 # --- the whole paper ------------------------------------------------------------------------------
 
+# The caption_error of a file no graphic of the LaTeX names (an unused copy, a leftover), and
+# of one only a stray .tex names that no whole document of the tree reads (an appendix whose
+# \\input is commented out): neither is in the paper.
+NOT_NAMED = "no \\includegraphics of the LaTeX names this file"
+NOT_IN_DOCUMENT = "named only by a .tex file that no whole document reads"
+NO_LATEX = "no LaTeX source in the e-print"
+
+
+_INPUT_LIKE = r"\\(?:input|include|subfile|subimport|import|inputfrom|includefrom)(?![A-Za-z@])[^\n]*"
+
+
+def _mentioned(path: str, texts: list[str]) -> bool:
+    """Whether one of `texts` (comments stripped) names the file `path` in an \\input-like command."""
+    pattern = re.compile(_INPUT_LIKE + re.escape(PurePosixPath(path).stem))
+    return any(pattern.search(t) for t in texts)
+
+
 def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
                  time_budget_s: float = TIME_BUDGET_S) -> dict[str, FigureText]:
     """What the LaTeX says about each of `figure_paths` (archive paths). `tex_files`: the
     e-print's LaTeX sources by archive path. Every path gets an entry; one no graphic names
     (or the LaTeX cannot be read) has an empty caption and the reason in `caption_error`."""
     if not tex_files:
-        return {p: FigureText(caption_error="no LaTeX source in the e-print") for p in figure_paths}
+        return {p: FigureText(caption_error=NO_LATEX) for p in figure_paths}
     files = {path: strip_comments(text) for path, text in tex_files.items()}
     index = _figure_index(figure_paths)
     found: dict[str, FigureText] = {}
     problems: list[str] = []
     deadline = time.monotonic() + time_budget_s
-    for root in root_documents(files):
+    roots = root_documents(files)
+    whole = {r for r in roots if is_full_document(files[r])}
+    # a stray root a whole document still mentions in an \input-like command the reader could
+    # not follow (a macro in the path, say) is likely in the paper after all: read as before
+    stray = {r for r in roots if whole and r not in whole and not _mentioned(r, [files[w] for w in whole])}
+    for root in roots:
         if time.monotonic() > deadline:
             problems.append(f"reading the LaTeX stopped after {time_budget_s:g} s (time budget)")
             break
@@ -419,18 +442,21 @@ def figure_texts(tex_files: dict[str, str], figure_paths: list[str],
             for path in resolve_graphic(graphic.ref, list(dict.fromkeys(folders)), figure_paths,
                                         index):
                 known = found.get(path)
-                if known is None or (not known.caption and graphic.text.caption):
+                if root in stray:  # roots read after every whole document
+                    if known is None:
+                        found[path] = FigureText(caption_error=f"{NOT_IN_DOCUMENT} ({root})")
+                elif known is None or (not known.caption and graphic.text.caption):
                     found[path] = graphic.text
     problems = list(dict.fromkeys(problems))
     out = {}
     for path in figure_paths:
         text = found.get(path)
         if text is None:
-            why = "no \\includegraphics of the LaTeX names this file"
+            why = NOT_NAMED
             if problems:
                 why += "; LaTeX problems: " + "; ".join(problems[:3])
             text = FigureText(caption_error=why)
-        else:
+        elif not text.caption_error.startswith(NOT_IN_DOCUMENT):  # a graphic of the paper names it
             text = dataclasses.replace(text, included=True)
         out[path] = text
     return out

@@ -305,11 +305,15 @@ def root_documents(files: dict[str, str]) -> list[str]:
                 included.add(target)
 
     def full(path: str) -> bool:
-        text = files[path]
-        return "\\documentclass" in text and "\\begin{document}" in text.replace(" ", "")
+        return is_full_document(files[path])
     # a full document is a root even where a file (in a loop) includes it back
     roots = [p for p in files if p not in included or full(p)]
     return sorted(roots, key=lambda p: (not full(p), -files[p].count("\\includegraphics"), p))
+
+
+def is_full_document(text: str) -> bool:
+    """Whether a LaTeX file is a whole document (`\\documentclass` ... `\\begin{document}`)."""
+    return "\\documentclass" in text and "\\begin{document}" in text.replace(" ", "")
 
 
 # --- macros ---------------------------------------------------------------------------------------

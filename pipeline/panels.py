@@ -78,7 +78,7 @@ def find_panels(image: Image.Image | np.ndarray, *, seams: bool = True,
 
 class _Cutter:
     def __init__(self, rgb: np.ndarray, seams: bool, min_len: int, max_panels: int):
-        self.rgb = rgb.astype(np.int16)
+        self.rgb = rgb  # uint8: min/max along lines are twice as fast as on a wider type
         self.white = (rgb >= WHITE).all(axis=2)
         self.gray = rgb.astype(np.float32).mean(axis=2)
         self.seams = seams
@@ -113,7 +113,7 @@ class _Cutter:
         line_axis = 1 if axis == 0 else 0
         white = self.white[y0:y1, x0:x1].mean(axis=line_axis) >= GUTTER_SHARE
         region = self.rgb[y0:y1, x0:x1]
-        spread = (region.max(axis=line_axis) - region.min(axis=line_axis)).max(axis=1)
+        spread = (region.max(axis=line_axis).astype(np.int16) - region.min(axis=line_axis)).max(axis=1)
         level = self.gray[y0:y1, x0:x1].mean(axis=line_axis)
         flat = _rules((spread <= FLAT_RANGE) & (level < RULE_GRAY), level,
                       max(2, round(RULE_MAX * max(x1 - x0, y1 - y0))))

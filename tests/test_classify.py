@@ -273,3 +273,29 @@ def test_no_captions_means_caption_features_are_not_measured(trained):
     _, _, out = trained
     c = json.loads((out / "card.json").read_text())["caption_features"]
     assert c["used"] is False and "not measured" in c["reason"]
+
+
+def test_unnamed_copies_get_the_offset_the_labels_say_and_the_head_learns_from_named_figures():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = (x[:, 0] > 0).astype(int)
+    named = np.ones(40, bool)
+    assert classify.unnamed_offset(y, named) == 0.0  # nothing unnamed: nothing learnt
+    named[:10] = False
+    y[:10] = 0  # CVF kept none of the unnamed copies, whatever they look like
+    offset = classify.unnamed_offset(y, named)
+    assert offset > 1.0
+    head, got = classify.fit_head("logreg", 0, x, y, named)
+    assert got == offset
+    d = classify.decide(head, offset, x, named)
+    assert np.allclose(d[10:], head.decision_function(x[10:])) and np.allclose(d[:10], head.decision_function(x[:10]) - offset)
+
+
+def test_score_refuses_a_classifier_trained_on_other_features(trained):
+    root, _, out = trained
+    card = classify.load_model(root)["card"]
+    classify.check_features(card)  # as trained: fine
+    with pytest.raises(ValueError, match="other image features"):
+        classify.check_features({**card, "layout_features": card["layout_features"][:17]})
+    with pytest.raises(ValueError, match="another photo model"):
+        classify.check_features({**card, "photo_model_sha256": "0" * 64})

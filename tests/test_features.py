@@ -201,3 +201,33 @@ def test_corpus_helper_writes_contract_files(tmp_path):
     rows = store.read_rows(tmp_path / "figures" / "2019-03.parquet")
     assert all((tmp_path / r["image_path"]).exists() for r in rows)
     assert store.shard_done(tmp_path / "figures", "2019-03")
+
+
+def test_panel_features_see_a_grid_with_photos_and_not_a_plot():
+    from pipeline.features import PANEL_FEATURE_NAMES  # noqa: F401  (part of FEATURE_NAMES)
+
+    for seed in range(3):
+        grid, plot = _features("photo_grid", seed), _features("plot", seed)
+        assert grid["grid_with_photo"] == 1 and grid["photo_panels_log"] >= np.log1p(2), grid
+        assert grid["photo_area_share"] > 0.5 and grid["photo_max"] > 0.9
+        assert plot["grid_with_photo"] == 0 and plot["photo_panels_log"] == 0 and plot["photo_max"] < 0.5, plot
+        diagram = _features("diagram", seed)
+        assert diagram["photo_panels_log"] == 0, diagram
+    photo = _features("photo", 0)  # one photo: a photo, but no grid
+    assert photo["photo_max"] > 0.9 and photo["grid_with_photo"] == 0
+
+
+def test_named_by_latex_reads_what_extraction_recorded():
+    from pipeline.features import CAPTION_FEATURE_NAMES, is_named_by_latex, record_caption_features
+    from pipeline.latex import NOT_IN_DOCUMENT, NOT_NAMED
+
+    assert is_named_by_latex({"caption": "Results.", "caption_error": ""})
+    assert is_named_by_latex({"caption": "", "caption_error": "the figure has no \\caption"})  # used, uncaptioned
+    assert not is_named_by_latex({"caption": "", "caption_error": NOT_NAMED})  # a copy left unused
+    assert not is_named_by_latex({"caption": "", "caption_error": f"{NOT_IN_DOCUMENT} (appendix.tex)"})
+    # the reader had problems: the plain reference scan decides
+    troubled = {"caption": "", "caption_error": f"{NOT_NAMED}; LaTeX problems: x"}
+    assert is_named_by_latex({**troubled, "included": True}) and not is_named_by_latex({**troubled, "included": False})
+    assert is_named_by_latex({"source_kind": "pdf", "caption": "", "caption_error": "PDF fallback: no caption text"})
+    v = record_caption_features({"caption": "Qualitative comparison.", "caption_error": ""})
+    assert v[CAPTION_FEATURE_NAMES.index("named_by_latex")] == 1 and v[CAPTION_FEATURE_NAMES.index("cue_qualitative")] == 1

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pipeline.latex import FigureText, figure_texts, latex_to_text
+from pipeline.latex import NOT_IN_DOCUMENT, FigureText, figure_texts, latex_to_text
 from pipeline.latex_source import ExpansionError, collect_macros, expand_macros, strip_comments
 from pipeline.naming import cvf_name, figure_format
 
@@ -122,9 +122,11 @@ def test_real_subfigures_and_long_captions(real_texts):
     # the short optional caption is never taken
     pbrs = real_texts[("1710.10473", "figures/pbrs/pbrs.pdf")]
     assert "PBRS dataset" not in pbrs.caption[:12] and pbrs.caption_latex.startswith("For the training")
-    # appendix figures in sidewaysfigure floats without a \caption: empty, with the reason
+    # appendix figures of appendix.tex, whose \input the main document comments out: not in the
+    # paper (CVF did not list them), and the reason says so
     qual = real_texts[("1710.10473", "figures/qualitative_results/full/qual_results_0.pdf")]
-    assert qual.caption == "" and "no \\caption" in qual.caption_error
+    assert qual.caption == "" and qual.caption_error.startswith(NOT_IN_DOCUMENT)
+    assert "appendix.tex" in qual.caption_error
 
 
 # --- crafted trees, one construct each -------------------------------------------------------------
@@ -362,3 +364,23 @@ def test_captionof_in_a_group_outside_any_environment():
     assert (out["figs/a.png"].caption, out["figs/a.png"].figure_label) == ("Teaser.", "fig:teaser")
     logo = out["figs/logo.png"]  # the document's other labels and captions are not its
     assert logo.caption == logo.figure_label == "" and "not in a figure float" in logo.caption_error
+
+
+def test_a_file_only_a_stray_tex_names_is_not_in_the_paper():
+    """An appendix whose \\input the main document comments out: its graphics are not in the
+    paper (the reason says which file names them); the main document's keep their captions."""
+    tex = {
+        "main.tex": MAIN % ("\\begin{figure}\\includegraphics{figs/a}\\caption{Used.}\\end{figure}\n"
+                            "%\\input{appendix}\n"),
+        "appendix.tex": "\\begin{figure}\\includegraphics{figs/b}\\caption{Extra results.}\\end{figure}",
+    }
+    got = texts_of(tex, ("figs/a.pdf", "figs/b.pdf", "figs/c.pdf"))
+    assert got["figs/a.pdf"].caption == "Used." and not got["figs/a.pdf"].caption_error
+    assert got["figs/b.pdf"].caption == "" and got["figs/b.pdf"].caption_error == f"{NOT_IN_DOCUMENT} (appendix.tex)"
+    assert got["figs/c.pdf"].caption_error.startswith("no \\includegraphics")
+    # an \input the reader cannot follow (a macro in its path) still counts: read as before
+    hidden = dict(tex, **{"main.tex": MAIN % "\\newcommand{\\secdir}{.}\n\\input{\\secdir/appendix}\n"})
+    assert texts_of(hidden, ("figs/b.pdf",))["figs/b.pdf"].caption == "Extra results."
+    # a tree without a whole document (sections only): every file is read as before
+    alone = texts_of({"appendix.tex": tex["appendix.tex"]}, ("figs/b.pdf",))
+    assert alone["figs/b.pdf"].caption == "Extra results."

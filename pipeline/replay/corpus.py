@@ -9,7 +9,9 @@ plots and block diagrams are drawn with matplotlib. Each paper gets:
 * an e-print packed as arXiv serves it (`eprint/<id>`): a gzip'd tar of a LaTeX tree (figures
   as .png, .jpg, single- and multi-page .pdf, .eps, sometimes with the `-eps-converted-to.pdf`
   that pdflatex leaves behind, nested folders, names with spaces, a file no `\\includegraphics`
-  uses), a gzip'd single .tex, or a bare PDF;
+  uses, an unused copy of a used photo grid), a gzip'd single .tex, or a bare PDF; photo grids
+  come with column labels, thin or no gutters and attention-map overlays, and near misses
+  (grids of confusion matrices: colourful, gridded, no photo) stand beside them;
 * a paper PDF (`pdf/<id>.pdf`) with the figures placed on pages above "Figure N:" captions;
 
 and `truth.parquet` says, per figure file in an e-print tree, what the generator drew and
@@ -76,17 +78,57 @@ def _photos() -> list[np.ndarray]:
 
 
 def _photo_grid(rng: random.Random) -> Image.Image:
-    """Rows x cols of sample photos (random crops), like a qualitative-results figure."""
-    rows, cols, gap = rng.randint(1, 3), rng.randint(2, 5), rng.choice([0, 2, 4, 8])
+    """Rows x cols of sample photos (random crops), like a qualitative-results figure: sometimes
+    with column labels above, thin or no gutters, and attention-map overlays on some tiles."""
+    from PIL import ImageDraw
+
+    rows, cols, gap = rng.randint(1, 3), rng.randint(2, 5), rng.choice([0, 1, 2, 4, 8])
     tile = 128
-    grid = Image.new("RGB", (cols * tile + (cols - 1) * gap, rows * tile + (rows - 1) * gap), "white")
+    header = 16 if rng.random() < 0.5 else 0
+    grid = Image.new("RGB", (cols * tile + (cols - 1) * gap, header + rows * tile + (rows - 1) * gap), "white")
     photos = _photos()
+    overlay = rng.random() < 0.3  # saliency / attention maps over the photos of some columns
     for r in range(rows):
         for c in range(cols):
             x, y, s = rng.randint(0, 48), rng.randint(0, 48), rng.randint(120, 144)
             img = Image.fromarray(photos[rng.randrange(len(photos))]).crop((x, y, x + s, y + s)).resize((tile, tile))
-            grid.paste(img, (c * (tile + gap), r * (tile + gap)))
+            if overlay and c % 2 == 1:
+                img = Image.blend(img, _heat(img), 0.5)
+            grid.paste(img, (c * (tile + gap), header + r * (tile + gap)))
+    if header:
+        draw = ImageDraw.Draw(grid)
+        for c in range(cols):
+            draw.text((c * (tile + gap) + tile // 3, 2), rng.choice(["Input", "Ours", "GT", "Baseline", "Mask"]),
+                      fill="black")
     return grid
+
+
+def _heat(img: Image.Image) -> Image.Image:
+    """A jet-coloured map of a photo's blurred brightness, as attention maps are drawn."""
+    import matplotlib
+    from PIL import ImageFilter
+
+    heat = np.asarray(img.convert("L").filter(ImageFilter.GaussianBlur(10)), dtype=np.float32) / 255.0
+    return Image.fromarray((matplotlib.colormaps["jet"](heat)[..., :3] * 255).astype(np.uint8))
+
+
+def _matrix_grid(rng: random.Random):
+    """A near miss: a grid of confusion matrices / heat maps with numbers. Colourful, a grid, no photo."""
+    import matplotlib.pyplot as plt
+
+    n = rng.randint(2, 4)
+    fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.0), squeeze=False)
+    for ax in axes[0]:
+        k = rng.randint(3, 6)
+        m = np.array([[rng.random() for _ in range(k)] for _ in range(k)])
+        ax.imshow(m, cmap=rng.choice(["Blues", "viridis", "coolwarm"]))
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", fontsize=5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.05, top=0.95, wspace=0.1)
+    return fig
 
 
 def _photo(rng: random.Random) -> Image.Image:
@@ -169,7 +211,7 @@ def _multipage_pdf(rng: random.Random) -> bytes:
 @dataclass
 class FigureFile:
     source_path: str  # path inside the e-print tree
-    kind: str  # photo_grid, photo, plot, plot_grid, diagram
+    kind: str  # photo_grid, photo, plot, plot_grid, diagram, matrix_grid (a near miss), unused_copy
     data: bytes
     preview: bytes  # what the paper PDF shows: PNG, or the PDF itself for vector figures
     referenced: bool = True
@@ -194,7 +236,8 @@ def _make_figures(rng: random.Random, n: int) -> list[FigureFile]:
     folder = rng.choice(["figures", "figs", "img", "figures/results"])
     figs = []
     for i in range(n):
-        kind = rng.choices(["photo_grid", "photo", "plot", "plot_grid", "diagram"], [4, 1, 2, 1, 2])[0]
+        kind = rng.choices(["photo_grid", "photo", "plot", "plot_grid", "diagram", "matrix_grid"],
+                           [4, 1, 2, 1, 2, 1])[0]
         stem = rng.choice(["qualitative", "results", "teaser", "overview", "curve", "examples", "fig"]) + f"_{i}"
         if rng.random() < 0.15:
             stem = stem.replace("_", " ")  # file names with spaces exist in the wild
@@ -207,11 +250,17 @@ def _make_figures(rng: random.Random, n: int) -> list[FigureFile]:
             figs.append(FigureFile(f"{folder}/{stem}.pdf", kind, data, data))
         else:
             fmt = rng.choice(["pdf", "pdf", "eps", "png"])
-            fig = _diagram(rng) if kind == "diagram" else _plot(rng, 3 if kind == "plot_grid" else 1)
+            fig = (_diagram(rng) if kind == "diagram" else _matrix_grid(rng) if kind == "matrix_grid"
+                   else _plot(rng, 3 if kind == "plot_grid" else 1))
             data, preview = _save_figure(fig, fmt, "png") if fmt != "pdf" else _save_figure(fig, fmt) * 2
             figs.append(FigureFile(f"{folder}/{stem}.{fmt}", kind, data, preview))
     if figs and rng.random() < 0.4:
         figs[-1].referenced = False  # a leftover the LaTeX never uses
+    grids = [f for f in figs if f.kind == "photo_grid" and f.referenced]
+    if grids and rng.random() < 0.3:  # an unused copy of a used photo grid: CVF never listed those
+        used = grids[0]
+        stem, ext = used.source_path.rsplit(".", 1)
+        figs.append(FigureFile(f"{stem}_old.{ext}", "unused_copy", used.data, used.preview, referenced=False))
     return figs
 
 
