@@ -115,8 +115,9 @@ def true_fp32():
 def run_cvf(model, data, episodes, batch, workers, device, dtype, out, splits="standard"
             ) -> tuple[dict, list[dict]]:
     """model.evaluate's whole path on fold 0; -> (timings, per-episode rows of episodes.csv)."""
+    here = __file__  # the model is passed in memory: the checkpoint options only need a readable file
     args = evaluate.parser().parse_args(["--splits", splits,
-        "--task", "segmentation", "--checkpoint", "(in memory)", "--vqgan-config", "(in memory)",
+        "--task", "segmentation", "--checkpoint", here, "--vqgan-config", here,
         "--data", str(data), "--fold", "0", "--episodes", str(episodes), "--seeds", "0",
         "--batch-size", str(batch), "--workers", str(workers), "--device", device.type,
         "--dtype", dtype, "--picture-rows", "0", "--out", str(out)])

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=cli.positive_int, default=200, help="figures to push (default 200)")
     parser.add_argument("--share", type=cli.unit_interval, default=0.5,
                         help="share of tasks the simulated annotator answers (default 0.5)")
-    parser.add_argument("--port", type=cli.port, default=serve.DEFAULT_PORT,
-                        help="port for a new server (default 8080, or any free one if taken)")
+    parser.add_argument("--port", type=cli.port_or_zero, default=serve.DEFAULT_PORT,
+                        help="port for a new server (default 8080, or any free one if taken; 0: any free one)")
     args = parser.parse_args(argv)
     root = data_root(args.root)
 

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from model import cli
 from pipeline import labels as labels_mod
 from pipeline import store
-from pipeline.contract import SCORE_SCHEMA
+from pipeline.contract import CV_PREDICTION_SCHEMA, SCORE_SCHEMA
 from pipeline.config import data_root
 from pipeline.features import CAPTION_FEATURE_NAMES, FEATURE_NAMES, layout_features, record_caption_features
 from pipeline.photo_model import WEIGHTS as PHOTO_WEIGHTS
@@ -456,15 +456,6 @@ def train(root=None, weights=None, arch=None, label_studio=None, truth=None, cvf
     return out
 
 
-CV_PREDICTION_SCHEMA = pa.schema([
-    ("paper_id", pa.string()),
-    ("img_name", pa.string()),
-    ("image_path", pa.string()),
-    ("label", pa.int8()),
-    ("source", pa.string()),
-    ("prob", pa.float64()),  # out-of-fold calibrated probability (a model that never saw the paper)
-    ("outcome", pa.string()),  # at the card's threshold: keep, drop, false keep, false drop
-])
 
 
 def write_cv_predictions(root: Path, out: Path, labels: list[dict], paths: list[str], prob: np.ndarray,

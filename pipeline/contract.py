@@ -241,6 +241,19 @@ SELECTION_SCHEMA = _schema(
     + _MANIFEST_COLUMNS[13:])
 
 
+# --- classifier training: out-of-fold predictions (classifier/<version>/cv_predictions.parquet) -
+
+CV_PREDICTION_SCHEMA = _schema([
+    ("paper_id", pa.string(), "arXiv id of the labelled figure's paper"),
+    ("img_name", pa.string(), "CVF name of the figure"),
+    ("image_path", pa.string(), "its PNG, relative to the data root"),
+    ("label", pa.int8(), "1 kept (grid with a natural image), 0 not"),
+    ("source", pa.string(), "where the label came from: label-studio, cvf-index, replay-truth"),
+    ("prob", pa.float64(), "out-of-fold calibrated probability: from a model that never saw the paper"),
+    ("outcome", pa.string(), "at the card's threshold: keep, drop, false keep or false drop"),
+])
+
+
 # --- contamination: figures that show an evaluation image (python -m pipeline.contamination) -----
 
 CONTAMINATION_SCHEMA = _schema([
@@ -271,6 +284,8 @@ TABLES = [
     (LABEL_SCHEMA, "training labels", "what `pipeline.labels.gather` hands the classifier from every label "
                                       "source (held in memory while training)"),
     (SCORE_SCHEMA, "scores", "`scores/<YYYY-MM>.parquet`: one classifier score per figure"),
+    (CV_PREDICTION_SCHEMA, "classifier predictions", "`classifier/<version>/cv_predictions.parquet`: "
+                                                     "each labelled figure's out-of-fold score"),
     (SELECTION_SCHEMA, "selection", "`selection/selection.parquet`: the kept figures"),
     (CONTAMINATION_SCHEMA, "contamination", "`contamination/<NAME>.parquet`: one row per figure that shows "
                                             "an image of the evaluation set NAME"),

@@ -293,7 +293,7 @@ def test_unnamed_copies_get_the_offset_the_labels_say_and_the_head_learns_from_n
 
 def test_score_refuses_a_classifier_trained_on_other_features(trained):
     root, _, out = trained
-    card = classify.load_model(root)["card"]
+    card = classify.load_classifier(root)["card"]
     classify.check_features(card)  # as trained: fine
     with pytest.raises(ValueError, match="other image features"):
         classify.check_features({**card, "layout_features": card["layout_features"][:17]})
