@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.mae_vqgan import Mlp  # the same two-layer GELU MLP (timm's names: fc1, fc2)
 from model.vqgan import EXACT, IMAGENET_MEAN, IMAGENET_STD, VQModel, load_vqgan, vqgan_params
 
 ARCHS = {  # unilm's registered pre-training models (modeling_pretrain.py)
@@ -125,17 +126,6 @@ class Attention(nn.Module):
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=None if attn_bias is None
                                                else attn_bias.to(q.dtype))
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
