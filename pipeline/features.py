@@ -23,7 +23,7 @@ from PIL import Image
 
 from pipeline.latex import NO_LATEX, NOT_IN_DOCUMENT, NOT_NAMED
 from pipeline.panels import find_panels
-from pipeline.photo_model import STAT_NAMES, PhotoModel, panel_stats, working_copy
+from pipeline.photo_model import STAT_NAMES, PhotoModel, channels, colour_codes, panel_stats, working_copy
 
 LAYOUT_FEATURE_NAMES = [
     "aspect",  # width / height, clipped to [0.1, 10]
@@ -100,35 +100,26 @@ def _gradient(gray: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy) / 2.0
 
 
-def _channels(rgb: np.ndarray):
-    """The channels of an RGB uint8 array as float32, their grey mean, max and min: a reduction over
-    an axis of three is slow in numpy, so these are taken channel by channel, once."""
-    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
-    gray = (r + g + b) / 3.0
-    return r, g, b, gray, np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-
-
-def _colour_codes(rgb: np.ndarray) -> np.ndarray:
-    """The 4-bit-a-channel colour code (0..4095) of every pixel of an RGB uint8 array."""
-    q = rgb >> 4
-    return (q[..., 0].astype(np.int32) << 8) | (q[..., 1].astype(np.int32) << 4) | q[..., 2]
-
-
 def layout_features(image: Image.Image) -> np.ndarray:
     """The feature vector of one figure, in the order of FEATURE_NAMES (any PIL mode;
     transparency is composited on white)."""
     w0, h0 = image.size
     work = working_copy(image)  # decoded and shrunk once, for both groups of features
+    small = _small_copy(work)
+    return np.concatenate([_whole_figure_features(np.asarray(small), w0, h0), panel_features(work, small)])
+
+
+def _small_copy(work: np.ndarray) -> Image.Image:
+    """The working copy at most _SIDE on its longer side: for the whole-figure features and the panels."""
     small = Image.fromarray(work)
     small.thumbnail((_SIDE, _SIDE), Image.Resampling.BILINEAR)
-    small = np.asarray(small)
-    return np.concatenate([_whole_figure_features(small, w0, h0), panel_features(work, small)])
+    return small
 
 
 def _whole_figure_features(rgb: np.ndarray, w0: int, h0: int) -> np.ndarray:
     """LAYOUT_FEATURE_NAMES of the small copy (RGB uint8) of a figure w0 x h0 pixels large."""
     h, w = rgb.shape[:2]
-    r, g, b, gray, mx, mn = _channels(rgb)
+    r, g, b, gray, mx, mn = channels(rgb)
     white = (rgb[..., 0] >= _WHITE) & (rgb[..., 1] >= _WHITE) & (rgb[..., 2] >= _WHITE)
 
     # Layout: gutters are rows/columns that are (almost) entirely white inside the content box.
@@ -153,7 +144,7 @@ def _whole_figure_features(rgb: np.ndarray, w0: int, h0: int) -> np.ndarray:
     hist = np.bincount((gray // 4).astype(np.int32).ravel(), minlength=64).astype(np.float64)
     p = hist[hist > 0] / hist.sum()
     entropy = float(-(p * np.log2(p)).sum())
-    distinct = np.count_nonzero(np.bincount(_colour_codes(rgb).ravel(), minlength=4096)) / 4096.0
+    distinct = np.count_nonzero(np.bincount(colour_codes(rgb).ravel(), minlength=4096)) / 4096.0
 
     grad = _gradient(gray)
     ink = ~white
@@ -203,12 +194,12 @@ def _lines(starts: list[int], tolerance: float) -> int:
     return count
 
 
-def _panels(work: np.ndarray, small: np.ndarray) -> list[tuple[int, int, int, int]]:
+def _panels(work: np.ndarray, small: Image.Image) -> list[tuple[int, int, int, int]]:
     """The largest MAX_PANELS panels of the working copy, in its pixels, in reading order. They
     are found on the small copy of the whole-figure features: the cuts cost in proportion to
     the area."""
     h, w = work.shape[:2]
-    sy, sx = h / small.shape[0], w / small.shape[1]
+    sy, sx = h / small.height, w / small.width
     boxes = [(int(x0 * sx), int(y0 * sy), min(w, int(np.ceil(x1 * sx))), min(h, int(np.ceil(y1 * sy))))
              for x0, y0, x1, y1 in find_panels(small)]
     if len(boxes) > MAX_PANELS:
@@ -217,13 +208,11 @@ def _panels(work: np.ndarray, small: np.ndarray) -> list[tuple[int, int, int, in
     return boxes
 
 
-def panel_features(work: np.ndarray, small: np.ndarray | None = None) -> np.ndarray:
+def panel_features(work: np.ndarray, small: Image.Image | None = None) -> np.ndarray:
     """PANEL_FEATURE_NAMES of a figure's working copy (`pipeline.photo_model.working_copy`);
     `small` is its copy at most _SIDE on its longer side, made here when not given."""
     if small is None:
-        small = Image.fromarray(work)
-        small.thumbnail((_SIDE, _SIDE), Image.Resampling.BILINEAR)
-        small = np.asarray(small)
+        small = _small_copy(work)
     model = PhotoModel.load()
     h, w = work.shape[:2]
     boxes = _panels(work, small)
