@@ -6,14 +6,21 @@
 1. Scoring throughput (figures/s) with layout features only and with a backbone, on the CPU
    and on a GPU when one is present. The backbone is randomly initialised and saved as a
    standard state_dict: the arithmetic is that of the real weights, nothing is downloaded.
-2. `pipeline.filter` + `pipeline.publish` on N synthetic scored figure records (goal: 100,000
+2. The image features of full-size real figures (goal: 50 figures/s per core or more): the
+   e-prints of --eprints-dir are crawled through the local replay and extracted as
+   `benchmarks/bench_real.py` does (figures up to 1024 pixels), and each figure is decoded and
+   featurized by this checkout and by the code of --baseline-rev, alternately in the same run,
+   in CPU seconds of one thread: figures/s per core of both, and their ratio.
+3. `pipeline.filter` + `pipeline.publish` on N synthetic scored figure records (goal: 100,000
    in under a minute on a 2-core CPU).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +32,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_features import make_corpus  # noqa: E402  (the synthetic figure corpus of the tests)
 
 from pipeline import classify, filter as flt, publish, store  # noqa: E402
@@ -50,6 +58,57 @@ def bench_scoring(n_figures: int, arch: str, batch_size: int, workers: int) -> d
                 for p in (root / "scores").glob("*_stats.json"):
                     p.unlink()  # rescore next time
     return results
+
+
+REPO = Path(__file__).resolve().parent.parent
+EPRINTS = REPO.parent / "shared" / "testdata" / "eprints"
+BASELINE_REV = "169f98a"  # the features before they were made to work on one small copy
+
+
+def baseline_features(rev: str, into: Path):
+    """`layout_features_of_file` of the feature code at git revision `rev` (features.py,
+    photo_model.py and its weights), imported as a package of its own beside this checkout's."""
+    pkg = into / "baseline_features"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for name in ["features.py", "photo_model.py", "photo_model.json"]:
+        text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pipeline/{name}"], check=True,
+                              capture_output=True, text=True).stdout
+        (pkg / name).write_text(text.replace("pipeline.photo_model", "baseline_features.photo_model"))
+    sys.path.insert(0, str(into))
+    return importlib.import_module("baseline_features.features").layout_features_of_file
+
+
+def bench_full_size(eprints_dir: Path, baseline_rev: str, rounds: int) -> dict:
+    """Figures/s per core of the image features on the real figures extracted from `eprints_dir`,
+    this checkout against `baseline_rev`, timed alternately figure by figure."""
+    from PIL import Image
+
+    from bench_real import crawl_real
+    from pipeline import extract
+    from pipeline.features import layout_features_of_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "data"
+        extract.extract_shards(crawl_real(eprints_dir, root), root, progress=False)
+        paths = sorted((root / "images").rglob("*.png")) + sorted((root / "images").rglob("*.jpg"))
+        if not paths:
+            raise SystemExit(f"error: no figures came out of the e-prints in {eprints_dir}")
+        old = baseline_features(baseline_rev, Path(tmp) / "baseline")
+        sides = [max(Image.open(p).size) for p in paths]
+        seconds = {"baseline": 0.0, "now": 0.0}
+        for _ in range(rounds):
+            for p in paths:  # alternately, so that the load of a shared machine falls on both alike
+                for name, featurize in (("baseline", old), ("now", layout_features_of_file)):
+                    t0 = time.process_time()
+                    featurize(p)
+                    seconds[name] += time.process_time() - t0
+        n = len(paths) * rounds
+        per_core = {name: round(n / s, 1) for name, s in seconds.items()}
+        return {"figures": len(paths), "rounds": rounds, "median_side": int(np.median(sides)),
+                "max_side": max(sides), "baseline_rev": baseline_rev,
+                "figures_per_second_per_core": per_core,
+                "speedup": round(per_core["now"] / per_core["baseline"], 2)}
 
 
 def synthetic_records(root: Path, n: int, image: Path, seed: int = 0) -> None:
@@ -108,10 +167,24 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--skip-scoring", action="store_true")
+    p.add_argument("--eprints-dir", type=Path, default=EPRINTS,
+                   help="real e-prints (<arxiv id>.tar.gz, with SOURCES.tsv) for the full-size figures; "
+                        "the section is skipped when the folder is absent")
+    p.add_argument("--baseline-rev", default=BASELINE_REV,
+                   help=f"git revision whose feature code the full-size figures are also timed with (default {BASELINE_REV})")
+    p.add_argument("--rounds", type=int, default=2, help="passes over the full-size figures (default 2)")
+    p.add_argument("--skip-full-size", action="store_true")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     out = {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     if not args.skip_scoring:
         out["scoring"] = bench_scoring(args.figures, args.arch, args.batch_size, args.workers)
+    if not args.skip_full_size:
+        if args.eprints_dir.is_dir():
+            out["full_size_features"] = bench_full_size(args.eprints_dir, args.baseline_rev, args.rounds)
+        else:
+            out["full_size_features"] = f"skipped: {args.eprints_dir} is absent"
     out["filter_publish"] = bench_filter_publish(args.records)
     print(json.dumps(out, indent=2))
 

@@ -141,7 +141,8 @@ def _whole_figure_features(rgb: np.ndarray, w0: int, h0: int) -> np.ndarray:
     rg, yb = r - g, 0.5 * (r + g) - b
     colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
     saturation = (mx - mn) / np.maximum(mx, 1)  # 0 where mx is 0, as then mn is 0 too
-    hist = np.bincount((gray // 4).astype(np.int32).ravel(), minlength=64).astype(np.float64)
+    # the 64-bin histogram: gray // 4, as a product by 1/4 (exact) and a truncation, far faster
+    hist = np.bincount((gray * 0.25).astype(np.int32).ravel(), minlength=64).astype(np.float64)
     p = hist[hist > 0] / hist.sum()
     entropy = float(-(p * np.log2(p)).sum())
     distinct = np.count_nonzero(np.bincount(colour_codes(rgb).ravel(), minlength=4096)) / 4096.0

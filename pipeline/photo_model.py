@@ -89,7 +89,8 @@ def panel_stats(rgb: np.ndarray) -> np.ndarray:
     ink_grades = np.bincount(grade[ink], minlength=4) / n_ink
     counts = np.bincount(colour_codes(rgb).ravel(), minlength=4096)
     top = np.sort(counts[counts > 0])[::-1]  # the colours' counts, largest first
-    hist = np.bincount((gray // 4).astype(np.int32).ravel(), minlength=64).astype(np.float64)
+    # the 64-bin histogram: gray // 4, as a product by 1/4 (exact) and a truncation, far faster
+    hist = np.bincount((gray * 0.25).astype(np.int32).ravel(), minlength=64).astype(np.float64)
     p = hist[hist > 0] / hist.sum()
     saturation = (mx - mn) / np.maximum(mx, 1)  # 0 where mx is 0
     total = float(h * w)
