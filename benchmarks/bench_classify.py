@@ -6,11 +6,12 @@
 1. Scoring throughput (figures/s) with layout features only and with a backbone, on the CPU
    and on a GPU when one is present. The backbone is randomly initialised and saved as a
    standard state_dict: the arithmetic is that of the real weights, nothing is downloaded.
-2. The image features of full-size real figures (goal: 50 figures/s per core or more): the
-   e-prints of --eprints-dir are crawled through the local replay and extracted as
-   `benchmarks/bench_real.py` does (figures up to 1024 pixels), and each figure is decoded and
-   featurized by this checkout and by the code of --baseline-rev, alternately in the same run,
-   in CPU seconds of one thread: figures/s per core of both, and their ratio.
+2. The image features (goal: 50 figures/s per core or more), on the small synthetic figures of
+   the tests and on full-size real figures: the e-prints of --eprints-dir are crawled through
+   the local replay and extracted as `benchmarks/bench_real.py` does (figures up to 1024
+   pixels). Each figure is decoded and featurized by this checkout and by the code of
+   --baseline-rev, alternately in the same run, in CPU seconds of one thread: figures/s per
+   core of both, and their ratio.
 3. `pipeline.filter` + `pipeline.publish` on N synthetic scored figure records (goal: 100,000
    in under a minute on a 2-core CPU).
 """
@@ -79,36 +80,49 @@ def baseline_features(rev: str, into: Path):
     return importlib.import_module("baseline_features.features").layout_features_of_file
 
 
-def bench_full_size(eprints_dir: Path, baseline_rev: str, rounds: int) -> dict:
-    """Figures/s per core of the image features on the real figures extracted from `eprints_dir`,
-    this checkout against `baseline_rev`, timed alternately figure by figure."""
+def time_features(paths: list[Path], baseline, rounds: int) -> dict:
+    """Figures/s per core (CPU seconds of one thread) of decoding and featurizing `paths` with
+    this checkout and with `baseline`, timed alternately figure by figure, so that the load of a
+    shared machine falls on both alike."""
     from PIL import Image
 
-    from bench_real import crawl_real
-    from pipeline import extract
     from pipeline.features import layout_features_of_file
 
+    seconds = {"baseline": 0.0, "now": 0.0}
+    for _ in range(rounds):
+        for p in paths:
+            for name, featurize in (("baseline", baseline), ("now", layout_features_of_file)):
+                t0 = time.process_time()
+                featurize(p)
+                seconds[name] += time.process_time() - t0
+    per_core = {name: round(len(paths) * rounds / s, 1) for name, s in seconds.items()}
+    sides = [max(Image.open(p).size) for p in paths]
+    return {"figures": len(paths), "rounds": rounds, "median_side": int(np.median(sides)), "max_side": max(sides),
+            "figures_per_second_per_core": per_core, "speedup": round(per_core["now"] / per_core["baseline"], 2)}
+
+
+def bench_features(eprints_dir: Path, baseline_rev: str, rounds: int, n_synthetic: int) -> dict:
+    """time_features on the synthetic corpus of the tests and on the real figures extracted from
+    `eprints_dir` (when present), this checkout against `baseline_rev`."""
+    from bench_real import crawl_real
+    from pipeline import extract
+
     with tempfile.TemporaryDirectory() as tmp:
+        baseline = baseline_features(baseline_rev, Path(tmp) / "baseline")
+        out = {"baseline_rev": baseline_rev}
+        synthetic = Path(tmp) / "synthetic"
+        make_corpus(synthetic, n_papers=max(n_synthetic // 8, 1), figures_per_paper=8, shards=("2021-01",))
+        out["synthetic"] = time_features(sorted((synthetic / "images").rglob("*.png")), baseline, rounds)
+        if not eprints_dir.is_dir():
+            out["full_size"] = f"skipped: {eprints_dir} is absent"
+            return out
         root = Path(tmp) / "data"
         extract.extract_shards(crawl_real(eprints_dir, root), root, progress=False)
         paths = sorted((root / "images").rglob("*.png")) + sorted((root / "images").rglob("*.jpg"))
         if not paths:
             raise SystemExit(f"error: no figures came out of the e-prints in {eprints_dir}")
-        old = baseline_features(baseline_rev, Path(tmp) / "baseline")
-        sides = [max(Image.open(p).size) for p in paths]
-        seconds = {"baseline": 0.0, "now": 0.0}
-        for _ in range(rounds):
-            for p in paths:  # alternately, so that the load of a shared machine falls on both alike
-                for name, featurize in (("baseline", old), ("now", layout_features_of_file)):
-                    t0 = time.process_time()
-                    featurize(p)
-                    seconds[name] += time.process_time() - t0
-        n = len(paths) * rounds
-        per_core = {name: round(n / s, 1) for name, s in seconds.items()}
-        return {"figures": len(paths), "rounds": rounds, "median_side": int(np.median(sides)),
-                "max_side": max(sides), "baseline_rev": baseline_rev,
-                "figures_per_second_per_core": per_core,
-                "speedup": round(per_core["now"] / per_core["baseline"], 2)}
+        out["full_size"] = time_features(paths, baseline, rounds)
+        return out
 
 
 def synthetic_records(root: Path, n: int, image: Path, seed: int = 0) -> None:
@@ -169,22 +183,19 @@ def main() -> None:
     p.add_argument("--skip-scoring", action="store_true")
     p.add_argument("--eprints-dir", type=Path, default=EPRINTS,
                    help="real e-prints (<arxiv id>.tar.gz, with SOURCES.tsv) for the full-size figures; "
-                        "the section is skipped when the folder is absent")
+                        "that part is skipped when the folder is absent")
     p.add_argument("--baseline-rev", default=BASELINE_REV,
                    help=f"git revision whose feature code the full-size figures are also timed with (default {BASELINE_REV})")
-    p.add_argument("--rounds", type=int, default=2, help="passes over the full-size figures (default 2)")
-    p.add_argument("--skip-full-size", action="store_true")
+    p.add_argument("--rounds", type=int, default=2, help="passes over the figures when timing features (default 2)")
+    p.add_argument("--skip-features", action="store_true", help="skip timing the features against --baseline-rev")
     args = p.parse_args()
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
     out = {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     if not args.skip_scoring:
         out["scoring"] = bench_scoring(args.figures, args.arch, args.batch_size, args.workers)
-    if not args.skip_full_size:
-        if args.eprints_dir.is_dir():
-            out["full_size_features"] = bench_full_size(args.eprints_dir, args.baseline_rev, args.rounds)
-        else:
-            out["full_size_features"] = f"skipped: {args.eprints_dir} is absent"
+    if not args.skip_features:
+        out["features"] = bench_features(args.eprints_dir, args.baseline_rev, args.rounds, args.figures)
     out["filter_publish"] = bench_filter_publish(args.records)
     print(json.dumps(out, indent=2))
 
