@@ -63,7 +63,7 @@ FEATURE_NAMES = LAYOUT_FEATURE_NAMES + PANEL_FEATURE_NAMES
 
 _SATURATION = STAT_NAMES.index("saturation")
 MAX_PANELS = 32  # the photo model looks at this many panels at most, the largest
-_SIDE = 256  # the longer side of the working copy
+_SIDE = 256  # the longer side of the small copy: whole-figure features and panel cuts
 _WHITE = 235  # a pixel at least this bright on every channel counts as white
 _GUTTER = 0.985  # a row/column this white is a gutter
 
