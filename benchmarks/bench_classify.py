@@ -73,8 +73,11 @@ def baseline_features(rev: str, into: Path):
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     for name in ["features.py", "photo_model.py", "photo_model.json"]:
-        text = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pipeline/{name}"], check=True,
-                              capture_output=True, text=True).stdout
+        shown = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:pipeline/{name}"], capture_output=True,
+                               text=True)
+        if shown.returncode:
+            raise SystemExit(f"error: no pipeline/{name} at --baseline-rev {rev}: {shown.stderr.strip()}")
+        text = shown.stdout
         (pkg / name).write_text(text.replace("pipeline.photo_model", "baseline_features.photo_model"))
     sys.path.insert(0, str(into))
     return importlib.import_module("baseline_features.features").layout_features_of_file
@@ -185,7 +188,7 @@ def main() -> None:
                    help="real e-prints (<arxiv id>.tar.gz, with SOURCES.tsv) for the full-size figures; "
                         "that part is skipped when the folder is absent")
     p.add_argument("--baseline-rev", default=BASELINE_REV,
-                   help=f"git revision whose feature code the full-size figures are also timed with (default {BASELINE_REV})")
+                   help=f"git revision whose feature code the figures are also timed with (default {BASELINE_REV})")
     p.add_argument("--rounds", type=int, default=2, help="passes over the figures when timing features (default 2)")
     p.add_argument("--skip-features", action="store_true", help="skip timing the features against --baseline-rev")
     args = p.parse_args()
