@@ -55,14 +55,19 @@ STAT_NAMES = [
 
 def working_copy(image: Image.Image) -> np.ndarray:
     """The figure as an RGB uint8 array at most WORK_SIDE on its longer side (transparency on white)."""
+    scale = WORK_SIDE / max(*image.size, 1)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if scale < 1 and image.format == "JPEG":  # (no effect once decoded)
+        image.draft("RGB", size)  # decoded at a reduced scale: the DCT does the first halvings for free
     if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image)
-    image = image.convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     if max(image.size) > WORK_SIDE:
-        scale = WORK_SIDE / max(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BILINEAR, reducing_gap=2.0)
+        # reducing_gap=1: a box reduction by the whole factor first, then bilinear for the rest; a
+        # third of the cost of a bilinear resize from the full size
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
     return np.asarray(image)
 
 
@@ -73,42 +78,46 @@ def panel_stats(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
     if h < 3 or w < 3:
         return np.zeros(len(STAT_NAMES), np.float32)
-    f = rgb.astype(np.float32)
-    gray = f.mean(axis=2)
-    grad = np.zeros_like(gray)
-    grad[1:-1, 1:-1] = np.hypot(gray[1:-1, 2:] - gray[1:-1, :-2], gray[2:, 1:-1] - gray[:-2, 1:-1]) / 2.0
-    inner = grad[1:-1, 1:-1]
-    n = inner.size
-    flat = inner == 0
-    smooth = (inner > 0) & (inner <= 6)
-    textured = (inner > 6) & (inner <= 40)
-    sharp = inner > 40
-    white = (rgb >= WHITE).all(axis=2)
+    r, g, b, gray, mx, mn = channels(rgb)
+    grad = np.hypot(gray[1:-1, 2:] - gray[1:-1, :-2], gray[2:, 1:-1] - gray[:-2, 1:-1]) / 2.0
+    # the gradient's class of every inner pixel: 0 flat, 1 smooth, 2 textured, 3 sharp
+    grade = np.digitize(grad, (0, 6, 40), right=True)
+    white = (rgb[..., 0] >= WHITE) & (rgb[..., 1] >= WHITE) & (rgb[..., 2] >= WHITE)
     ink = ~white[1:-1, 1:-1]
-    n_ink = max(int(ink.sum()), 1)
-    q = rgb >> 4
-    codes = (q[..., 0].astype(np.int32) << 8) | (q[..., 1].astype(np.int32) << 4) | q[..., 2]
-    counts = np.bincount(codes.ravel(), minlength=4096)
+    n, n_ink = grade.size, max(int(ink.sum()), 1)
+    grades = np.bincount(grade.ravel(), minlength=4) / n
+    ink_grades = np.bincount(grade[ink], minlength=4) / n_ink
+    counts = np.bincount(colour_codes(rgb).ravel(), minlength=4096)
     top = np.sort(counts[counts > 0])[::-1]  # the colours' counts, largest first
-    hist = np.bincount((gray // 4).astype(np.int64).ravel(), minlength=64).astype(np.float64)
+    # the 64-bin histogram: gray // 4, as a product by 1/4 (exact) and a truncation, far faster
+    hist = np.bincount((gray * 0.25).astype(np.int32).ravel(), minlength=64).astype(np.float64)
     p = hist[hist > 0] / hist.sum()
-    mx, mn = f.max(axis=2), f.min(axis=2)
-    saturation = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0)
+    saturation = (mx - mn) / np.maximum(mx, 1)  # 0 where mx is 0
     total = float(h * w)
     return np.array([
         white.mean(),
-        flat.sum() / n,
-        smooth.sum() / n,
-        textured.sum() / n,
-        sharp.sum() / n,
-        np.log1p((counts > 0).sum()) / np.log1p(4096),
+        *grades,  # flat, smooth, textured, sharp
+        np.log1p(len(top)) / np.log1p(4096),
         top[0] / total,
         top[:8].sum() / total,
         float(-(p * np.log2(p)).sum()) / 6.0,
         float(saturation.mean()),
-        ((smooth | textured) & ink).sum() / n_ink,
-        (sharp & ink).sum() / n_ink,
+        ink_grades[1] + ink_grades[2],
+        ink_grades[3],
     ], dtype=np.float32)
+
+
+def channels(rgb: np.ndarray):
+    """An RGB uint8 array's channels as float32, their grey mean, max and min. A reduction over an
+    axis of three is slow in numpy, so these are taken channel by channel, once."""
+    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
+    return r, g, b, (r + g + b) / 3.0, np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+
+
+def colour_codes(rgb: np.ndarray) -> np.ndarray:
+    """The 4-bit-a-channel colour code (0..4095) of every pixel of an RGB uint8 array."""
+    q = rgb >> 4
+    return (q[..., 0].astype(np.int32) << 8) | (q[..., 1].astype(np.int32) << 4) | q[..., 2]
 
 
 class PhotoModel:

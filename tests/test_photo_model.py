@@ -56,3 +56,18 @@ def test_cli_refuses_bad_values_with_one_line(capsys, tmp_path):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_working_copy_of_a_large_jpeg_is_decoded_small_and_matches_the_full_decode():
+    import io
+
+    photo = Image.fromarray(skdata.astronaut()).resize((1536, 1536))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90)
+    work = working_copy(Image.open(io.BytesIO(buf.getvalue())))  # decoded at a reduced scale
+    full = Image.open(io.BytesIO(buf.getvalue()))
+    full.load()  # decoded at full size: the draft no longer applies
+    reference = working_copy(full)
+    assert work.shape == reference.shape == (512, 512, 3) and work.dtype == np.uint8
+    assert np.abs(work.astype(int) - reference).mean() < 3  # the same picture, filtered a little differently
+    assert np.allclose(panel_stats(work), panel_stats(reference), atol=0.05)
