@@ -87,7 +87,7 @@ DETAIL_RATIO = 2.5       # ... and their detail (high-pass std) within this one
 DETAIL_GAIN = 1.5        # ... and the panel's detail at most this much above the region's
 FLAT_STD = 2.0           # a region with less grey spread (of 255) than this is flat: never a match
 EXACT_MIN = 0.995        # an unflipped whole-image match this close is `exact`
-METHOD = "phash-mih-ncc-3"  # changes when the method does: cached hashes and results are redone
+METHOD = "phash-mih-ncc-4"  # changes when the method does: cached hashes and results are redone
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -440,9 +440,12 @@ def figure_queries(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, i
             rgb = as_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, EOFError) as e:
         return [], np.zeros((0, QUERIES_PER_REGION), np.uint64), f"unreadable image: {type(e).__name__}: {e}"
-    boxes = [b for b in find_panels(rgb) if b[2] - b[0] >= MIN_PANEL and b[3] - b[1] >= MIN_PANEL]
+    # the panels as the classifier sees them, and those found when sharp seams also cut (photos edge to
+    # edge): a photo that the second cuts in two along a horizon is still compared whole from the first
+    boxes = list(dict.fromkeys(b for b in find_panels(rgb) + find_panels(rgb, peak_seams=True)
+                               if b[2] - b[0] >= MIN_PANEL and b[3] - b[1] >= MIN_PANEL))
     whole = (0, 0, rgb.shape[1], rgb.shape[0])
-    if len(boxes) != 1 and min(whole[2:]) >= MIN_PANEL:
+    if len(boxes) != 1 and whole not in boxes and min(whole[2:]) >= MIN_PANEL:
         boxes.append(whole)
     # hashed from a copy of at most HASH_SIDE pixels: a hash sees 32x32 of a region anyway, and
     # squeezing a large region straight to 32x32 costs more than shrinking the figure once
