@@ -15,7 +15,8 @@ How a match is found (details in docs/contamination.md):
    and square-grid crops of 95% down to 70% of its sides at offsets 5% apart, each also mirrored, so a
    figure panel that shows a resized, cropped, JPEG'd or flipped copy hashes close to one of them. The
    hash is a 64-bit DCT hash (pHash) of the region squeezed to 32x32.
-2. Lookup. Each panel (`pipeline.panels.find_panels`) is hashed whole and as five 94% crops; the
+2. Lookup. Each panel (`pipeline.panels.find_panels`, cut as the classifier cuts it and again at sharp
+   seams, with unions of neighbouring cells of the second cut) is hashed whole and as five 94% crops; the
    hashes within RADIUS bits of an index hash are found by multi-index hashing (the bit blocks of
    `pipeline.near_duplicates`): sub-linear, a few hundred table probes a hash.
 3. Verification. A hash match is a candidate, never a verdict (flat or dark images hash alike). The
