@@ -15,7 +15,8 @@ How a match is found (details in docs/contamination.md):
    and square-grid crops of 95% down to 70% of its sides at offsets 5% apart, each also mirrored, so a
    figure panel that shows a resized, cropped, JPEG'd or flipped copy hashes close to one of them. The
    hash is a 64-bit DCT hash (pHash) of the region squeezed to 32x32.
-2. Lookup. Each panel (`pipeline.panels.find_panels`) is hashed whole and as five 94% crops; the
+2. Lookup. Each panel (`pipeline.panels.find_panels`, cut as the classifier cuts it and again at sharp
+   seams, with unions of neighbouring cells of the second cut) is hashed whole and as five 94% crops; the
    hashes within RADIUS bits of an index hash are found by multi-index hashing (the bit blocks of
    `pipeline.near_duplicates`): sub-linear, a few hundred table probes a hash.
 3. Verification. A hash match is a candidate, never a verdict (flat or dark images hash alike). The
@@ -74,6 +75,8 @@ PROBE_BITS = 1           # ... probed up to this many bits off for a panel's cor
 EXACT_QUERIES = 2        # hashes: the whole panel and its centre
 BUCKET_CAP = 64          # most index hashes compared per probed bucket (bounds the work on crowded buckets)
 CANDIDATES = 4           # evaluation images verified per panel (the nearest by hash)
+MERGE_RUN = 4            # unions of up to this many neighbouring panels cut at sharp seams are compared ...
+MERGE_GAP = 4            # ... when at most this many pixels apart
 MIN_PANEL = 24           # panels smaller than this (pixels, either side) are not compared
 TEMPLATE = 64            # verification thumbnail's longer side
 MIN_TEMPLATE_SIDE = 20  # ... and its shorter side at least this (regions longer than 3:1 are not verified)
@@ -87,7 +90,7 @@ DETAIL_RATIO = 2.5       # ... and their detail (high-pass std) within this one
 DETAIL_GAIN = 1.5        # ... and the panel's detail at most this much above the region's
 FLAT_STD = 2.0           # a region with less grey spread (of 255) than this is flat: never a match
 EXACT_MIN = 0.995        # an unflipped whole-image match this close is `exact`
-METHOD = "phash-mih-ncc-3"  # changes when the method does: cached hashes and results are redone
+METHOD = "phash-mih-ncc-5"  # changes when the method does: cached hashes and results are redone
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -440,9 +443,13 @@ def figure_queries(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, i
             rgb = as_rgb(img)
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError, EOFError) as e:
         return [], np.zeros((0, QUERIES_PER_REGION), np.uint64), f"unreadable image: {type(e).__name__}: {e}"
-    boxes = [b for b in find_panels(rgb) if b[2] - b[0] >= MIN_PANEL and b[3] - b[1] >= MIN_PANEL]
+    # the panels as the classifier sees them, and those found when sharp seams also cut (photos edge to
+    # edge): a photo that the second cuts in two along a horizon is still compared whole from the first
+    cut_at_peaks = find_panels(rgb, peak_seams=True)
+    boxes = list(dict.fromkeys(b for b in find_panels(rgb) + cut_at_peaks + merged_runs(cut_at_peaks)
+                               if b[2] - b[0] >= MIN_PANEL and b[3] - b[1] >= MIN_PANEL))
     whole = (0, 0, rgb.shape[1], rgb.shape[0])
-    if len(boxes) != 1 and min(whole[2:]) >= MIN_PANEL:
+    if len(boxes) != 1 and whole not in boxes and min(whole[2:]) >= MIN_PANEL:
         boxes.append(whole)
     # hashed from a copy of at most HASH_SIDE pixels: a hash sees 32x32 of a region anyway, and
     # squeezing a large region straight to 32x32 costs more than shrinking the figure once
@@ -455,6 +462,29 @@ def figure_queries(path: str | os.PathLike) -> tuple[list[tuple[int, int, int, i
         x0, y0 = int(x0 * scale), int(y0 * scale)
         regions += query_regions(g[y0:max(y0 + 1, int(np.ceil(y1 * scale))), x0:max(x0 + 1, int(np.ceil(x1 * scale)))])
     return boxes, dct_hashes(regions).reshape(len(boxes), QUERIES_PER_REGION), "ok"
+
+
+def merged_runs(boxes: list[tuple[int, int, int, int]], most: int = MERGE_RUN,
+                gap: int = MERGE_GAP) -> list[tuple[int, int, int, int]]:
+    """Unions of 2 to `most` neighbouring boxes of one row (same top and bottom, side by side) or one
+    column (same left and right, one above the other): a photo whose own straight edges (a tower, a
+    window frame) made the seam cut split it is whole again in one of them."""
+    out = []
+    for axis in (0, 1):  # 0: boxes side by side in a row; 1: boxes stacked in a column
+        lo, hi = (1, 3) if axis == 0 else (0, 2)  # the span they share
+        start, end = (0, 2) if axis == 0 else (1, 3)  # where they follow each other
+        lines: dict[tuple[int, int], list] = {}
+        for b in boxes:
+            lines.setdefault((b[lo], b[hi]), []).append(b)
+        for line in lines.values():
+            line.sort(key=lambda b: b[start])
+            for i in range(len(line)):
+                for j in range(i + 1, min(len(line), i + most)):
+                    if line[j][start] - line[j - 1][end] > gap:
+                        break
+                    first, last = line[i], line[j]
+                    out.append((first[0], first[1], last[2], last[3]))
+    return out
 
 
 def figure_shards(root: Path) -> list[str]:

@@ -31,6 +31,11 @@ RULE_GRAY = 160      # ... and darker than this (a pale flat line is more often 
 RULE_CONTRAST = 40   # ... and this much darker or lighter than a line beside it
 SEAM_STEP = 24       # a grey step at least this large between two lines ...
 SEAM_SHARE = 0.85    # ... along this share of the line makes a seam
+PEAK_RATIO = 2.5     # find_panels(peak_seams=True): a line whose mean step stands this many times above ...
+PEAK_WINDOW = 10     # ... the median step of the lines this far on either side (the line's own neighbours
+                     # left out: a resized seam smears over two) ...
+PEAK_MIN_STEP = 10   # ... and is at least this large (mean over the line, grey levels) ...
+PEAK_SHARE = 0.6     # ... with a step over twice the median nearby along this share of the line
 MIN_PANEL = 0.04     # a panel's sides are at least this share of the figure's longer side
 MIN_PANEL_PX = 12    # ... and at least this many pixels of the working copy
 MAX_PANELS = 256
@@ -55,9 +60,14 @@ def as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def find_panels(image: Image.Image | np.ndarray, *, seams: bool = True,
+def find_panels(image: Image.Image | np.ndarray, *, seams: bool = True, peak_seams: bool = False,
                 min_panel: float = MIN_PANEL, max_panels: int = MAX_PANELS) -> list[Box]:
-    """The panel boxes of one figure, in its own pixel coordinates, in reading order."""
+    """The panel boxes of one figure, in its own pixel coordinates, in reading order.
+
+    `peak_seams` also cuts where the grey step between two lines peaks sharply above the steps of the
+    lines around it along most of the line: photos placed edge to edge whose colours are too close
+    for the fixed SEAM_STEP. It finds more seams and, now and then, cuts a photo along a straight
+    horizon: for a search that also compares the uncut figure, not for counting panels."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(as_rgb(image))
     w0, h0 = image.size
@@ -69,7 +79,7 @@ def find_panels(image: Image.Image | np.ndarray, *, seams: bool = True,
                              Image.Resampling.BOX, reducing_gap=2.0)
     rgb = as_rgb(image)
     h, w = rgb.shape[:2]
-    cut = _Cutter(rgb, seams, max(MIN_PANEL_PX, round(min_panel * max(h, w))), max_panels)
+    cut = _Cutter(rgb, seams, peak_seams, max(MIN_PANEL_PX, round(min_panel * max(h, w))), max_panels)
     boxes = cut.split((0, 0, w, h), depth=0)
     sx, sy = w0 / w, h0 / h
     return [(int(x0 * sx), int(y0 * sy), min(w0, int(np.ceil(x1 * sx))), min(h0, int(np.ceil(y1 * sy))))
@@ -77,11 +87,12 @@ def find_panels(image: Image.Image | np.ndarray, *, seams: bool = True,
 
 
 class _Cutter:
-    def __init__(self, rgb: np.ndarray, seams: bool, min_len: int, max_panels: int):
+    def __init__(self, rgb: np.ndarray, seams: bool, peak_seams: bool, min_len: int, max_panels: int):
         self.rgb = rgb  # uint8: min/max along lines are twice as fast as on a wider type
         self.white = (rgb >= WHITE).all(axis=2)
         self.gray = rgb.astype(np.float32).mean(axis=2)
         self.seams = seams
+        self.peak_seams = peak_seams
         self.min_len = min_len
         self.max_panels = max_panels
         self.found = 0
@@ -124,6 +135,8 @@ class _Cutter:
             seam = (step >= SEAM_STEP).mean(axis=line_axis) >= SEAM_SHARE
             # a seam is no line of its own: mark the first line of the next panel as a one-line
             # cut, which costs that panel one line
+            if self.peak_seams:
+                seam |= _peak_seams(step, line_axis)
             sep[1:] |= seam
         return sep
 
@@ -154,6 +167,23 @@ class _Cutter:
 
 def _span(box: Box, axis: int) -> tuple[int, int]:
     return (box[1], box[3]) if axis == 0 else (box[0], box[2])
+
+
+def _peak_seams(step: np.ndarray, line_axis: int) -> np.ndarray:
+    """For each pair of neighbouring lines: is the grey step between them a sharp peak, far above
+    the steps nearby (a photo's own rows change gradually; two photos meet at one line), and spread
+    along most of the line (an object's edge covers part of it)?"""
+    mean = step.mean(axis=line_axis)
+    n = len(mean)
+    out = np.zeros(n, bool)
+    for i in np.flatnonzero(mean >= PEAK_MIN_STEP):
+        around = np.r_[mean[max(0, i - PEAK_WINDOW):max(0, i - 1)], mean[i + 2:i + 2 + PEAK_WINDOW]]
+        nearby = float(np.median(around)) if len(around) >= PEAK_WINDOW else np.inf
+        if mean[i] < PEAK_RATIO * nearby:
+            continue
+        line = step[i] if line_axis == 1 else step[:, i]
+        out[i] = (line >= max(4.0, 2 * nearby)).mean() >= PEAK_SHARE
+    return out
 
 
 def _rules(flat: np.ndarray, level: np.ndarray, max_len: int) -> np.ndarray:

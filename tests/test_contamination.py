@@ -56,7 +56,8 @@ def grid(panels: list[np.ndarray], columns: int = 3, cell: int = 200, gutter: in
 def case(tmp_path_factory, request):
     """An evaluation folder (photos among distractors) and a crawled-and-extracted shard of 12 papers:
     6 with a figure holding one transformed evaluation photo (one transform each) beside clean panels,
-    6 with clean figures (other photos, VOC colour masks of the evaluation photos, plots)."""
+    6 with clean figures (other photos, VOC colour masks of the evaluation photos, plots). Half of each
+    are grids of photos edge to edge, with no gutter."""
     testdata = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
     testdata = testdata if testdata.is_dir() else None
     base = tmp_path_factory.mktemp("contamination")
@@ -78,13 +79,13 @@ def case(tmp_path_factory, request):
     for i, (kind, target) in enumerate(zip(KINDS, picks)):
         panels = [transform(clean[(i + j) % len(clean)], (), rng) for j in range(3)]
         panels.insert(i % 4, transform(photos[target], (kind,), rng))
-        eprints[f"2101.{i:05d}"] = tar_gz({"figs/results.png": png_bytes(grid(panels))})
+        eprints[f"2101.{i:05d}"] = tar_gz({"figs/results.png": png_bytes(grid(panels, gutter=12 * (i % 2)))})
         truth[f"2101.{i:05d}"] = (target, kind)
     for i in range(6):
         panels = [transform(clean[(i + j) % len(clean)], ("crop",) if j % 2 else (), rng) for j in range(4)]
         if masks:
             panels[1] = transform(masks[i % len(masks)], (), rng)
-        eprints[f"2101.{i + 6:05d}"] = tar_gz({"figs/results.png": png_bytes(grid(panels, columns=2))})
+        eprints[f"2101.{i + 6:05d}"] = tar_gz({"figs/results.png": png_bytes(grid(panels, columns=2, gutter=12 * (i % 2)))})
     write_papers(root, "2021-01", eprints)
     extract_shard("2021-01", root, progress=False)
     return eval_dir, root, truth
@@ -132,6 +133,32 @@ def test_rerun_skips_and_a_changed_set_is_recomputed(case, tmp_path):
     assert set(matches(root)) == {"2101.00000"}
     assert first["fingerprint"] != report["fingerprint"]
     contamination.run([eval_dir], root, workers=1, progress=False)  # leave the full result for other tests
+
+
+def test_a_photo_cut_along_its_own_edges_is_also_compared_whole(tmp_path):
+    """A rocket beside a colour mask, edge to edge: the sharp-seam cut also cuts the rocket along its
+    launch towers; the union of those pieces is compared too, and the default cut's panels are kept."""
+    import skimage.data as sk
+
+    rocket = np.asarray(Image.fromarray(sk.rocket()).resize((300, 200)))
+    mask = np.full((200, 333, 3), (60, 70, 110), np.uint8)  # the rocket's night sky: no fixed-step seam
+    mask[40:190, 60:280] = (0, 128, 128)
+    figure = np.concatenate([mask, rocket], axis=1)
+    Image.fromarray(figure).save(tmp_path / "fig.png")
+    assert len(contamination.find_panels(figure)) == 1
+    assert not any(abs(b[0] - 333) <= 3 and b[2] >= 630 for b in contamination.find_panels(figure, peak_seams=True))
+    boxes, hashes, status = contamination.figure_queries(tmp_path / "fig.png")
+    assert status == "ok" and hashes.shape == (len(boxes), contamination.QUERIES_PER_REGION)
+    assert len(set(boxes)) == len(boxes)
+    assert any(abs(b[0] - 333) <= 3 and b[1] <= 3 and b[2] >= 630 and b[3] >= 197 for b in boxes), boxes
+    assert (0, 0, 633, 200) in boxes  # the whole figure
+
+
+def test_merged_runs_join_neighbours_of_one_row_or_column():
+    row = [(0, 0, 100, 50), (102, 0, 150, 50), (150, 0, 300, 50), (0, 52, 120, 90)]
+    assert sorted(contamination.merged_runs(row)) == [(0, 0, 150, 50), (0, 0, 300, 50), (102, 0, 300, 50)]
+    assert contamination.merged_runs([(0, 0, 10, 50), (0, 52, 10, 90), (30, 0, 40, 50)]) == [(0, 0, 10, 90)]
+    assert contamination.merged_runs([(0, 0, 10, 50), (20, 0, 30, 50)]) == []  # too far apart
 
 
 def test_lookup_equals_exhaustive_search():

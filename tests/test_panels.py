@@ -102,3 +102,14 @@ def test_crop_panels_gives_the_cells():
     crops = crop_panels(Image.fromarray(canvas), find_panels(canvas))
     assert len(crops) == 2  # a photo's own white edge line may be trimmed: a pixel or two
     assert all(abs(c.size[0] - 100) <= 2 and abs(c.size[1] - 80) <= 2 for c in crops)
+
+
+def test_peak_seams_cut_photos_edge_to_edge_that_the_fixed_step_misses():
+    ph = photos()
+    for a, b in ((0, 1), (0, 5), (4, 2), (5, 0)):  # neighbours too alike in grey for SEAM_STEP
+        canvas, truth = grid([(0, 0, resized(ph[a], 200, 160)), (200, 0, resized(ph[b], 180, 160)),
+                              (0, 160, resized(ph[b], 200, 150)), (200, 160, resized(ph[a], 180, 150))], (380, 310))
+        assert len(find_panels(canvas)) < 4  # the default, which the classifier's features count, is unchanged
+        assert_matches(find_panels(canvas, peak_seams=True), truth)
+    for photo in (skdata.astronaut(), skdata.chelsea(), skdata.coffee()):  # a photo's own edges are no seam
+        assert len(find_panels(photo, peak_seams=True)) == 1
