@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from model import cli
+
 WEIGHTS = Path(__file__).with_name("photo_model.json")
 WORK_SIDE = 512  # the working copy's longer side (that of `pipeline.panels`)
 MAX_STAT_SIDE = 96  # panels are subsampled to at most this side for their statistics (speed)
@@ -299,14 +301,15 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="draw a training set, fit, and write the weights JSON")
     t.add_argument("--panels", type=int, default=1200, help="training panels to draw (default 1200)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the drawing (default 0)")
-    t.add_argument("--voc", type=Path, help="a folder of PASCAL VOC JPEGs to add to the photos (optional)")
-    t.add_argument("--out", type=Path, default=WEIGHTS, help=f"weights file to write (default {WEIGHTS.name})")
+    t.add_argument("--seed", type=cli.non_negative_int, default=0, help="seed of the drawing (default 0)")
+    t.add_argument("--voc", type=cli.existing_dir, help="a folder of PASCAL VOC JPEGs to add to the photos (optional)")
+    t.add_argument("--out", type=cli.writable_file, default=WEIGHTS,
+                   help=f"weights file to write (default {WEIGHTS.name})")
     args = p.parse_args(argv)
     if args.panels < 20:
         p.error(f"--panels must be at least 20 (half photos, half graphics), got {args.panels}")
-    if args.voc is not None and not args.voc.is_dir():
-        p.error(f"--voc {args.voc} is not a folder")
+    args.voc = Path(args.voc) if args.voc else None
+    args.out = Path(args.out)
     card = train(args.panels, args.seed, args.voc, args.out)
     print(f"photo model -> {args.out}: held-out accuracy {card['heldout_accuracy']:.3f}, "
           f"ROC-AUC {card['heldout_roc_auc']:.3f} on {card['heldout_panels']} panels")

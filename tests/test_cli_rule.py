@@ -42,6 +42,10 @@ CASES = [
     ("pipeline.contamination", ["--against", "{missing}", "--root", "{root}"], 2, "not"),
     ("pipeline.contamination", ["--against", "{images}", "--workers", "-1"], 2),
     ("pipeline.contamination", ["--against", "{images}", "--root", NOWHERE], 2),
+    # pipeline.photo_model
+    ("pipeline.photo_model", ["train", "--panels", "5"], 2, "--panels"),
+    ("pipeline.photo_model", ["train", "--voc", "{missing}"], 2),
+    ("pipeline.photo_model", ["train", "--out", NOWHERE + "/w.json"], 2),
     # pipeline.extract
     ("pipeline.extract", ["--root", "{root}", "--timeout", "-1", "--force"], 2, "--timeout"),
     ("pipeline.extract", ["--root", "{root}", "--timeout", "0"], 2),
@@ -227,7 +231,8 @@ def make_fixtures(base: Path) -> dict[str, str]:
     folder.mkdir(parents=True)
     head = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
     classify.save_classifier(folder, {"head": head, "calibrator": head,
-                                      "card": {"version": "clf-1", "backbone": None}})
+                                      "card": {"version": "clf-1", "backbone": None,
+                                               "layout_features": classify.FEATURE_NAMES}})
     (paths["scoring_root"] / "classifier" / "LATEST").write_text("clf-1\n")
     return {name: str(p) for name, p in paths.items()}
 

@@ -35,7 +35,8 @@ def fit_classifier(root, version: str) -> None:
     y = np.arange(len(x)) % 2
     head = classify.make_head("logreg").fit(x, y)
     calibrator = classify.fit_calibrator(head.decision_function(x), y)
-    card = {"version": version, "backbone": None, "caption_features": {"used": False}, "threshold": 0.5}
+    card = {"version": version, "backbone": None, "caption_features": {"used": False}, "threshold": 0.5,
+            "layout_features": classify.FEATURE_NAMES}
     classify.save_classifier(classify.classifier_dir(root, version), {"head": head, "calibrator": calibrator,
                                                                       "card": card})
     store.atomic_write_text(root / "classifier" / "LATEST", version + "\n")
