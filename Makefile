@@ -29,7 +29,7 @@ labelstudio:
 	bash scripts/setup_labelstudio.sh
 
 test: setup labelstudio
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 demo: setup labelstudio
 	bash scripts/demo.sh
