@@ -319,10 +319,10 @@ def build_from_config(config, img_size: int | None = None) -> VqganTransformer:
                             unconditional, img_size or params.get("img_size"))
 
 
-def load_checkpoint(config, ckpt, img_size: int | None = None) -> VqganTransformer:
+def load_checkpoint(config_yaml, ckpt, img_size: int | None = None) -> VqganTransformer:
     """taming's `model.yaml` (Net2NetTransformer: transformer_config, first_stage_config) and
     `last.ckpt` (state_dict with transformer.* and first_stage_model.*), or a cvf checkpoint
-    ({"model", "config", ...}; `config` may then be None) -> an eval-mode VqganTransformer.
+    ({"model", "config", ...}; `config_yaml` may then be None) -> an eval-mode VqganTransformer.
 
     Loading is weights-only: Lightning's classes in a .ckpt are read as inert placeholders,
     anything else that names code is refused."""
@@ -335,17 +335,17 @@ def load_checkpoint(config, ckpt, img_size: int | None = None) -> VqganTransform
     state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
     if not isinstance(state, dict) or "transformer.tok_emb.weight" not in state:
         raise ValueError(f"{ckpt} holds no taming transformer (no transformer.tok_emb.weight under state_dict)")
-    if config is None:
-        config = obj.get("config") if isinstance(obj, dict) else None
-        if config is None:
+    if config_yaml is None:
+        config_yaml = obj.get("config") if isinstance(obj, dict) else None
+        if config_yaml is None:
             raise ValueError(f"{ckpt} records no config: pass taming's model.yaml")
-    model = build_from_config(config, img_size)
+    model = build_from_config(config_yaml, img_size)
     keep = {k: v for k, v in state.items()
             if (k.startswith("transformer.") and not k.endswith(".attn.mask"))
             or (k.startswith("first_stage_model.") and not k.startswith("first_stage_model.loss."))}
     wrong = mismatches(model, keep)
     if wrong:
-        raise ValueError(f"{ckpt} does not fit {config if isinstance(config, (str, Path)) else 'the config'} "
+        raise ValueError(f"{ckpt} does not fit {config_yaml if isinstance(config_yaml, (str, Path)) else 'the config'} "
                          f"({len(wrong)} keys differ, e.g. {'; '.join(list(wrong.values())[:3])})")
     model.load_state_dict(keep, strict=True)
     return model.eval()

@@ -388,7 +388,7 @@ def scan_folder(folder: str | os.PathLike, name: str | None = None,
         what = f"none of the {len(missing)} ids of {list_file}" if list_file else f"no images ({', '.join(IMAGE_SUFFIXES)})"
         raise ContaminationError(f"--against {folder}: {what} found in the folder")
     stats = [p.stat() for p in found]
-    return EvalSet(name or folder.resolve().name, folder, rel, [s.st_size for s in stats],
+    return EvalSet(name or default_set_name(folder), folder, rel, [s.st_size for s in stats],
                    [s.st_mtime_ns for s in stats], missing, str(list_file or ""), list_sha)
 
 
@@ -691,6 +691,13 @@ def run(against: list[str | os.PathLike], root=None, names: list[str] | None = N
         store.atomic_write_json(report_path, report)  # last: the set is done
         reports[eval_set.name] = report
     return reports
+
+
+def default_set_name(folder: Path) -> str:
+    """The set's name when --name is not given: the folder's, made a safe file name
+    (`VOC 2012/JPEGImages` -> `JPEGImages`, `my evals` -> `my_evals`)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", folder.resolve().name).lstrip("._-")
+    return name or "evaluation"
 
 
 def _valid_name(name: str) -> bool:

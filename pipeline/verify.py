@@ -311,6 +311,13 @@ def main(argv=None) -> int:
                 print(f"{report['near']} images are near: {NEAR_MEANING} (a perceptual hash within "
                       f"{NEAR_DUP_BITS} bits); not a mismatch unless --strict")
         print("OK" if report["ok_overall"] else "MISMATCHES FOUND")
+    if not report["ok_overall"]:  # the one line a script reads: what failed, in numbers
+        counts = [f"{len(report['manifest_problems'])} manifest files"] if report["manifest_problems"] else []
+        if report.get("image_problems"):
+            counts.append(f"{len(report['image_problems'])} images")
+        if args.strict and report.get("near"):
+            counts.append(f"{report['near']} near images (--strict)")
+        print(f"error: {args.manifest} did not verify: {', '.join(counts) or 'see above'}", file=sys.stderr)
     return 0 if report["ok_overall"] else 1
 
 

@@ -184,6 +184,7 @@ def test_verify_refuses_a_content_url_outside_the_manifest_even_with_its_sha256(
     manifest = write_manifest(tmp_path / "m", extra=[outside])
     code, err, out = run(verify.main, [manifest], capsys)
     assert code == 1 and "manifest file ../secret.txt: outside the manifest folder" in out and "OK" not in out
+    assert err.count("\n") == 1 and err.startswith("error: ") and "1 manifest files" in err, err
     report = verify.verify(manifest)
     assert report["manifest_problems"] == [{"file": "../secret.txt",
                                             "problem": "outside the manifest folder: refused, not read"}]
@@ -232,7 +233,7 @@ def test_verify_reports_rows_of_wrong_types_and_unreadable_parquet(tmp_path, cap
     assert report["figures"] == 2 and report["ok"] == 0 and not report["ok_overall"]
     assert all("manifest row of wrong types" in p["problem"] for p in report["image_problems"])
     code, err, out = run(verify.main, [manifest, "--images", str(tmp_path)], capsys)
-    assert code == 1 and not error_lines(err)
+    assert code == 1 and error_lines(err) == [f"error: {manifest} did not verify: 2 images"]
     # a train.parquet that is not Parquet (croissant.json lists its true sha256)
     (tmp_path / "m" / "train.parquet").write_bytes(b"PAR1 nothing")
     meta = json.loads((tmp_path / "m" / "croissant.json").read_text())
