@@ -42,13 +42,21 @@ def mingpt():
     stood in (never called by what the tests use)."""
     if not TAMING.is_dir():
         pytest.skip(f"taming-transformers is not at {TAMING} (see shared/reference/README.md)")
-    if "transformers" not in sys.modules or not hasattr(sys.modules["transformers"], "top_k_top_p_filtering"):
-        stand_in = types.ModuleType("transformers")
-        stand_in.top_k_top_p_filtering = lambda *a, **k: (_ for _ in ()).throw(NotImplementedError())
-        sys.modules["transformers"] = stand_in
     if str(TAMING) not in sys.path:
         sys.path.insert(0, str(TAMING))
-    return importlib.import_module("taming.modules.transformer.mingpt")
+    # The stand-in lives only while minGPT imports: left in sys.modules, it would break a later
+    # import of the real package (datasets probes `transformers` when it is loaded).
+    saved = sys.modules.get("transformers")
+    stand_in = types.ModuleType("transformers")
+    stand_in.top_k_top_p_filtering = lambda *a, **k: (_ for _ in ()).throw(NotImplementedError())
+    sys.modules["transformers"] = stand_in
+    try:
+        return importlib.import_module("taming.modules.transformer.mingpt")
+    finally:
+        if saved is None:
+            del sys.modules["transformers"]
+        else:
+            sys.modules["transformers"] = saved
 
 
 def randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> None:
