@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.mae_vqgan import Mlp  # the same two-layer GELU MLP (timm's names: fc1, fc2)
+from model.mae_vqgan import Mlp, PatchEmbed  # the same layers and keys as timm's (fc1/fc2, proj)
 from model.vqgan import EXACT, IMAGENET_MEAN, IMAGENET_STD, VQModel, load_vqgan, vqgan_params
 
 ARCHS = {  # unilm's registered pre-training models (modeling_pretrain.py)
@@ -155,21 +155,6 @@ class Block(nn.Module):
     def forward(self, x, rel_pos_bias=None):
         x = x + self.branch(self.attn(self.norm1(x), rel_pos_bias), self.gamma_1)
         return x + self.branch(self.mlp(self.norm2(x)), self.gamma_2)
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
-        super().__init__()
-        self.img_size, self.patch_size = img_size, patch_size
-        self.grid_size = img_size // patch_size
-        self.patch_shape = (self.grid_size, self.grid_size)
-        self.num_patches = self.grid_size ** 2
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x):
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {tuple(x.shape[-2:])}")
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 class Beit(nn.Module):

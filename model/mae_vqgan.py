@@ -103,6 +103,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.img_size, self.patch_size = img_size, patch_size
         self.grid_size = img_size // patch_size
+        self.patch_shape = (self.grid_size, self.grid_size)
         self.num_patches = self.grid_size ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
