@@ -3,8 +3,7 @@ figure, as tar extraction leaves it; the earlier one is a `duplicate` record wit
 End to end through the arXiv replay: crawl -> extract -> score -> filter -> publish -> verify."""
 from __future__ import annotations
 
-import io
-import tarfile
+import gzip
 
 import numpy as np
 
@@ -12,6 +11,7 @@ from pipeline import classify, crawl, extract, publish, store, verify
 from pipeline import filter as flt
 from pipeline.replay.server import Replay, ReplayServer
 from pipeline.split import split_of
+from test_archive import tar_bytes
 from test_extract import photo
 
 TEX = rb"\documentclass{article}\begin{document}\includegraphics{fig.png}\includegraphics{other.png}\end{document}"
@@ -19,13 +19,7 @@ TEX = rb"\documentclass{article}\begin{document}\includegraphics{fig.png}\includ
 
 def tar_gz_members(members: list[tuple[str, bytes]]) -> bytes:
     """A gzip'd tar of the members in order, a name given twice stored twice."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return gzip.compress(tar_bytes(members))
 
 
 def fit_classifier(root, version: str) -> None:
